@@ -1,0 +1,313 @@
+"""Read a topology file: YAML -> plain data with positions -> validated model.
+
+Every problem is reported with FILE:LINE:COLUMN, the field path and what was expected,
+all of them at once (a YAML syntax error included), so that `maillab validate` is the
+only tool a person needs to fix a file.
+
+YAML is read with the YAML 1.2 idea of booleans (only true/false), so `on: rcpt` and
+`state: off` mean what they say.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from lab.errors import Problem, TopologyError
+from lab.topology.model import Topology
+
+PathT = tuple[str | int, ...]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 booleans: yes/no/on/off stay strings."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+@dataclass
+class Positions:
+    """Where each path of the data stands in the file: (line, column), 1-based."""
+
+    file: str
+    keys: dict[PathT, tuple[int, int]] = field(default_factory=dict)
+    values: dict[PathT, tuple[int, int]] = field(default_factory=dict)
+
+    def of_key(self, path: PathT) -> tuple[int, int]:
+        """The key's place if the path names a mapping entry, else the value's."""
+        return self.keys.get(path) or self.of_value(path)
+
+    def of_value(self, path: PathT) -> tuple[int, int]:
+        """The value's place; for a path not in the file, the nearest parent that is."""
+        for cut in range(len(path), -1, -1):
+            place = self.values.get(path[:cut])
+            if place:
+                return place
+        return (1, 1)
+
+    def problem(self, path: PathT, message: str, *, at_key: bool = False) -> Problem:
+        line, column = self.of_key(path) if at_key else self.of_value(path)
+        return Problem(self.file, line, column, format_path(path), message)
+
+
+_PLAIN_KEY = re.compile(r"^[A-Za-z_@][A-Za-z0-9_-]*$")
+
+
+def format_path(path: PathT) -> str:
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        elif not _PLAIN_KEY.match(str(part)):
+            text += f'["{part}"]'
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
+def _place(node: yaml.Node) -> tuple[int, int]:
+    return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+class _Builder:
+    """Turn a composed YAML node tree into plain data, noting every node's place."""
+
+    def __init__(self, positions: Positions):
+        self.positions = positions
+        self.problems: list[Problem] = []
+        self.constructor = yaml.constructor.SafeConstructor()
+
+    def build(self, node: yaml.Node, path: PathT) -> Any:
+        self.positions.values.setdefault(path, _place(node))
+        if isinstance(node, yaml.MappingNode):
+            self.constructor.flatten_mapping(node)
+            result: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    line, col = _place(key_node)
+                    self.problems.append(
+                        Problem(self.positions.file, line, col, format_path(path),
+                                "a key must be a plain name, not a list or mapping")
+                    )
+                    continue
+                key = str(key_node.value)
+                if key in result:
+                    line, col = _place(key_node)
+                    first = self.positions.keys[(*path, key)]
+                    self.problems.append(
+                        Problem(self.positions.file, line, col, format_path((*path, key)),
+                                f"duplicate key {key!r} (first given at line {first[0]})")
+                    )
+                    continue
+                self.positions.keys[(*path, key)] = _place(key_node)
+                result[key] = self.build(value_node, (*path, key))
+            return result
+        if isinstance(node, yaml.SequenceNode):
+            return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return self.constructor.construct_object(node, deep=True)
+
+
+def parse_yaml(text: str, file: str) -> tuple[Any, Positions]:
+    """Plain data and positions from YAML text; a syntax error becomes a TopologyError."""
+    positions = Positions(file)
+    try:
+        root = yaml.compose(text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        what = exc.problem or "invalid YAML"
+        if exc.context:
+            what = f"{exc.context}, {what}"
+        raise TopologyError(
+            [Problem(file, line, col, "", f"YAML syntax error: {what}")]
+        ) from None
+    except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error is marked today
+        raise TopologyError([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
+    if root is None:
+        raise TopologyError([Problem(file, 1, 1, "", "the file is empty; expected a topology")])
+    builder = _Builder(positions)
+    try:
+        data = builder.build(root, ())
+    except yaml.constructor.ConstructorError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise TopologyError([Problem(file, line, col, "", f"YAML error: {exc.problem}")]) from None
+    if builder.problems:
+        raise TopologyError(builder.problems)
+    if not isinstance(data, dict):
+        raise TopologyError(
+            [Problem(file, 1, 1, "", f"expected a mapping of topology fields, got {_kind(data)}")]
+        )
+    return data, positions
+
+
+# --------------------------------------------------------------------------------------
+# pydantic errors -> problems
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    return repr(value)
+
+
+def _unwrap(annotation: Any) -> list[Any]:
+    """The member types of an annotation, Optional and Annotated peeled off."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return _unwrap(typing.get_args(annotation)[0])
+    if origin in (typing.Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _unwrap(arg)]
+    return [annotation]
+
+
+def _model_at(model: type[BaseModel], path: PathT) -> type[BaseModel] | None:
+    """The model class that validates the mapping at `path` (for 'did you mean')."""
+    current: list[Any] = [model]
+    for part in path:
+        following: list[Any] = []
+        for ann in current:
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                for name, info in ann.model_fields.items():
+                    if part in (name, info.alias):
+                        following.extend(_unwrap(info.annotation))
+            elif typing.get_origin(ann) in (dict, list):
+                args = typing.get_args(ann)
+                if args:
+                    following.extend(_unwrap(args[-1]))
+        current = following
+    for ann in current:
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            return ann
+    return None
+
+
+def field_names(model: type[BaseModel]) -> list[str]:
+    return [info.alias or name for name, info in model.model_fields.items()]
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "a whole number",
+    "int_parsing": "a whole number",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "true or false",
+    "bool_parsing": "true or false",
+    "dict_type": "a mapping",
+    "list_type": "a list",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "ip_v4_address": "an IPv4 address such as 10.20.0.25",
+    "ip_v4_network": "an IPv4 network such as 10.20.0.0/16",
+}
+
+
+def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str, bool]:
+    """A sentence for one pydantic error, and whether it belongs at the key."""
+    kind = err["type"]
+    value = err.get("input")
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
+        key = str(path[-1])
+        model = _model_at(Topology, path[:-1])
+        known = field_names(model) if model else []
+        close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown field {key!r}{hint} (expected one of: {', '.join(known)})", True
+    if kind == "missing":
+        return f"missing required field {str(path[-1])!r}", False
+    if kind in ("value_error", "assertion_error"):
+        text = str(ctx.get("error") or err["msg"])
+        return text, False
+    if kind in ("literal_error", "enum"):
+        return f"expected {ctx.get('expected', 'one of the allowed values')}, got {_kind(value)}", False
+    if kind in _TYPE_WORDS:
+        return f"expected {_TYPE_WORDS[kind]}, got {_kind(value)}", False
+    if kind == "string_pattern_mismatch":
+        return f"{_kind(value)} does not have the expected form ({ctx.get('pattern')})", False
+    if kind.startswith(("greater_than", "less_than")):
+        return f"expected a number {err['msg'].removeprefix('Input should be ')}, got {_kind(value)}", False
+    msg = err["msg"].replace("Input should be", "expected")
+    return f"{msg}, got {_kind(value)}", False
+
+
+def problems_from_validation(exc: ValidationError, positions: Positions) -> list[Problem]:
+    problems: dict[str, Problem] = {}
+    for err in exc.errors(include_url=False):
+        # Keep the parts of loc that are data (drop pydantic's union/function tags).
+        path: PathT = ()
+        for part in err["loc"]:
+            candidate = (*path, part)
+            if candidate in positions.values or err["type"] in ("missing",) or isinstance(part, int):
+                path = candidate
+            elif isinstance(part, str) and (*path, part) in positions.keys:
+                path = candidate
+        message, at_key = _message(err, path, path in positions.values)
+        problem = positions.problem(path, message, at_key=at_key)
+        problems.setdefault(f"{problem.path}|{problem.message}", problem)
+    return list(problems.values())
+
+
+# --------------------------------------------------------------------------------------
+
+
+@dataclass
+class LoadedTopology:
+    """A validated topology and where it came from (positions are for later checks)."""
+
+    model: Topology
+    positions: Positions
+    source: Path | None
+
+
+def load_text(text: str, file: str = "<topology>") -> LoadedTopology:
+    from lab.topology.validate import semantic_problems
+
+    data, positions = parse_yaml(text, file)
+    try:
+        model = Topology.model_validate(data)
+    except ValidationError as exc:
+        raise TopologyError(problems_from_validation(exc, positions)) from None
+    problems = semantic_problems(model, positions)
+    if problems:
+        raise TopologyError(problems)
+    return LoadedTopology(model, positions, None)
+
+
+def load(path: str | Path) -> LoadedTopology:
+    """Load and validate a topology file, or raise TopologyError with every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TopologyError([Problem(str(path), 0, 0, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TopologyError([Problem(str(path), 0, 0, "", f"cannot read the file: {exc}")]) from None
+    loaded = load_text(text, str(path))
+    loaded.source = path
+    return loaded

@@ -1,0 +1,680 @@
+"""The topology format: a small mail world as data.
+
+A topology names networks, the hosts (nodes) on them and the services each host runs,
+the dial-up links that come and go, the lab's DNS zones, and named checks. It is pure
+data: nothing here opens a socket or starts a container (that is the Lab's job).
+
+Every model forbids unknown keys, so a typo is an error with a suggestion rather than a
+silently ignored setting. Field descriptions become the JSON Schema that editors use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    WithJsonSchema,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from lab.topology.units import Duration, Size
+
+# ---------------------------------------------------------------------------------------
+# Small value types
+
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+LOCAL_PART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
+
+
+def check_hostname(value: str) -> str:
+    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
+        raise ValueError(f"expected a host name such as mail.example.org, got {value!r}")
+    return value.rstrip(".").lower()
+
+
+def check_address(value: str) -> str:
+    """A mail address: user@domain, or a bare local name (qualified by the MTA)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}")
+    local, at, domain = value.rpartition("@")
+    if not at:
+        local, domain = value, ""
+    if not local or not LOCAL_PART_RE.match(local) or (at and not HOSTNAME_RE.match(domain)):
+        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}")
+    return value
+
+
+def check_name(value: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ValueError(
+            f"expected a name of letters, digits, '-' and '_' starting with a letter, got {value!r}"
+        )
+    return value
+
+
+Hostname = Annotated[
+    str,
+    Field(
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$",
+        description="a DNS host name such as mail.example.org",
+    ),
+]
+def _address_or_auto(value: Any) -> str:
+    if value is None or value == "auto":
+        return "auto"
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except (ValueError, TypeError):
+        raise ValueError(
+            f"expected an IPv4 address on that network, or 'auto', got {value!r}"
+        ) from None
+
+
+AddressOrAuto = Annotated[
+    str,
+    BeforeValidator(_address_or_auto),
+    WithJsonSchema(
+        {
+            "anyOf": [{"type": "string", "format": "ipv4"}, {"const": "auto"}, {"type": "null"}],
+            "description": "an IPv4 address, or 'auto' (or empty) to allocate one",
+        }
+    ),
+]
+
+MailAddress = Annotated[
+    str, Field(description="a mail address such as user@example.org, or a bare local name")
+]
+
+
+class Service(StrEnum):
+    """What a host runs."""
+
+    smtp = "smtp"
+    pop3 = "pop3"
+    dns = "dns"
+    fetch = "fetch"
+    client = "client"
+
+
+SERVICE_ALIASES = {"mta": Service.smtp}
+
+# Roles are presets of services (a name -> value table, as Mininet maps names to classes).
+ROLES: dict[str, tuple[Service, ...]] = {
+    "dns": (Service.dns,),
+    "mta": (Service.smtp,),
+    "hub": (Service.smtp, Service.fetch),
+    "isp": (Service.smtp, Service.pop3),
+    "pop3": (Service.pop3,),
+    "client": (Service.client,),
+}
+
+
+class Base(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+
+
+# ---------------------------------------------------------------------------------------
+# Networks and links
+
+
+class Network(Base):
+    """An IP network the lab's hosts attach to (a LAN, "the internet")."""
+
+    subnet: ipaddress.IPv4Network = Field(description="the network in CIDR form, e.g. 10.20.0.0/16")
+    description: str | None = None
+
+    @field_validator("subnet", mode="before")
+    @classmethod
+    def _subnet(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return ipaddress.IPv4Network(value, strict=True)
+            except ValueError as exc:
+                raise ValueError(
+                    f"expected an IPv4 network in CIDR form such as 192.168.10.0/24, got {value!r}"
+                    f" ({exc})"
+                ) from None
+        raise ValueError(f"expected an IPv4 network in CIDR form such as 10.20.0.0/16, got {value!r}")
+
+
+class WhenDown(StrEnum):
+    refuse = "refuse"
+    blackhole = "blackhole"
+
+
+class Hook(StrEnum):
+    flush = "flush"
+    fetch = "fetch"
+
+
+class Link(Base):
+    """A host's attachment to a network that can be up or down: the dial-up line.
+
+    While down, the host cannot reach that network and nobody there can reach it:
+    `refuse` makes connections fail at once (the modem is off), `blackhole` makes them
+    time out (the line is up but nothing answers). Taking a link down cuts connections
+    already open across it. When it comes up, the `on_up` hooks run in order, as an
+    ip-up script would (`flush` = sendmail -q, `fetch` = fetchmail).
+    """
+
+    node: str = Field(description="the host whose attachment this is")
+    network: str = Field(description="the network the host attaches to over this link")
+    state: Literal["up", "down"] = Field("up", description="the state when the lab comes up")
+    when_down: WhenDown = Field(WhenDown.refuse, description="refuse: fail at once; blackhole: time out")
+    on_up: list[Hook] = Field(default_factory=list, description="run in order when the link comes up")
+
+
+# ---------------------------------------------------------------------------------------
+# DNS
+
+
+class DnsFault(StrEnum):
+    servfail = "servfail"
+    timeout = "timeout"
+    nxdomain = "nxdomain"
+    refused = "refused"
+
+
+class MxRecord(Base):
+    preference: int = Field(ge=0, le=65535)
+    exchange: Hostname = Field(description="the mail exchanger host name, or '.' for a null MX")
+
+
+_MX_RE = re.compile(r"^\s*(\d{1,5})\s+(\S+)\s*$")
+
+
+def parse_mx(value: Any) -> Any:
+    if isinstance(value, str):
+        match = _MX_RE.match(value)
+        if not match or int(match.group(1)) > 65535:
+            raise ValueError(
+                f"expected an MX record as 'PREFERENCE HOST' such as '10 mx.example.org', got {value!r}"
+            )
+        exchange = match.group(2)
+        if exchange != "." and not HOSTNAME_RE.match(exchange):
+            raise ValueError(f"MX exchange {exchange!r} is not a host name (or '.' for null MX)")
+        return {"preference": int(match.group(1)), "exchange": exchange.rstrip(".") or "."}
+    return value
+
+
+MxValue = Annotated[
+    MxRecord,
+    Field(description="'PREFERENCE HOST', e.g. '10 mx.freeuk.com', or {preference, exchange}"),
+]
+
+
+def _one_or_many(value: Any) -> Any:
+    return [value] if isinstance(value, str | int | float) or value is None else value
+
+
+class RecordSet(Base):
+    """The records of one name. A value may be one item or a list."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    A: list[ipaddress.IPv4Address] = Field(default_factory=list, description="IPv4 addresses")
+    MX: list[MxValue] = Field(default_factory=list, description="mail exchangers")
+    CNAME: Hostname | None = Field(None, description="canonical name (alone at its name)")
+    TXT: list[str] = Field(default_factory=list, description="text records, e.g. v=spf1 ...")
+    NS: list[Hostname] = Field(default_factory=list, description="name servers")
+    PTR: list[Hostname] = Field(default_factory=list, description="reverse names (in-addr.arpa)")
+    fault: DnsFault | None = Field(
+        None, description="answer every query for this name with this fault instead"
+    )
+    ttl: int | None = Field(None, ge=0)
+
+    @field_validator("A", "TXT", "NS", "PTR", mode="before")
+    @classmethod
+    def _listify(cls, value: Any) -> Any:
+        return _one_or_many(value)
+
+    @field_validator("MX", mode="before")
+    @classmethod
+    def _mx(cls, value: Any) -> Any:
+        values = _one_or_many(value)
+        if isinstance(values, list):
+            return [parse_mx(v) for v in values]
+        return values
+
+    @model_validator(mode="after")
+    def _cname_alone(self) -> RecordSet:
+        if self.CNAME and (self.A or self.MX or self.TXT or self.NS or self.PTR):
+            raise ValueError("a CNAME cannot stand beside other records at the same name")
+        return self
+
+
+class Dns(Base):
+    """The lab's DNS: zones of records, served by the node with the dns service."""
+
+    zones: dict[Hostname, dict[str, RecordSet]] = Field(
+        default_factory=dict,
+        description="zone name -> record name ('@' for the apex, a relative label, or an FQDN"
+        " ending in '.') -> records",
+    )
+    ptr: Literal["auto", "none"] = Field(
+        "auto", description="auto: answer reverse lookups from the A records"
+    )
+    hosts: Literal["auto", "none"] = Field(
+        "auto", description="auto: each node's hostname resolves to its addresses"
+    )
+    ttl: int = Field(300, ge=0)
+
+
+# ---------------------------------------------------------------------------------------
+# MTA
+
+
+class Masquerade(Base):
+    """Rewrite local addresses on mail leaving the host (sendmail MASQUERADE_AS & friends)."""
+
+    as_: str = Field(
+        alias="as",
+        description="the domain to masquerade as (shofar.uklinux.net), or a whole address"
+        " (joe.bloggs@isp.com) that replaces every masqueraded address",
+    )
+    domains: list[Hostname] = Field(
+        default_factory=list,
+        description="domains whose addresses are masqueraded (default: the local domains)",
+    )
+    entire_domain: bool = Field(False, description="subdomains of those domains too")
+    header: bool = Field(True, description="rewrite From:, Sender: and Reply-To:")
+    envelope: bool = Field(False, description="rewrite the envelope sender (MAIL FROM)")
+    recipients: bool = Field(False, description="rewrite To: and Cc: too (allmasquerade)")
+
+    @field_validator("as_")
+    @classmethod
+    def _as(cls, value: str) -> str:
+        if "@" in value:
+            return check_address(value)
+        return check_hostname(value)
+
+
+class StartTls(StrEnum):
+    off = "off"
+    offer = "offer"
+    require = "require"
+
+
+class HeloCheck(StrEnum):
+    off = "off"
+    warn = "warn"
+    reject = "reject"
+
+
+class SpfCheck(StrEnum):
+    off = "off"
+    tag = "tag"
+    reject = "reject"
+
+
+class Greylist(Base):
+    enabled: bool = True
+    delay: Duration = Field(300.0, description="how long a new triplet is refused with 451")
+
+
+class Policy(Base):
+    """What an MTA refuses, and how."""
+
+    verify_sender_domain: bool = Field(
+        False, description="refuse MAIL FROM whose domain has no MX or A (553; 451 on DNS failure)"
+    )
+    helo_rdns: HeloCheck = Field(HeloCheck.off, description="compare the HELO name with the rDNS")
+    spf: SpfCheck = Field(SpfCheck.off, description="check SPF (TXT) for the envelope sender")
+    vrfy: Literal[250, 252, 502] = Field(
+        252, description="252: cannot verify (default); 250: answer; 502: disabled"
+    )
+    expn: Literal[250, 502] = Field(502, description="502: disabled (default); 250: expand lists")
+    max_size: Size = Field(10_000_000, description="largest message accepted (552 above)")
+    max_recipients: int = Field(100, ge=1, description="more RCPTs get 452")
+    max_received: int = Field(25, ge=1, description="more Received: headers is a loop (5.4.6)")
+    greylist: Greylist | None = None
+    starttls: StartTls = Field(StartTls.offer)
+    tls_outbound: Literal["opportunistic", "require", "off"] = Field(
+        "opportunistic", description="use STARTTLS when delivering if the server offers it"
+    )
+
+
+class FaultStage(StrEnum):
+    connect = "connect"
+    helo = "helo"
+    mail = "mail"
+    rcpt = "rcpt"
+    data = "data"
+    dot = "dot"
+
+
+class Fault(Base):
+    """A scripted misbehaviour of one hop: '421 on the first two connections'."""
+
+    on: FaultStage = Field(description="the point in the dialogue where it strikes")
+    reply: str | None = Field(
+        None, description="the reply to give instead, e.g. '421 4.3.2 try later'"
+    )
+    match: str | None = Field(
+        None, description="only for this address (MAIL FROM or RCPT TO), case-insensitive"
+    )
+    times: int | None = Field(None, ge=1, description="strike only this many times (default: always)")
+    delay: Duration = Field(0.0, description="wait this long (real time) before answering")
+    disconnect: bool = Field(False, description="drop the connection instead of answering")
+
+    @field_validator("reply")
+    @classmethod
+    def _reply(cls, value: str | None) -> str | None:
+        if value is not None and not re.match(r"^[2-5]\d\d( |$)", value):
+            raise ValueError(f"expected an SMTP reply such as '421 4.3.2 try later', got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _something(self) -> Fault:
+        if self.reply is None and not self.disconnect and not self.delay:
+            raise ValueError("a fault needs a reply, disconnect: true or a delay")
+        return self
+
+
+class Retry(Base):
+    """When deferred mail is retried, warned about and returned (RFC 5321 section 4.5.4.1)."""
+
+    intervals: list[Duration] = Field(
+        default_factory=lambda: [1800.0],
+        description="waits between attempts; the last one repeats (default 30m)",
+    )
+    warn_after: Duration | None = Field(
+        4 * 3600.0, description="send a delay DSN after this long (default 4h; null: never)"
+    )
+    give_up_after: Duration = Field(5 * 86400.0, description="bounce after this long (default 5d)")
+
+    @field_validator("intervals")
+    @classmethod
+    def _nonempty(cls, value: list[float]) -> list[float]:
+        if not value or any(v <= 0 for v in value):
+            raise ValueError("expected at least one retry interval, each longer than zero")
+        return value
+
+
+class Software(StrEnum):
+    builtin = "builtin"
+    postfix = "postfix"
+    exim = "exim"
+    sendmail = "sendmail"
+
+
+# ---------------------------------------------------------------------------------------
+# POP3 and fetching
+
+
+class Mailbox(Base):
+    """A POP3 maildrop. With domains it is a multidrop box: all mail for those domains."""
+
+    password: str
+    domains: list[Hostname] = Field(
+        default_factory=list, description="domains whose mail all lands here (multidrop)"
+    )
+    apop: bool = Field(True, description="allow APOP login")
+
+
+class FetchJob(Base):
+    """A fetchmail poll: collect a POP3 maildrop and hand each message to the local MTA."""
+
+    server: Hostname = Field(description="the POP3 server: a node name or a name in the lab DNS")
+    protocol: Literal["pop3"] = "pop3"
+    port: int = Field(110, ge=1, le=65535)
+    user: str
+    password: str
+    to: str | None = Field(None, description="single-drop: everything goes to this local user")
+    multidrop: dict[str, str | None] | None = Field(
+        None,
+        description="multidrop: remote name -> local user (null: the same name), as in"
+        " fetchmail's 'to eddy nelug=eddy ... here'",
+    )
+    aka: list[Hostname] = Field(
+        default_factory=list, description="domains that count as ours in multidrop headers"
+    )
+    postmaster: str = Field("postmaster", description="where unmatched multidrop names go")
+    keep: bool = Field(False, description="leave messages on the server (remember UIDLs)")
+    poll: Duration | None = Field(300.0, description="poll interval while the link is up")
+    stls: bool = Field(False, description="use STLS")
+
+    @model_validator(mode="after")
+    def _drop(self) -> FetchJob:
+        if self.to and self.multidrop is not None:
+            raise ValueError("a fetch job is single-drop (to) or multidrop, not both")
+        if not self.to and self.multidrop is None:
+            raise ValueError("a fetch job needs a single-drop user (to) or a multidrop map")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Nodes
+
+
+class Node(Base):
+    """A host: a name, addresses on networks, and the services it runs."""
+
+    role: str | None = Field(
+        None, description="a preset of services: " + ", ".join(ROLES), json_schema_extra={"enum": list(ROLES)}
+    )
+    services: list[str] | None = Field(
+        None,
+        description="explicit services (instead of, or added to, the role): smtp (mta), pop3,"
+        " dns, fetch, client",
+        json_schema_extra={"items": {"enum": [*(s.value for s in Service), "mta"]}},
+    )
+    hostname: Hostname | None = Field(None, description="the fully qualified host name")
+    networks: dict[str, AddressOrAuto] = Field(
+        description="network name -> address on it ('auto' or empty: allocated from the subnet);"
+        " a list of network names allocates every address"
+    )
+    software: Software = Field(Software.builtin, description="the MTA: builtin, or a real one (Docker)")
+    config: str | None = Field(None, description="a config file for a real MTA")
+    settings: dict[str, Any] = Field(default_factory=dict, description="settings for a real MTA")
+    # MTA
+    local_domains: list[Hostname] = Field(default_factory=list, description="domains delivered here")
+    users: list[str] = Field(default_factory=list, description="local users with mailboxes")
+    aliases: dict[str, list[str]] = Field(
+        default_factory=dict, description="alias -> local users, other aliases or remote addresses"
+    )
+    relay_from: list[str] = Field(
+        default_factory=list, description="clients allowed to relay: network names or CIDRs"
+    )
+    smarthost: str | None = Field(
+        None, description="send all non-local mail here (HOST or HOST:PORT, a node or a DNS name)"
+    )
+    masquerade: Masquerade | None = None
+    policy: Policy = Field(default_factory=Policy)
+    retry: Retry = Field(default_factory=Retry)
+    faults: list[Fault] = Field(default_factory=list, description="scripted misbehaviour")
+    # POP3
+    mailboxes: dict[str, Mailbox] = Field(default_factory=dict, description="POP3 maildrops")
+    # fetch
+    fetch: list[FetchJob] = Field(default_factory=list, description="fetchmail polls")
+    # client
+    submit_to: str | None = Field(None, description="the MTA this client submits to (node or host)")
+    submit_port: int = Field(25, ge=1, le=65535)
+
+    @field_validator("networks", mode="before")
+    @classmethod
+    def _networks(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {name: "auto" for name in value}
+        return value
+
+    @field_validator("services", mode="before")
+    @classmethod
+    def _services(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            for item in value:
+                if not isinstance(item, str) or (
+                    item not in Service.__members__ and item not in SERVICE_ALIASES
+                ):
+                    raise ValueError(
+                        f"unknown service {item!r}; expected one of: smtp (or mta), pop3, dns,"
+                        " fetch, client"
+                    )
+        return value
+
+    @field_validator("role")
+    @classmethod
+    def _role(cls, value: str | None) -> str | None:
+        if value is not None and value not in ROLES:
+            raise ValueError(f"unknown role {value!r}; expected one of: {', '.join(ROLES)}")
+        return value
+
+    @field_validator("local_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [check_hostname(v) for v in value]
+
+    @field_validator("hostname")
+    @classmethod
+    def _hostname(cls, value: str | None) -> str | None:
+        return check_hostname(value) if value is not None else None
+
+    @model_validator(mode="after")
+    def _has_services(self) -> Node:
+        if self.role is None and not self.services:
+            raise ValueError("a node needs a role or a list of services")
+        return self
+
+    def service_set(self) -> set[Service]:
+        result: set[Service] = set(ROLES.get(self.role or "", ()))
+        for item in self.services or ():
+            result.add(SERVICE_ALIASES.get(item) or Service(item))
+        if self.fetch:
+            result.add(Service.fetch)
+        if self.mailboxes:
+            result.add(Service.pop3)
+        return result
+
+
+# ---------------------------------------------------------------------------------------
+# Checks: named, declarative steps
+
+
+class SendStep(Base):
+    """Submit a message as a node would."""
+
+    from_: str = Field(alias="from", description="the node that submits (a client or an MTA)")
+    mail_from: str = Field(description="the envelope sender ('' for the null sender)")
+    to: list[str] = Field(description="envelope recipients")
+    subject: str = "maillab test"
+    body: str = "Hello from maillab.\n"
+    headers: dict[str, str] = Field(
+        default_factory=dict, description="header fields (From: defaults to mail_from)"
+    )
+    via: str | None = Field(None, description="the MTA to submit to (default: the client's submit_to)")
+
+    @field_validator("to", mode="before")
+    @classmethod
+    def _to(cls, value: Any) -> Any:
+        return _one_or_many(value)
+
+
+class DeliveredExpect(Base):
+    to: str = Field(description="the recipient address the message reached")
+    node: str | None = Field(None, description="the host whose mailbox holds it")
+    mailbox: str | None = Field(None, description="the local user whose mailbox holds it")
+    envelope_from: str | None = Field(None, description="Return-Path as delivered")
+    headers: dict[str, str] = Field(default_factory=dict, description="header values expected")
+
+
+class QueuedExpect(Base):
+    on: str = Field(description="the MTA whose queue holds it")
+    to: str | None = None
+
+
+class BouncedExpect(Base):
+    recipient: str | None = Field(None, description="the original recipient that failed")
+    to: str | None = Field(None, description="where the DSN went (the envelope sender)")
+    status: str | None = Field(None, description="the DSN status, e.g. 5.1.8")
+    by: str | None = Field(None, description="the MTA that generated the DSN")
+    lands: DeliveredExpect | None = Field(None, description="where the DSN was finally delivered")
+
+
+class RejectedExpect(Base):
+    code: int | None = Field(None, ge=200, le=599)
+    stage: Literal["connect", "helo", "mail", "rcpt", "data"] | None = None
+
+
+class Expect(Base):
+    """What must have happened: exactly one of delivered, queued, bounced, rejected."""
+
+    delivered: DeliveredExpect | None = None
+    not_delivered: DeliveredExpect | None = None
+    queued: QueuedExpect | None = None
+    bounced: BouncedExpect | None = None
+    rejected: RejectedExpect | None = None
+    within: Duration = Field(10.0, description="how long to wait (real time)")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Expect:
+        given = [k for k in ("delivered", "not_delivered", "queued", "bounced", "rejected")
+                 if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "expected exactly one of delivered, not_delivered, queued, bounced, rejected"
+                + (f", got {', '.join(given)}" if given else "")
+            )
+        return self
+
+
+class Step(Base):
+    """One step of a check: exactly one action."""
+
+    send: SendStep | None = None
+    link: dict[str, Literal["up", "down"]] | None = Field(
+        None, description="link name -> up or down"
+    )
+    advance: Duration | None = Field(None, description="move the lab clock forward")
+    flush: str | None = Field(None, description="run the queue of this MTA now (sendmail -q)")
+    fetch: str | None = Field(None, description="run this host's fetch jobs now")
+    expect: Expect | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_action(cls, value: Any) -> Any:
+        if isinstance(value, dict) and len(value) != 1:
+            keys = ", ".join(map(str, value)) or "nothing"
+            raise ValueError(
+                "a step has exactly one action (send, link, advance, flush, fetch, expect),"
+                f" got {keys}"
+            )
+        return value
+
+
+# ---------------------------------------------------------------------------------------
+# The topology
+
+
+class Topology(Base):
+    """A small mail world."""
+
+    name: str = Field(description="the lab's name")
+    description: str | None = None
+    networks: dict[str, Network] = Field(description="network name -> subnet")
+    links: dict[str, Link] = Field(default_factory=dict, description="links that go up and down")
+    dns: Dns = Field(default_factory=Dns)
+    nodes: dict[str, Node] = Field(description="host name in the lab -> host")
+    operator: str | None = Field(
+        None,
+        description="the client node whose address a person on the host machine appears to"
+        " connect from (default: the first client)",
+    )
+    checks: dict[str, list[Step]] = Field(
+        default_factory=dict, description="named checks: lists of steps"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return check_name(value)
+

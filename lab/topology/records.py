@@ -1,0 +1,179 @@
+"""The lab's DNS data as one table, used two ways: the DNS server answers from it, and
+validation (and tests) look names up in it directly, without a socket.
+
+Faults (SERVFAIL, timeout, NXDOMAIN, REFUSED) are entries of the table like records are,
+so a scenario can make a name fail as easily as it makes it resolve. The table is
+editable while a lab runs.
+
+Names outside every lab zone do not exist: the lab is the whole world.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lab.topology.addressing import Addresses, hostname_of
+from lab.topology.model import Topology
+
+MAX_CNAME_CHAIN = 8
+
+
+class Rcode(StrEnum):
+    noerror = "NOERROR"
+    nxdomain = "NXDOMAIN"
+    servfail = "SERVFAIL"
+    refused = "REFUSED"
+    timeout = "TIMEOUT"  # not an rcode on the wire: the server stays silent
+
+
+@dataclass
+class Records:
+    A: list[ipaddress.IPv4Address] = field(default_factory=list)
+    MX: list[tuple[int, str]] = field(default_factory=list)
+    CNAME: str | None = None
+    TXT: list[str] = field(default_factory=list)
+    NS: list[str] = field(default_factory=list)
+    PTR: list[str] = field(default_factory=list)
+    fault: str | None = None
+    ttl: int | None = None
+
+    def of(self, rtype: str) -> list[object]:
+        if rtype == "CNAME":
+            return [self.CNAME] if self.CNAME else []
+        return list(getattr(self, rtype, []))
+
+
+@dataclass
+class Answer:
+    rcode: Rcode
+    records: list[tuple[str, str, object]] = field(default_factory=list)  # (owner, type, data)
+
+    @property
+    def ok(self) -> bool:
+        return self.rcode is Rcode.noerror and bool(self.records)
+
+    def values(self, rtype: str) -> list[object]:
+        return [data for _, kind, data in self.records if kind == rtype]
+
+
+def normalise(name: str) -> str:
+    return name.rstrip(".").lower()
+
+
+def reverse_name(address: ipaddress.IPv4Address) -> str:
+    return normalise(address.reverse_pointer)
+
+
+class RecordTable:
+    """name -> Records for the whole lab."""
+
+    def __init__(self, ttl: int = 300):
+        self.names: dict[str, Records] = {}
+        self.zones: set[str] = set()
+        self.ttl = ttl
+
+    # building -----------------------------------------------------------------------
+
+    @classmethod
+    def from_topology(cls, topology: Topology, addresses: Addresses) -> RecordTable:
+        table = cls(topology.dns.ttl)
+        for zone, entries in topology.dns.zones.items():
+            zone = normalise(zone)
+            table.zones.add(zone)
+            for label, rs in entries.items():
+                owner = qualify(label, zone)
+                rec = table.names.setdefault(owner, Records())
+                rec.A.extend(rs.A)
+                rec.MX.extend((mx.preference, normalise(mx.exchange) or ".") for mx in rs.MX)
+                rec.CNAME = normalise(rs.CNAME) if rs.CNAME else rec.CNAME
+                rec.TXT.extend(rs.TXT)
+                rec.NS.extend(normalise(n) for n in rs.NS)
+                rec.PTR.extend(normalise(n) for n in rs.PTR)
+                rec.fault = rs.fault.value if rs.fault else rec.fault
+                rec.ttl = rs.ttl if rs.ttl is not None else rec.ttl
+        explicit = set(table.names)
+        if topology.dns.hosts == "auto":
+            for node in topology.nodes:
+                host = normalise(hostname_of(topology, node))
+                if host in explicit:
+                    continue
+                rec = table.names.setdefault(host, Records())
+                for address in addresses.get(node, {}).values():
+                    if address not in rec.A:
+                        rec.A.append(address)
+        if topology.dns.ptr == "auto":
+            host_names = [normalise(hostname_of(topology, n)) for n in topology.nodes]
+            owners = host_names + [n for n in table.names if n not in host_names]
+            for owner in owners:
+                rec = table.names.get(owner)
+                if rec is None:
+                    continue
+                for address in rec.A:
+                    reverse = table.names.setdefault(reverse_name(address), Records())
+                    if not reverse.PTR:
+                        reverse.PTR.append(owner)
+        return table
+
+    # editing ------------------------------------------------------------------------
+
+    def set(self, name: str, rtype: str, values: list[object]) -> None:
+        rec = self.names.setdefault(normalise(name), Records())
+        if rtype == "CNAME":
+            rec.CNAME = normalise(str(values[0])) if values else None
+        elif rtype == "MX":
+            rec.MX = [(int(p), normalise(str(h)) or ".") for p, h in values]  # type: ignore[misc]
+        elif rtype == "A":
+            rec.A = [ipaddress.IPv4Address(str(v)) for v in values]
+        else:
+            setattr(rec, rtype, [str(v) for v in values])
+
+    def set_fault(self, name: str, fault: str | None) -> None:
+        self.names.setdefault(normalise(name), Records()).fault = fault
+
+    def remove(self, name: str) -> None:
+        self.names.pop(normalise(name), None)
+
+    # looking up ---------------------------------------------------------------------
+
+    def exists(self, name: str) -> bool:
+        """A name exists if it has records, is a zone apex, or has names below it."""
+        name = normalise(name)
+        if name in self.zones:
+            return True
+        rec = self.names.get(name)
+        if rec and (rec.A or rec.MX or rec.CNAME or rec.TXT or rec.NS or rec.PTR):
+            return True
+        suffix = "." + name
+        return any(other.endswith(suffix) for other in self.names)
+
+    def lookup(self, name: str, rtype: str) -> Answer:
+        name = normalise(name)
+        answer = Answer(Rcode.noerror)
+        for _ in range(MAX_CNAME_CHAIN):
+            rec = self.names.get(name)
+            if rec and rec.fault:
+                return Answer(Rcode(rec.fault.upper()), answer.records)
+            if rec and rec.CNAME and rtype != "CNAME":
+                answer.records.append((name, "CNAME", rec.CNAME))
+                name = rec.CNAME
+                continue
+            if rec:
+                answer.records.extend((name, rtype, value) for value in rec.of(rtype))
+            if not answer.records and not self.exists(name):
+                answer.rcode = Rcode.nxdomain
+            return answer
+        return Answer(Rcode.servfail, answer.records)
+
+    def resolves(self, name: str) -> bool:
+        """True when the name has an address (A, through CNAMEs) in the table."""
+        return bool(self.lookup(name, "A").values("A"))
+
+
+def qualify(label: str, zone: str) -> str:
+    if label == "@":
+        return zone
+    if label.endswith("."):
+        return normalise(label)
+    return f"{label.lower()}.{zone}"

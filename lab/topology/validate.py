@@ -1,0 +1,289 @@
+"""Checks across the whole topology: names that must refer to something, addresses that
+must fit their subnets and not clash, services a setting needs.
+
+The model (model.py) checks each field on its own; this module checks how they fit
+together. Every problem found is returned, each with its place in the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+from lab.errors import Problem
+from lab.topology.addressing import AddressPoolExhausted, assign_addresses, hostname_of
+from lab.topology.loader import PathT, Positions
+from lab.topology.model import NAME_RE, Node, Service, Topology
+from lab.topology.records import RecordTable, normalise
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _split_hostport(value: str) -> tuple[str, int | None]:
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return value, None
+
+
+class _Checker:
+    def __init__(self, topology: Topology, positions: Positions):
+        self.t = topology
+        self.pos = positions
+        self.problems: list[Problem] = []
+        self.services = {name: node.service_set() for name, node in topology.nodes.items()}
+        self.hostnames = {normalise(hostname_of(topology, n)): n for n in topology.nodes}
+
+    def add(self, path: PathT, message: str, *, at_key: bool = False) -> None:
+        self.problems.append(self.pos.problem(path, message, at_key=at_key))
+
+    def nodes_with(self, service: Service) -> list[str]:
+        return [n for n, s in self.services.items() if service in s]
+
+    # ---------------------------------------------------------------------------------
+
+    def run(self) -> list[Problem]:
+        self.names()
+        self.networks()
+        addresses_ok = self.addresses()
+        self.links()
+        table = None
+        if addresses_ok:
+            try:
+                table = RecordTable.from_topology(self.t, assign_addresses(self.t))
+            except AddressPoolExhausted as exc:
+                self.add(("nodes", exc.node, "networks", exc.network), str(exc))
+        self.dns()
+        for name, node in self.t.nodes.items():
+            self.node(name, node, table)
+        self.operator()
+        self.checks()
+        return self.problems
+
+    def names(self) -> None:
+        for section in ("networks", "nodes", "links", "checks"):
+            for key in getattr(self.t, section):
+                if not NAME_RE.match(key):
+                    self.add(
+                        (section, key),
+                        f"{key!r} is not a usable name; expected letters, digits, '-' and '_',"
+                        " starting with a letter",
+                        at_key=True,
+                    )
+
+    def networks(self) -> None:
+        items = list(self.t.networks.items())
+        for i, (name, net) in enumerate(items):
+            for other, other_net in items[:i]:
+                if net.subnet.overlaps(other_net.subnet):
+                    self.add(
+                        ("networks", name, "subnet"),
+                        f"{net.subnet} overlaps network {other!r} ({other_net.subnet});"
+                        " expected separate subnets",
+                    )
+
+    def addresses(self) -> bool:
+        ok = True
+        seen: dict[ipaddress.IPv4Address, str] = {}
+        for node_name, node in self.t.nodes.items():
+            if not node.networks:
+                self.add(("nodes", node_name, "networks"), "a node needs at least one network")
+                ok = False
+            for net_name, value in node.networks.items():
+                path = ("nodes", node_name, "networks", net_name)
+                net = self.t.networks.get(net_name)
+                if net is None:
+                    self.add(path, f"unknown network {net_name!r}; expected one of: "
+                             f"{', '.join(self.t.networks)}", at_key=True)
+                    ok = False
+                    continue
+                if value == "auto":
+                    continue
+                address = ipaddress.IPv4Address(value)
+                if address not in net.subnet:
+                    self.add(path, f"{address} is not inside {net_name} ({net.subnet})")
+                    ok = False
+                elif net.subnet.prefixlen < 31 and address in (
+                    net.subnet.network_address, net.subnet.broadcast_address
+                ):
+                    self.add(path, f"{address} is the network or broadcast address of"
+                             f" {net.subnet}; expected a host address")
+                    ok = False
+                elif address in seen:
+                    self.add(path, f"address {address} is already used by node {seen[address]!r}")
+                    ok = False
+                else:
+                    seen[address] = node_name
+        return ok
+
+    def links(self) -> None:
+        pairs: dict[tuple[str, str], str] = {}
+        for name, link in self.t.links.items():
+            path = ("links", name)
+            node = self.t.nodes.get(link.node)
+            if node is None:
+                self.add((*path, "node"), self._unknown("node", link.node, self.t.nodes))
+            if link.network not in self.t.networks:
+                self.add((*path, "network"), self._unknown("network", link.network, self.t.networks))
+            elif node is not None and link.network not in node.networks:
+                self.add((*path, "network"), f"node {link.node!r} is not attached to network"
+                         f" {link.network!r}; expected one of its networks:"
+                         f" {', '.join(node.networks)}")
+            pair = (link.node, link.network)
+            if pair in pairs:
+                self.add(path, f"link {pairs[pair]!r} already joins {link.node!r} to"
+                         f" {link.network!r}", at_key=True)
+            pairs[pair] = name
+            if "fetch" in link.on_up and node is not None and not node.fetch:
+                self.add((*path, "on_up"), f"the fetch hook needs fetch jobs on {link.node!r}")
+            if "flush" in link.on_up and node is not None and Service.smtp not in node.service_set():
+                self.add((*path, "on_up"), f"the flush hook needs an MTA (smtp) on {link.node!r}")
+
+    def dns(self) -> None:
+        servers = self.nodes_with(Service.dns)
+        if len(servers) > 1:
+            self.add(("nodes", servers[1]), f"only one node may run the lab DNS (already"
+                     f" {servers[0]!r})", at_key=True)
+        if self.t.dns.zones and not servers:
+            self.add(("dns", "zones"), "zones are defined but no node runs the dns service;"
+                     " expected a node with role: dns", at_key=True)
+        for zone, entries in self.t.dns.zones.items():
+            zone_n = normalise(zone)
+            for label in entries:
+                if label.endswith(".") and not (
+                    normalise(label) == zone_n or normalise(label).endswith("." + zone_n)
+                ):
+                    self.add(("dns", "zones", zone, label), f"{label!r} is not inside zone"
+                             f" {zone!r}; expected a name ending in .{zone_n}.", at_key=True)
+
+    def resolvable(self, target: str, table: RecordTable | None) -> bool:
+        host, _ = _split_hostport(target)
+        if host in self.t.nodes or normalise(host) in self.hostnames or _is_ip(host):
+            return True
+        return table is not None and table.resolves(host)
+
+    def node(self, name: str, node: Node, table: RecordTable | None) -> None:
+        path: PathT = ("nodes", name)
+        services = self.services[name]
+        smtp = Service.smtp in services
+        mta_fields = ("local_domains", "users", "aliases", "relay_from", "smarthost",
+                      "masquerade", "faults")
+        if not smtp:
+            for field in mta_fields:
+                if field in node.model_fields_set and getattr(node, field):
+                    self.add((*path, field), f"{field} is an MTA setting but node {name!r} runs"
+                             " no smtp service; expected role: mta, hub or isp", at_key=True)
+        if node.software.value != "builtin" and not smtp:
+            self.add((*path, "software"), "software chooses the MTA, but this node runs no smtp")
+        if node.smarthost and not self.resolvable(node.smarthost, table):
+            self.add((*path, "smarthost"), self._unresolved(node.smarthost))
+        for i, item in enumerate(node.relay_from):
+            if item in self.t.networks:
+                continue
+            try:
+                ipaddress.IPv4Network(item, strict=False)
+            except ValueError:
+                self.add((*path, "relay_from", i), f"{item!r} is neither a network of this lab"
+                         f" ({', '.join(self.t.networks)}) nor a CIDR such as 10.20.1.0/24")
+        local = set(node.users) | set(node.aliases) | {"postmaster"}
+        for alias, targets in node.aliases.items():
+            for i, target in enumerate(targets):
+                if "@" not in target and target not in local:
+                    self.add((*path, "aliases", alias, i), f"{target!r} is not a local user or"
+                             " alias; expected one of the users, another alias, or a remote"
+                             " address user@domain")
+        for i, job in enumerate(node.fetch):
+            jpath = (*path, "fetch", i)
+            if not smtp:
+                self.add(jpath, f"fetch jobs hand mail to the local MTA, but {name!r} runs no"
+                         " smtp service; expected role: hub")
+            if not self.resolvable(job.server, table):
+                self.add((*jpath, "server"), self._unresolved(job.server))
+            users = [("to", job.to)] if job.to else []
+            users += [(("multidrop", k), v or k) for k, v in (job.multidrop or {}).items()]
+            users.append(("postmaster", job.postmaster))
+            for where, user in users:
+                if user not in local:
+                    sub = where if isinstance(where, tuple) else (where,)
+                    self.add((*jpath, *sub), f"{user!r} is not a local user of {name!r};"
+                             f" expected one of: {', '.join(sorted(local))}")
+        if Service.client in services:
+            if node.submit_to is None:
+                mtas = [n for n in self.nodes_with(Service.smtp)
+                        if set(self.t.nodes[n].networks) & set(node.networks)]
+                if not mtas:
+                    self.add(path, "a client needs submit_to (no MTA shares its networks)",
+                             at_key=True)
+            elif not self.resolvable(node.submit_to, table):
+                self.add((*path, "submit_to"), self._unresolved(node.submit_to))
+        if node.mailboxes and Service.pop3 not in services:  # pragma: no cover - implied
+            self.add((*path, "mailboxes"), "mailboxes need the pop3 service")
+
+    def operator(self) -> None:
+        op = self.t.operator
+        if op is None:
+            return
+        if op not in self.t.nodes:
+            self.add(("operator",), self._unknown("node", op, self.t.nodes))
+        elif Service.client not in self.services[op]:
+            self.add(("operator",), f"{op!r} is not a client; expected a node with role: client")
+
+    def checks(self) -> None:
+        for check, steps in self.t.checks.items():
+            for i, step in enumerate(steps):
+                path: PathT = ("checks", check, i)
+                if step.send:
+                    self._node_ref((*path, "send", "from"), step.send.from_)
+                    if step.send.via:
+                        self._node_ref((*path, "send", "via"), step.send.via, Service.smtp)
+                if step.link:
+                    for link in step.link:
+                        if link not in self.t.links:
+                            self.add((*path, "link", link),
+                                     self._unknown("link", link, self.t.links), at_key=True)
+                if step.flush:
+                    self._node_ref((*path, "flush"), step.flush, Service.smtp)
+                if step.fetch:
+                    self._node_ref((*path, "fetch"), step.fetch, Service.fetch)
+                if step.expect:
+                    e = step.expect
+                    for kind in ("delivered", "not_delivered"):
+                        d = getattr(e, kind)
+                        if d and d.node:
+                            self._node_ref((*path, "expect", kind, "node"), d.node)
+                    if e.queued:
+                        self._node_ref((*path, "expect", "queued", "on"), e.queued.on, Service.smtp)
+                    if e.bounced and e.bounced.by:
+                        self._node_ref((*path, "expect", "bounced", "by"), e.bounced.by)
+
+    # helpers ------------------------------------------------------------------------
+
+    def _node_ref(self, path: PathT, name: str, service: Service | None = None) -> None:
+        if name not in self.t.nodes:
+            self.add(path, self._unknown("node", name, self.t.nodes))
+        elif service and service not in self.services[name]:
+            self.add(path, f"node {name!r} runs no {service.value} service")
+
+    @staticmethod
+    def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
+        import difflib
+
+        names = list(known)
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unknown {kind} {name!r}{hint} (expected one of: {', '.join(names) or 'none'})"
+
+    @staticmethod
+    def _unresolved(target: str) -> str:
+        return (f"{target!r} does not resolve in the lab: expected a node name, a node's"
+                " hostname, an IP address or a name with an A record in dns.zones")
+
+
+def semantic_problems(topology: Topology, positions: Positions) -> list[Problem]:
+    return _Checker(topology, positions).run()
