@@ -207,10 +207,29 @@ def parse_mx(value: Any) -> Any:
     return value
 
 
-MxValue = Annotated[
-    MxRecord,
-    Field(description="'PREFERENCE HOST', e.g. '10 mx.freeuk.com', or {preference, exchange}"),
-]
+MX_PATTERN = r"^\s*\d{1,5}\s+\S+\s*$"
+_MX_ITEM_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "string", "pattern": MX_PATTERN},
+        {
+            "type": "object",
+            "properties": {
+                "preference": {"type": "integer", "minimum": 0, "maximum": 65535},
+                "exchange": {"type": "string"},
+            },
+            "required": ["preference", "exchange"],
+            "additionalProperties": False,
+        },
+    ],
+    "description": "'PREFERENCE HOST', e.g. '10 mx.freeuk.com', or {preference, exchange}",
+}
+
+
+def one_or_many(item: dict[str, Any], description: str) -> Any:
+    """JSON Schema for a field that takes one item or a list of them."""
+    return WithJsonSchema(
+        {"anyOf": [item, {"type": "array", "items": item}], "description": description}
+    )
 
 
 def _one_or_many(value: Any) -> Any:
@@ -222,12 +241,23 @@ class RecordSet(Base):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    A: list[ipaddress.IPv4Address] = Field(default_factory=list, description="IPv4 addresses")
-    MX: list[MxValue] = Field(default_factory=list, description="mail exchangers")
+    A: Annotated[
+        list[ipaddress.IPv4Address],
+        one_or_many({"type": "string", "format": "ipv4"}, "IPv4 addresses"),
+    ] = Field(default_factory=list)
+    MX: Annotated[list[MxRecord], one_or_many(_MX_ITEM_SCHEMA, "mail exchangers")] = Field(
+        default_factory=list
+    )
     CNAME: Hostname | None = Field(None, description="canonical name (alone at its name)")
-    TXT: list[str] = Field(default_factory=list, description="text records, e.g. v=spf1 ...")
-    NS: list[Hostname] = Field(default_factory=list, description="name servers")
-    PTR: list[Hostname] = Field(default_factory=list, description="reverse names (in-addr.arpa)")
+    TXT: Annotated[list[str], one_or_many({"type": "string"}, "text records, e.g. v=spf1 ...")] = (
+        Field(default_factory=list)
+    )
+    NS: Annotated[list[str], one_or_many({"type": "string"}, "name servers")] = Field(
+        default_factory=list
+    )
+    PTR: Annotated[list[str], one_or_many({"type": "string"}, "reverse names (in-addr.arpa)")] = (
+        Field(default_factory=list)
+    )
     fault: DnsFault | None = Field(
         None, description="answer every query for this name with this fault instead"
     )
@@ -470,7 +500,20 @@ class Node(Base):
         json_schema_extra={"items": {"enum": [*(s.value for s in Service), "mta"]}},
     )
     hostname: Hostname | None = Field(None, description="the fully qualified host name")
-    networks: dict[str, AddressOrAuto] = Field(
+    networks: Annotated[
+        dict[str, AddressOrAuto],
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    {"type": "object", "additionalProperties": {
+                        "anyOf": [{"type": "string"}, {"type": "null"}]}},
+                    {"type": "array", "items": {"type": "string"}},
+                ],
+                "description": "network name -> address ('auto' or empty: allocated), or a"
+                " list of network names",
+            }
+        ),
+    ] = Field(
         description="network name -> address on it ('auto' or empty: allocated from the subnet);"
         " a list of network names allocates every address"
     )
@@ -565,7 +608,7 @@ class SendStep(Base):
 
     from_: str = Field(alias="from", description="the node that submits (a client or an MTA)")
     mail_from: str = Field(description="the envelope sender ('' for the null sender)")
-    to: list[str] = Field(description="envelope recipients")
+    to: Annotated[list[str], one_or_many({"type": "string"}, "envelope recipients")]
     subject: str = "maillab test"
     body: str = "Hello from maillab.\n"
     headers: dict[str, str] = Field(

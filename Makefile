@@ -1,0 +1,63 @@
+# maillab: `make lab-up` for the hands-on lab, `make test` for the test suite.
+# Each target creates the virtual environment first if it is missing.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TOPOLOGY ?= topologies/home-dialup.yaml
+BACKEND ?= inprocess
+# pytest-xdist workers: one per core by default.
+WORKERS ?= auto
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+.PHONY: help setup lab-up lab-down test unit lint format schema bench images clean
+
+help: ## Show this help.
+	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-10s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create the virtual environment, install maillab and the tools the tests use.
+	@./scripts/install-tools.sh
+
+lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=inprocess|docker) and hold it until Ctrl-C.
+	$(BIN)/maillab validate $(TOPOLOGY)
+	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND)
+
+lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left running.
+	$(BIN)/maillab down
+
+test: setup lint ## Run the whole test suite (pytest-xdist) and the linters.
+	$(BIN)/python -m pytest -n $(WORKERS) tests
+
+unit: $(STAMP) ## Run the tests without the linters.
+	$(BIN)/python -m pytest -n $(WORKERS) tests
+
+lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/.
+	$(BIN)/ruff check lab tests
+	$(BIN)/ruff format --check lab tests
+	$(BIN)/mypy lab
+
+format: $(STAMP) ## Format the code with ruff.
+	$(BIN)/ruff format lab tests
+	$(BIN)/ruff check --fix lab tests
+
+schema: $(STAMP) ## Write topologies/schema.json from the model.
+	$(BIN)/maillab schema -o topologies/schema.json
+
+bench: $(STAMP) ## Run the benchmarks and write docs/benchmarks.md.
+	$(BIN)/python -m bench --write docs/benchmarks.md
+
+images: $(STAMP) ## Build the Docker images (needs a Docker engine).
+	$(BIN)/maillab images build
+
+clean: ## Remove the virtual environment, caches and lab state.
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .lab
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
