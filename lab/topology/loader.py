@@ -22,7 +22,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from lab.errors import Problem, TopologyError
-from lab.topology.model import Topology
+from lab.topology.model import EXCHANGE_PATTERN, HOSTNAME_PATTERN, Topology
 
 PathT = tuple[str | int, ...]
 
@@ -124,6 +124,17 @@ class _Builder:
         return self.constructor.construct_object(node, deep=True)
 
 
+def _yaml_hint(problem: str) -> str:
+    """A plain-words hint for PyYAML's most puzzling messages."""
+    if "'\\t'" in problem:
+        return " (indent with spaces; YAML does not allow tabs here)"
+    if problem.startswith("mapping values are not allowed"):
+        return " (check the indentation of this line, or quote a value that contains ': ')"
+    if "expected <block end>" in problem:
+        return " (check the indentation of this line)"
+    return ""
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Positions]:
     """Plain data and positions from YAML text; a syntax error becomes a TopologyError."""
     positions = Positions(file)
@@ -132,9 +143,14 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Positions]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        what = exc.problem or "invalid YAML"
+        what = (exc.problem or "invalid YAML") + _yaml_hint(exc.problem or "")
         if exc.context:
-            what = f"{exc.context}, {what}"
+            start = exc.context_mark
+            if start and (start.line, start.column) != (line - 1, col - 1):
+                what = (f"{exc.context} that starts at line {start.line + 1},"
+                        f" column {start.column + 1}: {what}")
+            else:
+                what = f"{exc.context}, {what}"
         raise TopologyError(
             [Problem(file, line, col, "", f"YAML syntax error: {what}")]
         ) from None
@@ -227,6 +243,12 @@ _TYPE_WORDS = {
 }
 
 
+_PATTERN_WORDS = {
+    HOSTNAME_PATTERN: "a host name such as mail.example.org",
+    EXCHANGE_PATTERN: "a host name such as mx.example.org, or '.' for a null MX",
+}
+
+
 def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str, bool]:
     """A sentence for one pydantic error, and whether it belongs at the key."""
     kind = err["type"]
@@ -248,6 +270,8 @@ def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str
         return f"expected {ctx.get('expected', 'one of the allowed values')}, got {_kind(value)}", False
     if kind in _TYPE_WORDS:
         return f"expected {_TYPE_WORDS[kind]}, got {_kind(value)}", False
+    if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_WORDS:
+        return f"expected {_PATTERN_WORDS[ctx['pattern']]}, got {_kind(value)}", False
     if kind == "string_pattern_mismatch":
         return f"{_kind(value)} does not have the expected form ({ctx.get('pattern')})", False
     if kind.startswith(("greater_than", "less_than")):
@@ -263,11 +287,14 @@ def problems_from_validation(exc: ValidationError, positions: Positions) -> list
         path: PathT = ()
         for part in err["loc"]:
             candidate = (*path, part)
-            if candidate in positions.values or err["type"] in ("missing",) or isinstance(part, int):
+            # A list index not in the file belongs to a single value given for a list
+            # (`MX: "10 mx.example.org"`): the error is at that value, not at item [0].
+            if candidate in positions.values or err["type"] in ("missing",):
                 path = candidate
             elif isinstance(part, str) and (*path, part) in positions.keys:
                 path = candidate
         message, at_key = _message(err, path, path in positions.values)
+        at_key = at_key or "[key]" in err["loc"]
         problem = positions.problem(path, message, at_key=at_key)
         problems.setdefault(f"{problem.path}|{problem.message}", problem)
     return list(problems.values())

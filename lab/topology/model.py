@@ -62,10 +62,13 @@ def check_name(value: str) -> str:
     return value
 
 
+HOSTNAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$"
+EXCHANGE_PATTERN = r"^(\.|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?)$"
+
 Hostname = Annotated[
     str,
     Field(
-        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$",
+        pattern=HOSTNAME_PATTERN,
         description="a DNS host name such as mail.example.org",
     ),
 ]
@@ -187,18 +190,26 @@ class DnsFault(StrEnum):
 
 class MxRecord(Base):
     preference: int = Field(ge=0, le=65535)
-    exchange: Hostname = Field(description="the mail exchanger host name, or '.' for a null MX")
+    exchange: str = Field(
+        pattern=EXCHANGE_PATTERN,
+        description="the mail exchanger host name, or '.' for a null MX",
+    )
 
 
-_MX_RE = re.compile(r"^\s*(\d{1,5})\s+(\S+)\s*$")
+_MX_RE = re.compile(r"^\s*(\d+)\s+(\S+)\s*$")
 
 
 def parse_mx(value: Any) -> Any:
     if isinstance(value, str):
         match = _MX_RE.match(value)
-        if not match or int(match.group(1)) > 65535:
+        if not match:
             raise ValueError(
                 f"expected an MX record as 'PREFERENCE HOST' such as '10 mx.example.org', got {value!r}"
+            )
+        if int(match.group(1)) > 65535:
+            raise ValueError(
+                f"MX preference {match.group(1)} is out of range; expected 0 to 65535,"
+                f" got {value!r}"
             )
         exchange = match.group(2)
         if exchange != "." and not HOSTNAME_RE.match(exchange):
@@ -233,7 +244,7 @@ def one_or_many(item: dict[str, Any], description: str) -> Any:
 
 
 def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str | int | float) or value is None else value
+    return [value] if isinstance(value, str | int | float | dict) or value is None else value
 
 
 class RecordSet(Base):
@@ -245,9 +256,10 @@ class RecordSet(Base):
         list[ipaddress.IPv4Address],
         one_or_many({"type": "string", "format": "ipv4"}, "IPv4 addresses"),
     ] = Field(default_factory=list)
-    MX: Annotated[list[MxRecord], one_or_many(_MX_ITEM_SCHEMA, "mail exchangers")] = Field(
-        default_factory=list
-    )
+    MX: Annotated[
+        list[Annotated[MxRecord, BeforeValidator(parse_mx)]],
+        one_or_many(_MX_ITEM_SCHEMA, "mail exchangers"),
+    ] = Field(default_factory=list)
     CNAME: Hostname | None = Field(None, description="canonical name (alone at its name)")
     TXT: Annotated[list[str], one_or_many({"type": "string"}, "text records, e.g. v=spf1 ...")] = (
         Field(default_factory=list)
@@ -263,18 +275,10 @@ class RecordSet(Base):
     )
     ttl: int | None = Field(None, ge=0)
 
-    @field_validator("A", "TXT", "NS", "PTR", mode="before")
+    @field_validator("A", "MX", "TXT", "NS", "PTR", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
         return _one_or_many(value)
-
-    @field_validator("MX", mode="before")
-    @classmethod
-    def _mx(cls, value: Any) -> Any:
-        values = _one_or_many(value)
-        if isinstance(values, list):
-            return [parse_mx(v) for v in values]
-        return values
 
     @model_validator(mode="after")
     def _cname_alone(self) -> RecordSet:

@@ -93,7 +93,9 @@ class RecordTable:
                 rec.PTR.extend(normalise(n) for n in rs.PTR)
                 rec.fault = rs.fault.value if rs.fault else rec.fault
                 rec.ttl = rs.ttl if rs.ttl is not None else rec.ttl
-        explicit = set(table.names)
+        # A name the zones give an address (A) or an alias (CNAME) keeps it; a node's
+        # hostname that has only other records (an MX at the apex, say) still gets its A.
+        explicit = {name for name, rec in table.names.items() if rec.A or rec.CNAME}
         if topology.dns.hosts == "auto":
             for node in topology.nodes:
                 host = normalise(hostname_of(topology, node))

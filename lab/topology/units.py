@@ -24,7 +24,9 @@ SIZE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]i?[bB]?|[bB])?$"
 def parse_duration(value: Any) -> float:
     """Seconds from a number of seconds or a string such as "30m", "4h", "5d", "1h30m"."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as 30m, 4h or 5d, got {value!r}")
+        raise ValueError(
+            f"expected a duration such as 90s, 30m, 4h, 5d or 1h30m, got {str(value).lower()}"
+        )
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError(f"expected a duration of zero or more, got {value!r}")
@@ -57,7 +59,9 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: Any) -> int:
     """Bytes from a number or a string such as "10MB", "512k", "1MiB"."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size such as 10MB, got {value!r}")
+        raise ValueError(
+            f"expected a size in bytes or such as 512KB, 10MB, 1MiB, got {str(value).lower()}"
+        )
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"expected a size of zero or more, got {value!r}")

@@ -51,14 +51,15 @@ class _Checker:
     def run(self) -> list[Problem]:
         self.names()
         self.networks()
-        addresses_ok = self.addresses()
+        self.addresses()
         self.links()
+        # Built even when some address is wrong (that is reported already), so that names
+        # in the lab DNS still resolve and one mistake does not cause a second report.
         table = None
-        if addresses_ok:
-            try:
-                table = RecordTable.from_topology(self.t, assign_addresses(self.t))
-            except AddressPoolExhausted as exc:
-                self.add(("nodes", exc.node, "networks", exc.network), str(exc))
+        try:
+            table = RecordTable.from_topology(self.t, assign_addresses(self.t))
+        except AddressPoolExhausted as exc:
+            self.add(("nodes", exc.node, "networks", exc.network), str(exc))
         self.dns()
         for name, node in self.t.nodes.items():
             self.node(name, node, table)
@@ -166,7 +167,8 @@ class _Checker:
         host, _ = _split_hostport(target)
         if host in self.t.nodes or normalise(host) in self.hostnames or _is_ip(host):
             return True
-        return table is not None and table.resolves(host)
+        # Without a table (no free address) a name cannot be checked: do not report it.
+        return table is None or table.resolves(host)
 
     def node(self, name: str, node: Node, table: RecordTable | None) -> None:
         path: PathT = ("nodes", name)

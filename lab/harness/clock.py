@@ -1,0 +1,145 @@
+"""The lab clock: time that tests can move.
+
+Lab time runs with real time and can be pushed forward with `advance()`. Services never
+read the system clock or sleep for retry schedules; they ask the lab clock to call them
+back at a lab time (`call_at`). `advance(d)` runs every timer that falls due within `d`,
+in time order (ties in the order they were set), waiting for the work each one starts
+to settle before the next: five days of retries take milliseconds and always happen in
+the same order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+Callback = Callable[[], Awaitable[None] | None]
+
+
+@dataclass(order=True)
+class Timer:
+    when: float
+    seq: int
+    callback: Callback = field(compare=False)
+    name: str = field(default="", compare=False)
+    cancelled: bool = field(default=False, compare=False)
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class LabClock:
+    """Real time plus an offset that only grows; timers on lab time."""
+
+    def __init__(self, start: float | None = None, *, settle: Callable[[], Awaitable[None]] | None = None):
+        self._real0 = time.time()
+        self._start = self._real0 if start is None else start
+        self._offset = 0.0
+        self._timers: list[Timer] = []
+        self._seq = itertools.count()
+        self._settle = settle
+        self._wake: asyncio.Event | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+
+    # reading --------------------------------------------------------------------------
+
+    def time(self) -> float:
+        """Lab time as a Unix timestamp."""
+        return self._start + (time.time() - self._real0) + self._offset
+
+    @property
+    def offset(self) -> float:
+        """How far lab time has been pushed ahead of real time, in seconds."""
+        return self._offset
+
+    # timers ---------------------------------------------------------------------------
+
+    def call_at(self, when: float, callback: Callback, name: str = "") -> Timer:
+        timer = Timer(when, next(self._seq), callback, name)
+        heapq.heappush(self._timers, timer)
+        if self._wake is not None:
+            self._wake.set()
+        return timer
+
+    def call_later(self, delay: float, callback: Callback, name: str = "") -> Timer:
+        return self.call_at(self.time() + delay, callback, name)
+
+    def pending(self) -> list[Timer]:
+        return sorted(t for t in self._timers if not t.cancelled)
+
+    async def _fire(self, timer: Timer) -> None:
+        result = timer.callback()
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            await result
+        if self._settle is not None:
+            await self._settle()
+
+    def _pop_due(self, until: float) -> Timer | None:
+        while self._timers and self._timers[0].cancelled:
+            heapq.heappop(self._timers)
+        if self._timers and self._timers[0].when <= until:
+            return heapq.heappop(self._timers)
+        return None
+
+    async def advance(self, seconds: float) -> int:
+        """Move lab time forward, running every timer that falls due, in order.
+
+        Returns how many timers ran.
+        """
+        if seconds < 0:
+            raise ValueError("the lab clock only moves forward")
+        assert self._lock is not None, "the clock is not running"
+        ran = 0
+        async with self._lock:
+            if self._settle is not None:
+                await self._settle()
+            target = self.time() + seconds
+            while (timer := self._pop_due(target)) is not None:
+                now = self.time()
+                if timer.when > now:
+                    self._offset += timer.when - now
+                await self._fire(timer)
+                ran += 1
+            now = self.time()
+            if target > now:
+                self._offset += target - now
+        return ran
+
+    # background: timers that fall due as real time passes ------------------------------
+
+    def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._runner = asyncio.get_running_loop().create_task(self._run(), name="lab-clock")
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            self._runner.cancel()
+            try:
+                await self._runner
+            except asyncio.CancelledError:
+                pass
+            self._runner = None
+
+    async def _run(self) -> None:
+        assert self._wake is not None and self._lock is not None
+        while True:
+            self._wake.clear()
+            while self._timers and self._timers[0].cancelled:
+                heapq.heappop(self._timers)
+            delay = self._timers[0].when - self.time() if self._timers else None
+            if delay is not None and delay <= 0:
+                async with self._lock:
+                    timer = self._pop_due(self.time())
+                    if timer is not None:
+                        await self._fire(timer)
+                continue
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=min(delay or 60.0, 60.0))
+            except TimeoutError:
+                pass

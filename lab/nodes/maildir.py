@@ -1,0 +1,99 @@
+"""Mailboxes on disk in Maildir form, written durably.
+
+Python's `mailbox.Maildir` reads and writes this format but never calls fsync; a local
+delivery must be on disk before the queue lets go of its copy, so writing is done here
+(tmp/, fsync, rename into new/, fsync the directory) and reading goes through
+`mailbox.Maildir`. The POP3 server reads and deletes through the same class.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+_counter = itertools.count()
+
+
+class MailStore:
+    """The Maildirs of one host: STATE/mail/USER/{tmp,new,cur}."""
+
+    def __init__(self, root: Path, *, durable: bool = True):
+        self.root = root
+        self.durable = durable
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, user: str) -> Path:
+        safe = user.replace("/", "_")
+        return self.root / safe
+
+    def _ensure(self, user: str) -> Path:
+        box = self.path(user)
+        for sub in ("tmp", "new", "cur"):
+            (box / sub).mkdir(parents=True, exist_ok=True)
+        return box
+
+    def deliver(self, user: str, content: bytes) -> str:
+        """Store a message; returns its Maildir key once it is durably in new/."""
+        box = self._ensure(user)
+        key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
+        tmp = box / "tmp" / key
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, box / "new" / key)
+        if self.durable:
+            dfd = os.open(box / "new", os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        return key
+
+    def keys(self, user: str) -> list[str]:
+        """Message keys in arrival order (new/ and cur/)."""
+        box = self.path(user)
+        found: list[tuple[float, str]] = []
+        for sub in ("new", "cur"):
+            folder = box / sub
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    found.append((entry.stat().st_mtime, entry.name))
+        return [name for _, name in sorted(found, key=lambda item: (item[0], item[1]))]
+
+    def file(self, user: str, key: str) -> Path:
+        box = self.path(user)
+        for sub in ("new", "cur"):
+            candidate = box / sub / key
+            if candidate.exists():
+                return candidate
+        # Maildir readers may have renamed it with an info suffix
+        for sub in ("cur",):
+            for entry in (box / sub).glob(key + ":*"):
+                return entry
+        raise KeyError(f"{user}: no message {key}")
+
+    def read(self, user: str, key: str) -> bytes:
+        return self.file(user, key).read_bytes()
+
+    def remove(self, user: str, key: str) -> None:
+        self.file(user, key).unlink()
+        if self.durable:
+            for sub in ("new", "cur"):
+                folder = self.path(user) / sub
+                dfd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+
+    def users(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

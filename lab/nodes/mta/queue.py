@@ -1,0 +1,186 @@
+"""The MTA's queue: every message it has said 250 for, until it is delivered or bounced.
+
+What it owns: a directory per node. Each message is two files, `ID.eml` (the message as
+received, with our Received header) and `ID.json` (the envelope: sender, each recipient
+with its state and last reply, and the result of every delivery attempt). Both are
+written to a temporary name, fsync'd, renamed into place, and the directory fsync'd,
+before the SMTP server answers 250: a crash after 250 loses nothing, and a restarted
+node finds its queue as it was (`load`).
+
+The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
+default), warn the sender after 4 hours, give up after 5 days. The schedule is the
+node's `retry` setting, run on the lab clock.
+
+A message leaves the queue (both files removed) only when every recipient is final:
+delivered, or bounced with a DSN queued to the sender.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+@dataclass
+class Recipient:
+    address: str  # where it goes now (after alias expansion)
+    original: str  # what the envelope said
+    kind: str = "remote"  # local | mailbox | remote
+    target: str = ""  # local user or maildrop, for local kinds
+    state: str = PENDING
+    reply: str = ""  # last reply (or local result)
+    status: str = ""  # enhanced status code of the last result
+    remote_mta: str = ""
+    notify: list[str] = field(default_factory=list)  # DSN NOTIFY
+    dsn_sent: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.state == PENDING
+
+
+@dataclass
+class Attempt:
+    time: float
+    hop: str
+    result: str  # delivered | deferred | failed
+    reply: str
+    recipients: list[str]
+
+
+@dataclass
+class QueuedMessage:
+    id: str
+    envelope_from: str  # '' for the null sender
+    recipients: list[Recipient]
+    received: float  # lab time of acceptance
+    client: str = ""  # lab address of the client that handed it over
+    helo: str = ""
+    size: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    next_attempt: float = 0.0
+    warned: bool = False
+    dsn_ret: str = ""  # DSN RET=FULL|HDRS
+    envid: str = ""
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.pending]
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueuedMessage:
+        data = dict(data)
+        data["recipients"] = [Recipient(**r) for r in data["recipients"]]
+        data["attempts"] = [Attempt(**a) for a in data["attempts"]]
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "envelope_from": self.envelope_from,
+            "recipients": [r.address for r in self.pending],
+            "attempts": len(self.attempts),
+            "received": self.received,
+            "next_attempt": self.next_attempt,
+            "last_reply": self.attempts[-1].reply if self.attempts else "",
+        }
+
+
+def new_id() -> str:
+    return secrets.token_hex(5).upper()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Queue:
+    def __init__(self, directory: Path, *, durable: bool = True):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.durable = durable
+        self.messages: dict[str, QueuedMessage] = {}
+
+    def load(self) -> list[QueuedMessage]:
+        """Read the queue from disk (after a restart); drop half-written leftovers."""
+        for tmp in self.dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for env in sorted(self.dir.glob("*.json")):
+            body = env.with_suffix(".eml")
+            if not body.exists():
+                env.unlink()
+                continue
+            qm = QueuedMessage.from_json(json.loads(env.read_text()))
+            self.messages[qm.id] = qm
+        for body in self.dir.glob("*.eml"):
+            if body.stem not in self.messages:
+                body.unlink()  # never acknowledged: the envelope was not written
+        return list(self.messages.values())
+
+    def put(self, content: bytes, message: QueuedMessage) -> None:
+        """Store a new message durably. Only after this returns may the server say 250."""
+        _write_durably(self.dir / f"{message.id}.eml", content)
+        self._write_envelope(message)
+        if self.durable:
+            _fsync_dir(self.dir)
+        self.messages[message.id] = message
+
+    def save(self, message: QueuedMessage) -> None:
+        """Record a change of state (an attempt, a recipient done)."""
+        self._write_envelope(message)
+
+    def _write_envelope(self, message: QueuedMessage) -> None:
+        data = json.dumps(message.to_json(), separators=(",", ":")).encode()
+        if self.durable:
+            _write_durably(self.dir / f"{message.id}.json", data)
+        else:
+            (self.dir / f"{message.id}.json").write_bytes(data)
+
+    def content(self, message_id: str) -> bytes:
+        return (self.dir / f"{message_id}.eml").read_bytes()
+
+    def remove(self, message_id: str) -> None:
+        (self.dir / f"{message_id}.json").unlink(missing_ok=True)
+        (self.dir / f"{message_id}.eml").unlink(missing_ok=True)
+        self.messages.pop(message_id, None)
+        if self.durable:
+            _fsync_dir(self.dir)
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def list(self) -> list[QueuedMessage]:
+        return sorted(self.messages.values(), key=lambda m: (m.received, m.id))

@@ -1,0 +1,466 @@
+"""The built-in MTA: accept, queue, route, deliver, retry, bounce.
+
+The same code is the LAN hub, the ISP smarthost and a remote mail server; the node's
+topology settings make the difference. The SMTP front is aiosmtpd (smtpd.py); this
+module is what stands behind it:
+
+- `accept` turns a finished DATA into a queued message (durably, see queue.py) and
+  starts a delivery attempt at once, as sendmail does.
+- `run` attempts the pending recipients of some messages: local ones go to Maildirs,
+  remote ones are grouped by next hop (the smarthost, or the domain's MX hosts in
+  preference order, or its A record as an implicit MX) and sent over one SMTP session
+  per hop. Each recipient ends delivered, failed (a DSN goes back to the sender) or
+  deferred (retried on the lab clock; a delay DSN after `warn_after`; failed after
+  `give_up_after`).
+- `flush` runs every queued message now (sendmail -q).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import re
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from lab.harness.clock import Timer
+from lab.nodes.host import Host, Unreachable
+from lab.nodes.maildir import MailStore
+from lab.nodes.mta.dsn import build_dsn
+from lab.nodes.mta.outbound import OutboundSession, SessionError, TransactionResult
+from lab.nodes.mta.queue import DELIVERED, FAILED, PENDING, Attempt, Queue, QueuedMessage, Recipient, new_id
+from lab.nodes.mta.rewrite import masquerade_address, rewrite_headers
+from lab.nodes.mta.routing import AddressBook, AliasLoop
+from lab.nodes.resolver import DnsNotFound, DnsTemporaryError, Resolver
+from lab.protocols.smtp import Reply, split_address
+from lab.topology.addressing import hostname_of
+
+SMTP_PORT = 25
+_QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)|id=([A-Za-z0-9-]+)|([A-Z0-9]{8,})")
+
+
+@dataclass
+class Hop:
+    """Where a group of recipients goes next."""
+
+    key: str  # "smarthost:HOST" or "mx:DOMAIN"
+    candidates: list[tuple[str, str, int]] = field(default_factory=list)  # (name, address, port)
+    error: Reply | None = None  # set when the hop cannot be resolved
+
+
+@dataclass
+class _Work:
+    message: QueuedMessage
+    content: bytes
+    recipients: list[Recipient]
+
+
+class MtaService:
+    def __init__(self, host: Host, resolver: Resolver, *, connect_timeout: float = 5.0,
+                 smtp_timeout: float = 30.0, durable: bool = True):
+        self.host = host
+        self.node = host.node
+        self.resolver = resolver
+        self.book = AddressBook(host.node, host.hostname)
+        self.queue = Queue(host.state_dir / "queue", durable=durable)
+        self.store = MailStore(host.state_dir / "mail", durable=durable)
+        self.connect_timeout = connect_timeout
+        self.smtp_timeout = smtp_timeout
+        self.timers: dict[str, Timer] = {}
+        self.running: set[str] = set()
+        self.greylist: dict[tuple[str, str, str], float] = {}
+        self.fault_hits: dict[int, int] = defaultdict(int)
+        self.runtime_faults: list[Any] = []
+        self.server: Any = None
+
+    # lifecycle ------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from lab.nodes.mta.smtpd import make_smtp_factory
+
+        for message in self.queue.load():
+            self.host.emit("queue.loaded", id=message.id, recipients=[r.address for r in message.pending])
+            self._schedule(message, max(message.next_attempt, self.host.clock.time()))
+        await self.host.net.listen(SMTP_PORT, make_smtp_factory(self))
+
+    # accepting ------------------------------------------------------------------------
+
+    def received_header(self, *, helo: str, client: str, rdns: str | None, queue_id: str,
+                        rcpt: list[str], protocol: str, tls: str | None) -> bytes:
+        """A Received: line in the form sendmail writes (seed nelug's headers)."""
+        shown = f"{rdns} [{client}]" if rdns else f"[{client}]"
+        when = email.utils.format_datetime(
+            email.utils.localtime(None).fromtimestamp(self.host.clock.time()).astimezone()
+        )
+        lines = [f"Received: from {helo or 'unknown'} ({shown})",
+                 f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}"]
+        if tls:
+            lines.append(f"\t(using {tls})")
+        lines.append(f"\tfor <{rcpt[0]}>; {when}" if len(rcpt) == 1 else f"\t; {when}")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def accept(self, content: bytes, *, envelope_from: str, recipients: list[tuple[str, list[str]]],
+               client: str, helo: str, rdns: str | None, protocol: str = "ESMTP",
+               tls: str | None = None, dsn_ret: str = "", envid: str = "") -> QueuedMessage:
+        """Queue a message durably and start delivering it. Returns it with its id."""
+        queue_id = new_id()
+        rcpts: list[Recipient] = []
+        failed: list[Recipient] = []
+        for address, notify in recipients:
+            try:
+                for dest in self.book.expand(address):
+                    rcpts.append(Recipient(dest.address, address, dest.kind, dest.target,
+                                           notify=notify))
+            except AliasLoop:
+                failed.append(Recipient(address, address, "local", state=FAILED,
+                                        reply="554 5.4.6 alias loop", status="5.4.6",
+                                        notify=notify, dsn_sent=False))
+        header = self.received_header(helo=helo, client=client, rdns=rdns, queue_id=queue_id,
+                                      rcpt=[a for a, _ in recipients], protocol=protocol, tls=tls)
+        content = header + content
+        now = self.host.clock.time()
+        message = QueuedMessage(queue_id, "" if envelope_from in ("", "<>") else envelope_from,
+                                rcpts + failed, now, client=client, helo=helo, size=len(content),
+                                next_attempt=now, dsn_ret=dsn_ret, envid=envid)
+        self.queue.put(content, message)
+        self.host.emit("queue.queued", id=queue_id, envelope_from=message.envelope_from,
+                       recipients=[r.address for r in message.recipients],
+                       original_recipients=[a for a, _ in recipients], client=client,
+                       size=len(content), message_id=_message_id(content))
+        if failed:
+            self._bounce(message, content, failed)
+        self.host.spawn(self.run([queue_id]), f"deliver-{queue_id}")
+        return message
+
+    # running the queue ----------------------------------------------------------------
+
+    async def flush(self) -> int:
+        """Attempt every queued message now (sendmail -q). Returns how many were tried."""
+        ids = [m.id for m in self.queue.list()]
+        self.host.emit("queue.flush", count=len(ids))
+        await self.run(ids)
+        return len(ids)
+
+    async def run(self, ids: Iterable[str]) -> None:
+        work: list[_Work] = []
+        for message_id in ids:
+            message = self.queue.messages.get(message_id)
+            if message is None or message_id in self.running or not message.pending:
+                continue
+            self.running.add(message_id)
+            timer = self.timers.pop(message_id, None)
+            if timer:
+                timer.cancel()
+            work.append(_Work(message, self.queue.content(message_id), message.pending))
+        if not work:
+            return
+        try:
+            await self._deliver(work)
+        finally:
+            for item in work:
+                self.running.discard(item.message.id)
+                self._finish(item.message)
+
+    async def _deliver(self, work: list[_Work]) -> None:
+        groups: dict[str, list[tuple[_Work, list[Recipient]]]] = defaultdict(list)
+        for item in work:
+            remote: list[Recipient] = []
+            for rcpt in item.recipients:
+                if rcpt.kind in ("local", "mailbox"):
+                    self._deliver_local(item.message, item.content, rcpt)
+                else:
+                    remote.append(rcpt)
+            by_key: dict[str, list[Recipient]] = defaultdict(list)
+            for rcpt in remote:
+                by_key[self._hop_key(rcpt.address)].append(rcpt)
+            for key, rcpts in by_key.items():
+                groups[key].append((item, rcpts))
+        await asyncio.gather(*(self._deliver_hop(key, items) for key, items in groups.items()))
+
+    def _deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
+        user = rcpt.target or split_address(rcpt.address)[0]
+        head = (f"Return-Path: <{message.envelope_from}>\r\n"
+                f"Delivered-To: {rcpt.original if rcpt.kind == 'mailbox' else rcpt.address}\r\n")
+        try:
+            key = self.store.deliver(user, head.encode() + content)
+        except OSError as exc:
+            self._result(message, rcpt, Reply(451, f"4.3.0 local delivery failed: {exc}"), "local")
+            return
+        rcpt.state, rcpt.reply, rcpt.status = DELIVERED, "250 2.0.0 delivered to mailbox", "2.0.0"
+        message.attempts.append(Attempt(self.host.clock.time(), "local", "delivered",
+                                        rcpt.reply, [rcpt.address]))
+        self.host.emit("mailbox.delivered", id=message.id, user=user, rcpt=rcpt.original,
+                       address=rcpt.address, envelope_from=message.envelope_from, key=key,
+                       message_id=_message_id(content), maildrop=rcpt.kind == "mailbox")
+
+    def _hop_key(self, address: str) -> str:
+        if self.node.smarthost:
+            return f"smarthost:{self.node.smarthost}"
+        return f"mx:{split_address(address)[1]}"
+
+    async def _resolve_hop(self, key: str) -> Hop:
+        hop = Hop(key)
+        kind, _, target = key.partition(":")
+        try:
+            if kind == "smarthost":
+                name, port = _host_port(target)
+                if name in self.host.topology.nodes:
+                    name = hostname_of(self.host.topology, name)
+                addresses = await self.resolver.addresses(name)
+                if not addresses:
+                    hop.error = Reply(550, f"5.1.2 smarthost {name} has no address")
+                hop.candidates = [(name, a, port) for a in addresses]
+                return hop
+            mx = await self.resolver.mx(target)
+            if len(mx) == 1 and mx[0].host == ".":
+                hop.error = Reply(556, f"5.1.10 {target} does not accept mail (null MX)")
+                return hop
+            names = [m.host for m in mx] if mx else [target]
+            unresolved: list[str] = []
+            for name in names:
+                try:
+                    for address in await self.resolver.addresses(name):
+                        hop.candidates.append((name, address, SMTP_PORT))
+                except DnsNotFound:
+                    unresolved.append(name)
+            if not hop.candidates:
+                hop.error = Reply(550, f"5.1.2 Host or domain name not found: {target}"
+                                       + (" (no MX, no A)" if not mx else ""))
+        except DnsNotFound as exc:
+            hop.error = Reply(550, f"5.1.2 Host or domain name not found. {exc}")
+        except DnsTemporaryError as exc:
+            hop.error = Reply(451, f"4.4.3 Host name lookup failure: {exc}")
+        return hop
+
+    async def _deliver_hop(self, key: str, items: list[tuple[_Work, list[Recipient]]]) -> None:
+        hop = await self._resolve_hop(key)
+        if hop.error:
+            for item, rcpts in items:
+                self._attempt(item.message, key, hop.error, rcpts)
+                for rcpt in rcpts:
+                    self._result(item.message, rcpt, hop.error, "")
+            return
+        mine = {str(a) for a in self.host.addresses.values()}
+        remaining = list(items)
+        last_error = Reply(451, "4.4.1 no answer from any mail exchanger")
+        for name, address, port in hop.candidates:
+            if not remaining:
+                break
+            if address in mine:
+                last_error = Reply(554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself")
+                break
+            self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
+            try:
+                sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
+            except (OSError, TimeoutError) as exc:
+                last_error = Reply(451, f"4.4.1 connect to {name}[{address}]:{port}: {_why(exc)}")
+                self.host.emit("delivery.connect_failed", hop=key, host=name, address=address,
+                               reason=last_error.text)
+                continue
+            session = OutboundSession(sock, server_name=name, local_name=self.host.hostname,
+                                      tls_context=self.host.tls.client_context() if self.host.tls else None,
+                                      tls=self.node.policy.tls_outbound, timeout=self.smtp_timeout)
+            try:
+                await session.open()
+            except SessionError as exc:
+                last_error = exc.reply
+                self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
+                await session.close()
+                if exc.reply.permanent and exc.stage != "greeting":
+                    break
+                continue
+            try:
+                while remaining:
+                    item, rcpts = remaining[0]
+                    result = await self._transaction(session, item, rcpts, name)
+                    self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
+                    for rcpt in rcpts:
+                        self._result(item.message, rcpt, result.final(rcpt.address), name,
+                                     tls=session.used_tls)
+                    remaining.pop(0)
+            except SessionError as exc:
+                last_error = exc.reply
+                self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
+            finally:
+                await session.close()
+        for item, rcpts in remaining:
+            self._attempt(item.message, key, last_error, rcpts)
+            for rcpt in rcpts:
+                if rcpt.pending:
+                    self._result(item.message, rcpt, last_error, "")
+
+    async def _transaction(self, session: OutboundSession, item: _Work, rcpts: list[Recipient],
+                           server: str) -> TransactionResult:
+        message = item.message
+        envelope_from = message.envelope_from
+        content = item.content
+        m = self.node.masquerade
+        if m is not None:
+            if m.envelope and envelope_from:
+                envelope_from = masquerade_address(envelope_from, m, self.node.local_domains)
+            content = rewrite_headers(content, m, self.node.local_domains)
+        self.host.emit("delivery.attempt", id=message.id, server=server,
+                       envelope_from=envelope_from, recipients=[r.address for r in rcpts],
+                       message_id=_message_id(content))
+        return await session.send(envelope_from, [r.address for r in rcpts], content)
+
+    # results ---------------------------------------------------------------------------
+
+    def _attempt(self, message: QueuedMessage, hop: str, error: Reply | None,
+                 rcpts: list[Recipient], result: TransactionResult | None = None) -> None:
+        if result is not None:
+            outcome = {result.final(r.address).code // 100 for r in rcpts}
+            summary = "delivered" if outcome == {2} else "failed" if outcome == {5} else "deferred" if outcome == {4} else "mixed"
+            reply = str(result.data_reply or result.mail_reply or "")
+        else:
+            summary = "failed" if error and error.permanent else "deferred"
+            reply = str(error)
+        message.attempts.append(Attempt(self.host.clock.time(), hop, summary, reply,
+                                        [r.address for r in rcpts]))
+
+    def _result(self, message: QueuedMessage, rcpt: Recipient, reply: Reply, server: str,
+                *, tls: bool = False) -> None:
+        rcpt.reply = str(reply)
+        rcpt.status = reply.status
+        rcpt.remote_mta = server or rcpt.remote_mta
+        if reply.code < 400:
+            rcpt.state = DELIVERED
+            match = _QUEUED_AS.search(reply.text)
+            remote_id = next((g for g in match.groups() if g), "") if match else ""
+            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="delivered",
+                           reply=str(reply), server=server, remote_id=remote_id, tls=tls)
+        elif reply.code >= 500:
+            rcpt.state = FAILED
+            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="failed",
+                           reply=str(reply), server=server)
+        else:
+            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="deferred",
+                           reply=str(reply), server=server)
+
+    def _finish(self, message: QueuedMessage) -> None:
+        """After an attempt: bounce what failed, schedule what is pending, or let go."""
+        content = self.queue.content(message.id)
+        newly_failed = [r for r in message.recipients if r.state == FAILED and not r.dsn_sent]
+        now = self.host.clock.time()
+        if message.pending and now - message.received >= self.node.retry.give_up_after:
+            for rcpt in message.pending:
+                rcpt.state = FAILED
+                rcpt.reply = f"delivery time expired; last error: {rcpt.reply or 'none'}"
+                rcpt.status = "4.4.7"
+                newly_failed.append(rcpt)
+            self.host.emit("queue.expired", id=message.id)
+        if newly_failed:
+            self._bounce(message, content, newly_failed)
+        if message.pending:
+            warn = self.node.retry.warn_after
+            if (warn is not None and not message.warned and message.envelope_from
+                    and now - message.received >= warn):
+                message.warned = True
+                self._send_dsn(message, content, message.pending, "delayed")
+            self._schedule(message, self._next_time(message, now))
+            self.queue.save(message)
+            self.host.emit("queue.deferred", id=message.id, next_attempt=message.next_attempt,
+                           recipients=[r.address for r in message.pending],
+                           reply=message.pending[0].reply)
+        else:
+            self.queue.remove(message.id)
+            self.host.emit("queue.removed", id=message.id)
+
+    def _next_time(self, message: QueuedMessage, now: float) -> float:
+        retry = self.node.retry
+        tries = sum(1 for a in message.attempts if a.hop != "local")
+        interval = retry.intervals[min(max(tries - 1, 0), len(retry.intervals) - 1)]
+        candidates = [now + interval, message.received + retry.give_up_after]
+        if retry.warn_after is not None and not message.warned and message.envelope_from:
+            candidates.append(message.received + retry.warn_after)
+        return max(now, min(candidates))
+
+    def _schedule(self, message: QueuedMessage, when: float) -> None:
+        message.next_attempt = when
+        old = self.timers.pop(message.id, None)
+        if old:
+            old.cancel()
+        self.timers[message.id] = self.host.clock.call_at(
+            when, lambda: self.run([message.id]), name=f"{self.host.name}:retry:{message.id}")
+
+    # bounces ---------------------------------------------------------------------------
+
+    def _bounce(self, message: QueuedMessage, content: bytes, failed: list[Recipient]) -> None:
+        for rcpt in failed:
+            self.host.emit("queue.bounced", id=message.id, rcpt=rcpt.address, status=rcpt.status,
+                           reply=rcpt.reply, envelope_from=message.envelope_from)
+        notify = [r for r in failed if "NEVER" not in r.notify]
+        if notify:
+            self._send_dsn(message, content, notify, "failed")
+        for rcpt in failed:
+            rcpt.status = rcpt.status or "5.0.0"
+            rcpt.dsn_sent = True
+        self.queue.save(message)
+
+    def _send_dsn(self, message: QueuedMessage, content: bytes, rcpts: list[Recipient],
+                  action: str) -> None:
+        now = self.host.clock.time()
+        if message.envelope_from:
+            to = message.envelope_from
+            dsn = build_dsn(hostname=self.host.hostname, message=message, content=content,
+                            recipients=rcpts, action=action, now=now, to=to)
+            queued = self.accept(dsn, envelope_from="", recipients=[(to, [])],
+                                 client="127.0.0.1", helo=self.host.hostname, rdns="localhost",
+                                 protocol="local")
+            self.host.emit("dsn.sent", id=queued.id, original_id=message.id, to=to, action=action,
+                           recipients=[r.address for r in rcpts],
+                           status=[r.status for r in rcpts])
+        elif action == "failed":
+            # A bounce that cannot be delivered is not bounced again (RFC 3461 section 4.4):
+            # the local postmaster gets it.
+            dsn = build_dsn(hostname=self.host.hostname, message=message, content=content,
+                            recipients=rcpts, action=action, now=now, to="postmaster",
+                            subject="Postmaster notify: undeliverable bounce")
+            queued = self.accept(dsn, envelope_from="", recipients=[("postmaster", [])],
+                                 client="127.0.0.1", helo=self.host.hostname, rdns="localhost",
+                                 protocol="local")
+            self.host.emit("dsn.double_bounce", id=queued.id, original_id=message.id,
+                           recipients=[r.address for r in rcpts])
+
+    # views -----------------------------------------------------------------------------
+
+    def list_queue(self) -> list[dict[str, Any]]:
+        return [m.summary() for m in self.queue.list()]
+
+    def mailbox(self, user: str) -> list[dict[str, Any]]:
+        out = []
+        for key in self.store.keys(user):
+            raw = self.store.read(user, key)
+            out.append({"id": key, "envelope_from": _return_path(raw),
+                        "raw": raw.decode("utf-8", "surrogateescape")})
+        return out
+
+
+def _return_path(raw: bytes) -> str:
+    match = re.match(rb"Return-Path: <([^>]*)>", raw)
+    return match.group(1).decode() if match else ""
+
+
+def _message_id(content: bytes) -> str:
+    match = re.search(rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: content.find(b"\r\n\r\n") + 2 or None])
+    return match.group(1).decode("utf-8", "replace") if match else ""
+
+
+def _host_port(target: str) -> tuple[str, int]:
+    host, sep, port = target.rpartition(":")
+    if sep and port.isdigit():
+        return host, int(port)
+    return target, SMTP_PORT
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "connection timed out"
+    if isinstance(exc, Unreachable | ConnectionRefusedError):
+        return f"connection refused ({exc})"
+    return str(exc) or type(exc).__name__
+
+
+__all__ = ["PENDING", "MtaService"]

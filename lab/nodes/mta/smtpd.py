@@ -1,0 +1,346 @@
+"""The SMTP front of the built-in MTA: aiosmtpd speaks the protocol, our handler decides.
+
+What it adds to aiosmtpd: the lab's view of the peer (virtual addresses), the dialogue
+of the seed articles (a `214` HELP, VRFY 252 / EXPN 502 by default, ESMTP extensions
+ENHANCEDSTATUSCODES, PIPELINING, DSN, STARTTLS with the lab CA), every policy with the
+reply code real MTAs use, scripted faults, and 250 after DATA only once the message is
+durably queued. Every command and reply is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from lab.nodes.mta import policy
+from lab.nodes.resolver import DnsNotFound, DnsTemporaryError
+from lab.protocols import smtp as codes
+from lab.protocols.smtp import split_address
+from lab.topology.model import Fault, StartTls
+
+HELP_LINES = [
+    "214-2.0.0 Commands supported:",
+    "214-2.0.0     HELO EHLO MAIL RCPT DATA",
+    "214-2.0.0     RSET NOOP QUIT HELP VRFY",
+    "214 2.0.0     EXPN STARTTLS",
+]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DSN_MAIL = ("RET", "ENVID")
+_DSN_RCPT = ("NOTIFY", "ORCPT")
+
+
+def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
+    """Remove ESMTP parameters aiosmtpd does not know (DSN's) from a MAIL/RCPT argument."""
+    if not arg:
+        return arg, {}
+    parts = arg.split(" ")
+    kept, taken = [], {}
+    for i, part in enumerate(parts):
+        key, eq, value = part.partition("=")
+        if i > 0 and eq and key.upper() in names:
+            taken[key.upper()] = value
+        else:
+            kept.append(part)
+    return " ".join(kept), taken
+
+
+class LabSMTP(SMTP):
+    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
+
+    __ident__ = "ESMTP maillab"
+
+    def __init__(self, handler: Handler, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.lab = handler
+        self.lab_peer: tuple[str, int] | None = None
+        self.lab_local = ""
+        self.rdns: str | None = None
+        self._rcpt_params: dict[str, str] = {}
+
+    # connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.lab_peer is None:
+            peer, port, local = self.lab.mta.host.net.accepted(transport)
+            self.lab_peer, self.lab_local = (peer, port), local
+            fault = self.lab.fault("connect", None)
+            if fault is not None:
+                self.lab.emit("smtp.connect", peer=peer, fault=fault.reply or "disconnect")
+                if fault.reply:
+                    assert isinstance(transport, asyncio.WriteTransport)
+                    transport.write(f"{fault.reply}\r\n".encode())
+                transport.close()
+                return
+            self.lab.emit("smtp.connect", peer=peer, local=local)
+        super().connection_made(transport)
+        assert self.session is not None
+        self.session.peer = self.lab_peer
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        self.lab.emit("smtp.reply", peer=self.lab_peer[0] if self.lab_peer else "?",
+                      reply=str(status))
+        await super().push(status)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        for line in HELP_LINES:
+            await self.push(line)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        self.lab.command("EXPN", arg)
+        if self.lab.policy.expn == 502 or not arg:
+            await self.push(codes.EXPN_DISABLED if arg else "501 5.5.4 Syntax: EXPN <list>")
+            return
+        name = arg.strip("<> ")
+        book = self.lab.mta.book
+        if name.split("@")[0].lower() not in book.aliases:
+            await self.push(f"550 5.1.1 {name}... User unknown")
+            return
+        members = book.expand(name)
+        for i, dest in enumerate(members):
+            sep = " " if i == len(members) - 1 else "-"
+            await self.push(f"250{sep}2.1.5 <{dest.address}>")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.lab.command("MAIL", arg)
+        arg, params = _take_params(arg, _DSN_MAIL)
+        if self.envelope is not None:
+            self.envelope.dsn = params  # type: ignore[attr-defined]
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.lab.command("RCPT", arg)
+        arg, self._rcpt_params = _take_params(arg, _DSN_RCPT)
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self.lab.command("DATA", arg)
+        await super().smtp_DATA(arg)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self.lab.command("HELO", hostname)
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.lab.command("EHLO", hostname)
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        self.lab.command("VRFY", arg)
+        await super().smtp_VRFY(arg)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.lab.command("QUIT", arg)
+        await super().smtp_QUIT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.lab.command("RSET", arg)
+        await super().smtp_RSET(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        self.lab.command("STARTTLS", arg)
+        await super().smtp_STARTTLS(arg)
+
+
+class Handler:
+    """aiosmtpd handler hooks: the built-in MTA's policies."""
+
+    def __init__(self, mta: Any):
+        self.mta = mta
+        self.policy = mta.node.policy
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.mta.host.emit(kind, **data)
+
+    def command(self, verb: str, arg: str | None) -> None:
+        self.emit("smtp.command", command=verb, arg=arg or "")
+
+    def fault(self, stage: str, address: str | None) -> Fault | None:
+        for index, fault in enumerate([*self.mta.node.faults, *self.mta.runtime_faults]):
+            if fault.on.value != stage:
+                continue
+            if fault.match and (address or "").lower() != fault.match.lower():
+                continue
+            if fault.times is not None and self.mta.fault_hits[index] >= fault.times:
+                continue
+            self.mta.fault_hits[index] += 1
+            self.emit("fault.triggered", stage=stage, reply=fault.reply or "",
+                      disconnect=fault.disconnect, address=address or "")
+            return fault
+        return None
+
+    async def _apply_fault(self, server: LabSMTP, stage: str, address: str | None) -> str | None:
+        fault = self.fault(stage, address)
+        if fault is None:
+            return None
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.disconnect:
+            if server.transport is not None:
+                server.transport.close()
+            return "421 4.4.2 connection dropped (lab fault)"
+        return fault.reply
+
+    # HELO / EHLO --------------------------------------------------------------------
+
+    async def _helo_check(self, server: LabSMTP, hostname: str) -> str | None:
+        peer = server.lab_peer[0] if server.lab_peer else ""
+        if server.rdns is None:
+            try:
+                names = await self.mta.resolver.ptr(peer)
+                server.rdns = names[0] if names else ""
+            except (DnsNotFound, DnsTemporaryError, ValueError):
+                server.rdns = ""
+        if self.policy.helo_rdns.value == "off":
+            return None
+        if hostname.lower().rstrip(".") != (server.rdns or "").lower():
+            self.emit("policy.helo_mismatch", helo=hostname, rdns=server.rdns or "", peer=peer)
+            if self.policy.helo_rdns.value == "reject":
+                return codes.HELO_MISMATCH.format(helo=hostname, rdns=server.rdns or "(none)")
+        return None
+
+    async def handle_HELO(self, server: LabSMTP, session: Session, envelope: Envelope,
+                          hostname: str) -> str:
+        if (reply := await self._apply_fault(server, "helo", None)) is not None:
+            return reply
+        if (reply := await self._helo_check(server, hostname)) is not None:
+            return reply
+        session.host_name = hostname
+        return f"250 {self.mta.host.hostname} Hello {hostname} [{session.peer[0]}], pleased to meet you"
+
+    async def handle_EHLO(self, server: LabSMTP, session: Session, envelope: Envelope,
+                          hostname: str, responses: list[str]) -> list[str]:
+        if (reply := await self._apply_fault(server, "helo", None)) is not None:
+            return [reply]
+        if (reply := await self._helo_check(server, hostname)) is not None:
+            return [reply]
+        session.host_name = hostname
+        lines = [f"250-{self.mta.host.hostname} Hello {hostname} [{session.peer[0]}],"
+                 " pleased to meet you"]
+        for line in responses[1:-1]:
+            if line.startswith("250-AUTH"):
+                continue
+            lines.append(line)
+        lines += ["250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250-DSN", "250 HELP"]
+        return lines
+
+    # MAIL ---------------------------------------------------------------------------
+
+    async def handle_MAIL(self, server: LabSMTP, session: Session, envelope: Envelope,
+                          address: str, mail_options: list[str]) -> str:
+        if self.policy.starttls is StartTls.require and not session.ssl:
+            return codes.TLS_FIRST
+        if _CONTROL.search(address):
+            return "501 5.1.7 Bad sender address syntax"
+        if (reply := await self._apply_fault(server, "mail", address)) is not None:
+            return reply
+        sender = "" if address == "<>" else address
+        if sender and "@" not in sender:
+            sender = self.mta.book.qualify(sender)
+        reply = await policy.check_sender(self.mta, session, sender)
+        if reply is not None:
+            self.emit("policy.reject", stage="mail", address=address, reply=reply)
+            return reply
+        envelope.mail_from = sender or "<>"
+        envelope.mail_options.extend(mail_options)
+        return f"250 2.1.0 <{sender}>... Sender ok"
+
+    # RCPT ---------------------------------------------------------------------------
+
+    async def handle_RCPT(self, server: LabSMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        if _CONTROL.search(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        if (reply := await self._apply_fault(server, "rcpt", address)) is not None:
+            return reply
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return codes.TOO_MANY_RECIPIENTS
+        reply = await policy.check_recipient(self.mta, session, envelope, address)
+        if reply is not None:
+            self.emit("policy.reject", stage="rcpt", address=address, reply=reply)
+            return reply
+        envelope.rcpt_tos.append(address)
+        notify = server._rcpt_params.get("NOTIFY", "")
+        options = getattr(envelope, "rcpt_notify", [])
+        options.append([n.upper() for n in notify.split(",") if n])
+        envelope.rcpt_notify = options  # type: ignore[attr-defined]
+        return f"250 2.1.5 <{address}>... Recipient ok"
+
+    async def handle_VRFY(self, server: LabSMTP, session: Session, envelope: Envelope,
+                          address: str) -> str:
+        if self.policy.vrfy == 502:
+            return codes.VRFY_DISABLED
+        if self.policy.vrfy == 252:
+            return codes.VRFY_CANNOT
+        local, domain = split_address(address)
+        book = self.mta.book
+        if book.is_local_domain(domain) and book.knows(address):
+            return f"250 2.1.5 <{book.qualify(local) if not domain else address}>"
+        return f"550 5.1.1 <{address}>... User unknown"
+
+    # DATA ---------------------------------------------------------------------------
+
+    async def handle_DATA(self, server: LabSMTP, session: Session, envelope: Envelope) -> str:
+        if (reply := await self._apply_fault(server, "data", None)) is not None:
+            return reply
+        content = envelope.original_content or b""
+        if isinstance(content, str):  # pragma: no cover - decode_data is off
+            content = content.encode()
+        reply = policy.check_content(self.mta, envelope, content)
+        if reply is not None:
+            self.emit("policy.reject", stage="data", reply=reply)
+            return reply
+        if (reply := await self._apply_fault(server, "dot", None)) is not None:
+            return reply
+        notify = getattr(envelope, "rcpt_notify", [[] for _ in envelope.rcpt_tos])
+        dsn = getattr(envelope, "dsn", {})
+        try:
+            message = self.mta.accept(
+                content,
+                envelope_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
+                recipients=list(zip(envelope.rcpt_tos, notify, strict=False)),
+                client=session.peer[0], helo=session.host_name or "", rdns=server.rdns,
+                protocol="ESMTPS" if session.ssl else ("ESMTP" if session.extended_smtp else "SMTP"),
+                tls=_tls_text(session), dsn_ret=dsn.get("RET", ""), envid=dsn.get("ENVID", ""),
+            )
+        except OSError as exc:
+            self.emit("queue.write_failed", error=str(exc))
+            return "451 4.3.0 Error: queue file write error"
+        return f"250 2.0.0 {message.id} Message accepted for delivery"
+
+
+def _tls_text(session: Session) -> str | None:
+    if not session.ssl:
+        return None
+    cipher = session.ssl.get("cipher") if isinstance(session.ssl, dict) else None
+    if cipher:
+        return f"{cipher[1]} with cipher {cipher[0]} ({cipher[2]}/{cipher[2]} bits)"
+    return "TLS"
+
+
+def make_smtp_factory(mta: Any) -> Callable[[], LabSMTP]:
+    handler = Handler(mta)
+    node = mta.node
+    tls_context = None
+    if node.policy.starttls is not StartTls.off and mta.host.tls is not None:
+        tls_context = mta.host.tls.server_context(mta.host.hostname)
+
+    def factory() -> LabSMTP:
+        return LabSMTP(
+            handler,
+            hostname=mta.host.hostname,
+            data_size_limit=node.policy.max_size,
+            tls_context=tls_context,
+            require_starttls=False,
+            decode_data=False,
+            enable_SMTPUTF8=False,
+            ident="ESMTP maillab",
+            loop=asyncio.get_running_loop(),
+        )
+
+    return factory

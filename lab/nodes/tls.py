@@ -1,0 +1,38 @@
+"""The lab's certificate authority: one CA per lab, a certificate per host name.
+
+STARTTLS between lab hosts is real TLS, verified against this CA (trustme makes it).
+"""
+
+from __future__ import annotations
+
+import ssl
+from functools import cache
+from pathlib import Path
+
+import trustme
+
+
+class LabCA:
+    def __init__(self, state_dir: Path | None = None):
+        self._ca = trustme.CA(organization_name="maillab")
+        self._contexts: dict[str, ssl.SSLContext] = {}
+        if state_dir is not None:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            self._ca.cert_pem.write_to_path(str(state_dir / "lab-ca.pem"))
+
+    @property
+    def ca_pem(self) -> bytes:
+        return self._ca.cert_pem.bytes()
+
+    def server_context(self, hostname: str) -> ssl.SSLContext:
+        if hostname not in self._contexts:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ca.issue_cert(hostname).configure_cert(ctx)
+            self._contexts[hostname] = ctx
+        return self._contexts[hostname]
+
+    @cache  # noqa: B019 - one client context per CA for the lab's lifetime
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        self._ca.configure_trust(ctx)
+        return ctx
