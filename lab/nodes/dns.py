@@ -96,10 +96,9 @@ def _show(kind: str, data: Any) -> str:
 class _Udp(asyncio.DatagramProtocol):
     def __init__(self, server: DnsServer):
         self.server = server
-        self.transport: asyncio.DatagramTransport | None = None
+        self.transport: Any = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:

@@ -69,7 +69,6 @@ def build_dsn(*, hostname: str, message: QueuedMessage, content: bytes,
         block.append(f"Last-Attempt-Date: {_date(now)}")
         blocks.append("\r\n".join(block))
     parts = [
-        f"Return-Path: <>",
         f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
         f"To: <{to}>",
         f"Subject: {subject}",

@@ -416,7 +416,8 @@ class MtaService:
             # A bounce that cannot be delivered is not bounced again (RFC 3461 section 4.4):
             # the local postmaster gets it.
             dsn = build_dsn(hostname=self.host.hostname, message=message, content=content,
-                            recipients=rcpts, action=action, now=now, to="postmaster",
+                            recipients=rcpts, action=action, now=now,
+                            to=self.book.qualify("postmaster"),
                             subject="Postmaster notify: undeliverable bounce")
             queued = self.accept(dsn, envelope_from="", recipients=[("postmaster", [])],
                                  client="127.0.0.1", helo=self.host.hostname, rdns="localhost",

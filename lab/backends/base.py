@@ -1,0 +1,99 @@
+"""The backend contract: what a Lab needs from whatever brings a topology to life.
+
+Two implementations keep to it, with the same file names' roles: `inprocess` (asyncio,
+one process, loopback addresses) and `docker` (a container per host). Every method is a
+coroutine run on the lab's event loop; the Lab (lab.harness) wraps them for synchronous
+callers and pytest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+from lab.harness.events import EventBus
+from lab.nodes.client import SubmitResult
+from lab.topology.model import Topology
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    topology: Topology
+    events: EventBus
+
+    async def up(self) -> None:
+        """Start every host and service; return when all of them answer."""
+        ...
+
+    async def down(self) -> None:
+        """Stop everything and release what `up` took."""
+        ...
+
+    async def settle(self) -> None:
+        """Wait until no delivery, bounce or fetch is under way."""
+        ...
+
+    async def send(self, node: str, *, mail_from: str, to: list[str], content: bytes,
+                   via: str | None = None) -> SubmitResult:
+        """Submit a message from a node over SMTP, as that host would."""
+        ...
+
+    async def set_link(self, link: str, up: bool) -> None:
+        """Raise or drop a link; raising runs its on_up hooks in order."""
+        ...
+
+    def link_state(self, link: str) -> str:
+        ...
+
+    async def advance(self, seconds: float) -> int:
+        """Move the lab clock; returns the number of timers that ran."""
+        ...
+
+    def now(self) -> float:
+        ...
+
+    async def flush(self, node: str) -> int:
+        """Run a node's queue now (sendmail -q)."""
+        ...
+
+    async def fetch(self, node: str) -> int:
+        """Run a node's fetch jobs now; returns how many messages were fetched."""
+        ...
+
+    def queue(self, node: str) -> list[dict[str, Any]]:
+        """A node's queue: dicts with id, envelope_from, recipients, attempts."""
+        ...
+
+    def mailbox(self, node: str, user: str) -> list[dict[str, Any]]:
+        """Messages in a user's mailbox: dicts with id, envelope_from, raw."""
+        ...
+
+    def status(self) -> dict[str, Any]:
+        """Nodes with hostnames, addresses and endpoints; links with states."""
+        ...
+
+    def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
+        ...
+
+    def set_dns_fault(self, name: str, fault: str | None) -> None:
+        ...
+
+    def add_fault(self, node: str, fault: dict[str, Any]) -> None:
+        ...
+
+
+BACKENDS: dict[str, str] = {
+    "inprocess": "lab.backends.inprocess:InProcessBackend",
+    "docker": "lab.backends.docker:DockerBackend",
+}
+
+
+def backend_class(name: str) -> type[Any]:
+    import importlib
+
+    from lab.errors import LabError
+
+    if name not in BACKENDS:
+        raise LabError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]

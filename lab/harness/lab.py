@@ -1,0 +1,346 @@
+"""The Lab: bring a topology up on a backend, act on it, and assert what mail did.
+
+    with Lab.up("topologies/home-dialup.yaml") as lab:
+        lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
+        lab.assert_queued(on="hub")
+        lab.link("dialup").up()
+        lab.assert_delivered(to="paulmidgley@freeuk.com", envelope_from="eddy@shofar.uklinux.net")
+
+The backend's event loop runs in a background thread, so the Lab is used from plain
+synchronous code and pytest. Assertions wait for events (never sleep) and, when they
+fail, say what was expected, what happened instead, and show the message's trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email
+import email.message
+import email.policy
+import threading
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lab.backends.base import backend_class
+from lab.errors import LabError
+from lab.harness.events import Event, format_events
+from lab.nodes.client import SubmitResult
+from lab.topology import load
+from lab.topology.model import Topology
+from lab.topology.units import parse_duration
+
+T = TypeVar("T")
+
+
+class LabAssertionError(AssertionError):
+    """An expectation about mail that did not hold; the message explains and traces."""
+
+
+class _LoopThread:
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name=f"maillab-{name}",
+                                       daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        async def wrapper() -> Any:
+            return func(*args, **kwargs)
+
+        return self.run(wrapper())
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+@dataclass
+class MailboxMessage:
+    id: str
+    envelope_from: str
+    raw: str
+    message: email.message.EmailMessage = field(repr=False)
+
+    def __getitem__(self, header: str) -> str | None:
+        value = self.message[header]
+        return None if value is None else str(value)
+
+    @property
+    def body(self) -> str:
+        part = self.message.get_body(("plain",)) if self.message.is_multipart() else self.message
+        if part is None:
+            return ""
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else str(payload)
+
+
+class LinkHandle:
+    def __init__(self, lab: Lab, name: str):
+        self.lab, self.name = lab, name
+
+    def up(self) -> None:
+        self.lab._run(self.lab.backend.set_link(self.name, True))
+
+    def down(self) -> None:
+        self.lab._run(self.lab.backend.set_link(self.name, False))
+
+    @property
+    def state(self) -> str:
+        return str(self.lab._call(self.lab.backend.link_state, self.name))
+
+
+class ClockHandle:
+    def __init__(self, lab: Lab):
+        self.lab = lab
+
+    def advance(self, duration: str | float) -> int:
+        seconds = parse_duration(duration)
+        return int(self.lab._run(self.lab.backend.advance(seconds), timeout=600))
+
+    def now(self) -> float:
+        return float(self.lab._call(self.lab.backend.now))
+
+
+class Lab:
+    """A running lab. Create with `Lab.up(...)`; stop with `down()` or a `with` block."""
+
+    def __init__(self, topology: Topology, *, backend: str = "inprocess", source: Path | None = None,
+                 **options: Any):
+        self.topology = topology
+        self.source = source
+        self._thread = _LoopThread(topology.name)
+        cls = backend_class(backend)
+        self.backend = cls(topology, **options)
+        self.clock = ClockHandle(self)
+        self._running = False
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    @classmethod
+    def up(cls, topology: str | Path | Topology, *, backend: str = "inprocess",
+           **options: Any) -> Lab:
+        source = None
+        if not isinstance(topology, Topology):
+            source = Path(topology)
+            topology = load(source).model
+        lab = cls(topology, backend=backend, source=source, **options)
+        try:
+            lab._run(lab.backend.up(), timeout=300)
+        except BaseException:
+            lab._thread.stop()
+            raise
+        lab._running = True
+        return lab
+
+    def down(self) -> None:
+        if self._running:
+            self._running = False
+            try:
+                self._run(self.backend.down(), timeout=120)
+            finally:
+                self._thread.stop()
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.down()
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
+        return self._thread.run(coro, timeout)
+
+    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._thread.call(func, *args, **kwargs)
+
+    # acting ----------------------------------------------------------------------------
+
+    def send(self, node: str, *, mail_from: str, to: str | list[str], subject: str = "maillab test",
+             body: str = "Hello from maillab.\n", headers: dict[str, str] | None = None,
+             via: str | None = None, raw: bytes | None = None) -> SubmitResult:
+        """Submit a message from `node` over SMTP; returns the receiving MTA's replies."""
+        rcpts = [to] if isinstance(to, str) else list(to)
+        content = raw if raw is not None else self._call(
+            self.backend.message, node, mail_from=mail_from, to=rcpts, subject=subject, body=body,
+            headers=headers)
+        return self._run(self.backend.send(node, mail_from=mail_from, to=rcpts, content=content,
+                                           via=via))
+
+    def link(self, name: str) -> LinkHandle:
+        if name not in self.topology.links:
+            raise LabError(f"unknown link {name!r}; expected one of: {', '.join(self.topology.links)}")
+        return LinkHandle(self, name)
+
+    def flush(self, node: str) -> int:
+        return int(self._run(self.backend.flush(node), timeout=600))
+
+    def fetch(self, node: str) -> int:
+        return int(self._run(self.backend.fetch(node), timeout=600))
+
+    def settle(self) -> None:
+        self._run(self.backend.settle(), timeout=600)
+
+    def queue(self, node: str) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self._call(self.backend.queue, node)
+        return result
+
+    def mailbox(self, node: str, user: str) -> list[MailboxMessage]:
+        items = self._call(self.backend.mailbox, node, user)
+        return [MailboxMessage(i["id"], i["envelope_from"], i["raw"],
+                               email.message_from_string(i["raw"], policy=email.policy.default))  # type: ignore[arg-type]
+                for i in items]
+
+    def status(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(self.backend.status)
+        return result
+
+    def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
+        self._call(self.backend.set_dns, name, rtype, values)
+
+    def set_dns_fault(self, name: str, fault: str | None) -> None:
+        self._call(self.backend.set_dns_fault, name, fault)
+
+    def add_fault(self, node: str, **fault: Any) -> None:
+        self._call(self.backend.add_fault, node, fault)
+
+    # events and traces -----------------------------------------------------------------
+
+    @property
+    def events(self) -> list[Event]:
+        return list(self.backend.events.events)
+
+    def wait_for(self, kind: str | None = None, *, node: str | None = None, timeout: float = 10.0,
+                 since: int = 0, predicate: Any = None, **data: Any) -> Event:
+        try:
+            return self._run(self.backend.events.wait_for(predicate, kind=kind, node=node,
+                                                          since=since, timeout=timeout, **data),
+                             timeout=timeout + 5)
+        except TimeoutError:
+            raise LabAssertionError(
+                f"no {kind or 'event'} event{' on ' + node if node else ''} matching {data}"
+                f" within {timeout}s\n--- last events ---\n{format_events(self.events[-30:])}"
+            ) from None
+
+    def trace(self, ref: str | SubmitResult) -> list[Event]:
+        """Every event about one message, hop by hop: queue ids and Message-ID followed."""
+        queue_id = ref.queue_id if isinstance(ref, SubmitResult) else ref
+        events = self.events
+        message_ids = {e.get("message_id") for e in events
+                       if e.kind == "queue.queued" and e.get("id") == queue_id and e.get("message_id")}
+        if not message_ids and queue_id.startswith("<"):
+            message_ids = {queue_id}
+        ids = {queue_id}
+        ids |= {e.get("id") for e in events if e.kind == "queue.queued"
+                and e.get("message_id") in message_ids}
+        changed = True
+        while changed:  # DSNs about these messages belong to the trace too
+            new = {e.get("id") for e in events if e.kind in ("dsn.sent", "dsn.double_bounce")
+                   and e.get("original_id") in ids}
+            changed = not new <= ids
+            ids |= new
+        return [e for e in events if e.get("id") in ids or e.get("original_id") in ids
+                or (message_ids and e.get("message_id") in message_ids)]
+
+    def format_trace(self, ref: str | SubmitResult) -> str:
+        return format_events(self.trace(ref))
+
+    # assertions --------------------------------------------------------------------------
+
+    def _explain(self, what: str, events: list[Event]) -> str:
+        interesting = [e for e in events if e.kind.startswith(("queue.", "delivery.result", "dsn.",
+                                                               "mailbox.", "policy.", "link.",
+                                                               "client."))]
+        return f"{what}\n--- what happened ---\n{format_events(interesting[-40:]) or '(no events)'}"
+
+    def assert_delivered(self, to: str, *, node: str | None = None, mailbox: str | None = None,
+                         envelope_from: str | None = None, headers: dict[str, str] | None = None,
+                         timeout: float = 10.0) -> MailboxMessage:
+        """Wait until a message for `to` lands in a mailbox; check where and how."""
+        def match(e: Event) -> bool:
+            if e.kind != "mailbox.delivered":
+                return False
+            if (e.get("rcpt") or "").lower() != to.lower() and (e.get("address") or "").lower() != to.lower():
+                return False
+            if node and e.node != node:
+                return False
+            if mailbox and e.get("user") != mailbox:
+                return False
+            return envelope_from is None or e.get("envelope_from") == envelope_from
+
+        try:
+            event = self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+        except TimeoutError:
+            want = f"a delivery to {to}" + (f" on {node}" if node else "") + (
+                f" in mailbox {mailbox}" if mailbox else "") + (
+                f" with envelope sender {envelope_from}" if envelope_from is not None else "")
+            raise LabAssertionError(self._explain(f"expected {want} within {timeout}s",
+                                                  self.events)) from None
+        found = next(m for m in self.mailbox(event.node, event.get("user"))
+                     if m.id == event.get("key"))
+        for name, value in (headers or {}).items():
+            actual = found[name]
+            if actual is None or value.lower() not in actual.lower():
+                raise LabAssertionError(self._explain(
+                    f"delivered to {to} on {event.node}, but header {name}: is {actual!r},"
+                    f" expected it to contain {value!r}", self.events))
+        return found
+
+    def assert_not_delivered(self, to: str, *, node: str | None = None, mailbox: str | None = None) -> None:
+        self.settle()
+        for e in self.events:
+            if e.kind == "mailbox.delivered" and (e.get("rcpt") or "").lower() == to.lower() and (
+                    node is None or e.node == node) and (mailbox is None or e.get("user") == mailbox):
+                raise LabAssertionError(self._explain(f"expected no delivery to {to}, but it was"
+                                                      f" delivered on {e.node}", self.events))
+
+    def assert_queued(self, on: str, *, to: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+        """The node's queue holds a deferred message (for `to`, if given)."""
+        def match(e: Event) -> bool:
+            return e.kind == "queue.deferred" and e.node == on and (
+                to is None or to in e.get("recipients", []))
+
+        try:
+            self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+        except TimeoutError:
+            pass
+        entries = [q for q in self.queue(on) if to is None or to in q["recipients"]]
+        if not entries:
+            raise LabAssertionError(self._explain(
+                f"expected a message{' for ' + to if to else ''} queued on {on}; the queue is"
+                f" {self.queue(on) or 'empty'}", self.events))
+        return entries[0]
+
+    def assert_bounced(self, *, recipient: str | None = None, to: str | None = None,
+                       status: str | None = None, by: str | None = None,
+                       timeout: float = 10.0) -> Event:
+        """A DSN was sent for `recipient` (to the envelope sender `to`) with `status`."""
+        def match(e: Event) -> bool:
+            if e.kind != "dsn.sent" or e.get("action") != "failed":
+                return False
+            if by and e.node != by:
+                return False
+            if to and e.get("to", "").lower() != to.lower():
+                return False
+            if recipient and recipient.lower() not in [r.lower() for r in e.get("recipients", [])]:
+                return False
+            return status is None or status in e.get("status", [])
+
+        try:
+            return self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+        except TimeoutError:
+            want = "a bounce" + (f" for {recipient}" if recipient else "") + (
+                f" to {to}" if to else "") + (f" with status {status}" if status else "") + (
+                f" from {by}" if by else "")
+            raise LabAssertionError(self._explain(f"expected {want} within {timeout}s",
+                                                  self.events)) from None
