@@ -139,5 +139,332 @@ def graph(file: Path, fmt: str, output: Path | None) -> None:
     click.echo(f"wrote {target}", err=True)
 
 
+# ---------------------------------------------------------------------------------------
+# running labs
+
+lab_option = click.option("--lab", "lab_name", metavar="NAME",
+                          help="The running lab to act on (default: the only one running).")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    nodes = status["nodes"]
+    click.echo(f"lab {status['name']!r} is up ({status['backend']} backend, {len(nodes)} nodes)")
+    rows = [("NODE", "HOSTNAME", "SERVICES", "ADDRESSES", "ENDPOINTS")]
+    for name, node in nodes.items():
+        addresses = " ".join(f"{net}={addr}" for net, addr in node["addresses"].items())
+        endpoints = " ".join(f"{svc}={ep}" for svc, ep in node["endpoints"].items() if "@" not in svc)
+        rows.append((name, node["hostname"], ",".join(node.get("services", [])), addresses, endpoints))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+    for name, link in status.get("links", {}).items():
+        click.echo(f"  link {name}: {link['state']} ({link.get('node')} on {link.get('network')})")
+    op = status.get("operator") or {}
+    if op.get("node"):
+        click.echo(f"  You connect from this machine as {op['node']} ({op['address']}).")
+    smtp = next((n for n in nodes.values() if "smtp" in n["endpoints"]), None)
+    if smtp:
+        host, _, port = smtp["endpoints"]["smtp"].rpartition(":")
+        click.echo(f"  Try: telnet {host} {port}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--backend", type=click.Choice(["inprocess", "docker"]), default="inprocess",
+              show_default=True, help="Where the hosts run.")
+@click.option("--name", help="Name of this lab (default: the topology's name).")
+@click.option("-d", "--detach", is_flag=True, help="Leave the lab running in the background.")
+@json_option
+@friendly
+def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) -> None:
+    """Bring up the lab of FILE, print its endpoints, and hold it until Ctrl-C.
+
+    A person on this machine who connects to an endpoint is seen by the lab as the
+    topology's operator (a LAN client), so the seed articles' telnet sessions work.
+    """
+    from lab.harness.control import ControlServer, find_lab, registry_dir, request, running_labs
+    from lab.topology import load
+
+    topology = load(file).model
+    name = name or topology.name
+    if name in running_labs():
+        raise LabError(f"a lab named {name!r} is already running; stop it with `maillab down"
+                       f" --lab {name}` or choose another --name")
+    if detach:
+        import subprocess
+        import time
+
+        log = registry_dir() / f"{name}.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "lab", "up", str(file), "--backend", backend, "--name", name],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        deadline = time.monotonic() + 300
+        while name not in running_labs():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"the lab did not come up; its log ({log}):\n{log.read_text()}")
+            time.sleep(0.05)
+        find_lab(name)
+        status = request(name, "status")
+        if as_json:
+            emit_json(status)
+        else:
+            _print_status(status)
+            click.echo(f"  Running in the background (pid {proc.pid}); `maillab down --lab {name}`"
+                       " stops it.")
+        return
+
+    import signal
+
+    from lab.harness.lab import Lab
+
+    def terminate(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, terminate)
+    lab = Lab.up(topology, backend=backend)
+    lab.source = file
+    server = ControlServer(lab, name, file)
+    try:
+        lab._run(server.start())
+        status = lab.status()
+        if as_json:
+            emit_json(status)
+        else:
+            _print_status(status)
+            click.echo("  Press Ctrl-C to stop the lab.")
+        sys.stdout.flush()
+        assert server.stopped is not None
+        lab._run(server.stopped.wait(), timeout=None)
+        click.echo("stopping (maillab down)")
+    except KeyboardInterrupt:
+        click.echo("\nstopping")
+    finally:
+        try:
+            lab._run(server.close())
+        finally:
+            lab.down()
+
+
+@main.command()
+@lab_option
+@friendly
+def down(lab_name: str | None) -> None:
+    """Stop a running lab."""
+    import time
+
+    from lab.harness.control import find_lab, request, running_labs
+
+    info = find_lab(lab_name)
+    request(info["name"], "down")
+    deadline = time.monotonic() + 60
+    while info["name"] in running_labs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    click.echo(f"lab {info['name']!r} is down")
+
+
+@main.command()
+@lab_option
+@json_option
+@friendly
+def status(lab_name: str | None, as_json: bool) -> None:
+    """Show a running lab: nodes, addresses, endpoints, links."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "status")
+    if as_json:
+        emit_json(result)
+    else:
+        _print_status(result)
+
+
+@main.command()
+@lab_option
+@click.option("--from-node", required=True, help="The node that submits (a client or an MTA).")
+@click.option("--mail-from", required=True, help="Envelope sender ('' for the null sender).")
+@click.option("--to", "to", multiple=True, required=True, help="Envelope recipient (repeatable).")
+@click.option("--subject", default="maillab test", show_default=True)
+@click.option("--body", help="Message body text.")
+@click.option("--file", "eml", type=click.Path(exists=True, path_type=Path),
+              help="Send this message file as it is.")
+@click.option("--via", help="Submit to this MTA instead of the node's submit_to.")
+@json_option
+@friendly
+def send(lab_name: str | None, from_node: str, mail_from: str, to: tuple[str, ...], subject: str,
+         body: str | None, eml: Path | None, via: str | None, as_json: bool) -> None:
+    """Submit a message as FROM-NODE would; print the receiving MTA's queue id."""
+    from lab.harness.control import request
+
+    raw = eml.read_text(encoding="utf-8", errors="surrogateescape") if eml else None
+    result = request(lab_name, "send", from_node=from_node, mail_from=mail_from, to=list(to),
+                     subject=subject, body=body, raw=raw, via=via)
+    if as_json:
+        emit_json(result)
+    elif result["accepted"]:
+        click.echo(result["queue_id"])
+    else:
+        detail = result["error"] or result["data"] or result["mail"] or result["rcpt"]
+        raise LabError(f"not accepted by {result['server']}: {detail}")
+
+
+@main.command()
+@lab_option
+@click.argument("link_name", metavar="LINK")
+@click.argument("state", type=click.Choice(["up", "down"]))
+@friendly
+def link(lab_name: str | None, link_name: str, state: str) -> None:
+    """Raise or drop LINK; raising runs its on_up hooks (flush, fetch)."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "link", link=link_name, state=state)
+    click.echo(f"link {result['link']}: {result['state']}")
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@json_option
+@friendly
+def flush(lab_name: str | None, node: str, as_json: bool) -> None:
+    """Run NODE's queue now, like `sendmail -q`."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "flush", node=node)
+    if as_json:
+        emit_json(result)
+    else:
+        click.echo(f"{node}: tried {result['tried']} message(s), {len(result['queue'])} still queued")
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@friendly
+def fetch(lab_name: str | None, node: str) -> None:
+    """Run NODE's fetch jobs now, like fetchmail."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "fetch", node=node)
+    click.echo(f"{node}: fetched {result['fetched']} message(s)")
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@json_option
+@friendly
+def queue(lab_name: str | None, node: str, as_json: bool) -> None:
+    """List NODE's mail queue, like `mailq`."""
+    from lab.harness.control import request
+
+    entries = request(lab_name, "queue", node=node)
+    if as_json:
+        emit_json([{k: e[k] for k in ("id", "envelope_from", "recipients", "attempts")} | e
+                   for e in entries])
+        return
+    if not entries:
+        click.echo(f"{node}: mail queue is empty")
+    for e in entries:
+        click.echo(f"{e['id']}  <{e['envelope_from']}>  attempts={e['attempts']}")
+        for rcpt in e["recipients"]:
+            click.echo(f"    {rcpt}")
+        if e.get("last_reply"):
+            click.echo(f"    ({e['last_reply']})")
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@click.argument("user")
+@json_option
+@friendly
+def mailbox(lab_name: str | None, node: str, user: str, as_json: bool) -> None:
+    """Show the messages in USER's mailbox on NODE."""
+    from lab.harness.control import request
+
+    messages = request(lab_name, "mailbox", node=node, user=user)
+    if as_json:
+        emit_json(messages)
+        return
+    if not messages:
+        click.echo(f"{user}@{node}: no messages")
+    for m in messages:
+        click.echo(f"=== {m['id']} (envelope from <{m['envelope_from']}>)")
+        click.echo(m["raw"].replace("\r\n", "\n"))
+
+
+@main.group()
+def clock() -> None:
+    """The lab clock."""
+
+
+@clock.command("advance")
+@lab_option
+@click.argument("duration")
+@friendly
+def clock_advance(lab_name: str | None, duration: str) -> None:
+    """Move the lab clock forward by DURATION (e.g. 30m, 4h, 5d), running due timers."""
+    from lab.harness.control import request
+    from lab.topology.units import parse_duration
+
+    try:
+        parse_duration(duration)
+    except ValueError as exc:
+        raise LabError(str(exc)) from None
+    result = request(lab_name, "clock", advance=duration)
+    click.echo(f"advanced {duration}: {result['timers']} timer(s) ran")
+
+
+@main.command()
+@lab_option
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events.")
+@click.option("--kind", help="Only events of this kind (a prefix ending in .* matches a family).")
+@json_option
+@friendly
+def events(lab_name: str | None, follow: bool, kind: str | None, as_json: bool) -> None:
+    """Print the lab's events (SMTP dialogue, queue, deliveries, DNS, links)."""
+    import time
+
+    from lab.harness.control import request
+
+    since = 0
+    while True:
+        batch = request(lab_name, "events", since=since)
+        for e in batch:
+            since = max(since, e["seq"])
+            if kind and not (e["kind"] == kind or (kind.endswith(".*") and e["kind"].startswith(kind[:-1]))):
+                continue
+            if as_json:
+                click.echo(json.dumps(e, default=str))
+            else:
+                detail = " ".join(f"{k}={v}" for k, v in e["data"].items())
+                click.echo(f"#{e['seq']} {e['node']:<10} {e['kind']:<22} {detail}")
+        if not follow:
+            return
+        time.sleep(0.5)
+
+
+@main.command()
+@lab_option
+@click.argument("ref", metavar="ID")
+@json_option
+@friendly
+def trace(lab_name: str | None, ref: str, as_json: bool) -> None:
+    """Follow one message (a queue id or <Message-ID>) hop by hop."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "trace", ref=ref)
+    if as_json:
+        emit_json(result)
+        return
+    if not result:
+        raise LabError(f"no events about {ref!r}")
+    for e in result:
+        detail = " ".join(f"{k}={v}" for k, v in e["data"].items())
+        click.echo(f"#{e['seq']} {e['node']:<10} {e['kind']:<22} {detail}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

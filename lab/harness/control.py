@@ -1,0 +1,208 @@
+"""The control channel of a running lab: how `maillab status`, `send`, `link`... reach the
+process that `maillab up` started.
+
+`maillab up` registers the lab in the registry directory ($MAILLAB_HOME, default
+~/.maillab/labs) as NAME.json (pid, backend, topology, state directory, control socket)
+and serves a Unix socket there. A request is one line of JSON, {"op": ..., "args": {...}};
+the answer is one line, {"ok": true, "result": ...} or {"ok": false, "error": "..."}.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.topology.units import parse_duration
+
+
+def registry_dir() -> Path:
+    base = os.environ.get("MAILLAB_HOME")
+    path = Path(base) if base else Path.home() / ".maillab"
+    path = path / "labs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_labs() -> dict[str, dict[str, Any]]:
+    """Registered labs whose process is alive; stale entries are removed."""
+    labs = {}
+    for entry in sorted(registry_dir().glob("*.json")):
+        try:
+            info = json.loads(entry.read_text())
+        except (OSError, ValueError):
+            continue
+        if not _alive(int(info.get("pid", 0))):
+            entry.unlink(missing_ok=True)
+            Path(info.get("socket", "")).unlink(missing_ok=True)
+            continue
+        labs[info["name"]] = info
+    return labs
+
+
+def find_lab(name: str | None) -> dict[str, Any]:
+    labs = running_labs()
+    if name is not None:
+        if name not in labs:
+            known = ", ".join(labs) or "none"
+            raise LabError(f"no running lab named {name!r} (running: {known})")
+        return labs[name]
+    if not labs:
+        raise LabError("no lab is running; start one with `maillab up FILE` (or `make lab-up`)")
+    if len(labs) > 1:
+        raise LabError(f"several labs are running ({', '.join(labs)}); choose one with --lab NAME")
+    return next(iter(labs.values()))
+
+
+def request(name: str | None, op: str, timeout: float = 600.0, **args: Any) -> Any:
+    """Send one request to a running lab and return its result (LabError on failure)."""
+    info = find_lab(name)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(info["socket"])
+        except OSError as exc:
+            raise LabError(f"cannot reach lab {info['name']!r} at {info['socket']}: {exc}") from None
+        sock.sendall((json.dumps({"op": op, "args": args}) + "\n").encode())
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    if not data:
+        raise LabError(f"lab {info['name']!r} closed the connection without an answer")
+    answer = json.loads(data)
+    if not answer.get("ok"):
+        raise LabError(answer.get("error", "the lab refused the request"))
+    return answer.get("result")
+
+
+class ControlServer:
+    """Serves requests for one lab, on the lab's own event loop."""
+
+    def __init__(self, lab: Any, name: str, source: Path | None):
+        self.lab = lab
+        self.backend = lab.backend
+        self.name = name
+        self.dir = registry_dir()
+        self.socket_path = self.dir / f"{name}.sock"
+        self.entry = self.dir / f"{name}.json"
+        self.source = source
+        self.stopped: asyncio.Event | None = None  # created on the loop
+        self.server: asyncio.AbstractServer | None = None
+        self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
+            "status": self._status, "send": self._send, "link": self._link,
+            "flush": self._flush, "fetch": self._fetch, "queue": self._queue,
+            "mailbox": self._mailbox, "clock": self._clock, "events": self._events,
+            "trace": self._trace, "down": self._down, "dns": self._dns,
+        }
+
+    async def start(self) -> None:
+        if self.name in running_labs():
+            raise LabError(f"a lab named {self.name!r} is already running; use --name")
+        self.socket_path.unlink(missing_ok=True)
+        self.stopped = asyncio.Event()
+        self.server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
+        info = {"name": self.name, "pid": os.getpid(), "backend": self.backend.name,
+                "topology": str(self.source or ""), "socket": str(self.socket_path),
+                "state_dir": str(getattr(self.backend, "state_dir", ""))}
+        tmp = self.entry.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info, indent=2))
+        tmp.replace(self.entry)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        self.entry.unlink(missing_ok=True)
+        self.socket_path.unlink(missing_ok=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            request = json.loads(line or b"{}")
+            op = self.ops.get(request.get("op", ""))
+            if op is None:
+                answer = {"ok": False, "error": f"unknown operation {request.get('op')!r}"}
+            else:
+                answer = {"ok": True, "result": await op(**request.get("args", {}))}
+        except LabError as exc:
+            answer = {"ok": False, "error": str(exc)}
+        except (ValueError, TypeError, KeyError) as exc:
+            answer = {"ok": False, "error": f"bad request: {exc}"}
+        writer.write((json.dumps(answer, default=str) + "\n").encode())
+        try:
+            await writer.drain()
+        finally:
+            writer.close()
+
+    # operations ------------------------------------------------------------------------
+
+    async def _status(self) -> Any:
+        return self.backend.status()
+
+    async def _send(self, from_node: str, mail_from: str, to: list[str], subject: str = "maillab test",
+                    body: str | None = None, raw: str | None = None, via: str | None = None) -> Any:
+        if raw is not None:
+            content = raw.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "surrogateescape")
+        else:
+            content = self.backend.message(from_node, mail_from=mail_from, to=to, subject=subject,
+                                           body=body if body is not None else "Hello from maillab.\n")
+        result = await self.backend.send(from_node, mail_from=mail_from, to=to, content=content, via=via)
+        return result.to_json()
+
+    async def _link(self, link: str, state: str) -> Any:
+        await self.backend.set_link(link, state == "up")
+        await self.backend.settle()
+        return {"link": link, "state": self.backend.link_state(link)}
+
+    async def _flush(self, node: str) -> Any:
+        return {"node": node, "tried": await self.backend.flush(node), "queue": self.backend.queue(node)}
+
+    async def _fetch(self, node: str) -> Any:
+        return {"node": node, "fetched": await self.backend.fetch(node)}
+
+    async def _queue(self, node: str) -> Any:
+        return self.backend.queue(node)
+
+    async def _mailbox(self, node: str, user: str) -> Any:
+        return self.backend.mailbox(node, user)
+
+    async def _clock(self, advance: str) -> Any:
+        ran = await self.backend.advance(parse_duration(advance))
+        return {"advanced": advance, "timers": ran, "now": self.backend.now()}
+
+    async def _events(self, since: int = 0) -> Any:
+        return [e.to_json() for e in self.backend.events.events if e.seq > since]
+
+    async def _trace(self, ref: str) -> Any:
+        # Lab.trace works on the event list only; safe to call on the loop
+        return [e.to_json() for e in self.lab.trace(ref)]
+
+    async def _dns(self, name: str, type: str | None = None, values: list[str] | None = None,
+                   fault: str | None = None) -> Any:
+        if type:
+            self.backend.set_dns(name, type, values or [])
+        else:
+            self.backend.set_dns_fault(name, fault)
+        return {"name": name}
+
+    async def _down(self) -> Any:
+        assert self.stopped is not None
+        self.stopped.set()
+        return {"name": self.name, "stopping": True}
