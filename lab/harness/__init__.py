@@ -1,5 +1,13 @@
 """The harness: a Lab runs a topology on a backend; clock, events and assertions."""
 
-from lab.harness.lab import Lab, LabAssertionError
+from typing import Any
 
 __all__ = ["Lab", "LabAssertionError"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from lab.harness import lab
+
+        return getattr(lab, name)
+    raise AttributeError(name)
