@@ -74,18 +74,29 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
             loaded = load(file)
         except TopologyError as exc:
             failed = True
-            results.append({"file": str(file), "ok": False,
-                            "problems": [p.__dict__ for p in exc.problems]})
+            results.append(
+                {"file": str(file), "ok": False, "problems": [p.__dict__ for p in exc.problems]}
+            )
             if not as_json:
                 click.echo(str(exc), err=True)
             continue
         t = loaded.model
-        results.append({"file": str(file), "ok": True, "name": t.name,
-                        "nodes": len(t.nodes), "networks": len(t.networks),
-                        "links": len(t.links), "checks": len(t.checks)})
+        results.append(
+            {
+                "file": str(file),
+                "ok": True,
+                "name": t.name,
+                "nodes": len(t.nodes),
+                "networks": len(t.networks),
+                "links": len(t.links),
+                "checks": len(t.checks),
+            }
+        )
         if not as_json:
-            click.echo(f"{file}: ok ({t.name}: {len(t.nodes)} nodes, {len(t.networks)} networks,"
-                       f" {len(t.links)} links, {len(t.checks)} checks)")
+            click.echo(
+                f"{file}: ok ({t.name}: {len(t.nodes)} nodes, {len(t.networks)} networks,"
+                f" {len(t.links)} links, {len(t.checks)} checks)"
+            )
     if as_json:
         emit_json(results)
     if failed:
@@ -93,8 +104,12 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
 
 
 @main.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Write the schema to this file instead of standard output.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the schema to this file instead of standard output.",
+)
 def schema(output: Path | None) -> None:
     """Print the JSON Schema of the topology format (for editors and tools)."""
     from lab.topology.schema import schema_text
@@ -109,10 +124,20 @@ def schema(output: Path | None) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--format", "fmt", type=click.Choice(["mermaid", "dot", "svg", "png"]),
-              default="mermaid", show_default=True, help="Output format.")
-@click.option("-o", "--output", type=click.Path(path_type=Path),
-              help="Write here (default: standard output for text; FILE-stem.FORMAT for svg/png).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["mermaid", "dot", "svg", "png"]),
+    default="mermaid",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write here (default: standard output for text; FILE-stem.FORMAT for svg/png).",
+)
 @friendly
 def graph(file: Path, fmt: str, output: Path | None) -> None:
     """Draw FILE: networks, hosts with services and addresses, links and their state."""
@@ -129,11 +154,18 @@ def graph(file: Path, fmt: str, output: Path | None) -> None:
         return
     dot = shutil.which("dot")
     if dot is None:
-        raise LabError("Graphviz is not installed (no `dot` on PATH); `make setup` installs it,"
-                       " or use --format mermaid|dot")
+        raise LabError(
+            "Graphviz is not installed (no `dot` on PATH); `make setup` installs it,"
+            " or use --format mermaid|dot"
+        )
     target = output or Path(f"{file.stem}.{fmt}")
-    result = subprocess.run([dot, f"-T{fmt}", "-o", str(target)], input=to_dot(topology),
-                            text=True, capture_output=True, check=False)
+    result = subprocess.run(
+        [dot, f"-T{fmt}", "-o", str(target)],
+        input=to_dot(topology),
+        text=True,
+        capture_output=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise LabError(f"dot failed: {result.stderr.strip()}")
     click.echo(f"wrote {target}", err=True)
@@ -142,8 +174,12 @@ def graph(file: Path, fmt: str, output: Path | None) -> None:
 # ---------------------------------------------------------------------------------------
 # running labs
 
-lab_option = click.option("--lab", "lab_name", metavar="NAME",
-                          help="The running lab to act on (default: the only one running).")
+lab_option = click.option(
+    "--lab",
+    "lab_name",
+    metavar="NAME",
+    help="The running lab to act on (default: the only one running).",
+)
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 
 
@@ -153,8 +189,12 @@ def _print_status(status: dict[str, Any]) -> None:
     rows = [("NODE", "HOSTNAME", "SERVICES", "ADDRESSES", "ENDPOINTS")]
     for name, node in nodes.items():
         addresses = " ".join(f"{net}={addr}" for net, addr in node["addresses"].items())
-        endpoints = " ".join(f"{svc}={ep}" for svc, ep in node["endpoints"].items() if "@" not in svc)
-        rows.append((name, node["hostname"], ",".join(node.get("services", [])), addresses, endpoints))
+        endpoints = " ".join(
+            f"{svc}={ep}" for svc, ep in node["endpoints"].items() if "@" not in svc
+        )
+        rows.append(
+            (name, node["hostname"], ",".join(node.get("services", [])), addresses, endpoints)
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         click.echo("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
@@ -171,8 +211,13 @@ def _print_status(status: dict[str, Any]) -> None:
 
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--backend", type=click.Choice(["inprocess", "docker"]), default="inprocess",
-              show_default=True, help="Where the hosts run.")
+@click.option(
+    "--backend",
+    type=click.Choice(["inprocess", "docker"]),
+    default="inprocess",
+    show_default=True,
+    help="Where the hosts run.",
+)
 @click.option("--name", help="Name of this lab (default: the topology's name).")
 @click.option("-d", "--detach", is_flag=True, help="Leave the lab running in the background.")
 @json_option
@@ -189,8 +234,10 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     topology = load(file).model
     name = name or topology.name
     if name in running_labs():
-        raise LabError(f"a lab named {name!r} is already running; stop it with `maillab down"
-                       f" --lab {name}` or choose another --name")
+        raise LabError(
+            f"a lab named {name!r} is already running; stop it with `maillab down"
+            f" --lab {name}` or choose another --name"
+        )
     if detach:
         import subprocess
         import time
@@ -198,9 +245,22 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
         log = registry_dir() / f"{name}.log"
         with log.open("w") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "lab", "up", str(file), "--backend", backend, "--name", name],
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "lab",
+                    "up",
+                    str(file),
+                    "--backend",
+                    backend,
+                    "--name",
+                    name,
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         deadline = time.monotonic() + 300
         while name not in running_labs():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -212,8 +272,10 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
             emit_json(status)
         else:
             _print_status(status)
-            click.echo(f"  Running in the background (pid {proc.pid}); `maillab down --lab {name}`"
-                       " stops it.")
+            click.echo(
+                f"  Running in the background (pid {proc.pid}); `maillab down --lab {name}`"
+                " stops it."
+            )
         return
 
     import signal
@@ -287,19 +349,41 @@ def status(lab_name: str | None, as_json: bool) -> None:
 @click.option("--to", "to", multiple=True, required=True, help="Envelope recipient (repeatable).")
 @click.option("--subject", default="maillab test", show_default=True)
 @click.option("--body", help="Message body text.")
-@click.option("--file", "eml", type=click.Path(exists=True, path_type=Path),
-              help="Send this message file as it is.")
+@click.option(
+    "--file",
+    "eml",
+    type=click.Path(exists=True, path_type=Path),
+    help="Send this message file as it is.",
+)
 @click.option("--via", help="Submit to this MTA instead of the node's submit_to.")
 @json_option
 @friendly
-def send(lab_name: str | None, from_node: str, mail_from: str, to: tuple[str, ...], subject: str,
-         body: str | None, eml: Path | None, via: str | None, as_json: bool) -> None:
+def send(
+    lab_name: str | None,
+    from_node: str,
+    mail_from: str,
+    to: tuple[str, ...],
+    subject: str,
+    body: str | None,
+    eml: Path | None,
+    via: str | None,
+    as_json: bool,
+) -> None:
     """Submit a message as FROM-NODE would; print the receiving MTA's queue id."""
     from lab.harness.control import request
 
     raw = eml.read_text(encoding="utf-8", errors="surrogateescape") if eml else None
-    result = request(lab_name, "send", from_node=from_node, mail_from=mail_from, to=list(to),
-                     subject=subject, body=body, raw=raw, via=via)
+    result = request(
+        lab_name,
+        "send",
+        from_node=from_node,
+        mail_from=mail_from,
+        to=list(to),
+        subject=subject,
+        body=body,
+        raw=raw,
+        via=via,
+    )
     if as_json:
         emit_json(result)
     elif result["accepted"]:
@@ -335,7 +419,9 @@ def flush(lab_name: str | None, node: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"{node}: tried {result['tried']} message(s), {len(result['queue'])} still queued")
+        click.echo(
+            f"{node}: tried {result['tried']} message(s), {len(result['queue'])} still queued"
+        )
 
 
 @main.command()
@@ -361,8 +447,12 @@ def queue(lab_name: str | None, node: str, as_json: bool) -> None:
 
     entries = request(lab_name, "queue", node=node)
     if as_json:
-        emit_json([{k: e[k] for k in ("id", "envelope_from", "recipients", "attempts")} | e
-                   for e in entries])
+        emit_json(
+            [
+                {k: e[k] for k in ("id", "envelope_from", "recipients", "attempts")} | e
+                for e in entries
+            ]
+        )
         return
     if not entries:
         click.echo(f"{node}: mail queue is empty")
@@ -434,7 +524,9 @@ def events(lab_name: str | None, follow: bool, kind: str | None, as_json: bool) 
         batch = request(lab_name, "events", since=since)
         for e in batch:
             since = max(since, e["seq"])
-            if kind and not (e["kind"] == kind or (kind.endswith(".*") and e["kind"].startswith(kind[:-1]))):
+            if kind and not (
+                e["kind"] == kind or (kind.endswith(".*") and e["kind"].startswith(kind[:-1]))
+            ):
                 continue
             if as_json:
                 click.echo(json.dumps(e, default=str))

@@ -22,11 +22,18 @@ from lab.backends.base import BACKENDS
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("maillab")
-    group.addoption("--lab-backend", action="store", default="inprocess",
-                    choices=sorted(BACKENDS),
-                    help="backend for the `lab` fixture (default: inprocess)")
-    parser.addini("lab_topologies", "directory of topology files for @pytest.mark.topology",
-                  default="topologies")
+    group.addoption(
+        "--lab-backend",
+        action="store",
+        default="inprocess",
+        choices=sorted(BACKENDS),
+        help="backend for the `lab` fixture (default: inprocess)",
+    )
+    parser.addini(
+        "lab_topologies",
+        "directory of topology files for @pytest.mark.topology",
+        default="topologies",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -66,7 +73,8 @@ def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Ite
     marker = request.node.get_closest_marker("topology")
     if marker is None or not marker.args:
         raise pytest.UsageError(
-            f"{request.node.nodeid}: the lab fixture needs @pytest.mark.topology('NAME')")
+            f"{request.node.nodeid}: the lab fixture needs @pytest.mark.topology('NAME')"
+        )
     path = resolve_topology(request.config, marker.args[0])
     options = dict(marker.kwargs)
     options.setdefault("state_dir", tmp_path / "lab")

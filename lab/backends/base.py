@@ -33,8 +33,9 @@ class Backend(Protocol):
         """Wait until no delivery, bounce or fetch is under way."""
         ...
 
-    async def send(self, node: str, *, mail_from: str, to: list[str], content: bytes,
-                   via: str | None = None) -> SubmitResult:
+    async def send(
+        self, node: str, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
         """Submit a message from a node over SMTP, as that host would."""
         ...
 
@@ -42,15 +43,13 @@ class Backend(Protocol):
         """Raise or drop a link; raising runs its on_up hooks in order."""
         ...
 
-    def link_state(self, link: str) -> str:
-        ...
+    def link_state(self, link: str) -> str: ...
 
     async def advance(self, seconds: float) -> int:
         """Move the lab clock; returns the number of timers that ran."""
         ...
 
-    def now(self) -> float:
-        ...
+    def now(self) -> float: ...
 
     async def flush(self, node: str) -> int:
         """Run a node's queue now (sendmail -q)."""
@@ -72,14 +71,11 @@ class Backend(Protocol):
         """Nodes with hostnames, addresses and endpoints; links with states."""
         ...
 
-    def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
-        ...
+    def set_dns(self, name: str, rtype: str, values: list[Any]) -> None: ...
 
-    def set_dns_fault(self, name: str, fault: str | None) -> None:
-        ...
+    def set_dns_fault(self, name: str, fault: str | None) -> None: ...
 
-    def add_fault(self, node: str, fault: dict[str, Any]) -> None:
-        ...
+    def add_fault(self, node: str, fault: dict[str, Any]) -> None: ...
 
 
 BACKENDS: dict[str, str] = {
@@ -96,4 +92,5 @@ def backend_class(name: str) -> type[Any]:
     if name not in BACKENDS:
         raise LabError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)  # type: ignore[no-any-return]
+    found: type[Any] = getattr(importlib.import_module(module), cls)
+    return found

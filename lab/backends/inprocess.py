@@ -34,8 +34,15 @@ SERVICE_PORTS = {"smtp": 25, "pop3": 110, "dns": 53}
 class InProcessBackend:
     name = "inprocess"
 
-    def __init__(self, topology: Topology, *, state_dir: Path | None = None,
-                 connect_timeout: float = 3.0, dns_timeout: float = 1.0, durable: bool = True):
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        state_dir: Path | None = None,
+        connect_timeout: float = 3.0,
+        dns_timeout: float = 1.0,
+        durable: bool = True,
+    ):
         self.topology = topology
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix=f"maillab-{topology.name}-"))
@@ -47,7 +54,8 @@ class InProcessBackend:
         self.addresses = assign_addresses(topology)
         self.records = RecordTable.from_topology(topology, self.addresses)
         self.operator = topology.operator or next(
-            (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None)
+            (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
+        )
         self.vnet = VirtualNetwork(topology, self.addresses, self.operator)
         self.hosts: dict[str, Host] = {}
         self.mtas: dict[str, MtaService] = {}
@@ -63,22 +71,31 @@ class InProcessBackend:
         self.ca = LabCA(self.state_dir)
         for name, node in self.topology.nodes.items():
             host = Host(
-                name=name, hostname=hostname_of(self.topology, name), node=node,
+                name=name,
+                hostname=hostname_of(self.topology, name),
+                node=node,
                 topology=self.topology,
                 addresses={net: str(a) for net, a in self.addresses[name].items()},
-                net=self.vnet.host(name), clock=self.clock, events=self.events,
-                state_dir=self.state_dir / "nodes" / name, tls=self.ca,
+                net=self.vnet.host(name),
+                clock=self.clock,
+                events=self.events,
+                state_dir=self.state_dir / "nodes" / name,
+                tls=self.ca,
             )
             self.hosts[name] = host
         # DNS first: the others resolve through it.
-        for name, host in self.hosts.items():
+        for host in self.hosts.values():
             if Service.dns in host.node.service_set():
                 await DnsServer(host, self.records).start()
         for name, host in self.hosts.items():
             services = host.node.service_set()
             if Service.smtp in services:
-                mta = MtaService(host, Resolver(host.net, timeout=self.dns_timeout),
-                                 connect_timeout=self.connect_timeout, durable=self.durable)
+                mta = MtaService(
+                    host,
+                    Resolver(host.net, timeout=self.dns_timeout),
+                    connect_timeout=self.connect_timeout,
+                    durable=self.durable,
+                )
                 await mta.start()
                 self.mtas[name] = mta
             await self._start_extra(name, host, services)
@@ -101,8 +118,9 @@ class InProcessBackend:
                 from lab.nodes.fetch import FetchService
             except ImportError:
                 return
-            fetcher = FetchService(host, Resolver(host.net, timeout=self.dns_timeout),
-                                   self.mtas.get(name))
+            fetcher = FetchService(
+                host, Resolver(host.net, timeout=self.dns_timeout), self.mtas.get(name)
+            )
             await fetcher.start()
             self.fetchers[name] = fetcher
 
@@ -125,12 +143,18 @@ class InProcessBackend:
         deadline = loop.time() + timeout
         current = asyncio.current_task()
         while True:
-            tasks = [t for h in self.hosts.values() for t in h.tasks if t is not current and not t.done()]
+            tasks = [
+                t for h in self.hosts.values() for t in h.tasks if t is not current and not t.done()
+            ]
             if not tasks:
                 # one more turn of the loop: a finishing task may start another
                 await asyncio.sleep(0)
-                tasks = [t for h in self.hosts.values() for t in h.tasks
-                         if t is not current and not t.done()]
+                tasks = [
+                    t
+                    for h in self.hosts.values()
+                    for t in h.tasks
+                    if t is not current and not t.done()
+                ]
                 if not tasks:
                     return
             remaining = deadline - loop.time()
@@ -160,8 +184,9 @@ class InProcessBackend:
             if node in self.mtas:
                 target = node
             else:
-                shared = [n for n in self.mtas
-                          if set(self.addresses[n]) & set(self.addresses[node])]
+                shared = [
+                    n for n in self.mtas if set(self.addresses[n]) & set(self.addresses[node])
+                ]
                 if not shared:
                     raise LabError(f"node {node!r} has no MTA to submit to")
                 target = shared[0]
@@ -177,30 +202,56 @@ class InProcessBackend:
             raise LabError(f"{target!r} does not resolve in the lab")
         return str(found[0]), name, port
 
-    async def send(self, node: str, *, mail_from: str, to: list[str], content: bytes,
-                   via: str | None = None) -> SubmitResult:
+    async def send(
+        self, node: str, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
         host = self._host(node)
         address, name, port = self.submission_target(node, via)
-        return await submit(host, address, server_name=name, port=port, mail_from=mail_from,
-                            recipients=to, content=content, timeout=self.connect_timeout + 10)
+        return await submit(
+            host,
+            address,
+            server_name=name,
+            port=port,
+            mail_from=mail_from,
+            recipients=to,
+            content=content,
+            timeout=self.connect_timeout + 10,
+        )
 
-    def message(self, node: str, *, mail_from: str, to: list[str], subject: str, body: str,
-                headers: dict[str, str] | None = None) -> bytes:
-        return build_message(mail_from=mail_from, to=to, subject=subject, body=body,
-                             headers=headers, hostname=self._host(node).hostname,
-                             date=self.clock.time())
+    def message(
+        self,
+        node: str,
+        *,
+        mail_from: str,
+        to: list[str],
+        subject: str,
+        body: str,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        return build_message(
+            mail_from=mail_from,
+            to=to,
+            subject=subject,
+            body=body,
+            headers=headers,
+            hostname=self._host(node).hostname,
+            date=self.clock.time(),
+        )
 
     async def set_link(self, link: str, up: bool) -> None:
         if link not in self.topology.links:
-            raise LabError(f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}")
+            raise LabError(
+                f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}"
+            )
         spec = self.topology.links[link]
         iface = self.vnet.interfaces[(spec.node, spec.network)]
         if iface.up == up:
             self.events.emit(spec.node, "link.unchanged", link=link, state="up" if up else "down")
             return
         cut = self.vnet.set_link(spec.node, spec.network, up)
-        self.events.emit(spec.node, "link.up" if up else "link.down", link=link,
-                         network=spec.network, cut=cut)
+        self.events.emit(
+            spec.node, "link.up" if up else "link.down", link=link, network=spec.network, cut=cut
+        )
         if up:
             for hook in spec.on_up:
                 self.events.emit(spec.node, "link.hook", link=link, hook=hook.value)
@@ -219,8 +270,11 @@ class InProcessBackend:
 
     def link_is_up(self, node: str) -> bool:
         """True when every link of the node is up (the fetch service polls only then)."""
-        return all(self.vnet.interfaces[(l.node, l.network)].up
-                   for l in self.topology.links.values() if l.node == node)
+        return all(
+            self.vnet.interfaces[(link.node, link.network)].up
+            for link in self.topology.links.values()
+            if link.node == node
+        )
 
     async def advance(self, seconds: float) -> int:
         ran = await self.clock.advance(seconds)
@@ -253,27 +307,33 @@ class InProcessBackend:
         from lab.nodes.maildir import MailStore
 
         store = MailStore(host.state_dir / "mail", durable=False)
-        return [{"id": k, "envelope_from": "", "raw": store.read(user, k).decode("utf-8", "replace")}
-                for k in store.keys(user)]
+        return [
+            {"id": k, "envelope_from": "", "raw": store.read(user, k).decode("utf-8", "replace")}
+            for k in store.keys(user)
+        ]
 
     def status(self) -> dict[str, Any]:
         nodes: dict[str, Any] = {}
         for name, host in self.hosts.items():
-            endpoints = {}
+            endpoints: dict[str, str] = {}
             for service, port in SERVICE_PORTS.items():
                 for network, address in host.addresses.items():
                     ep = self.vnet.endpoint(address, port)
                     if ep is not None:
                         endpoints.setdefault(service, f"{ep.real_host}:{ep.real_port}")
-                        endpoints.setdefault(f"{service}@{network}", f"{ep.real_host}:{ep.real_port}")
+                        endpoints.setdefault(
+                            f"{service}@{network}", f"{ep.real_host}:{ep.real_port}"
+                        )
             nodes[name] = {
                 "hostname": host.hostname,
                 "services": sorted(s.value for s in host.node.service_set()),
                 "addresses": dict(host.addresses),
                 "endpoints": endpoints,
             }
-        links = {name: {"state": self.link_state(name), "node": link.node, "network": link.network}
-                 for name, link in self.topology.links.items()}
+        links = {
+            name: {"state": self.link_state(name), "node": link.node, "network": link.network}
+            for name, link in self.topology.links.items()
+        }
         return {
             "name": self.topology.name,
             "backend": self.name,
@@ -287,7 +347,9 @@ class InProcessBackend:
 
     def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
         self.records.set(name, rtype, values)
-        self.events.emit("lab", "dns.changed", name=name, type=rtype, values=[str(v) for v in values])
+        self.events.emit(
+            "lab", "dns.changed", name=name, type=rtype, values=[str(v) for v in values]
+        )
 
     def set_dns_fault(self, name: str, fault: str | None) -> None:
         self.records.set_fault(name, fault)

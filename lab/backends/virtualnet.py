@@ -69,7 +69,9 @@ class VirtualNetwork:
     interfaces: dict[IfaceKey, Interface] = field(default_factory=dict)
     by_real: dict[str, Interface] = field(default_factory=dict)
     by_lab: dict[str, Interface] = field(default_factory=dict)
-    endpoints: dict[tuple[str, int, str], Endpoint] = field(default_factory=dict)  # (lab ip, port, proto)
+    endpoints: dict[tuple[str, int, str], Endpoint] = field(
+        default_factory=dict
+    )  # (lab ip, port, proto)
     conns: list[_Conn] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -111,7 +113,9 @@ class VirtualNetwork:
             return iface.lab_address, (iface.node, iface.network)
         return self.operator_address(local_network), None
 
-    def route(self, src: str, lab_address: str, port: int, proto: str = "tcp") -> tuple[Interface, Interface]:
+    def route(
+        self, src: str, lab_address: str, port: int, proto: str = "tcp"
+    ) -> tuple[Interface, Interface]:
         """(source interface, destination interface) or Unreachable/blackhole marker."""
         dst = self.by_lab.get(lab_address)
         if dst is None:
@@ -186,7 +190,9 @@ class NodeNet:
         try:
             sock.bind((src.real_address, 0))
             await asyncio.wait_for(
-                asyncio.get_running_loop().sock_connect(sock, (endpoint.real_host, endpoint.real_port)),
+                asyncio.get_running_loop().sock_connect(
+                    sock, (endpoint.real_host, endpoint.real_port)
+                ),
                 timeout,
             )
         except BaseException:
@@ -206,21 +212,25 @@ class NodeNet:
     async def listen(self, port: int, factory: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
         for iface in self._ifaces():
-            server = await loop.create_server(factory, host=iface.real_address, port=0,
-                                              reuse_address=True)
+            server = await loop.create_server(
+                factory, host=iface.real_address, port=0, reuse_address=True
+            )
             real_port = server.sockets[0].getsockname()[1]
             self.vnet.endpoints[(iface.lab_address, port, "tcp")] = Endpoint(
-                iface.real_address, real_port, (iface.node, iface.network))
+                iface.real_address, real_port, (iface.node, iface.network)
+            )
             self.servers.append(server)
 
     async def listen_udp(self, port: int, factory: Callable[[], asyncio.DatagramProtocol]) -> None:
         loop = asyncio.get_running_loop()
         for iface in self._ifaces():
             transport, _ = await loop.create_datagram_endpoint(
-                factory, local_addr=(iface.real_address, 0))
+                factory, local_addr=(iface.real_address, 0)
+            )
             real_port = transport.get_extra_info("sockname")[1]
             self.vnet.endpoints[(iface.lab_address, port, "udp")] = Endpoint(
-                iface.real_address, real_port, (iface.node, iface.network))
+                iface.real_address, real_port, (iface.node, iface.network)
+            )
             self.datagram_transports.append(transport)
 
     def accepted(self, transport: asyncio.BaseTransport) -> tuple[str, int, str]:
@@ -266,12 +276,18 @@ class NodeNet:
             await asyncio.sleep(timeout)
             raise TimeoutError(f"DNS server {server} unreachable (blackhole)") from None
         endpoint = self.vnet.endpoints[(server, 53, "udp")]
-        response = await dns.asyncquery.udp(query, endpoint.real_host, timeout=timeout,
-                                            port=endpoint.real_port, source=src.real_address)
+        response = await dns.asyncquery.udp(
+            query,
+            endpoint.real_host,
+            timeout=timeout,
+            port=endpoint.real_port,
+            source=src.real_address,
+        )
         if response.flags & dns.flags.TC:
             tcp = self.vnet.endpoints[(server, 53, "tcp")]
-            response = await dns.asyncquery.tcp(query, tcp.real_host, timeout=timeout,
-                                                port=tcp.real_port, source=src.real_address)
+            response = await dns.asyncquery.tcp(
+                query, tcp.real_host, timeout=timeout, port=tcp.real_port, source=src.real_address
+            )
         return response
 
     async def close(self) -> None:

@@ -77,7 +77,9 @@ def request(name: str | None, op: str, timeout: float = 600.0, **args: Any) -> A
         try:
             sock.connect(info["socket"])
         except OSError as exc:
-            raise LabError(f"cannot reach lab {info['name']!r} at {info['socket']}: {exc}") from None
+            raise LabError(
+                f"cannot reach lab {info['name']!r} at {info['socket']}: {exc}"
+            ) from None
         sock.sendall((json.dumps({"op": op, "args": args}) + "\n").encode())
         data = b""
         while not data.endswith(b"\n"):
@@ -107,10 +109,18 @@ class ControlServer:
         self.stopped: asyncio.Event | None = None  # created on the loop
         self.server: asyncio.AbstractServer | None = None
         self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
-            "status": self._status, "send": self._send, "link": self._link,
-            "flush": self._flush, "fetch": self._fetch, "queue": self._queue,
-            "mailbox": self._mailbox, "clock": self._clock, "events": self._events,
-            "trace": self._trace, "down": self._down, "dns": self._dns,
+            "status": self._status,
+            "send": self._send,
+            "link": self._link,
+            "flush": self._flush,
+            "fetch": self._fetch,
+            "queue": self._queue,
+            "mailbox": self._mailbox,
+            "clock": self._clock,
+            "events": self._events,
+            "trace": self._trace,
+            "down": self._down,
+            "dns": self._dns,
         }
 
     async def start(self) -> None:
@@ -119,9 +129,14 @@ class ControlServer:
         self.socket_path.unlink(missing_ok=True)
         self.stopped = asyncio.Event()
         self.server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
-        info = {"name": self.name, "pid": os.getpid(), "backend": self.backend.name,
-                "topology": str(self.source or ""), "socket": str(self.socket_path),
-                "state_dir": str(getattr(self.backend, "state_dir", ""))}
+        info = {
+            "name": self.name,
+            "pid": os.getpid(),
+            "backend": self.backend.name,
+            "topology": str(self.source or ""),
+            "socket": str(self.socket_path),
+            "state_dir": str(getattr(self.backend, "state_dir", "")),
+        }
         tmp = self.entry.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
         tmp.replace(self.entry)
@@ -156,14 +171,31 @@ class ControlServer:
     async def _status(self) -> Any:
         return self.backend.status()
 
-    async def _send(self, from_node: str, mail_from: str, to: list[str], subject: str = "maillab test",
-                    body: str | None = None, raw: str | None = None, via: str | None = None) -> Any:
+    async def _send(
+        self,
+        from_node: str,
+        mail_from: str,
+        to: list[str],
+        subject: str = "maillab test",
+        body: str | None = None,
+        raw: str | None = None,
+        via: str | None = None,
+    ) -> Any:
         if raw is not None:
-            content = raw.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "surrogateescape")
+            content = (
+                raw.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "surrogateescape")
+            )
         else:
-            content = self.backend.message(from_node, mail_from=mail_from, to=to, subject=subject,
-                                           body=body if body is not None else "Hello from maillab.\n")
-        result = await self.backend.send(from_node, mail_from=mail_from, to=to, content=content, via=via)
+            content = self.backend.message(
+                from_node,
+                mail_from=mail_from,
+                to=to,
+                subject=subject,
+                body=body if body is not None else "Hello from maillab.\n",
+            )
+        result = await self.backend.send(
+            from_node, mail_from=mail_from, to=to, content=content, via=via
+        )
         return result.to_json()
 
     async def _link(self, link: str, state: str) -> Any:
@@ -172,7 +204,11 @@ class ControlServer:
         return {"link": link, "state": self.backend.link_state(link)}
 
     async def _flush(self, node: str) -> Any:
-        return {"node": node, "tried": await self.backend.flush(node), "queue": self.backend.queue(node)}
+        return {
+            "node": node,
+            "tried": await self.backend.flush(node),
+            "queue": self.backend.queue(node),
+        }
 
     async def _fetch(self, node: str) -> Any:
         return {"node": node, "fetched": await self.backend.fetch(node)}
@@ -194,8 +230,13 @@ class ControlServer:
         # Lab.trace works on the event list only; safe to call on the loop
         return [e.to_json() for e in self.lab.trace(ref)]
 
-    async def _dns(self, name: str, type: str | None = None, values: list[str] | None = None,
-                   fault: str | None = None) -> Any:
+    async def _dns(
+        self,
+        name: str,
+        type: str | None = None,
+        values: list[str] | None = None,
+        fault: str | None = None,
+    ) -> Any:
         if type:
             self.backend.set_dns(name, type, values or [])
         else:

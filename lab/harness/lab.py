@@ -14,6 +14,7 @@ fail, say what was expected, what happened instead, and show the message's trace
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.message
 import email.policy
@@ -41,8 +42,9 @@ class LabAssertionError(AssertionError):
 class _LoopThread:
     def __init__(self, name: str):
         self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name=f"maillab-{name}",
-                                       daemon=True)
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name=f"maillab-{name}", daemon=True
+        )
         self.thread.start()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -116,8 +118,14 @@ class ClockHandle:
 class Lab:
     """A running lab. Create with `Lab.up(...)`; stop with `down()` or a `with` block."""
 
-    def __init__(self, topology: Topology, *, backend: str = "inprocess", source: Path | None = None,
-                 **options: Any):
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        backend: str = "inprocess",
+        source: Path | None = None,
+        **options: Any,
+    ):
         self.topology = topology
         self.source = source
         self._thread = _LoopThread(topology.name)
@@ -129,8 +137,9 @@ class Lab:
     # lifecycle ---------------------------------------------------------------------------
 
     @classmethod
-    def up(cls, topology: str | Path | Topology, *, backend: str = "inprocess",
-           **options: Any) -> Lab:
+    def up(
+        cls, topology: str | Path | Topology, *, backend: str = "inprocess", **options: Any
+    ) -> Lab:
         source = None
         if not isinstance(topology, Topology):
             source = Path(topology)
@@ -166,20 +175,42 @@ class Lab:
 
     # acting ----------------------------------------------------------------------------
 
-    def send(self, node: str, *, mail_from: str, to: str | list[str], subject: str = "maillab test",
-             body: str = "Hello from maillab.\n", headers: dict[str, str] | None = None,
-             via: str | None = None, raw: bytes | None = None) -> SubmitResult:
+    def send(
+        self,
+        node: str,
+        *,
+        mail_from: str,
+        to: str | list[str],
+        subject: str = "maillab test",
+        body: str = "Hello from maillab.\n",
+        headers: dict[str, str] | None = None,
+        via: str | None = None,
+        raw: bytes | None = None,
+    ) -> SubmitResult:
         """Submit a message from `node` over SMTP; returns the receiving MTA's replies."""
         rcpts = [to] if isinstance(to, str) else list(to)
-        content = raw if raw is not None else self._call(
-            self.backend.message, node, mail_from=mail_from, to=rcpts, subject=subject, body=body,
-            headers=headers)
-        return self._run(self.backend.send(node, mail_from=mail_from, to=rcpts, content=content,
-                                           via=via))
+        content = (
+            raw
+            if raw is not None
+            else self._call(
+                self.backend.message,
+                node,
+                mail_from=mail_from,
+                to=rcpts,
+                subject=subject,
+                body=body,
+                headers=headers,
+            )
+        )
+        return self._run(
+            self.backend.send(node, mail_from=mail_from, to=rcpts, content=content, via=via)
+        )
 
     def link(self, name: str) -> LinkHandle:
         if name not in self.topology.links:
-            raise LabError(f"unknown link {name!r}; expected one of: {', '.join(self.topology.links)}")
+            raise LabError(
+                f"unknown link {name!r}; expected one of: {', '.join(self.topology.links)}"
+            )
         return LinkHandle(self, name)
 
     def flush(self, node: str) -> int:
@@ -197,9 +228,15 @@ class Lab:
 
     def mailbox(self, node: str, user: str) -> list[MailboxMessage]:
         items = self._call(self.backend.mailbox, node, user)
-        return [MailboxMessage(i["id"], i["envelope_from"], i["raw"],
-                               email.message_from_string(i["raw"], policy=email.policy.default))  # type: ignore[arg-type]
-                for i in items]
+        return [
+            MailboxMessage(
+                i["id"],
+                i["envelope_from"],
+                i["raw"],
+                email.message_from_string(i["raw"], policy=email.policy.default),
+            )
+            for i in items
+        ]
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self._call(self.backend.status)
@@ -220,12 +257,23 @@ class Lab:
     def events(self) -> list[Event]:
         return list(self.backend.events.events)
 
-    def wait_for(self, kind: str | None = None, *, node: str | None = None, timeout: float = 10.0,
-                 since: int = 0, predicate: Any = None, **data: Any) -> Event:
+    def wait_for(
+        self,
+        kind: str | None = None,
+        *,
+        node: str | None = None,
+        timeout: float = 10.0,
+        since: int = 0,
+        predicate: Any = None,
+        **data: Any,
+    ) -> Event:
         try:
-            return self._run(self.backend.events.wait_for(predicate, kind=kind, node=node,
-                                                          since=since, timeout=timeout, **data),
-                             timeout=timeout + 5)
+            return self._run(
+                self.backend.events.wait_for(
+                    predicate, kind=kind, node=node, since=since, timeout=timeout, **data
+                ),
+                timeout=timeout + 5,
+            )
         except TimeoutError:
             raise LabAssertionError(
                 f"no {kind or 'event'} event{' on ' + node if node else ''} matching {data}"
@@ -236,21 +284,35 @@ class Lab:
         """Every event about one message, hop by hop: queue ids and Message-ID followed."""
         queue_id = ref.queue_id if isinstance(ref, SubmitResult) else ref
         events = self.events
-        message_ids = {e.get("message_id") for e in events
-                       if e.kind == "queue.queued" and e.get("id") == queue_id and e.get("message_id")}
+        message_ids = {
+            e.get("message_id")
+            for e in events
+            if e.kind == "queue.queued" and e.get("id") == queue_id and e.get("message_id")
+        }
         if not message_ids and queue_id.startswith("<"):
             message_ids = {queue_id}
         ids = {queue_id}
-        ids |= {e.get("id") for e in events if e.kind == "queue.queued"
-                and e.get("message_id") in message_ids}
+        ids |= {
+            e.get("id")
+            for e in events
+            if e.kind == "queue.queued" and e.get("message_id") in message_ids
+        }
         changed = True
         while changed:  # DSNs about these messages belong to the trace too
-            new = {e.get("id") for e in events if e.kind in ("dsn.sent", "dsn.double_bounce")
-                   and e.get("original_id") in ids}
+            new = {
+                e.get("id")
+                for e in events
+                if e.kind in ("dsn.sent", "dsn.double_bounce") and e.get("original_id") in ids
+            }
             changed = not new <= ids
             ids |= new
-        return [e for e in events if e.get("id") in ids or e.get("original_id") in ids
-                or (message_ids and e.get("message_id") in message_ids)]
+        return [
+            e
+            for e in events
+            if e.get("id") in ids
+            or e.get("original_id") in ids
+            or (message_ids and e.get("message_id") in message_ids)
+        ]
 
     def format_trace(self, ref: str | SubmitResult) -> str:
         return format_events(self.trace(ref))
@@ -258,19 +320,33 @@ class Lab:
     # assertions --------------------------------------------------------------------------
 
     def _explain(self, what: str, events: list[Event]) -> str:
-        interesting = [e for e in events if e.kind.startswith(("queue.", "delivery.result", "dsn.",
-                                                               "mailbox.", "policy.", "link.",
-                                                               "client."))]
+        interesting = [
+            e
+            for e in events
+            if e.kind.startswith(
+                ("queue.", "delivery.result", "dsn.", "mailbox.", "policy.", "link.", "client.")
+            )
+        ]
         return f"{what}\n--- what happened ---\n{format_events(interesting[-40:]) or '(no events)'}"
 
-    def assert_delivered(self, to: str, *, node: str | None = None, mailbox: str | None = None,
-                         envelope_from: str | None = None, headers: dict[str, str] | None = None,
-                         timeout: float = 10.0) -> MailboxMessage:
+    def assert_delivered(
+        self,
+        to: str,
+        *,
+        node: str | None = None,
+        mailbox: str | None = None,
+        envelope_from: str | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: float = 10.0,
+    ) -> MailboxMessage:
         """Wait until a message for `to` lands in a mailbox; check where and how."""
+
         def match(e: Event) -> bool:
             if e.kind != "mailbox.delivered":
                 return False
-            if (e.get("rcpt") or "").lower() != to.lower() and (e.get("address") or "").lower() != to.lower():
+            if (e.get("rcpt") or "").lower() != to.lower() and (
+                e.get("address") or ""
+            ).lower() != to.lower():
                 return False
             if node and e.node != node:
                 return False
@@ -281,50 +357,84 @@ class Lab:
         try:
             event = self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
         except TimeoutError:
-            want = f"a delivery to {to}" + (f" on {node}" if node else "") + (
-                f" in mailbox {mailbox}" if mailbox else "") + (
-                f" with envelope sender {envelope_from}" if envelope_from is not None else "")
-            raise LabAssertionError(self._explain(f"expected {want} within {timeout}s",
-                                                  self.events)) from None
-        found = next(m for m in self.mailbox(event.node, event.get("user"))
-                     if m.id == event.get("key"))
+            want = (
+                f"a delivery to {to}"
+                + (f" on {node}" if node else "")
+                + (f" in mailbox {mailbox}" if mailbox else "")
+                + (f" with envelope sender {envelope_from}" if envelope_from is not None else "")
+            )
+            raise LabAssertionError(
+                self._explain(f"expected {want} within {timeout}s", self.events)
+            ) from None
+        found = next(
+            m for m in self.mailbox(event.node, event.get("user")) if m.id == event.get("key")
+        )
         for name, value in (headers or {}).items():
             actual = found[name]
             if actual is None or value.lower() not in actual.lower():
-                raise LabAssertionError(self._explain(
-                    f"delivered to {to} on {event.node}, but header {name}: is {actual!r},"
-                    f" expected it to contain {value!r}", self.events))
+                raise LabAssertionError(
+                    self._explain(
+                        f"delivered to {to} on {event.node}, but header {name}: is {actual!r},"
+                        f" expected it to contain {value!r}",
+                        self.events,
+                    )
+                )
         return found
 
-    def assert_not_delivered(self, to: str, *, node: str | None = None, mailbox: str | None = None) -> None:
+    def assert_not_delivered(
+        self, to: str, *, node: str | None = None, mailbox: str | None = None
+    ) -> None:
         self.settle()
         for e in self.events:
-            if e.kind == "mailbox.delivered" and (e.get("rcpt") or "").lower() == to.lower() and (
-                    node is None or e.node == node) and (mailbox is None or e.get("user") == mailbox):
-                raise LabAssertionError(self._explain(f"expected no delivery to {to}, but it was"
-                                                      f" delivered on {e.node}", self.events))
+            if (
+                e.kind == "mailbox.delivered"
+                and (e.get("rcpt") or "").lower() == to.lower()
+                and (node is None or e.node == node)
+                and (mailbox is None or e.get("user") == mailbox)
+            ):
+                raise LabAssertionError(
+                    self._explain(
+                        f"expected no delivery to {to}, but it was delivered on {e.node}",
+                        self.events,
+                    )
+                )
 
-    def assert_queued(self, on: str, *, to: str | None = None, timeout: float = 10.0) -> dict[str, Any]:
+    def assert_queued(
+        self, on: str, *, to: str | None = None, timeout: float = 10.0
+    ) -> dict[str, Any]:
         """The node's queue holds a deferred message (for `to`, if given)."""
-        def match(e: Event) -> bool:
-            return e.kind == "queue.deferred" and e.node == on and (
-                to is None or to in e.get("recipients", []))
 
-        try:
+        def match(e: Event) -> bool:
+            return (
+                e.kind == "queue.deferred"
+                and e.node == on
+                and (to is None or to in e.get("recipients", []))
+            )
+
+        with contextlib.suppress(TimeoutError):
             self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
-        except TimeoutError:
-            pass
         entries = [q for q in self.queue(on) if to is None or to in q["recipients"]]
         if not entries:
-            raise LabAssertionError(self._explain(
-                f"expected a message{' for ' + to if to else ''} queued on {on}; the queue is"
-                f" {self.queue(on) or 'empty'}", self.events))
+            raise LabAssertionError(
+                self._explain(
+                    f"expected a message{' for ' + to if to else ''} queued on {on}; the queue is"
+                    f" {self.queue(on) or 'empty'}",
+                    self.events,
+                )
+            )
         return entries[0]
 
-    def assert_bounced(self, *, recipient: str | None = None, to: str | None = None,
-                       status: str | None = None, by: str | None = None,
-                       timeout: float = 10.0) -> Event:
+    def assert_bounced(
+        self,
+        *,
+        recipient: str | None = None,
+        to: str | None = None,
+        status: str | None = None,
+        by: str | None = None,
+        timeout: float = 10.0,
+    ) -> Event:
         """A DSN was sent for `recipient` (to the envelope sender `to`) with `status`."""
+
         def match(e: Event) -> bool:
             if e.kind != "dsn.sent" or e.get("action") != "failed":
                 return False
@@ -339,8 +449,13 @@ class Lab:
         try:
             return self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
         except TimeoutError:
-            want = "a bounce" + (f" for {recipient}" if recipient else "") + (
-                f" to {to}" if to else "") + (f" with status {status}" if status else "") + (
-                f" from {by}" if by else "")
-            raise LabAssertionError(self._explain(f"expected {want} within {timeout}s",
-                                                  self.events)) from None
+            want = (
+                "a bounce"
+                + (f" for {recipient}" if recipient else "")
+                + (f" to {to}" if to else "")
+                + (f" with status {status}" if status else "")
+                + (f" from {by}" if by else "")
+            )
+            raise LabAssertionError(
+                self._explain(f"expected {want} within {timeout}s", self.events)
+            ) from None

@@ -65,8 +65,16 @@ class SubmitResult:
         }
 
 
-def build_message(*, mail_from: str, to: list[str], subject: str, body: str,
-                  headers: dict[str, str] | None, hostname: str, date: float) -> bytes:
+def build_message(
+    *,
+    mail_from: str,
+    to: list[str],
+    subject: str,
+    body: str,
+    headers: dict[str, str] | None,
+    hostname: str,
+    date: float,
+) -> bytes:
     """A plain RFC 5322 message with CRLF line ends."""
     fields: dict[str, str] = {
         "From": mail_from or f"MAILER-DAEMON@{hostname}",
@@ -80,16 +88,27 @@ def build_message(*, mail_from: str, to: list[str], subject: str, body: str,
         if existing:
             del fields[existing]
         fields[name] = value
-    head = "".join(f"{k}: {v.replace(chr(13), '').replace(chr(10), '')}\r\n" for k, v in fields.items())
+    head = "".join(
+        f"{k}: {v.replace(chr(13), '').replace(chr(10), '')}\r\n" for k, v in fields.items()
+    )
     text = body.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\r\n")
     if not text.endswith("\r\n"):
         text += "\r\n"
     return (head + "\r\n" + text).encode("utf-8")
 
 
-async def submit(host: Host, server_address: str, *, server_name: str, port: int, mail_from: str,
-                 recipients: list[str], content: bytes, timeout: float = 10.0,
-                 starttls: bool = True) -> SubmitResult:
+async def submit(
+    host: Host,
+    server_address: str,
+    *,
+    server_name: str,
+    port: int,
+    mail_from: str,
+    recipients: list[str],
+    content: bytes,
+    timeout: float = 10.0,
+    starttls: bool = True,
+) -> SubmitResult:
     result = SubmitResult(server_name)
     try:
         sock = await host.net.connect(server_address, port, timeout=timeout)
@@ -98,8 +117,14 @@ async def submit(host: Host, server_address: str, *, server_name: str, port: int
         host.emit("client.failed", server=server_name, error=result.error)
         return result
     tls = host.tls.client_context() if host.tls is not None else None
-    client = aiosmtplib.SMTP(hostname=server_name, sock=sock, local_hostname=host.hostname,
-                             tls_context=tls, start_tls=False, timeout=timeout)
+    client = aiosmtplib.SMTP(
+        hostname=server_name,
+        sock=sock,
+        local_hostname=host.hostname,
+        tls_context=tls,
+        start_tls=False,
+        timeout=timeout,
+    )
     try:
         await client.connect()
         await client.ehlo()
@@ -132,7 +157,13 @@ async def submit(host: Host, server_address: str, *, server_name: str, port: int
     except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         client.close()
-    host.emit("client.submitted", server=server_name, mail_from=mail_from, to=recipients,
-              accepted=result.accepted, queue_id=result.queue_id,
-              reply=str(result.data_reply or result.rejected or result.error))
+    host.emit(
+        "client.submitted",
+        server=server_name,
+        mail_from=mail_from,
+        to=recipients,
+        accepted=result.accepted,
+        queue_id=result.queue_id,
+        reply=str(result.data_reply or result.rejected or result.error),
+    )
     return result

@@ -78,8 +78,10 @@ def to_dot(topology: Topology) -> str:
             if link:
                 style = "dashed" if link[1] == "down" else "bold"
                 color = "#c0392b" if link[1] == "down" else "#27ae60"
-                attrs = (f'label="{address}\\n{_dot_escape(link[0])}: {link[1]}",'
-                         f' style={style}, color="{color}"')
+                attrs = (
+                    f'label="{address}\\n{_dot_escape(link[0])}: {link[1]}",'
+                    f' style={style}, color="{color}"'
+                )
             out.append(f'  "node:{name}" -- "net:{network}" [{attrs}];')
     out.append("}")
     return "\n".join(out) + "\n"

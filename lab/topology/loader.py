@@ -103,8 +103,13 @@ class _Builder:
                 if not isinstance(key_node, yaml.ScalarNode):
                     line, col = _place(key_node)
                     self.problems.append(
-                        Problem(self.positions.file, line, col, format_path(path),
-                                "a key must be a plain name, not a list or mapping")
+                        Problem(
+                            self.positions.file,
+                            line,
+                            col,
+                            format_path(path),
+                            "a key must be a plain name, not a list or mapping",
+                        )
                     )
                     continue
                 key = str(key_node.value)
@@ -112,8 +117,13 @@ class _Builder:
                     line, col = _place(key_node)
                     first = self.positions.keys[(*path, key)]
                     self.problems.append(
-                        Problem(self.positions.file, line, col, format_path((*path, key)),
-                                f"duplicate key {key!r} (first given at line {first[0]})")
+                        Problem(
+                            self.positions.file,
+                            line,
+                            col,
+                            format_path((*path, key)),
+                            f"duplicate key {key!r} (first given at line {first[0]})",
+                        )
                     )
                     continue
                 self.positions.keys[(*path, key)] = _place(key_node)
@@ -147,13 +157,13 @@ def parse_yaml(text: str, file: str) -> tuple[Any, Positions]:
         if exc.context:
             start = exc.context_mark
             if start and (start.line, start.column) != (line - 1, col - 1):
-                what = (f"{exc.context} that starts at line {start.line + 1},"
-                        f" column {start.column + 1}: {what}")
+                what = (
+                    f"{exc.context} that starts at line {start.line + 1},"
+                    f" column {start.column + 1}: {what}"
+                )
             else:
                 what = f"{exc.context}, {what}"
-        raise TopologyError(
-            [Problem(file, line, col, "", f"YAML syntax error: {what}")]
-        ) from None
+        raise TopologyError([Problem(file, line, col, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:  # pragma: no cover - every PyYAML error is marked today
         raise TopologyError([Problem(file, 1, 1, "", f"YAML error: {exc}")]) from None
     if root is None:
@@ -267,7 +277,10 @@ def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str
         text = str(ctx.get("error") or err["msg"])
         return text, False
     if kind in ("literal_error", "enum"):
-        return f"expected {ctx.get('expected', 'one of the allowed values')}, got {_kind(value)}", False
+        return (
+            f"expected {ctx.get('expected', 'one of the allowed values')}, got {_kind(value)}",
+            False,
+        )
     if kind in _TYPE_WORDS:
         return f"expected {_TYPE_WORDS[kind]}, got {_kind(value)}", False
     if kind == "string_pattern_mismatch" and ctx.get("pattern") in _PATTERN_WORDS:
@@ -275,7 +288,10 @@ def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str
     if kind == "string_pattern_mismatch":
         return f"{_kind(value)} does not have the expected form ({ctx.get('pattern')})", False
     if kind.startswith(("greater_than", "less_than")):
-        return f"expected a number {err['msg'].removeprefix('Input should be ')}, got {_kind(value)}", False
+        return (
+            f"expected a number {err['msg'].removeprefix('Input should be ')}, got {_kind(value)}",
+            False,
+        )
     msg = err["msg"].replace("Input should be", "expected")
     return f"{msg}, got {_kind(value)}", False
 
@@ -289,9 +305,7 @@ def problems_from_validation(exc: ValidationError, positions: Positions) -> list
             candidate = (*path, part)
             # A list index not in the file belongs to a single value given for a list
             # (`MX: "10 mx.example.org"`): the error is at that value, not at item [0].
-            if candidate in positions.values or err["type"] in ("missing",):
-                path = candidate
-            elif isinstance(part, str) and (*path, part) in positions.keys:
+            if candidate in positions.values or err["type"] in ("missing",) or (isinstance(part, str) and (*path, part) in positions.keys):
                 path = candidate
         message, at_key = _message(err, path, path in positions.values)
         at_key = at_key or "[key]" in err["loc"]
@@ -334,7 +348,9 @@ def load(path: str | Path) -> LoadedTopology:
     except FileNotFoundError:
         raise TopologyError([Problem(str(path), 0, 0, "", "no such file")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise TopologyError([Problem(str(path), 0, 0, "", f"cannot read the file: {exc}")]) from None
+        raise TopologyError(
+            [Problem(str(path), 0, 0, "", f"cannot read the file: {exc}")]
+        ) from None
     loaded = load_text(text, str(path))
     loaded.source = path
     return loaded

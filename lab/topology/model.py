@@ -18,9 +18,9 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     BaseModel,
     BeforeValidator,
-    WithJsonSchema,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -72,6 +72,8 @@ Hostname = Annotated[
         description="a DNS host name such as mail.example.org",
     ),
 ]
+
+
 def _address_or_auto(value: Any) -> str:
     if value is None or value == "auto":
         return "auto"
@@ -147,7 +149,9 @@ class Network(Base):
                     f"expected an IPv4 network in CIDR form such as 192.168.10.0/24, got {value!r}"
                     f" ({exc})"
                 ) from None
-        raise ValueError(f"expected an IPv4 network in CIDR form such as 10.20.0.0/16, got {value!r}")
+        raise ValueError(
+            f"expected an IPv4 network in CIDR form such as 10.20.0.0/16, got {value!r}"
+        )
 
 
 class WhenDown(StrEnum):
@@ -173,8 +177,12 @@ class Link(Base):
     node: str = Field(description="the host whose attachment this is")
     network: str = Field(description="the network the host attaches to over this link")
     state: Literal["up", "down"] = Field("up", description="the state when the lab comes up")
-    when_down: WhenDown = Field(WhenDown.refuse, description="refuse: fail at once; blackhole: time out")
-    on_up: list[Hook] = Field(default_factory=list, description="run in order when the link comes up")
+    when_down: WhenDown = Field(
+        WhenDown.refuse, description="refuse: fail at once; blackhole: time out"
+    )
+    on_up: list[Hook] = Field(
+        default_factory=list, description="run in order when the link comes up"
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -397,7 +405,9 @@ class Fault(Base):
     match: str | None = Field(
         None, description="only for this address (MAIL FROM or RCPT TO), case-insensitive"
     )
-    times: int | None = Field(None, ge=1, description="strike only this many times (default: always)")
+    times: int | None = Field(
+        None, ge=1, description="strike only this many times (default: always)"
+    )
     delay: Duration = Field(0.0, description="wait this long (real time) before answering")
     disconnect: bool = Field(False, description="drop the connection instead of answering")
 
@@ -495,7 +505,9 @@ class Node(Base):
     """A host: a name, addresses on networks, and the services it runs."""
 
     role: str | None = Field(
-        None, description="a preset of services: " + ", ".join(ROLES), json_schema_extra={"enum": list(ROLES)}
+        None,
+        description="a preset of services: " + ", ".join(ROLES),
+        json_schema_extra={"enum": list(ROLES)},
     )
     services: list[str] | None = Field(
         None,
@@ -509,8 +521,10 @@ class Node(Base):
         WithJsonSchema(
             {
                 "anyOf": [
-                    {"type": "object", "additionalProperties": {
-                        "anyOf": [{"type": "string"}, {"type": "null"}]}},
+                    {
+                        "type": "object",
+                        "additionalProperties": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                    },
                     {"type": "array", "items": {"type": "string"}},
                 ],
                 "description": "network name -> address ('auto' or empty: allocated), or a"
@@ -521,11 +535,15 @@ class Node(Base):
         description="network name -> address on it ('auto' or empty: allocated from the subnet);"
         " a list of network names allocates every address"
     )
-    software: Software = Field(Software.builtin, description="the MTA: builtin, or a real one (Docker)")
+    software: Software = Field(
+        Software.builtin, description="the MTA: builtin, or a real one (Docker)"
+    )
     config: str | None = Field(None, description="a config file for a real MTA")
     settings: dict[str, Any] = Field(default_factory=dict, description="settings for a real MTA")
     # MTA
-    local_domains: list[Hostname] = Field(default_factory=list, description="domains delivered here")
+    local_domains: list[Hostname] = Field(
+        default_factory=list, description="domains delivered here"
+    )
     users: list[str] = Field(default_factory=list, description="local users with mailboxes")
     aliases: dict[str, list[str]] = Field(
         default_factory=dict, description="alias -> local users, other aliases or remote addresses"
@@ -618,7 +636,9 @@ class SendStep(Base):
     headers: dict[str, str] = Field(
         default_factory=dict, description="header fields (From: defaults to mail_from)"
     )
-    via: str | None = Field(None, description="the MTA to submit to (default: the client's submit_to)")
+    via: str | None = Field(
+        None, description="the MTA to submit to (default: the client's submit_to)"
+    )
 
     @field_validator("to", mode="before")
     @classmethod
@@ -664,8 +684,11 @@ class Expect(Base):
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Expect:
-        given = [k for k in ("delivered", "not_delivered", "queued", "bounced", "rejected")
-                 if getattr(self, k) is not None]
+        given = [
+            k
+            for k in ("delivered", "not_delivered", "queued", "bounced", "rejected")
+            if getattr(self, k) is not None
+        ]
         if len(given) != 1:
             raise ValueError(
                 "expected exactly one of delivered, not_delivered, queued, bounced, rejected"
@@ -724,4 +747,3 @@ class Topology(Base):
     @classmethod
     def _name(cls, value: str) -> str:
         return check_name(value)
-

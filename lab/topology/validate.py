@@ -100,8 +100,12 @@ class _Checker:
                 path = ("nodes", node_name, "networks", net_name)
                 net = self.t.networks.get(net_name)
                 if net is None:
-                    self.add(path, f"unknown network {net_name!r}; expected one of: "
-                             f"{', '.join(self.t.networks)}", at_key=True)
+                    self.add(
+                        path,
+                        f"unknown network {net_name!r}; expected one of: "
+                        f"{', '.join(self.t.networks)}",
+                        at_key=True,
+                    )
                     ok = False
                     continue
                 if value == "auto":
@@ -111,10 +115,14 @@ class _Checker:
                     self.add(path, f"{address} is not inside {net_name} ({net.subnet})")
                     ok = False
                 elif net.subnet.prefixlen < 31 and address in (
-                    net.subnet.network_address, net.subnet.broadcast_address
+                    net.subnet.network_address,
+                    net.subnet.broadcast_address,
                 ):
-                    self.add(path, f"{address} is the network or broadcast address of"
-                             f" {net.subnet}; expected a host address")
+                    self.add(
+                        path,
+                        f"{address} is the network or broadcast address of"
+                        f" {net.subnet}; expected a host address",
+                    )
                     ok = False
                 elif address in seen:
                     self.add(path, f"address {address} is already used by node {seen[address]!r}")
@@ -131,37 +139,60 @@ class _Checker:
             if node is None:
                 self.add((*path, "node"), self._unknown("node", link.node, self.t.nodes))
             if link.network not in self.t.networks:
-                self.add((*path, "network"), self._unknown("network", link.network, self.t.networks))
+                self.add(
+                    (*path, "network"), self._unknown("network", link.network, self.t.networks)
+                )
             elif node is not None and link.network not in node.networks:
-                self.add((*path, "network"), f"node {link.node!r} is not attached to network"
-                         f" {link.network!r}; expected one of its networks:"
-                         f" {', '.join(node.networks)}")
+                self.add(
+                    (*path, "network"),
+                    f"node {link.node!r} is not attached to network"
+                    f" {link.network!r}; expected one of its networks:"
+                    f" {', '.join(node.networks)}",
+                )
             pair = (link.node, link.network)
             if pair in pairs:
-                self.add(path, f"link {pairs[pair]!r} already joins {link.node!r} to"
-                         f" {link.network!r}", at_key=True)
+                self.add(
+                    path,
+                    f"link {pairs[pair]!r} already joins {link.node!r} to {link.network!r}",
+                    at_key=True,
+                )
             pairs[pair] = name
             if "fetch" in link.on_up and node is not None and not node.fetch:
                 self.add((*path, "on_up"), f"the fetch hook needs fetch jobs on {link.node!r}")
-            if "flush" in link.on_up and node is not None and Service.smtp not in node.service_set():
+            if (
+                "flush" in link.on_up
+                and node is not None
+                and Service.smtp not in node.service_set()
+            ):
                 self.add((*path, "on_up"), f"the flush hook needs an MTA (smtp) on {link.node!r}")
 
     def dns(self) -> None:
         servers = self.nodes_with(Service.dns)
         if len(servers) > 1:
-            self.add(("nodes", servers[1]), f"only one node may run the lab DNS (already"
-                     f" {servers[0]!r})", at_key=True)
+            self.add(
+                ("nodes", servers[1]),
+                f"only one node may run the lab DNS (already {servers[0]!r})",
+                at_key=True,
+            )
         if self.t.dns.zones and not servers:
-            self.add(("dns", "zones"), "zones are defined but no node runs the dns service;"
-                     " expected a node with role: dns", at_key=True)
+            self.add(
+                ("dns", "zones"),
+                "zones are defined but no node runs the dns service;"
+                " expected a node with role: dns",
+                at_key=True,
+            )
         for zone, entries in self.t.dns.zones.items():
             zone_n = normalise(zone)
             for label in entries:
                 if label.endswith(".") and not (
                     normalise(label) == zone_n or normalise(label).endswith("." + zone_n)
                 ):
-                    self.add(("dns", "zones", zone, label), f"{label!r} is not inside zone"
-                             f" {zone!r}; expected a name ending in .{zone_n}.", at_key=True)
+                    self.add(
+                        ("dns", "zones", zone, label),
+                        f"{label!r} is not inside zone"
+                        f" {zone!r}; expected a name ending in .{zone_n}.",
+                        at_key=True,
+                    )
 
     def resolvable(self, target: str, table: RecordTable | None) -> bool:
         host, _ = _split_hostport(target)
@@ -174,13 +205,24 @@ class _Checker:
         path: PathT = ("nodes", name)
         services = self.services[name]
         smtp = Service.smtp in services
-        mta_fields = ("local_domains", "users", "aliases", "relay_from", "smarthost",
-                      "masquerade", "faults")
+        mta_fields = (
+            "local_domains",
+            "users",
+            "aliases",
+            "relay_from",
+            "smarthost",
+            "masquerade",
+            "faults",
+        )
         if not smtp:
             for field in mta_fields:
                 if field in node.model_fields_set and getattr(node, field):
-                    self.add((*path, field), f"{field} is an MTA setting but node {name!r} runs"
-                             " no smtp service; expected role: mta, hub or isp", at_key=True)
+                    self.add(
+                        (*path, field),
+                        f"{field} is an MTA setting but node {name!r} runs"
+                        " no smtp service; expected role: mta, hub or isp",
+                        at_key=True,
+                    )
         if node.software.value != "builtin" and not smtp:
             self.add((*path, "software"), "software chooses the MTA, but this node runs no smtp")
         if node.smarthost and not self.resolvable(node.smarthost, table):
@@ -191,20 +233,29 @@ class _Checker:
             try:
                 ipaddress.IPv4Network(item, strict=False)
             except ValueError:
-                self.add((*path, "relay_from", i), f"{item!r} is neither a network of this lab"
-                         f" ({', '.join(self.t.networks)}) nor a CIDR such as 10.20.1.0/24")
+                self.add(
+                    (*path, "relay_from", i),
+                    f"{item!r} is neither a network of this lab"
+                    f" ({', '.join(self.t.networks)}) nor a CIDR such as 10.20.1.0/24",
+                )
         local = set(node.users) | set(node.aliases) | {"postmaster"}
         for alias, targets in node.aliases.items():
             for i, target in enumerate(targets):
                 if "@" not in target and target not in local:
-                    self.add((*path, "aliases", alias, i), f"{target!r} is not a local user or"
-                             " alias; expected one of the users, another alias, or a remote"
-                             " address user@domain")
+                    self.add(
+                        (*path, "aliases", alias, i),
+                        f"{target!r} is not a local user or"
+                        " alias; expected one of the users, another alias, or a remote"
+                        " address user@domain",
+                    )
         for i, job in enumerate(node.fetch):
             jpath = (*path, "fetch", i)
             if not smtp:
-                self.add(jpath, f"fetch jobs hand mail to the local MTA, but {name!r} runs no"
-                         " smtp service; expected role: hub")
+                self.add(
+                    jpath,
+                    f"fetch jobs hand mail to the local MTA, but {name!r} runs no"
+                    " smtp service; expected role: hub",
+                )
             if not self.resolvable(job.server, table):
                 self.add((*jpath, "server"), self._unresolved(job.server))
             users = [("to", job.to)] if job.to else []
@@ -213,15 +264,22 @@ class _Checker:
             for where, user in users:
                 if user not in local:
                     sub = where if isinstance(where, tuple) else (where,)
-                    self.add((*jpath, *sub), f"{user!r} is not a local user of {name!r};"
-                             f" expected one of: {', '.join(sorted(local))}")
+                    self.add(
+                        (*jpath, *sub),
+                        f"{user!r} is not a local user of {name!r};"
+                        f" expected one of: {', '.join(sorted(local))}",
+                    )
         if Service.client in services:
             if node.submit_to is None:
-                mtas = [n for n in self.nodes_with(Service.smtp)
-                        if set(self.t.nodes[n].networks) & set(node.networks)]
+                mtas = [
+                    n
+                    for n in self.nodes_with(Service.smtp)
+                    if set(self.t.nodes[n].networks) & set(node.networks)
+                ]
                 if not mtas:
-                    self.add(path, "a client needs submit_to (no MTA shares its networks)",
-                             at_key=True)
+                    self.add(
+                        path, "a client needs submit_to (no MTA shares its networks)", at_key=True
+                    )
             elif not self.resolvable(node.submit_to, table):
                 self.add((*path, "submit_to"), self._unresolved(node.submit_to))
         if node.mailboxes and Service.pop3 not in services:  # pragma: no cover - implied
@@ -247,8 +305,11 @@ class _Checker:
                 if step.link:
                     for link in step.link:
                         if link not in self.t.links:
-                            self.add((*path, "link", link),
-                                     self._unknown("link", link, self.t.links), at_key=True)
+                            self.add(
+                                (*path, "link", link),
+                                self._unknown("link", link, self.t.links),
+                                at_key=True,
+                            )
                 if step.flush:
                     self._node_ref((*path, "flush"), step.flush, Service.smtp)
                 if step.fetch:
@@ -283,8 +344,10 @@ class _Checker:
 
     @staticmethod
     def _unresolved(target: str) -> str:
-        return (f"{target!r} does not resolve in the lab: expected a node name, a node's"
-                " hostname, an IP address or a name with an A record in dns.zones")
+        return (
+            f"{target!r} does not resolve in the lab: expected a node name, a node's"
+            " hostname, an IP address or a name with an A record in dns.zones"
+        )
 
 
 def semantic_problems(topology: Topology, positions: Positions) -> list[Problem]:

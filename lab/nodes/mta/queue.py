@@ -1,11 +1,14 @@
 """The MTA's queue: every message it has said 250 for, until it is delivered or bounced.
 
-What it owns: a directory per node. Each message is two files, `ID.eml` (the message as
-received, with our Received header) and `ID.json` (the envelope: sender, each recipient
-with its state and last reply, and the result of every delivery attempt). Both are
-written to a temporary name, fsync'd, renamed into place, and the directory fsync'd,
-before the SMTP server answers 250: a crash after 250 loses nothing, and a restarted
-node finds its queue as it was (`load`).
+What it owns: a directory per node. Each message is one file, `ID.msg`: a first line
+holding the envelope as JSON (sender, each recipient with its state and last reply, the
+result of every delivery attempt), then the message as received, with our Received
+header. It is written to a temporary name, fsync'd, renamed into place, and the
+directory fsync'd before the SMTP server answers 250: a crash after 250 loses nothing,
+and a restarted node finds its queue as it was (`load`). Later changes of state (an
+attempt that deferred, a bounce sent) go to `ID.json` beside it, written the same way,
+which overrides the first line. Removing a delivered message needs no fsync: if a crash
+forgets the removal, the message is delivered again, never lost.
 
 The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
 default), warn the sender after 4 hours, give up after 5 days. The schedule is the
@@ -138,46 +141,47 @@ class Queue:
         """Read the queue from disk (after a restart); drop half-written leftovers."""
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
-        for env in sorted(self.dir.glob("*.json")):
-            body = env.with_suffix(".eml")
-            if not body.exists():
-                env.unlink()
-                continue
-            qm = QueuedMessage.from_json(json.loads(env.read_text()))
+        for path in sorted(self.dir.glob("*.msg")):
+            with path.open("rb") as f:
+                first = f.readline()
+            state = path.with_suffix(".json")
+            data = json.loads(state.read_bytes() if state.exists() else first)
+            qm = QueuedMessage.from_json(data)
             self.messages[qm.id] = qm
-        for body in self.dir.glob("*.eml"):
-            if body.stem not in self.messages:
-                body.unlink()  # never acknowledged: the envelope was not written
+        for state in self.dir.glob("*.json"):
+            if state.stem not in self.messages:
+                state.unlink()  # the message itself is gone: a removal half done
         return list(self.messages.values())
 
     def put(self, content: bytes, message: QueuedMessage) -> None:
         """Store a new message durably. Only after this returns may the server say 250."""
-        _write_durably(self.dir / f"{message.id}.eml", content)
-        self._write_envelope(message)
+        head = json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n"
+        path = self.dir / f"{message.id}.msg"
         if self.durable:
+            _write_durably(path, head + content)
             _fsync_dir(self.dir)
+        else:
+            path.write_bytes(head + content)
         self.messages[message.id] = message
 
     def save(self, message: QueuedMessage) -> None:
-        """Record a change of state (an attempt, a recipient done)."""
-        self._write_envelope(message)
-
-    def _write_envelope(self, message: QueuedMessage) -> None:
+        """Record a change of state (an attempt deferred, a bounce sent)."""
         data = json.dumps(message.to_json(), separators=(",", ":")).encode()
+        path = self.dir / f"{message.id}.json"
         if self.durable:
-            _write_durably(self.dir / f"{message.id}.json", data)
+            _write_durably(path, data)
+            _fsync_dir(self.dir)
         else:
-            (self.dir / f"{message.id}.json").write_bytes(data)
+            path.write_bytes(data)
 
     def content(self, message_id: str) -> bytes:
-        return (self.dir / f"{message_id}.eml").read_bytes()
+        data = (self.dir / f"{message_id}.msg").read_bytes()
+        return data[data.index(b"\n") + 1 :]
 
     def remove(self, message_id: str) -> None:
+        (self.dir / f"{message_id}.msg").unlink(missing_ok=True)
         (self.dir / f"{message_id}.json").unlink(missing_ok=True)
-        (self.dir / f"{message_id}.eml").unlink(missing_ok=True)
         self.messages.pop(message_id, None)
-        if self.durable:
-            _fsync_dir(self.dir)
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -59,7 +59,7 @@ class _Work:
 
 class MtaService:
     def __init__(self, host: Host, resolver: Resolver, *, connect_timeout: float = 5.0,
-                 smtp_timeout: float = 30.0, durable: bool = True):
+                 smtp_timeout: float = 30.0, durable: bool = True, max_sessions: int = 20):
         self.host = host
         self.node = host.node
         self.resolver = resolver
@@ -74,6 +74,9 @@ class MtaService:
         self.fault_hits: dict[int, int] = defaultdict(int)
         self.runtime_faults: list[Any] = []
         self.server: Any = None
+        self._due: list[str] = []  # accepted, waiting for the delivery runner
+        self._runner: asyncio.Task[None] | None = None
+        self.outbound = asyncio.Semaphore(max_sessions)
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -131,8 +134,21 @@ class MtaService:
                        size=len(content), message_id=_message_id(content))
         if failed:
             self._bounce(message, content, failed)
-        self.host.spawn(self.run([queue_id]), f"deliver-{queue_id}")
+        self._kick(queue_id)
         return message
+
+    def _kick(self, queue_id: str) -> None:
+        """Deliver a newly accepted message soon. Messages that arrive while a delivery
+        run is under way wait for the next run and go together, over one session per
+        next hop, as a real MTA's queue manager batches them."""
+        self._due.append(queue_id)
+        if self._runner is None or self._runner.done():
+            self._runner = self.host.spawn(self._drain(), "deliver")
+
+    async def _drain(self) -> None:
+        while self._due:
+            batch, self._due = self._due, []
+            await self.run(batch)
 
     # running the queue ----------------------------------------------------------------
 
@@ -252,25 +268,36 @@ class MtaService:
                 last_error = Reply(554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself")
                 break
             self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
+            async with self.outbound:
+                last_error = await self._session(key, name, address, port, remaining, last_error)
+            if last_error.permanent and last_error.status == "5.4.6":
+                break
+        for item, rcpts in remaining:
+            self._attempt(item.message, key, last_error, rcpts)
+            for rcpt in rcpts:
+                if rcpt.pending:
+                    self._result(item.message, rcpt, last_error, "")
+
+    async def _session(self, key: str, name: str, address: str, port: int,
+                       remaining: list[tuple[_Work, list[Recipient]]], last_error: Reply) -> Reply:
+        """One SMTP session to one server, for as many of `remaining` as it takes."""
+        if True:
             try:
                 sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
             except (OSError, TimeoutError) as exc:
                 last_error = Reply(451, f"4.4.1 connect to {name}[{address}]:{port}: {_why(exc)}")
                 self.host.emit("delivery.connect_failed", hop=key, host=name, address=address,
                                reason=last_error.text)
-                continue
+                return last_error
             session = OutboundSession(sock, server_name=name, local_name=self.host.hostname,
                                       tls_context=self.host.tls.client_context() if self.host.tls else None,
                                       tls=self.node.policy.tls_outbound, timeout=self.smtp_timeout)
             try:
                 await session.open()
             except SessionError as exc:
-                last_error = exc.reply
                 self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
                 await session.close()
-                if exc.reply.permanent and exc.stage != "greeting":
-                    break
-                continue
+                return exc.reply
             try:
                 while remaining:
                     item, rcpts = remaining[0]
@@ -285,11 +312,7 @@ class MtaService:
                 self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
             finally:
                 await session.close()
-        for item, rcpts in remaining:
-            self._attempt(item.message, key, last_error, rcpts)
-            for rcpt in rcpts:
-                if rcpt.pending:
-                    self._result(item.message, rcpt, last_error, "")
+        return last_error
 
     async def _transaction(self, session: OutboundSession, item: _Work, rcpts: list[Recipient],
                            server: str) -> TransactionResult:
