@@ -1,0 +1,385 @@
+"""maillab benchmarks: `make bench` (python -m bench [--quick] [--write docs/benchmarks.md]).
+
+Each figure is measured inside this process on the in-process backend, with durable
+queues (fsync), on loopback; the targets are the project's:
+
+- home-dialup up and down:   median up <= 100 ms, down <= 50 ms
+- end-to-end rate:           client -> hub -> ISP -> remote MX, 1 KB messages, at least
+                             0.25 x a bare aiosmtpd sink fed by the same client, same run
+- queued then flushed:       10,000 messages queued while the link is down, link up, all
+                             delivered once (none lost, none doubled), >= 250 msg/s
+- a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from aiosmtpd.smtp import SMTP
+
+from lab.backends.inprocess import InProcessBackend
+from lab.nodes.client import build_message, submit
+from lab.topology import load, load_text
+from lab.topology.model import Topology
+
+ROOT = Path(__file__).resolve().parents[1]
+HOME_DIALUP = ROOT / "topologies" / "home-dialup.yaml"
+BODY_1K = "All work and no play makes Jack a dull boy. All work and no play.\n" * 15  # ~1 KB
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def bench_up_down(rounds: int) -> dict[str, Any]:
+    topology = load(HOME_DIALUP).model
+    ups, downs = [], []
+    for _ in range(rounds):
+        backend = InProcessBackend(topology)
+        t0 = time.perf_counter()
+        await backend.up()
+        t1 = time.perf_counter()
+        await backend.down()
+        t2 = time.perf_counter()
+        ups.append((t1 - t0) * 1000)
+        downs.append((t2 - t1) * 1000)
+    return {
+        "rounds": rounds,
+        "up_ms": statistics.median(ups),
+        "down_ms": statistics.median(downs),
+        "up_max_ms": max(ups),
+        "down_max_ms": max(downs),
+    }
+
+
+async def _send_many(
+    backend: InProcessBackend, node: str, count: int, concurrency: int, to: str, mail_from: str
+) -> int:
+    sem = asyncio.Semaphore(concurrency)
+    accepted = 0
+
+    async def one(i: int) -> None:
+        nonlocal accepted
+        content = backend.message(
+            node, mail_from=mail_from, to=[to], subject=f"bench {i}", body=BODY_1K
+        )
+        async with sem:
+            result = await backend.send(node, mail_from=mail_from, to=[to], content=content)
+        if result.accepted:
+            accepted += 1
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return accepted
+
+
+async def _wait_delivered(
+    backend: InProcessBackend, node: str, count: int, timeout: float
+) -> float:
+    """Time at which `count` messages have been delivered to mailboxes on `node`."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    seen = sum(1 for e in backend.events.events if e.kind == "mailbox.delivered" and e.node == node)
+
+    def listener(event: Any) -> None:
+        nonlocal seen
+        if event.kind == "mailbox.delivered" and event.node == node:
+            seen += 1
+            if seen >= count and not done.done():
+                done.set_result(time.perf_counter())
+
+    if seen >= count:
+        return time.perf_counter()
+    backend.events.listen(listener)
+    try:
+        return float(await asyncio.wait_for(done, timeout))
+    except TimeoutError:
+        raise TimeoutError(f"only {seen} of {count} delivered on {node}") from None
+
+
+class _SinkHandler:
+    def __init__(self) -> None:
+        self.count = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.count += 1
+        return "250 2.0.0 Ok: queued"
+
+
+async def bench_rate(count: int, concurrency: int) -> dict[str, Any]:
+    topology = load(HOME_DIALUP).model
+    topology.links["dialup"].state = "up"
+    backend = InProcessBackend(topology)
+    await backend.up()
+    try:
+        # The sink: a bare aiosmtpd server on the hub's LAN interface address, fed by the
+        # same client code (lab.nodes.client.submit) from the same client host.
+        handler = _SinkHandler()
+        loop = asyncio.get_running_loop()
+        hub_iface = backend.vnet.interfaces[("hub", "lan")]
+        server = await loop.create_server(
+            lambda: SMTP(handler, hostname="sink", loop=loop), host=hub_iface.real_address, port=0
+        )
+        sink_port = server.sockets[0].getsockname()[1]
+        from lab.backends.virtualnet import Endpoint
+
+        sink_lab_port = 2525
+        backend.vnet.endpoints[(hub_iface.lab_address, sink_lab_port, "tcp")] = Endpoint(
+            hub_iface.real_address, sink_port, ("hub", "lan")
+        )
+        host = backend.hosts["pc1"]
+        sem = asyncio.Semaphore(concurrency)
+        content = build_message(
+            mail_from="eddy@shofar.org.uk",
+            to=["paulmidgley@freeuk.com"],
+            subject="sink",
+            body=BODY_1K,
+            headers=None,
+            hostname=host.hostname,
+            date=time.time(),
+        )
+
+        async def sink_one() -> None:
+            async with sem:
+                result = await submit(
+                    host,
+                    hub_iface.lab_address,
+                    server_name="sink",
+                    port=sink_lab_port,
+                    mail_from="eddy@shofar.org.uk",
+                    recipients=["paulmidgley@freeuk.com"],
+                    content=content,
+                    starttls=False,
+                )
+            if not result.accepted:
+                raise RuntimeError(f"the sink refused: {result.to_json()}")
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(sink_one() for _ in range(count)))
+        sink_time = time.perf_counter() - t0
+        server.close()
+        assert handler.count == count, f"sink got {handler.count} of {count}"
+
+        t0 = time.perf_counter()
+        accepted = await _send_many(
+            backend, "pc1", count, concurrency, "paulmidgley@freeuk.com", "eddy@shofar.org.uk"
+        )
+        t1 = await _wait_delivered(backend, "freeuk", count, timeout=600)
+        lab_time = t1 - t0
+        delivered = len(backend.mailbox("freeuk", "paulmidgley"))
+    finally:
+        await backend.down()
+    sink_rate = count / sink_time
+    lab_rate = count / lab_time
+    return {
+        "messages": count,
+        "concurrency": concurrency,
+        "accepted": accepted,
+        "delivered": delivered,
+        "sink_rate": sink_rate,
+        "lab_rate": lab_rate,
+        "ratio": lab_rate / sink_rate,
+    }
+
+
+async def bench_flush(count: int, concurrency: int) -> dict[str, Any]:
+    topology = load(HOME_DIALUP).model
+    backend = InProcessBackend(topology)
+    await backend.up()
+    try:
+        t0 = time.perf_counter()
+        accepted = await _send_many(
+            backend, "pc1", count, concurrency, "paulmidgley@freeuk.com", "eddy@shofar.org.uk"
+        )
+        await backend.settle()
+        queued = len(backend.queue("hub"))
+        t1 = time.perf_counter()
+        await backend.set_link("dialup", True)
+        t2 = await _wait_delivered(backend, "freeuk", count, timeout=1800)
+        await backend.settle()
+        box = backend.mailbox("freeuk", "paulmidgley")
+        ids = [m["raw"].split("Message-ID: ", 1)[1].split("\r\n", 1)[0] for m in box]
+        left = sum(len(backend.queue(n)) for n in ("hub", "isp", "freeuk"))
+    finally:
+        await backend.down()
+    return {
+        "messages": count,
+        "accepted": accepted,
+        "queued_while_down": queued,
+        "queue_seconds": t1 - t0,
+        "flush_seconds": t2 - t1,
+        "rate": count / (t2 - t1),
+        "delivered": len(box),
+        "unique": len(set(ids)),
+        "left_in_queues": left,
+    }
+
+
+def big_topology(clients: int, domains: int) -> Topology:
+    lines = [
+        "name: big",
+        "networks:",
+        "  lan: {subnet: 192.168.0.0/16}",
+        "  internet: {subnet: 10.0.0.0/8}",
+        "dns:",
+        "  zones:",
+    ]
+    for d in range(domains):
+        lines += [f"    remote{d}.example:", f'      "@": {{MX: "10 mx.remote{d}.example"}}']
+    lines += [
+        "nodes:",
+        "  dns: {role: dns, networks: {internet: 10.0.0.53}}",
+        "  hub: {role: mta, hostname: hub.home.example, networks: [lan, internet],"
+        " local_domains: [home.example], users: [u], relay_from: [lan], smarthost: isp}",
+        "  isp: {role: mta, hostname: smtp.isp.example, networks: [internet],"
+        " relay_from: [internet]}",
+    ]
+    for d in range(domains):
+        lines.append(
+            f"  remote{d}: {{role: mta, hostname: mx.remote{d}.example, networks:"
+            f" [internet], local_domains: [remote{d}.example], users: [user]}}"
+        )
+    for c in range(clients):
+        lines.append(f"  pc{c}: {{role: client, networks: [lan], submit_to: hub}}")
+    return load_text("\n".join(lines) + "\n", "big.yaml").model
+
+
+async def bench_big(clients: int, domains: int) -> dict[str, Any]:
+    gc.collect()
+    before = rss_mb()
+    topology = big_topology(clients, domains)
+    backend = InProcessBackend(topology)
+    t0 = time.perf_counter()
+    await backend.up()
+    up_s = time.perf_counter() - t0
+    after = rss_mb()
+    # prove it works: one message from the last client to the last domain
+    result = await backend.send(
+        f"pc{clients - 1}",
+        mail_from="u@home.example",
+        to=[f"user@remote{domains - 1}.example"],
+        content=backend.message(
+            f"pc{clients - 1}",
+            mail_from="u@home.example",
+            to=[f"user@remote{domains - 1}.example"],
+            subject="big",
+            body="hi\n",
+        ),
+    )
+    await backend.settle()
+    delivered = len(backend.mailbox(f"remote{domains - 1}", "user"))
+    t1 = time.perf_counter()
+    await backend.down()
+    down_s = time.perf_counter() - t1
+    return {
+        "clients": clients,
+        "domains": domains,
+        "nodes": len(topology.nodes),
+        "up_seconds": up_s,
+        "down_seconds": down_s,
+        "rss_mb": after,
+        "rss_added_mb": after - before,
+        "sample_accepted": result.accepted,
+        "sample_delivered": delivered,
+    }
+
+
+def verdict(ok: bool) -> str:
+    return "meets the target" if ok else "MISSES the target"
+
+
+def report(results: dict[str, Any], command: str) -> str:
+    ud, rate, flush, big = (results[k] for k in ("up_down", "rate", "flush", "big"))
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Measured with `{command}` on {platform.node()} ({os.cpu_count()} cores,"
+        f" Python {platform.python_version()}), {time.strftime('%Y-%m-%d')}.",
+        "In-process backend, durable queues (every 250 is fsync'd), loopback only.",
+        "Regenerate with `make bench`.",
+        "",
+        "| benchmark | result | target | verdict |",
+        "|---|---|---|---|",
+        f"| home-dialup up (median of {ud['rounds']}) | {ud['up_ms']:.1f} ms (max"
+        f" {ud['up_max_ms']:.1f}) | <= 100 ms | {verdict(ud['up_ms'] <= 100)} |",
+        f"| home-dialup down (median of {ud['rounds']}) | {ud['down_ms']:.1f} ms (max"
+        f" {ud['down_max_ms']:.1f}) | <= 50 ms | {verdict(ud['down_ms'] <= 50)} |",
+        f"| bare aiosmtpd sink, same client ({rate['messages']} x 1 KB, {rate['concurrency']}"
+        f" at a time) | {rate['sink_rate']:.0f} msg/s | baseline | |",
+        f"| end to end pc1 -> hub -> ISP -> freeuk MX | {rate['lab_rate']:.0f} msg/s"
+        f" ({rate['delivered']} delivered) | | |",
+        f"| ratio end to end / sink | {rate['ratio']:.2f} | >= 0.25 |"
+        f" {verdict(rate['ratio'] >= 0.25)} |",
+        f"| {flush['messages']} queued while down, then link up | {flush['rate']:.0f} msg/s"
+        f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
+        f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
+        f" none lost or doubled | {verdict(flush['rate'] >= 250 and flush['unique'] == flush['messages'] == flush['delivered'] and flush['left_in_queues'] == 0)} |",
+        f"| lab of {big['clients']} clients + {big['domains']} remote domains: up |"
+        f" {big['up_seconds'] * 1000:.0f} ms ({big['nodes']} nodes) | <= 1 s |"
+        f" {verdict(big['up_seconds'] <= 1)} |",
+        f"| same lab: resident memory | {big['rss_mb']:.0f} MB (process total) | <= 300 MB |"
+        f" {verdict(big['rss_mb'] <= 300)} |",
+        "",
+        "Notes:",
+        f"- Queueing the {flush['messages']} messages while the link was down took"
+        f" {flush['queue_seconds']:.1f} s ({flush['messages'] / flush['queue_seconds']:.0f} msg/s"
+        " accepted by the hub, each fsync'd before 250).",
+        "- The rate benchmark runs both the sink and the lab in this one process and loop, so"
+        " the client's own cost is in both figures alike.",
+        "- The big lab's sample message (last client to last domain) was"
+        f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+async def run_all(quick: bool) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    print("home-dialup up/down ...", file=sys.stderr)
+    results["up_down"] = await bench_up_down(5 if quick else 30)
+    print(results["up_down"], file=sys.stderr)
+    print("end-to-end rate vs sink ...", file=sys.stderr)
+    results["rate"] = await bench_rate(100 if quick else 1000, 8)
+    print(results["rate"], file=sys.stderr)
+    print("queued while down, then flushed ...", file=sys.stderr)
+    results["flush"] = await bench_flush(500 if quick else 10_000, 16)
+    print(results["flush"], file=sys.stderr)
+    print("100 clients, 20 domains ...", file=sys.stderr)
+    results["big"] = await bench_big(100, 20)
+    print(results["big"], file=sys.stderr)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
+    parser.add_argument("--write", type=Path, help="write the Markdown report here")
+    args = parser.parse_args()
+    os.environ.setdefault("TMPDIR", tempfile.gettempdir())
+    results = asyncio.run(run_all(args.quick))
+    command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
+    text = report(results, command)
+    print(text)
+    if args.write:
+        args.write.write_text(text, encoding="utf-8")
+        print(f"wrote {args.write}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
