@@ -302,6 +302,11 @@ def verdict(ok: bool) -> str:
 
 def report(results: dict[str, Any], command: str) -> str:
     ud, rate, flush, big = (results[k] for k in ("up_down", "rate", "flush", "big"))
+    flush_ok = (
+        flush["rate"] >= 250
+        and flush["unique"] == flush["messages"] == flush["delivered"]
+        and flush["left_in_queues"] == 0
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -325,7 +330,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f"| {flush['messages']} queued while down, then link up | {flush['rate']:.0f} msg/s"
         f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
         f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
-        f" none lost or doubled | {verdict(flush['rate'] >= 250 and flush['unique'] == flush['messages'] == flush['delivered'] and flush['left_in_queues'] == 0)} |",
+        f" none lost or doubled | {verdict(flush_ok)} |",
         f"| lab of {big['clients']} clients + {big['domains']} remote domains: up |"
         f" {big['up_seconds'] * 1000:.0f} ms ({big['nodes']} nodes) | <= 1 s |"
         f" {verdict(big['up_seconds'] <= 1)} |",

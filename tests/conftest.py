@@ -54,11 +54,14 @@ class SmtpWire:
         return self.cmd(line)[0]
 
     def closed_by_peer(self) -> bool:
-        """True when the server has closed the connection (EOF), waiting up to the timeout."""
+        """True when the server has closed the connection (EOF or reset); False when it
+        sends more or stays silent for the whole timeout."""
         try:
             return self.sock.recv(1) == b""
-        except (ConnectionResetError, TimeoutError):
+        except ConnectionResetError:
             return True
+        except TimeoutError:
+            return False
 
     def close(self) -> None:
         self.sock.close()

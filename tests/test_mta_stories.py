@@ -95,8 +95,9 @@ def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere() -> N
         assert failed.get("server") == "mx.picky.org"
 
         # the ISP bounces to the envelope sender, joe@home
-        bounce = lab.assert_bounced(recipient="friend@picky.org", by="isp", to="joe@home",
-                                    status="5.1.8")
+        bounce = lab.assert_bounced(
+            recipient="friend@picky.org", by="isp", to="joe@home", status="5.1.8"
+        )
         fields = delivery_status(at_isp[bounce.get("id")])
         assert fields["Final-Recipient"] == "rfc822; friend@picky.org"
         assert fields["Action"] == "failed"
@@ -143,8 +144,9 @@ def test_lg45_envelope_rewritten_is_delivered() -> None:
     with Lab.up(topology) as lab:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
-        message = lab.assert_delivered("friend@picky.org", node="picky", mailbox="friend",
-                                       envelope_from="joe.bloggs@isp.com")
+        message = lab.assert_delivered(
+            "friend@picky.org", node="picky", mailbox="friend", envelope_from="joe.bloggs@isp.com"
+        )
         assert message.envelope_from == "joe.bloggs@isp.com"
         assert message.raw.startswith("Return-Path: <joe.bloggs@isp.com>\r\n")
         assert message["From"] == "joe.bloggs@isp.com"
@@ -162,9 +164,10 @@ def test_isp_checking_the_sender_makes_the_hub_bounce_locally() -> None:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
         refusal = lab.wait_for("policy.reject", node="isp", stage="mail")
-        assert refusal.get("reply") == "553 5.1.8 Domain of sender address <joe@home> does not exist"
-        lab.assert_bounced(recipient="friend@picky.org", by="heaven", to="joe@home",
-                           status="5.1.8")
+        assert refusal.get("reply") == (
+            "553 5.1.8 Domain of sender address <joe@home> does not exist"
+        )
+        lab.assert_bounced(recipient="friend@picky.org", by="heaven", to="joe@home", status="5.1.8")
         dsn = lab.assert_delivered("joe@home", node="heaven", mailbox="joe", envelope_from="")
         assert dsn["From"] == "Mail Delivery System <MAILER-DAEMON@heaven.home>"
         fields = delivery_status(dsn.raw)
@@ -181,10 +184,16 @@ def test_isp_checking_the_sender_makes_the_hub_bounce_locally() -> None:
 
 def test_lg45_local_mail_with_fake_headers() -> None:
     with Lab.up(LG45) as lab:
-        lab.send("pc", mail_from="joe@home", to=["emi@home"],
-                 headers={"To": "My Daughter", "From": "Your Dad"}, body="Happy birthday!\n")
-        message = lab.assert_delivered("emi@home", node="heaven", mailbox="emi",
-                                       headers={"From": "Your Dad"})
+        lab.send(
+            "pc",
+            mail_from="joe@home",
+            to=["emi@home"],
+            headers={"To": "My Daughter", "From": "Your Dad"},
+            body="Happy birthday!\n",
+        )
+        message = lab.assert_delivered(
+            "emi@home", node="heaven", mailbox="emi", headers={"From": "Your Dad"}
+        )
         assert "\r\nTo: My Daughter\r\nFrom: Your Dad\r\n\r\n" in message.raw
         assert message.envelope_from == "joe@home"
         assert message.body.splitlines() == ["Happy birthday!"]
@@ -196,8 +205,12 @@ def test_lg45_local_mail_with_fake_headers() -> None:
 def test_dialup_hub_queues_while_down_and_flushes_when_up() -> None:
     with Lab.up(HOME_DIALUP) as lab:
         assert lab.link("dialup").state == "down"
-        result = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"],
-                          subject="NELUG meeting")
+        result = lab.send(
+            "pc1",
+            mail_from="eddy@shofar.org.uk",
+            to=["paulmidgley@freeuk.com"],
+            subject="NELUG meeting",
+        )
         assert result.accepted, result.to_json()
         entry = lab.assert_queued(on="hub", to="paulmidgley@freeuk.com")
         assert entry["id"] == result.queue_id
@@ -214,9 +227,12 @@ def test_dialup_hub_queues_while_down_and_flushes_when_up() -> None:
         hooks = [e.get("hook") for e in lab.events if e.kind == "link.hook"]
         assert hooks == ["flush", "fetch"]
         assert lab.wait_for("queue.flush", node="hub").get("count") == 1
-        message = lab.assert_delivered("paulmidgley@freeuk.com", node="freeuk",
-                                       mailbox="paulmidgley",
-                                       envelope_from="eddy@shofar.uklinux.net")
+        message = lab.assert_delivered(
+            "paulmidgley@freeuk.com",
+            node="freeuk",
+            mailbox="paulmidgley",
+            envelope_from="eddy@shofar.uklinux.net",
+        )
         assert message["From"] == "eddy@shofar.uklinux.net"
         assert message["To"] == "paulmidgley@freeuk.com"
         assert message["Subject"] == "NELUG meeting"
@@ -252,11 +268,18 @@ def test_telnet_dialogue_with_the_hub(wire: Any) -> None:
 
             code, lines = s.cmd("EHLO heaven.home")
             assert code == 250
-            assert lines[0] == ("250-heaven.home Hello heaven.home [192.168.1.10],"
-                                " pleased to meet you")
+            assert lines[0] == (
+                "250-heaven.home Hello heaven.home [192.168.1.10], pleased to meet you"
+            )
             keywords = {line[4:].split(" ")[0].upper() for line in lines[1:]}
-            assert {"SIZE", "8BITMIME", "ENHANCEDSTATUSCODES", "PIPELINING", "STARTTLS",
-                    "DSN"} <= keywords
+            assert {
+                "SIZE",
+                "8BITMIME",
+                "ENHANCEDSTATUSCODES",
+                "PIPELINING",
+                "STARTTLS",
+                "DSN",
+            } <= keywords
             assert lines[-1].startswith("250 ")
             assert all(line.startswith("250-") for line in lines[:-1])
 
@@ -278,8 +301,9 @@ def test_telnet_dialogue_with_the_hub(wire: Any) -> None:
             assert code == 221
             assert s.closed_by_peer()
 
-        message = lab.assert_delivered("emi@home", node="heaven", mailbox="emi",
-                                       headers={"From": "Your Dad"})
+        message = lab.assert_delivered(
+            "emi@home", node="heaven", mailbox="emi", headers={"From": "Your Dad"}
+        )
         assert "\r\nTo: My Daughter\r\nFrom: Your Dad\r\n\r\n" in message.raw
         assert message.envelope_from == "joe@home"
         assert message.body.splitlines() == ["Happy birthday!"]

@@ -23,8 +23,9 @@ def test_queued_while_down_then_flushed(lab):
     entry = lab.assert_queued(on="hub", to="paulmidgley@freeuk.com")
     assert entry["envelope_from"] == "eddy@shofar.org.uk"
     lab.link("dialup").up()
-    message = lab.assert_delivered("paulmidgley@freeuk.com", node="freeuk",
-                                   envelope_from="eddy@shofar.uklinux.net")
+    message = lab.assert_delivered(
+        "paulmidgley@freeuk.com", node="freeuk", envelope_from="eddy@shofar.uklinux.net"
+    )
     assert message["From"] == "eddy@shofar.uklinux.net"
     assert lab.queue("hub") == []
 

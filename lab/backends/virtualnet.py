@@ -19,6 +19,7 @@ sees them as the operator node (a LAN client, as the topology says).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import random
 import socket
@@ -174,6 +175,7 @@ class NodeNet:
         self.node = node
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
+        self.open: set[asyncio.BaseTransport] = set()  # accepted and not yet ended
 
     def _ifaces(self) -> list[Interface]:
         return [i for (n, _), i in self.vnet.interfaces.items() if n == self.node]
@@ -201,20 +203,31 @@ class NodeNet:
         ends = ((src.node, src.network), (dst.node, dst.network))
 
         def close() -> None:
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
         self.vnet.track(ends, close)
         return sock
 
+    def _paired(self, iface: Interface, port: int, other: str) -> int:
+        """The real port of the other protocol's endpoint at this lab port, or 0 (any)."""
+        endpoint = self.vnet.endpoints.get((iface.lab_address, port, other))
+        return endpoint.real_port if endpoint is not None else 0
+
     async def listen(self, port: int, factory: Callable[[], asyncio.Protocol]) -> None:
         loop = asyncio.get_running_loop()
         for iface in self._ifaces():
-            server = await loop.create_server(
-                factory, host=iface.real_address, port=0, reuse_address=True
-            )
+            try:  # the same port number as UDP, if that listens already (dig @ADDR -p PORT)
+                server = await loop.create_server(
+                    factory,
+                    host=iface.real_address,
+                    port=self._paired(iface, port, "udp"),
+                    reuse_address=True,
+                )
+            except OSError:
+                server = await loop.create_server(
+                    factory, host=iface.real_address, port=0, reuse_address=True
+                )
             real_port = server.sockets[0].getsockname()[1]
             self.vnet.endpoints[(iface.lab_address, port, "tcp")] = Endpoint(
                 iface.real_address, real_port, (iface.node, iface.network)
@@ -224,9 +237,14 @@ class NodeNet:
     async def listen_udp(self, port: int, factory: Callable[[], asyncio.DatagramProtocol]) -> None:
         loop = asyncio.get_running_loop()
         for iface in self._ifaces():
-            transport, _ = await loop.create_datagram_endpoint(
-                factory, local_addr=(iface.real_address, 0)
-            )
+            try:  # the same port number as TCP, if that listens already
+                transport, _ = await loop.create_datagram_endpoint(
+                    factory, local_addr=(iface.real_address, self._paired(iface, port, "tcp"))
+                )
+            except OSError:
+                transport, _ = await loop.create_datagram_endpoint(
+                    factory, local_addr=(iface.real_address, 0)
+                )
             real_port = transport.get_extra_info("sockname")[1]
             self.vnet.endpoints[(iface.lab_address, port, "udp")] = Endpoint(
                 iface.real_address, real_port, (iface.node, iface.network)
@@ -238,20 +256,24 @@ class NodeNet:
         peer_real, peer_port = transport.get_extra_info("peername")[:2]
         local = self.vnet.by_real[local_real]
         peer, peer_key = self.vnet.lab_peer(peer_real, local.network)
+        conn = None
         if peer_key is not None:
             conn = self.vnet.track(
                 ((local.node, local.network), peer_key),
                 lambda: transport.abort() if hasattr(transport, "abort") else transport.close(),
             )
-            # forget the connection when it ends by itself
-            proto = transport.get_protocol()
-            lost = proto.connection_lost
+        self.open.add(transport)  # closed by `close` if still open then (the operator's too)
+        # forget the connection when it ends by itself
+        proto = transport.get_protocol()
+        lost = proto.connection_lost
 
-            def connection_lost(exc: Exception | None) -> None:
+        def connection_lost(exc: Exception | None) -> None:
+            self.open.discard(transport)
+            if conn is not None:
                 self.vnet.untrack(conn)
-                lost(exc)
+            lost(exc)
 
-            proto.connection_lost = connection_lost  # type: ignore[method-assign]
+        proto.connection_lost = connection_lost  # type: ignore[method-assign]
         return peer, peer_port, local.lab_address
 
     def peer_of(self, sockaddr: tuple[str, int]) -> tuple[str, int]:
@@ -296,10 +318,15 @@ class NodeNet:
         for transport in self.datagram_transports:
             transport.close()
         for server in self.servers:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(server.wait_closed(), 1.0)
-            except TimeoutError:
-                pass
+        for transport in list(self.open):  # connections still open: the peer sees them end
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+        for _ in range(3):  # let the services' connection handlers see it and finish
+            await asyncio.sleep(0)
 
 
 def _unused(_: ipaddress.IPv4Address) -> None:  # keeps ipaddress imported for type readers

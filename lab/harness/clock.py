@@ -11,6 +11,7 @@ the same order.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import time
@@ -35,7 +36,9 @@ class Timer:
 class LabClock:
     """Real time plus an offset that only grows; timers on lab time."""
 
-    def __init__(self, start: float | None = None, *, settle: Callable[[], Awaitable[None]] | None = None):
+    def __init__(
+        self, start: float | None = None, *, settle: Callable[[], Awaitable[None]] | None = None
+    ):
         self._real0 = time.time()
         self._start = self._real0 if start is None else start
         self._offset = 0.0
@@ -120,10 +123,8 @@ class LabClock:
     async def stop(self) -> None:
         if self._runner is not None:
             self._runner.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
-            except asyncio.CancelledError:
-                pass
             self._runner = None
 
     async def _run(self) -> None:
@@ -139,7 +140,5 @@ class LabClock:
                     if timer is not None:
                         await self._fire(timer)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(delay or 60.0, 60.0))
-            except TimeoutError:
-                pass

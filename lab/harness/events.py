@@ -13,11 +13,12 @@ import asyncio
 import itertools
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 Predicate = Callable[["Event"], bool]
+_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
 
 
 @dataclass(frozen=True)
@@ -32,7 +33,13 @@ class Event:
         return self.data.get(key, default)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "seq": self.seq,
+            "time": self.time,
+            "node": self.node,
+            "kind": self.kind,
+            "data": self.data,
+        }
 
     def __str__(self) -> str:
         detail = " ".join(f"{k}={v}" for k, v in self.data.items() if k not in ("raw",))
@@ -44,16 +51,34 @@ class EventBus:
         self._clock = clock
         self._seq = itertools.count(1)
         self.events: list[Event] = []
-        self._changed: asyncio.Condition | None = None
+        self._waiters: list[tuple[asyncio.Future[Event], Predicate]] = []
         self._log: IO[str] | None = None
         self._listeners: list[Callable[[Event], None]] = []
+        self._flush_pending = False
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = log_path.open("a", encoding="utf-8")
 
     def bind(self) -> None:
-        """Attach to the running loop (waiters use it)."""
-        self._changed = asyncio.Condition()
+        """Kept for backends that attach the bus to their loop before use."""
+
+    def _schedule_flush(self) -> None:
+        """Flush the log file a moment later, once for a burst of events."""
+        if self._flush_pending or self._log is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._log.flush()
+            return
+        self._flush_pending = True
+
+        def flush() -> None:
+            self._flush_pending = False
+            if self._log is not None:
+                self._log.flush()
+
+        loop.call_later(0.1, flush)
 
     def close(self) -> None:
         if self._log is not None:
@@ -67,50 +92,65 @@ class EventBus:
         event = Event(next(self._seq), self._clock(), node, kind, data)
         self.events.append(event)
         if self._log is not None:
-            self._log.write(json.dumps(event.to_json(), default=str) + "\n")
-            self._log.flush()
+            self._log.write(_ENCODER.encode(event.to_json()) + "\n")
+            self._schedule_flush()
         for listener in self._listeners:
             listener(event)
-        if self._changed is not None:
-            cond = self._changed
-
-            async def notify() -> None:
-                async with cond:
-                    cond.notify_all()
-
-            try:
-                asyncio.get_running_loop().create_task(notify())
-            except RuntimeError:
-                pass
+        if self._waiters:
+            for waiter in list(self._waiters):
+                future, match = waiter
+                if not future.done() and match(event):
+                    future.set_result(event)
+                    self._waiters.remove(waiter)
         return event
 
-    def find(self, predicate: Predicate | None = None, *, kind: str | None = None,
-             node: str | None = None, since: int = 0, **data: Any) -> list[Event]:
-        return [e for e in self.events if e.seq > since and _matches(e, predicate, kind, node, data)]
+    def find(
+        self,
+        predicate: Predicate | None = None,
+        *,
+        kind: str | None = None,
+        node: str | None = None,
+        since: int = 0,
+        **data: Any,
+    ) -> list[Event]:
+        return [
+            e for e in self.events if e.seq > since and _matches(e, predicate, kind, node, data)
+        ]
 
-    async def wait_for(self, predicate: Predicate | None = None, *, kind: str | None = None,
-                       node: str | None = None, since: int = 0, timeout: float = 10.0,
-                       **data: Any) -> Event:
+    async def wait_for(
+        self,
+        predicate: Predicate | None = None,
+        *,
+        kind: str | None = None,
+        node: str | None = None,
+        since: int = 0,
+        timeout: float = 10.0,
+        **data: Any,
+    ) -> Event:
         """The first event (after `since`) that matches; TimeoutError after `timeout`."""
-        assert self._changed is not None, "the event bus is not bound to a loop"
-
-        def first() -> Event | None:
-            found = self.find(predicate, kind=kind, node=node, since=since, **data)
-            return found[0] if found else None
-
-        async def wait() -> Event:
-            assert self._changed is not None
-            async with self._changed:
-                while (event := first()) is None:
-                    await self._changed.wait()
-                return event
-
-        return await asyncio.wait_for(wait(), timeout)
+        found = self.find(predicate, kind=kind, node=node, since=since, **data)
+        if found:
+            return found[0]
+        future: asyncio.Future[Event] = asyncio.get_running_loop().create_future()
+        waiter = (future, lambda e: _matches(e, predicate, kind, node, data))
+        self._waiters.append(waiter)
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
 
 
-def _matches(event: Event, predicate: Predicate | None, kind: str | None, node: str | None,
-             data: dict[str, Any]) -> bool:
-    if kind is not None and not (event.kind == kind or (kind.endswith(".*") and event.kind.startswith(kind[:-1]))):
+def _matches(
+    event: Event,
+    predicate: Predicate | None,
+    kind: str | None,
+    node: str | None,
+    data: dict[str, Any],
+) -> bool:
+    if kind is not None and not (
+        event.kind == kind or (kind.endswith(".*") and event.kind.startswith(kind[:-1]))
+    ):
         return False
     if node is not None and event.node != node:
         return False

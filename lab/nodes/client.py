@@ -131,7 +131,7 @@ async def submit(
         if starttls and client.supports_extension("starttls"):
             await client.starttls()
             await client.ehlo()
-        options = ["BODY=8BITMIME"] if any(b > 127 for b in content) else []
+        options = [] if content.isascii() else ["BODY=8BITMIME"]
         try:
             response = await client.mail(mail_from, options=options)
             result.mail_reply = Reply(response.code, response.message)

@@ -67,18 +67,31 @@ class DnsServer:
         else:
             result = self.table.lookup(name, rtype)
         if result.rcode is Rcode.timeout:
-            self.host.emit("dns.answer", peer=peer, name=name, type=rtype, rcode="TIMEOUT",
-                           answers=[])
+            self.host.emit(
+                "dns.answer", peer=peer, name=name, type=rtype, rcode="TIMEOUT", answers=[]
+            )
             return None
         reply.header.aa = 1
         reply.header.rcode = getattr(RCODE, result.rcode.value)
         ttl = self.table.ttl
         for owner, kind, data in result.records:
             rec = self.table.names.get(owner)
-            reply.add_answer(RR(owner + ".", getattr(QTYPE, kind), rdata=_RDATA[kind](data),
-                                ttl=rec.ttl if rec and rec.ttl is not None else ttl))
-        self.host.emit("dns.answer", peer=peer, name=name, type=rtype,
-                       rcode=result.rcode.value, answers=[_show(k, d) for _, k, d in result.records])
+            reply.add_answer(
+                RR(
+                    owner + ".",
+                    getattr(QTYPE, kind),
+                    rdata=_RDATA[kind](data),
+                    ttl=rec.ttl if rec and rec.ttl is not None else ttl,
+                )
+            )
+        self.host.emit(
+            "dns.answer",
+            peer=peer,
+            name=name,
+            type=rtype,
+            rcode=result.rcode.value,
+            answers=[_show(k, d) for _, k, d in result.records],
+        )
         packed = reply.pack()
         if transport == "udp" and len(packed) > 512:
             reply = request.reply()

@@ -44,7 +44,7 @@ class MailStore:
         try:
             view = memoryview(content)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             if self.durable:
                 os.fsync(fd)
         finally:

@@ -47,7 +47,9 @@ class Resolver:
         except (TimeoutError, dns.exception.Timeout) as exc:
             raise DnsTemporaryError(f"timeout looking up {name} {rtype}") from exc
         except OSError as exc:
-            raise DnsTemporaryError(f"cannot reach the DNS server for {name} {rtype}: {exc}") from exc
+            raise DnsTemporaryError(
+                f"cannot reach the DNS server for {name} {rtype}: {exc}"
+            ) from exc
         rcode = response.rcode()
         if rcode == dns.rcode.NXDOMAIN:
             raise DnsNotFound(f"{name}: no such domain (NXDOMAIN)")

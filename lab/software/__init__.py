@@ -24,8 +24,9 @@ BUILTIN_ONLY_BACKENDS = {"inprocess"}
 def check_supported(node: str, software: str, backend: str) -> None:
     """Raise a LabError when a node's software cannot run on this backend."""
     if software not in SOFTWARE:
-        raise LabError(f"node {node!r}: unknown software {software!r}; expected one of:"
-                       f" {', '.join(SOFTWARE)}")
+        raise LabError(
+            f"node {node!r}: unknown software {software!r}; expected one of: {', '.join(SOFTWARE)}"
+        )
     if software != "builtin" and backend in BUILTIN_ONLY_BACKENDS:
         raise LabError(
             f"node {node!r}: software {software!r} ({SOFTWARE[software]}) does not run on the"

@@ -31,7 +31,10 @@ def to_mermaid(topology: Topology) -> str:
     for name, net in topology.networks.items():
         lines.append(f'  net_{_id(name)}(["{name}<br/>{net.subnet}"])')
     for name in topology.nodes:
-        label = f"<b>{name}</b><br/>{hostname_of(topology, name)}<br/><i>{_services(topology, name)}</i>"
+        label = (
+            f"<b>{name}</b><br/>{hostname_of(topology, name)}"
+            f"<br/><i>{_services(topology, name)}</i>"
+        )
         lines.append(f'  node_{_id(name)}["{label}"]')
     for name, node in topology.nodes.items():
         for network in node.networks:
@@ -43,9 +46,9 @@ def to_mermaid(topology: Topology) -> str:
             else:
                 arrow, text = "---", str(address)
             lines.append(f'  node_{_id(name)} {arrow}|"{text}"| net_{_id(network)}')
-    for name, link in topology.links.items():
-        if link.state == "down":
-            lines.append(f"  style node_{_id(link.node)} stroke-dasharray: 5 5")
+    for spec in topology.links.values():
+        if spec.state == "down":
+            lines.append(f"  style node_{_id(spec.node)} stroke-dasharray: 5 5")
     return "\n".join(lines) + "\n"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from lab.errors import Problem, TopologyError
 from lab.topology.model import EXCHANGE_PATTERN, HOSTNAME_PATTERN, Topology
@@ -259,7 +260,7 @@ _PATTERN_WORDS = {
 }
 
 
-def _message(err: dict[str, Any], path: PathT, data_has_path: bool) -> tuple[str, bool]:
+def _message(err: ErrorDetails, path: PathT, data_has_path: bool) -> tuple[str, bool]:
     """A sentence for one pydantic error, and whether it belongs at the key."""
     kind = err["type"]
     value = err.get("input")
@@ -305,7 +306,11 @@ def problems_from_validation(exc: ValidationError, positions: Positions) -> list
             candidate = (*path, part)
             # A list index not in the file belongs to a single value given for a list
             # (`MX: "10 mx.example.org"`): the error is at that value, not at item [0].
-            if candidate in positions.values or err["type"] in ("missing",) or (isinstance(part, str) and (*path, part) in positions.keys):
+            if (
+                candidate in positions.values
+                or err["type"] in ("missing",)
+                or (isinstance(part, str) and (*path, part) in positions.keys)
+            ):
                 path = candidate
         message, at_key = _message(err, path, path in positions.values)
         at_key = at_key or "[key]" in err["loc"]

@@ -212,7 +212,8 @@ def parse_mx(value: Any) -> Any:
         match = _MX_RE.match(value)
         if not match:
             raise ValueError(
-                f"expected an MX record as 'PREFERENCE HOST' such as '10 mx.example.org', got {value!r}"
+                "expected an MX record as 'PREFERENCE HOST' such as '10 mx.example.org',"
+                f" got {value!r}"
             )
         if int(match.group(1)) > 65535:
             raise ValueError(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Topology
@@ -109,10 +110,10 @@ class RecordTable:
             host_names = [normalise(hostname_of(topology, n)) for n in topology.nodes]
             owners = host_names + [n for n in table.names if n not in host_names]
             for owner in owners:
-                rec = table.names.get(owner)
-                if rec is None:
+                owned = table.names.get(owner)
+                if owned is None:
                     continue
-                for address in rec.A:
+                for address in owned.A:
                     reverse = table.names.setdefault(reverse_name(address), Records())
                     if not reverse.PTR:
                         reverse.PTR.append(owner)
@@ -120,12 +121,12 @@ class RecordTable:
 
     # editing ------------------------------------------------------------------------
 
-    def set(self, name: str, rtype: str, values: list[object]) -> None:
+    def set(self, name: str, rtype: str, values: list[Any]) -> None:
         rec = self.names.setdefault(normalise(name), Records())
         if rtype == "CNAME":
             rec.CNAME = normalise(str(values[0])) if values else None
         elif rtype == "MX":
-            rec.MX = [(int(p), normalise(str(h)) or ".") for p, h in values]  # type: ignore[misc]
+            rec.MX = [(int(p), normalise(str(h)) or ".") for p, h in values]
         elif rtype == "A":
             rec.A = [ipaddress.IPv4Address(str(v)) for v in values]
         else:

@@ -258,7 +258,7 @@ class _Checker:
                 )
             if not self.resolvable(job.server, table):
                 self.add((*jpath, "server"), self._unresolved(job.server))
-            users = [("to", job.to)] if job.to else []
+            users: list[tuple[str | tuple[str, str], str]] = [("to", job.to)] if job.to else []
             users += [(("multidrop", k), v or k) for k, v in (job.multidrop or {}).items()]
             users.append(("postmaster", job.postmaster))
             for where, user in users:

@@ -9,8 +9,8 @@ cannot be delivered is not bounced again but goes to the local postmaster.
 
 from __future__ import annotations
 
-from email.utils import format_datetime, make_msgid
 from datetime import UTC, datetime
+from email.utils import format_datetime, make_msgid
 
 from lab.nodes.mta.queue import QueuedMessage, Recipient
 
@@ -24,15 +24,22 @@ def _headers_of(content: bytes) -> bytes:
     return content if end < 0 else content[: end + 2]
 
 
-def build_dsn(*, hostname: str, message: QueuedMessage, content: bytes,
-              recipients: list[Recipient], action: str, now: float,
-              to: str, subject: str | None = None) -> bytes:
+def build_dsn(
+    *,
+    hostname: str,
+    message: QueuedMessage,
+    content: bytes,
+    recipients: list[Recipient],
+    action: str,
+    now: float,
+    to: str,
+    subject: str | None = None,
+) -> bytes:
     """The DSN as bytes with CRLF line ends, ready to queue."""
     boundary = f"maillab-dsn-{message.id}-{int(now)}"
     failed = action == "failed"
     subject = subject or (
-        "Undelivered Mail Returned to Sender" if failed
-        else "Delayed Mail (still being retried)"
+        "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
     )
     human = []
     if failed:
@@ -100,4 +107,4 @@ def build_dsn(*, hostname: str, message: QueuedMessage, content: bytes,
     head = "\r\n".join(parts).encode()
     returned = _headers_of(content)
     tail = f"\r\n--{boundary}--\r\n".encode()
-    return head + "\r\n".encode() + returned + tail
+    return head + b"\r\n" + returned + tail

@@ -9,6 +9,8 @@ a 5xx bounced.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from dataclasses import dataclass, field
 
@@ -52,11 +54,23 @@ def _reply(exc: SMTPResponseException) -> Reply:
 
 
 class OutboundSession:
-    def __init__(self, sock: object, *, server_name: str, local_name: str,
-                 tls_context: ssl.SSLContext | None, tls: str, timeout: float):
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        server_name: str,
+        local_name: str,
+        tls_context: ssl.SSLContext | None,
+        tls: str,
+        timeout: float,
+    ):
         self.client = aiosmtplib.SMTP(
-            hostname=server_name, sock=sock, local_hostname=local_name,
-            tls_context=tls_context, start_tls=False, timeout=timeout,
+            hostname=server_name,
+            sock=sock,
+            local_hostname=local_name,
+            tls_context=tls_context,
+            start_tls=False,
+            timeout=timeout,
         )
         self.tls_mode = tls
         self.used_tls = False
@@ -69,7 +83,9 @@ class OutboundSession:
             try:
                 ehlo = await self.client.ehlo()
                 self.transcript.append(f"<<< {ehlo.code} {ehlo.message.splitlines()[0]}")
-            except SMTPResponseException:
+            except SMTPResponseException as exc:
+                if exc.code < 500:  # 421 and the like: the server is going away, not HELO-only
+                    raise
                 helo = await self.client.helo()
                 self.transcript.append(f"<<< {helo.code} {helo.message}")
             if self.tls_mode != "off" and self.client.supports_extension("starttls"):
@@ -78,17 +94,28 @@ class OutboundSession:
                 self.transcript.append("<<< 220 STARTTLS done")
                 await self.client.ehlo()
             elif self.tls_mode == "require":
-                raise SessionError(Reply(530, "5.7.10 server does not offer STARTTLS"),
-                                   stage="starttls")
+                raise SessionError(
+                    Reply(530, "5.7.10 server does not offer STARTTLS"), stage="starttls"
+                )
         except SMTPResponseException as exc:
             raise SessionError(_reply(exc), stage="greeting") from exc
         except SMTPServerDisconnected as exc:
-            raise SessionError(Reply(421, f"4.4.2 connection lost: {exc}"), stage="greeting") from exc
+            raise SessionError(
+                Reply(421, f"4.4.2 connection lost: {exc}"), stage="greeting"
+            ) from exc
         except (ssl.SSLError, aiosmtplib.SMTPException, OSError) as exc:
-            raise SessionError(Reply(421, f"4.7.5 session failed: {exc}"), stage="greeting") from exc
+            raise SessionError(
+                Reply(421, f"4.7.5 session failed: {exc}"), stage="greeting"
+            ) from exc
 
-    async def send(self, envelope_from: str, recipients: list[str], content: bytes,
-                   *, mail_options: list[str] | None = None) -> TransactionResult:
+    async def send(
+        self,
+        envelope_from: str,
+        recipients: list[str],
+        content: bytes,
+        *,
+        mail_options: list[str] | None = None,
+    ) -> TransactionResult:
         result = TransactionResult()
         try:
             try:
@@ -113,16 +140,16 @@ class OutboundSession:
             except SMTPResponseException as exc:
                 result.data_reply = _reply(exc)
         except SMTPServerDisconnected as exc:
-            raise SessionError(Reply(421, f"4.4.2 connection lost: {exc}"), stage="transaction") from exc
+            raise SessionError(
+                Reply(421, f"4.4.2 connection lost: {exc}"), stage="transaction"
+            ) from exc
         except (aiosmtplib.SMTPException, OSError) as exc:
             raise SessionError(Reply(451, f"4.4.2 {exc}"), stage="transaction") from exc
         return result
 
     async def _rset(self) -> None:
-        try:
+        with contextlib.suppress(SMTPResponseException, SMTPServerDisconnected, OSError):
             await self.client.rset()
-        except (SMTPResponseException, SMTPServerDisconnected, OSError):
-            pass
 
     async def close(self) -> None:
         try:

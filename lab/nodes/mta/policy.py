@@ -16,16 +16,26 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, cast
 
 from aiosmtpd.smtp import Envelope, Session
 
-from lab.nodes.resolver import DnsNotFound, DnsTemporaryError
+from lab.nodes.resolver import DnsTemporaryError
 from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 
 _BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _RECEIVED = re.compile(rb"(?im)^Received:")
+
+
+def peer_address(session: Session) -> str:
+    """The client's lab address.
+
+    aiosmtpd annotates `Session.peer` as `str | None`, but stores the socket's peername
+    there, a (host, port) tuple; the lab's SMTP server puts the (lab address, port) of
+    the client there before the session starts.
+    """
+    return cast("tuple[str, int]", session.peer)[0]
 
 
 def client_may_relay(mta: Any, client: str) -> bool:
@@ -59,20 +69,22 @@ async def check_sender(mta: Any, session: Session, sender: str) -> str | None:
     if spf_mode != "off" and domain:
         from lab.nodes.mta.spf import check_spf
 
-        result, why = await check_spf(mta.resolver, session.peer[0], domain)
-        mta.host.emit("policy.spf", sender=sender, client=session.peer[0], result=result,
-                      reason=why)
+        client = peer_address(session)
+        result, why = await check_spf(mta.resolver, client, domain)
+        mta.host.emit("policy.spf", sender=sender, client=client, result=result, reason=why)
         if spf_mode == "reject" and result == "fail":
-            return codes.SPF_FAIL.format(addr=f"<{sender}>", ip=session.peer[0], domain=domain)
+            return codes.SPF_FAIL.format(addr=f"<{sender}>", ip=client, domain=domain)
         if spf_mode == "reject" and result == "temperror":
             return codes.SPF_TEMPFAIL.format(domain=domain)
     return None
 
 
-async def check_recipient(mta: Any, session: Session, envelope: Envelope, address: str) -> str | None:
+async def check_recipient(
+    mta: Any, session: Session, envelope: Envelope, address: str
+) -> str | None:
     local, domain = split_address(address)
     book = mta.book
-    client = session.peer[0]
+    client = peer_address(session)
     if book.is_local_domain(domain) or (not domain and local.lower() == "postmaster"):
         if local.lower() == "postmaster" or book.knows(address):
             return _greylist(mta, client, envelope, address)
@@ -90,8 +102,13 @@ def _greylist(mta: Any, client: str, envelope: Envelope, address: str) -> str | 
     now = mta.host.clock.time()
     first = mta.greylist.setdefault(key, now)
     if now - first < grey.delay:
-        mta.host.emit("policy.greylisted", client=client, sender=key[1], rcpt=address,
-                      retry_after=first + grey.delay)
+        mta.host.emit(
+            "policy.greylisted",
+            client=client,
+            sender=key[1],
+            rcpt=address,
+            retry_after=first + grey.delay,
+        )
         return codes.GREYLISTED
     return None
 
@@ -103,7 +120,7 @@ def check_content(mta: Any, envelope: Envelope, content: bytes) -> str | None:
     if _BARE.search(content):
         return codes.BARE_NEWLINE
     declared_8bit = any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options)
-    if not declared_8bit and any(b > 127 for b in content):
+    if not declared_8bit and not content.isascii():
         return codes.EIGHT_BIT_WITHOUT_8BITMIME
     head_end = content.find(b"\r\n\r\n")
     head = content if head_end < 0 else content[:head_end]

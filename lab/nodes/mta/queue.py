@@ -73,6 +73,7 @@ class QueuedMessage:
     warned: bool = False
     dsn_ret: str = ""  # DSN RET=FULL|HDRS
     envid: str = ""
+    message_id: str = ""  # the Message-ID header, for following it across hosts
 
     @property
     def pending(self) -> list[Recipient]:
@@ -108,14 +109,6 @@ def new_id() -> str:
     return secrets.token_hex(5).upper()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -136,6 +129,8 @@ class Queue:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.durable = durable
         self.messages: dict[str, QueuedMessage] = {}
+        self._dir_fd: int | None = None
+        self._saved: set[str] = set()  # ids with a state file beside them
 
     def load(self) -> list[QueuedMessage]:
         """Read the queue from disk (after a restart); drop half-written leftovers."""
@@ -144,8 +139,18 @@ class Queue:
         for path in sorted(self.dir.glob("*.msg")):
             with path.open("rb") as f:
                 first = f.readline()
+                try:
+                    head = json.loads(first)
+                except ValueError:
+                    head = None
+            if head is None or path.stat().st_size != len(first) + head.pop("length", -1):
+                path.unlink()  # cut short by a crash before it was acknowledged
+                continue
             state = path.with_suffix(".json")
-            data = json.loads(state.read_bytes() if state.exists() else first)
+            if state.exists():
+                self._saved.add(path.stem)
+            data = json.loads(state.read_bytes()) if state.exists() else head
+            data.pop("length", None)
             qm = QueuedMessage.from_json(data)
             self.messages[qm.id] = qm
         for state in self.dir.glob("*.json"):
@@ -155,22 +160,48 @@ class Queue:
 
     def put(self, content: bytes, message: QueuedMessage) -> None:
         """Store a new message durably. Only after this returns may the server say 250."""
-        head = json.dumps(message.to_json(), separators=(",", ":")).encode() + b"\n"
-        path = self.dir / f"{message.id}.msg"
-        if self.durable:
-            _write_durably(path, head + content)
-            _fsync_dir(self.dir)
-        else:
-            path.write_bytes(head + content)
+        self.write(content, message)
         self.messages[message.id] = message
+
+    def write(self, content: bytes, message: QueuedMessage) -> None:
+        """The disk part of `put` (safe to run in a worker thread): one new file, written
+        under its final name, fsync'd, then the directory fsync'd. The first line records
+        the content's length, so a file cut short by a crash is recognised on `load`
+        (and was never acknowledged)."""
+        state = message.to_json()
+        state["length"] = len(content)
+        head = json.dumps(state, separators=(",", ":")).encode() + b"\n"
+        path = self.dir / f"{message.id}.msg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(head + content)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        if self.durable:
+            self._sync_dir()
+
+    def _sync_dir(self) -> None:
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.dir, os.O_RDONLY)
+        os.fsync(self._dir_fd)
+
+    def close(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
 
     def save(self, message: QueuedMessage) -> None:
         """Record a change of state (an attempt deferred, a bounce sent)."""
         data = json.dumps(message.to_json(), separators=(",", ":")).encode()
         path = self.dir / f"{message.id}.json"
+        self._saved.add(message.id)
         if self.durable:
             _write_durably(path, data)
-            _fsync_dir(self.dir)
+            self._sync_dir()
         else:
             path.write_bytes(data)
 
@@ -180,7 +211,9 @@ class Queue:
 
     def remove(self, message_id: str) -> None:
         (self.dir / f"{message_id}.msg").unlink(missing_ok=True)
-        (self.dir / f"{message_id}.json").unlink(missing_ok=True)
+        if message_id in self._saved:
+            (self.dir / f"{message_id}.json").unlink(missing_ok=True)
+            self._saved.discard(message_id)
         self.messages.pop(message_id, None)
 
     def __len__(self) -> int:

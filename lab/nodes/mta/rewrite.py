@@ -50,7 +50,7 @@ def _rewrite_value(value: str, m: Masquerade, local_domains: list[str]) -> str:
 
 
 def rewrite_headers(content: bytes, m: Masquerade, local_domains: list[str]) -> bytes:
-    names = set()
+    names: set[str] = set()
     if m.header:
         names.update(SENDER_HEADERS)
     if m.recipients:

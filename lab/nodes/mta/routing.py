@@ -49,7 +49,12 @@ class AddressBook:
         if domain in self.maildrop_domains:
             return True
         name = local.lower()
-        return name in self.users or name in self.aliases or name in self.maildrops or name == "postmaster"
+        return (
+            name in self.users
+            or name in self.aliases
+            or name in self.maildrops
+            or name == "postmaster"
+        )
 
     def expand(self, address: str) -> list[Destination]:
         """Final destinations for an address (aliases expanded); raises AliasLoop."""
@@ -80,19 +85,20 @@ class AddressBook:
             return
         if name in self.aliases:
             for target in self.aliases[name]:
-                qualified = target if "@" in target else target
-                if qualified.lower() == name:  # alias to itself means the user
+                if target.lower() == name:  # alias to itself means the user
                     if name in self.users:
-                        out.append(Destination(self.qualify(self.users[name]), "local",
-                                               self.users[name]))
+                        out.append(
+                            Destination(self.qualify(self.users[name]), "local", self.users[name])
+                        )
                     continue
-                self._expand(qualified, [*chain, name], out)
+                self._expand(target, [*chain, name], out)
             return
         if name in self.users:
             out.append(Destination(self.qualify(self.users[name]), "local", self.users[name]))
         elif name in self.maildrops:
-            out.append(Destination(self.qualify(self.maildrops[name]), "mailbox",
-                                   self.maildrops[name]))
+            out.append(
+                Destination(self.qualify(self.maildrops[name]), "mailbox", self.maildrops[name])
+            )
         elif name == "postmaster":
             if "root" in self.users:
                 out.append(Destination(self.qualify("root"), "local", "root"))

@@ -30,7 +30,16 @@ from lab.nodes.host import Host, Unreachable
 from lab.nodes.maildir import MailStore
 from lab.nodes.mta.dsn import build_dsn
 from lab.nodes.mta.outbound import OutboundSession, SessionError, TransactionResult
-from lab.nodes.mta.queue import DELIVERED, FAILED, PENDING, Attempt, Queue, QueuedMessage, Recipient, new_id
+from lab.nodes.mta.queue import (
+    DELIVERED,
+    FAILED,
+    PENDING,
+    Attempt,
+    Queue,
+    QueuedMessage,
+    Recipient,
+    new_id,
+)
 from lab.nodes.mta.rewrite import masquerade_address, rewrite_headers
 from lab.nodes.mta.routing import AddressBook, AliasLoop
 from lab.nodes.resolver import DnsNotFound, DnsTemporaryError, Resolver
@@ -58,8 +67,17 @@ class _Work:
 
 
 class MtaService:
-    def __init__(self, host: Host, resolver: Resolver, *, connect_timeout: float = 5.0,
-                 smtp_timeout: float = 30.0, durable: bool = True, max_sessions: int = 20):
+    def __init__(
+        self,
+        host: Host,
+        resolver: Resolver,
+        *,
+        connect_timeout: float = 5.0,
+        smtp_timeout: float = 30.0,
+        durable: bool = True,
+        max_sessions: int = 20,
+        hop_sessions: int = 4,
+    ):
         self.host = host
         self.node = host.node
         self.resolver = resolver
@@ -77,6 +95,7 @@ class MtaService:
         self._due: list[str] = []  # accepted, waiting for the delivery runner
         self._runner: asyncio.Task[None] | None = None
         self.outbound = asyncio.Semaphore(max_sessions)
+        self.hop_sessions = hop_sessions
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -84,57 +103,184 @@ class MtaService:
         from lab.nodes.mta.smtpd import make_smtp_factory
 
         for message in self.queue.load():
-            self.host.emit("queue.loaded", id=message.id, recipients=[r.address for r in message.pending])
+            self.host.emit(
+                "queue.loaded", id=message.id, recipients=[r.address for r in message.pending]
+            )
             self._schedule(message, max(message.next_attempt, self.host.clock.time()))
         await self.host.net.listen(SMTP_PORT, make_smtp_factory(self))
 
     # accepting ------------------------------------------------------------------------
 
-    def received_header(self, *, helo: str, client: str, rdns: str | None, queue_id: str,
-                        rcpt: list[str], protocol: str, tls: str | None) -> bytes:
+    def received_header(
+        self,
+        *,
+        helo: str,
+        client: str,
+        rdns: str | None,
+        queue_id: str,
+        rcpt: list[str],
+        protocol: str,
+        tls: str | None,
+    ) -> bytes:
         """A Received: line in the form sendmail writes (seed nelug's headers)."""
         shown = f"{rdns} [{client}]" if rdns else f"[{client}]"
         when = email.utils.format_datetime(
             email.utils.localtime(None).fromtimestamp(self.host.clock.time()).astimezone()
         )
-        lines = [f"Received: from {helo or 'unknown'} ({shown})",
-                 f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}"]
+        lines = [
+            f"Received: from {helo or 'unknown'} ({shown})",
+            f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}",
+        ]
         if tls:
             lines.append(f"\t(using {tls})")
         lines.append(f"\tfor <{rcpt[0]}>; {when}" if len(rcpt) == 1 else f"\t; {when}")
         return ("\r\n".join(lines) + "\r\n").encode()
 
-    def accept(self, content: bytes, *, envelope_from: str, recipients: list[tuple[str, list[str]]],
-               client: str, helo: str, rdns: str | None, protocol: str = "ESMTP",
-               tls: str | None = None, dsn_ret: str = "", envid: str = "") -> QueuedMessage:
-        """Queue a message durably and start delivering it. Returns it with its id."""
+    def _prepare(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str,
+        tls: str | None,
+        dsn_ret: str,
+        envid: str,
+    ) -> tuple[QueuedMessage, bytes, list[Recipient]]:
         queue_id = new_id()
         rcpts: list[Recipient] = []
         failed: list[Recipient] = []
         for address, notify in recipients:
             try:
                 for dest in self.book.expand(address):
-                    rcpts.append(Recipient(dest.address, address, dest.kind, dest.target,
-                                           notify=notify))
+                    rcpts.append(
+                        Recipient(dest.address, address, dest.kind, dest.target, notify=notify)
+                    )
             except AliasLoop:
-                failed.append(Recipient(address, address, "local", state=FAILED,
-                                        reply="554 5.4.6 alias loop", status="5.4.6",
-                                        notify=notify, dsn_sent=False))
-        header = self.received_header(helo=helo, client=client, rdns=rdns, queue_id=queue_id,
-                                      rcpt=[a for a, _ in recipients], protocol=protocol, tls=tls)
+                failed.append(
+                    Recipient(
+                        address,
+                        address,
+                        "local",
+                        state=FAILED,
+                        reply="554 5.4.6 alias loop",
+                        status="5.4.6",
+                        notify=notify,
+                        dsn_sent=False,
+                    )
+                )
+        header = self.received_header(
+            helo=helo,
+            client=client,
+            rdns=rdns,
+            queue_id=queue_id,
+            rcpt=[a for a, _ in recipients],
+            protocol=protocol,
+            tls=tls,
+        )
         content = header + content
         now = self.host.clock.time()
-        message = QueuedMessage(queue_id, "" if envelope_from in ("", "<>") else envelope_from,
-                                rcpts + failed, now, client=client, helo=helo, size=len(content),
-                                next_attempt=now, dsn_ret=dsn_ret, envid=envid)
-        self.queue.put(content, message)
-        self.host.emit("queue.queued", id=queue_id, envelope_from=message.envelope_from,
-                       recipients=[r.address for r in message.recipients],
-                       original_recipients=[a for a, _ in recipients], client=client,
-                       size=len(content), message_id=_message_id(content))
+        message = QueuedMessage(
+            queue_id,
+            "" if envelope_from in ("", "<>") else envelope_from,
+            rcpts + failed,
+            now,
+            client=client,
+            helo=helo,
+            size=len(content),
+            next_attempt=now,
+            dsn_ret=dsn_ret,
+            envid=envid,
+            message_id=_message_id(content),
+        )
+        return message, content, failed
+
+    def _commit(
+        self, message: QueuedMessage, content: bytes, failed: list[Recipient], original: list[str]
+    ) -> None:
+        """After the message is on disk: record it, and start delivering it."""
+        self.queue.messages[message.id] = message
+        self.host.emit(
+            "queue.queued",
+            id=message.id,
+            envelope_from=message.envelope_from,
+            recipients=[r.address for r in message.recipients],
+            original_recipients=original,
+            client=message.client,
+            size=len(content),
+            message_id=message.message_id,
+        )
         if failed:
             self._bounce(message, content, failed)
-        self._kick(queue_id)
+        if message.done:  # every recipient failed at once (an alias loop): nothing to run
+            self._finish(message)
+        else:
+            self._kick(message.id)
+
+    def accept(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str = "ESMTP",
+        tls: str | None = None,
+        dsn_ret: str = "",
+        envid: str = "",
+    ) -> QueuedMessage:
+        """Queue a message durably and start delivering it. Returns it with its id."""
+        message, content, failed = self._prepare(
+            content,
+            envelope_from=envelope_from,
+            recipients=recipients,
+            client=client,
+            helo=helo,
+            rdns=rdns,
+            protocol=protocol,
+            tls=tls,
+            dsn_ret=dsn_ret,
+            envid=envid,
+        )
+        self.queue.put(content, message)
+        self._commit(message, content, failed, [a for a, _ in recipients])
+        return message
+
+    async def accept_async(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str = "ESMTP",
+        tls: str | None = None,
+        dsn_ret: str = "",
+        envid: str = "",
+    ) -> QueuedMessage:
+        """`accept` for the SMTP server: the disk write and its fsync run in a thread, so
+        other sessions go on while this one waits for the disk."""
+        message, content, failed = self._prepare(
+            content,
+            envelope_from=envelope_from,
+            recipients=recipients,
+            client=client,
+            helo=helo,
+            rdns=rdns,
+            protocol=protocol,
+            tls=tls,
+            dsn_ret=dsn_ret,
+            envid=envid,
+        )
+        await asyncio.to_thread(self.queue.write, content, message)
+        self._commit(message, content, failed, [a for a, _ in recipients])
         return message
 
     def _kick(self, queue_id: str) -> None:
@@ -185,7 +331,7 @@ class MtaService:
             remote: list[Recipient] = []
             for rcpt in item.recipients:
                 if rcpt.kind in ("local", "mailbox"):
-                    self._deliver_local(item.message, item.content, rcpt)
+                    await self._deliver_local(item.message, item.content, rcpt)
                 else:
                     remote.append(rcpt)
             by_key: dict[str, list[Recipient]] = defaultdict(list)
@@ -195,21 +341,32 @@ class MtaService:
                 groups[key].append((item, rcpts))
         await asyncio.gather(*(self._deliver_hop(key, items) for key, items in groups.items()))
 
-    def _deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
+    async def _deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
         user = rcpt.target or split_address(rcpt.address)[0]
-        head = (f"Return-Path: <{message.envelope_from}>\r\n"
-                f"Delivered-To: {rcpt.original if rcpt.kind == 'mailbox' else rcpt.address}\r\n")
+        head = (
+            f"Return-Path: <{message.envelope_from}>\r\n"
+            f"Delivered-To: {rcpt.original if rcpt.kind == 'mailbox' else rcpt.address}\r\n"
+        )
         try:
-            key = self.store.deliver(user, head.encode() + content)
+            key = await asyncio.to_thread(self.store.deliver, user, head.encode() + content)
         except OSError as exc:
             self._result(message, rcpt, Reply(451, f"4.3.0 local delivery failed: {exc}"), "local")
             return
         rcpt.state, rcpt.reply, rcpt.status = DELIVERED, "250 2.0.0 delivered to mailbox", "2.0.0"
-        message.attempts.append(Attempt(self.host.clock.time(), "local", "delivered",
-                                        rcpt.reply, [rcpt.address]))
-        self.host.emit("mailbox.delivered", id=message.id, user=user, rcpt=rcpt.original,
-                       address=rcpt.address, envelope_from=message.envelope_from, key=key,
-                       message_id=_message_id(content), maildrop=rcpt.kind == "mailbox")
+        message.attempts.append(
+            Attempt(self.host.clock.time(), "local", "delivered", rcpt.reply, [rcpt.address])
+        )
+        self.host.emit(
+            "mailbox.delivered",
+            id=message.id,
+            user=user,
+            rcpt=rcpt.original,
+            address=rcpt.address,
+            envelope_from=message.envelope_from,
+            key=key,
+            message_id=message.message_id,
+            maildrop=rcpt.kind == "mailbox",
+        )
 
     def _hop_key(self, address: str) -> str:
         if self.node.smarthost:
@@ -242,8 +399,11 @@ class MtaService:
                 except DnsNotFound:
                     unresolved.append(name)
             if not hop.candidates:
-                hop.error = Reply(550, f"5.1.2 Host or domain name not found: {target}"
-                                       + (" (no MX, no A)" if not mx else ""))
+                hop.error = Reply(
+                    550,
+                    f"5.1.2 Host or domain name not found: {target}"
+                    + (" (no MX, no A)" if not mx else ""),
+                )
         except DnsNotFound as exc:
             hop.error = Reply(550, f"5.1.2 Host or domain name not found. {exc}")
         except DnsTemporaryError as exc:
@@ -258,6 +418,16 @@ class MtaService:
                 for rcpt in rcpts:
                     self._result(item.message, rcpt, hop.error, "")
             return
+        # Up to `hop_sessions` sessions in parallel to one next hop, each with its share
+        # of the messages (Postfix's destination concurrency), so that one slow disk or
+        # round trip does not hold up the rest.
+        sessions = max(1, min(self.hop_sessions, len(items) // 8 or 1))
+        slices = [items[i::sessions] for i in range(sessions)]
+        await asyncio.gather(*(self._deliver_slice(key, hop, part) for part in slices))
+
+    async def _deliver_slice(
+        self, key: str, hop: Hop, items: list[tuple[_Work, list[Recipient]]]
+    ) -> None:
         mine = {str(a) for a in self.host.addresses.values()}
         remaining = list(items)
         last_error = Reply(451, "4.4.1 no answer from any mail exchanger")
@@ -265,7 +435,9 @@ class MtaService:
             if not remaining:
                 break
             if address in mine:
-                last_error = Reply(554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself")
+                last_error = Reply(
+                    554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself"
+                )
                 break
             self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
             async with self.outbound:
@@ -278,20 +450,37 @@ class MtaService:
                 if rcpt.pending:
                     self._result(item.message, rcpt, last_error, "")
 
-    async def _session(self, key: str, name: str, address: str, port: int,
-                       remaining: list[tuple[_Work, list[Recipient]]], last_error: Reply) -> Reply:
+    async def _session(
+        self,
+        key: str,
+        name: str,
+        address: str,
+        port: int,
+        remaining: list[tuple[_Work, list[Recipient]]],
+        last_error: Reply,
+    ) -> Reply:
         """One SMTP session to one server, for as many of `remaining` as it takes."""
         if True:
             try:
                 sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
             except (OSError, TimeoutError) as exc:
                 last_error = Reply(451, f"4.4.1 connect to {name}[{address}]:{port}: {_why(exc)}")
-                self.host.emit("delivery.connect_failed", hop=key, host=name, address=address,
-                               reason=last_error.text)
+                self.host.emit(
+                    "delivery.connect_failed",
+                    hop=key,
+                    host=name,
+                    address=address,
+                    reason=last_error.text,
+                )
                 return last_error
-            session = OutboundSession(sock, server_name=name, local_name=self.host.hostname,
-                                      tls_context=self.host.tls.client_context() if self.host.tls else None,
-                                      tls=self.node.policy.tls_outbound, timeout=self.smtp_timeout)
+            session = OutboundSession(
+                sock,
+                server_name=name,
+                local_name=self.host.hostname,
+                tls_context=self.host.tls.client_context() if self.host.tls else None,
+                tls=self.node.policy.tls_outbound,
+                timeout=self.smtp_timeout,
+            )
             try:
                 await session.open()
             except SessionError as exc:
@@ -304,8 +493,13 @@ class MtaService:
                     result = await self._transaction(session, item, rcpts, name)
                     self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
                     for rcpt in rcpts:
-                        self._result(item.message, rcpt, result.final(rcpt.address), name,
-                                     tls=session.used_tls)
+                        self._result(
+                            item.message,
+                            rcpt,
+                            result.final(rcpt.address),
+                            name,
+                            tls=session.used_tls,
+                        )
                     remaining.pop(0)
             except SessionError as exc:
                 last_error = exc.reply
@@ -314,8 +508,9 @@ class MtaService:
                 await session.close()
         return last_error
 
-    async def _transaction(self, session: OutboundSession, item: _Work, rcpts: list[Recipient],
-                           server: str) -> TransactionResult:
+    async def _transaction(
+        self, session: OutboundSession, item: _Work, rcpts: list[Recipient], server: str
+    ) -> TransactionResult:
         message = item.message
         envelope_from = message.envelope_from
         content = item.content
@@ -324,27 +519,54 @@ class MtaService:
             if m.envelope and envelope_from:
                 envelope_from = masquerade_address(envelope_from, m, self.node.local_domains)
             content = rewrite_headers(content, m, self.node.local_domains)
-        self.host.emit("delivery.attempt", id=message.id, server=server,
-                       envelope_from=envelope_from, recipients=[r.address for r in rcpts],
-                       message_id=_message_id(content))
+        self.host.emit(
+            "delivery.attempt",
+            id=message.id,
+            server=server,
+            envelope_from=envelope_from,
+            recipients=[r.address for r in rcpts],
+            message_id=_message_id(content),
+        )
         return await session.send(envelope_from, [r.address for r in rcpts], content)
 
     # results ---------------------------------------------------------------------------
 
-    def _attempt(self, message: QueuedMessage, hop: str, error: Reply | None,
-                 rcpts: list[Recipient], result: TransactionResult | None = None) -> None:
+    def _attempt(
+        self,
+        message: QueuedMessage,
+        hop: str,
+        error: Reply | None,
+        rcpts: list[Recipient],
+        result: TransactionResult | None = None,
+    ) -> None:
         if result is not None:
             outcome = {result.final(r.address).code // 100 for r in rcpts}
-            summary = "delivered" if outcome == {2} else "failed" if outcome == {5} else "deferred" if outcome == {4} else "mixed"
+            summary = (
+                "delivered"
+                if outcome == {2}
+                else "failed"
+                if outcome == {5}
+                else "deferred"
+                if outcome == {4}
+                else "mixed"
+            )
             reply = str(result.data_reply or result.mail_reply or "")
         else:
             summary = "failed" if error and error.permanent else "deferred"
             reply = str(error)
-        message.attempts.append(Attempt(self.host.clock.time(), hop, summary, reply,
-                                        [r.address for r in rcpts]))
+        message.attempts.append(
+            Attempt(self.host.clock.time(), hop, summary, reply, [r.address for r in rcpts])
+        )
 
-    def _result(self, message: QueuedMessage, rcpt: Recipient, reply: Reply, server: str,
-                *, tls: bool = False) -> None:
+    def _result(
+        self,
+        message: QueuedMessage,
+        rcpt: Recipient,
+        reply: Reply,
+        server: str,
+        *,
+        tls: bool = False,
+    ) -> None:
         rcpt.reply = str(reply)
         rcpt.status = reply.status
         rcpt.remote_mta = server or rcpt.remote_mta
@@ -352,15 +574,35 @@ class MtaService:
             rcpt.state = DELIVERED
             match = _QUEUED_AS.search(reply.text)
             remote_id = next((g for g in match.groups() if g), "") if match else ""
-            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="delivered",
-                           reply=str(reply), server=server, remote_id=remote_id, tls=tls)
+            self.host.emit(
+                "delivery.result",
+                id=message.id,
+                rcpt=rcpt.address,
+                result="delivered",
+                reply=str(reply),
+                server=server,
+                remote_id=remote_id,
+                tls=tls,
+            )
         elif reply.code >= 500:
             rcpt.state = FAILED
-            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="failed",
-                           reply=str(reply), server=server)
+            self.host.emit(
+                "delivery.result",
+                id=message.id,
+                rcpt=rcpt.address,
+                result="failed",
+                reply=str(reply),
+                server=server,
+            )
         else:
-            self.host.emit("delivery.result", id=message.id, rcpt=rcpt.address, result="deferred",
-                           reply=str(reply), server=server)
+            self.host.emit(
+                "delivery.result",
+                id=message.id,
+                rcpt=rcpt.address,
+                result="deferred",
+                reply=str(reply),
+                server=server,
+            )
 
     def _finish(self, message: QueuedMessage) -> None:
         """After an attempt: bounce what failed, schedule what is pending, or let go."""
@@ -378,15 +620,23 @@ class MtaService:
             self._bounce(message, content, newly_failed)
         if message.pending:
             warn = self.node.retry.warn_after
-            if (warn is not None and not message.warned and message.envelope_from
-                    and now - message.received >= warn):
+            if (
+                warn is not None
+                and not message.warned
+                and message.envelope_from
+                and now - message.received >= warn
+            ):
                 message.warned = True
                 self._send_dsn(message, content, message.pending, "delayed")
             self._schedule(message, self._next_time(message, now))
             self.queue.save(message)
-            self.host.emit("queue.deferred", id=message.id, next_attempt=message.next_attempt,
-                           recipients=[r.address for r in message.pending],
-                           reply=message.pending[0].reply)
+            self.host.emit(
+                "queue.deferred",
+                id=message.id,
+                next_attempt=message.next_attempt,
+                recipients=[r.address for r in message.pending],
+                reply=message.pending[0].reply,
+            )
         else:
             self.queue.remove(message.id)
             self.host.emit("queue.removed", id=message.id)
@@ -406,14 +656,21 @@ class MtaService:
         if old:
             old.cancel()
         self.timers[message.id] = self.host.clock.call_at(
-            when, lambda: self.run([message.id]), name=f"{self.host.name}:retry:{message.id}")
+            when, lambda: self.run([message.id]), name=f"{self.host.name}:retry:{message.id}"
+        )
 
     # bounces ---------------------------------------------------------------------------
 
     def _bounce(self, message: QueuedMessage, content: bytes, failed: list[Recipient]) -> None:
         for rcpt in failed:
-            self.host.emit("queue.bounced", id=message.id, rcpt=rcpt.address, status=rcpt.status,
-                           reply=rcpt.reply, envelope_from=message.envelope_from)
+            self.host.emit(
+                "queue.bounced",
+                id=message.id,
+                rcpt=rcpt.address,
+                status=rcpt.status,
+                reply=rcpt.reply,
+                envelope_from=message.envelope_from,
+            )
         notify = [r for r in failed if "NEVER" not in r.notify]
         if notify:
             self._send_dsn(message, content, notify, "failed")
@@ -422,31 +679,67 @@ class MtaService:
             rcpt.dsn_sent = True
         self.queue.save(message)
 
-    def _send_dsn(self, message: QueuedMessage, content: bytes, rcpts: list[Recipient],
-                  action: str) -> None:
+    def _send_dsn(
+        self, message: QueuedMessage, content: bytes, rcpts: list[Recipient], action: str
+    ) -> None:
         now = self.host.clock.time()
         if message.envelope_from:
             to = message.envelope_from
-            dsn = build_dsn(hostname=self.host.hostname, message=message, content=content,
-                            recipients=rcpts, action=action, now=now, to=to)
-            queued = self.accept(dsn, envelope_from="", recipients=[(to, [])],
-                                 client="127.0.0.1", helo=self.host.hostname, rdns="localhost",
-                                 protocol="local")
-            self.host.emit("dsn.sent", id=queued.id, original_id=message.id, to=to, action=action,
-                           recipients=[r.address for r in rcpts],
-                           status=[r.status for r in rcpts])
+            dsn = build_dsn(
+                hostname=self.host.hostname,
+                message=message,
+                content=content,
+                recipients=rcpts,
+                action=action,
+                now=now,
+                to=to,
+            )
+            queued = self.accept(
+                dsn,
+                envelope_from="",
+                recipients=[(to, [])],
+                client="127.0.0.1",
+                helo=self.host.hostname,
+                rdns="localhost",
+                protocol="local",
+            )
+            self.host.emit(
+                "dsn.sent",
+                id=queued.id,
+                original_id=message.id,
+                to=to,
+                action=action,
+                recipients=[r.address for r in rcpts],
+                status=[r.status for r in rcpts],
+            )
         elif action == "failed":
             # A bounce that cannot be delivered is not bounced again (RFC 3461 section 4.4):
             # the local postmaster gets it.
-            dsn = build_dsn(hostname=self.host.hostname, message=message, content=content,
-                            recipients=rcpts, action=action, now=now,
-                            to=self.book.qualify("postmaster"),
-                            subject="Postmaster notify: undeliverable bounce")
-            queued = self.accept(dsn, envelope_from="", recipients=[("postmaster", [])],
-                                 client="127.0.0.1", helo=self.host.hostname, rdns="localhost",
-                                 protocol="local")
-            self.host.emit("dsn.double_bounce", id=queued.id, original_id=message.id,
-                           recipients=[r.address for r in rcpts])
+            dsn = build_dsn(
+                hostname=self.host.hostname,
+                message=message,
+                content=content,
+                recipients=rcpts,
+                action=action,
+                now=now,
+                to=self.book.qualify("postmaster"),
+                subject="Postmaster notify: undeliverable bounce",
+            )
+            queued = self.accept(
+                dsn,
+                envelope_from="",
+                recipients=[("postmaster", [])],
+                client="127.0.0.1",
+                helo=self.host.hostname,
+                rdns="localhost",
+                protocol="local",
+            )
+            self.host.emit(
+                "dsn.double_bounce",
+                id=queued.id,
+                original_id=message.id,
+                recipients=[r.address for r in rcpts],
+            )
 
     # views -----------------------------------------------------------------------------
 
@@ -457,8 +750,13 @@ class MtaService:
         out = []
         for key in self.store.keys(user):
             raw = self.store.read(user, key)
-            out.append({"id": key, "envelope_from": _return_path(raw),
-                        "raw": raw.decode("utf-8", "surrogateescape")})
+            out.append(
+                {
+                    "id": key,
+                    "envelope_from": _return_path(raw),
+                    "raw": raw.decode("utf-8", "surrogateescape"),
+                }
+            )
         return out
 
 
@@ -468,7 +766,9 @@ def _return_path(raw: bytes) -> str:
 
 
 def _message_id(content: bytes) -> str:
-    match = re.search(rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: content.find(b"\r\n\r\n") + 2 or None])
+    match = re.search(
+        rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: content.find(b"\r\n\r\n") + 2 or None]
+    )
     return match.group(1).decode("utf-8", "replace") if match else ""
 
 

@@ -29,6 +29,8 @@ HELP_LINES = [
     "214 2.0.0     EXPN STARTTLS",
 ]
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a bare CR, NUL, ...: not TAB
+_SIMPLE_ADDR = re.compile(r"^\s*<([A-Za-z0-9._+=-]+@[A-Za-z0-9.-]+)>(\s.*)?$")
 _DSN_MAIL = ("RET", "ENVID")
 _DSN_RCPT = ("NOTIFY", "ORCPT")
 
@@ -60,6 +62,7 @@ class LabSMTP(SMTP):
         self.lab_local = ""
         self.rdns: str | None = None
         self._rcpt_params: dict[str, str] = {}
+        self._reply_lines: list[str] = []
 
     # connection ---------------------------------------------------------------------
 
@@ -78,14 +81,36 @@ class LabSMTP(SMTP):
             self.lab.emit("smtp.connect", peer=peer, local=local)
         super().connection_made(transport)
         assert self.session is not None
-        self.session.peer = self.lab_peer
+        # aiosmtpd annotates Session.peer as `str | None` but keeps the peername tuple there
+        self.session.peer = self.lab_peer  # type: ignore[assignment]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is None:  # turned away by a connect fault: aiosmtpd never started
+            return
+        super().connection_lost(error)
 
     async def push(self, status: Any) -> None:
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
-        self.lab.emit("smtp.reply", peer=self.lab_peer[0] if self.lab_peer else "?",
-                      reply=str(status))
+        text = str(status)
+        if text[3:4] == "-":  # a multi-line reply is one event, when its last line goes
+            self._reply_lines.append(text)
+        else:
+            lines = [*self._reply_lines, text]
+            self._reply_lines = []
+            self.lab.emit(
+                "smtp.reply",
+                peer=self.lab_peer[0] if self.lab_peer else "?",
+                reply=lines[0] if len(lines) == 1 else "\n".join(lines),
+            )
         await super().push(status)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
+        match = _SIMPLE_ADDR.match(arg)
+        if match:
+            return match.group(1), (match.group(2) or "").strip()
+        return super()._getaddr(arg)
 
     async def smtp_HELP(self, arg: str) -> None:
         for line in HELP_LINES:
@@ -108,6 +133,9 @@ class LabSMTP(SMTP):
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         self.lab.command("MAIL", arg)
+        if arg and _CONTROL_IN_LINE.search(arg):  # aiosmtpd's parser would fold a CR away
+            await self.push("501 5.1.7 Bad sender address syntax")
+            return
         arg, params = _take_params(arg, _DSN_MAIL)
         if self.envelope is not None:
             self.envelope.dsn = params  # type: ignore[attr-defined]
@@ -115,6 +143,9 @@ class LabSMTP(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         self.lab.command("RCPT", arg)
+        if arg and _CONTROL_IN_LINE.search(arg):
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
         arg, self._rcpt_params = _take_params(arg, _DSN_RCPT)
         await super().smtp_RCPT(arg)
 
@@ -169,8 +200,13 @@ class Handler:
             if fault.times is not None and self.mta.fault_hits[index] >= fault.times:
                 continue
             self.mta.fault_hits[index] += 1
-            self.emit("fault.triggered", stage=stage, reply=fault.reply or "",
-                      disconnect=fault.disconnect, address=address or "")
+            self.emit(
+                "fault.triggered",
+                stage=stage,
+                reply=fault.reply or "",
+                disconnect=fault.disconnect,
+                address=address or "",
+            )
             return fault
         return None
 
@@ -204,24 +240,36 @@ class Handler:
                 return codes.HELO_MISMATCH.format(helo=hostname, rdns=server.rdns or "(none)")
         return None
 
-    async def handle_HELO(self, server: LabSMTP, session: Session, envelope: Envelope,
-                          hostname: str) -> str:
+    async def handle_HELO(
+        self, server: LabSMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
         if (reply := await self._apply_fault(server, "helo", None)) is not None:
             return reply
         if (reply := await self._helo_check(server, hostname)) is not None:
             return reply
         session.host_name = hostname
-        return f"250 {self.mta.host.hostname} Hello {hostname} [{session.peer[0]}], pleased to meet you"
+        return (
+            f"250 {self.mta.host.hostname} Hello {hostname} [{policy.peer_address(session)}],"
+            " pleased to meet you"
+        )
 
-    async def handle_EHLO(self, server: LabSMTP, session: Session, envelope: Envelope,
-                          hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
         if (reply := await self._apply_fault(server, "helo", None)) is not None:
             return [reply]
         if (reply := await self._helo_check(server, hostname)) is not None:
             return [reply]
         session.host_name = hostname
-        lines = [f"250-{self.mta.host.hostname} Hello {hostname} [{session.peer[0]}],"
-                 " pleased to meet you"]
+        lines = [
+            f"250-{self.mta.host.hostname} Hello {hostname} [{policy.peer_address(session)}],"
+            " pleased to meet you"
+        ]
         for line in responses[1:-1]:
             if line.startswith("250-AUTH"):
                 continue
@@ -231,8 +279,14 @@ class Handler:
 
     # MAIL ---------------------------------------------------------------------------
 
-    async def handle_MAIL(self, server: LabSMTP, session: Session, envelope: Envelope,
-                          address: str, mail_options: list[str]) -> str:
+    async def handle_MAIL(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
         if self.policy.starttls is StartTls.require and not session.ssl:
             return codes.TLS_FIRST
         if _CONTROL.search(address):
@@ -252,8 +306,14 @@ class Handler:
 
     # RCPT ---------------------------------------------------------------------------
 
-    async def handle_RCPT(self, server: LabSMTP, session: Session, envelope: Envelope,
-                          address: str, rcpt_options: list[str]) -> str:
+    async def handle_RCPT(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
         if _CONTROL.search(address):
             return "501 5.1.3 Bad recipient address syntax"
         if (reply := await self._apply_fault(server, "rcpt", address)) is not None:
@@ -271,8 +331,9 @@ class Handler:
         envelope.rcpt_notify = options  # type: ignore[attr-defined]
         return f"250 2.1.5 <{address}>... Recipient ok"
 
-    async def handle_VRFY(self, server: LabSMTP, session: Session, envelope: Envelope,
-                          address: str) -> str:
+    async def handle_VRFY(
+        self, server: LabSMTP, session: Session, envelope: Envelope, address: str
+    ) -> str:
         if self.policy.vrfy == 502:
             return codes.VRFY_DISABLED
         if self.policy.vrfy == 252:
@@ -300,13 +361,19 @@ class Handler:
         notify = getattr(envelope, "rcpt_notify", [[] for _ in envelope.rcpt_tos])
         dsn = getattr(envelope, "dsn", {})
         try:
-            message = self.mta.accept(
+            message = await self.mta.accept_async(
                 content,
                 envelope_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
                 recipients=list(zip(envelope.rcpt_tos, notify, strict=False)),
-                client=session.peer[0], helo=session.host_name or "", rdns=server.rdns,
-                protocol="ESMTPS" if session.ssl else ("ESMTP" if session.extended_smtp else "SMTP"),
-                tls=_tls_text(session), dsn_ret=dsn.get("RET", ""), envid=dsn.get("ENVID", ""),
+                client=policy.peer_address(session),
+                helo=session.host_name or "",
+                rdns=server.rdns,
+                protocol="ESMTPS"
+                if session.ssl
+                else ("ESMTP" if session.extended_smtp else "SMTP"),
+                tls=_tls_text(session),
+                dsn_ret=dsn.get("RET", ""),
+                envid=dsn.get("ENVID", ""),
             )
         except OSError as exc:
             self.emit("queue.write_failed", error=str(exc))

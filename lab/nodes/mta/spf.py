@@ -45,8 +45,9 @@ async def _record(resolver: Resolver, domain: str) -> str | None:
     return records[0] if records else None
 
 
-async def _check(resolver: Resolver, ip: ipaddress.IPv4Address, domain: str,
-                 lookups: list[int]) -> tuple[str, str]:
+async def _check(
+    resolver: Resolver, ip: ipaddress.IPv4Address, domain: str, lookups: list[int]
+) -> tuple[str, str]:
     record = await _record(resolver, domain)
     if record is None:
         return "none", f"{domain} has no SPF record"
@@ -108,7 +109,9 @@ async def _check(resolver: Resolver, ip: ipaddress.IPv4Address, domain: str,
     return "neutral", f"no mechanism of {domain} matched"
 
 
-async def _in_a(resolver: Resolver, ip: ipaddress.IPv4Address | None, host: str, prefix: int) -> bool:
+async def _in_a(
+    resolver: Resolver, ip: ipaddress.IPv4Address | None, host: str, prefix: int
+) -> bool:
     try:
         addresses = await resolver.addresses(host)
     except DnsNotFound:
