@@ -20,10 +20,13 @@ from lab.harness.clock import LabClock
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult, build_message, submit
 from lab.nodes.dns import DnsServer
+from lab.nodes.fetch import FetchService
 from lab.nodes.host import Host
 from lab.nodes.mta.service import SMTP_PORT, MtaService
+from lab.nodes.pop3 import Pop3Service
 from lab.nodes.resolver import Resolver
 from lab.nodes.tls import LabCA
+from lab.software import check_supported
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Fault, Service, Topology
 from lab.topology.records import RecordTable
@@ -66,6 +69,8 @@ class InProcessBackend:
     # lifecycle -------------------------------------------------------------------------
 
     async def up(self) -> None:
+        for name, node in self.topology.nodes.items():
+            check_supported(name, node.software.value, self.name)
         self.events.bind()
         self.clock.start()
         self.ca = LabCA(self.state_dir)
@@ -104,22 +109,17 @@ class InProcessBackend:
         self.events.emit("lab", "lab.up", backend=self.name, nodes=list(self.hosts))
 
     async def _start_extra(self, name: str, host: Host, services: set[Service]) -> None:
-        """POP3 and fetch services (lab.nodes.pop3, lab.nodes.fetch) when present."""
+        """The POP3 and fetch services, when the node runs them."""
         if Service.pop3 in services:
-            try:
-                from lab.nodes.pop3 import Pop3Service
-            except ImportError:
-                return
             pop = Pop3Service(host, self.mtas.get(name))
             await pop.start()
             self.pop3[name] = pop
         if Service.fetch in services:
-            try:
-                from lab.nodes.fetch import FetchService
-            except ImportError:
-                return
             fetcher = FetchService(
-                host, Resolver(host.net, timeout=self.dns_timeout), self.mtas.get(name)
+                host,
+                Resolver(host.net, timeout=self.dns_timeout),
+                self.mtas.get(name),
+                link_up=lambda node=name: self.link_is_up(node),
             )
             await fetcher.start()
             self.fetchers[name] = fetcher
@@ -127,6 +127,12 @@ class InProcessBackend:
     async def down(self) -> None:
         await self.settle(timeout=5.0)
         await self.clock.stop()
+        for fetcher in self.fetchers.values():
+            await fetcher.stop()
+        for pop in self.pop3.values():
+            await pop.stop()
+        for mta in self.mtas.values():
+            mta.queue.close()
         for host in self.hosts.values():
             for task in list(host.tasks):
                 task.cancel()

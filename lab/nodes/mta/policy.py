@@ -43,6 +43,8 @@ def client_may_relay(mta: Any, client: str) -> bool:
         address = ipaddress.IPv4Address(client)
     except ValueError:
         return False
+    if client in mta.host.addresses.values() or address.is_loopback:
+        return True  # the host's own programs (sendmail relays for localhost)
     topology = mta.host.topology
     for item in mta.node.relay_from:
         if item in topology.networks:
