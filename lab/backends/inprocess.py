@@ -9,6 +9,7 @@ against the printed endpoints, and `dig @ADDR -p PORT` against the lab DNS.
 from __future__ import annotations
 
 import asyncio
+import functools
 import shutil
 import tempfile
 from pathlib import Path
@@ -119,7 +120,7 @@ class InProcessBackend:
                 host,
                 Resolver(host.net, timeout=self.dns_timeout),
                 self.mtas.get(name),
-                link_up=lambda node=name: self.link_is_up(node),
+                link_up=functools.partial(self.link_is_up, name),
             )
             await fetcher.start()
             self.fetchers[name] = fetcher
