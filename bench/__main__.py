@@ -28,9 +28,10 @@ from typing import Any
 from aiosmtpd.smtp import SMTP
 
 from lab.backends.inprocess import InProcessBackend
+from lab.backends.virtualnet import Endpoint
 from lab.nodes.client import build_message, submit
 from lab.topology import load, load_text
-from lab.topology.model import Topology
+from lab.topology.model import StartTls, Topology
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME_DIALUP = ROOT / "topologies" / "home-dialup.yaml"
@@ -118,60 +119,72 @@ class _SinkHandler:
         return "250 2.0.0 Ok: queued"
 
 
-async def bench_rate(count: int, concurrency: int) -> dict[str, Any]:
+async def _sink_rate(backend: InProcessBackend, count: int, concurrency: int, tls: bool) -> float:
+    """A bare aiosmtpd sink on the hub's LAN address, fed by the same client code
+    (lab.nodes.client.submit) from the same client host; with `tls` it offers STARTTLS
+    with a lab certificate, as the lab's MTAs do."""
+    handler = _SinkHandler()
+    loop = asyncio.get_running_loop()
+    hub_iface = backend.vnet.interfaces[("hub", "lan")]
+    context = backend.ca.server_context("sink.lab.test") if tls and backend.ca else None
+    server = await loop.create_server(
+        lambda: SMTP(handler, hostname="sink.lab.test", loop=loop, tls_context=context),
+        host=hub_iface.real_address,
+        port=0,
+    )
+    sink_port = server.sockets[0].getsockname()[1]
+    sink_lab_port = 2525
+    backend.vnet.endpoints[(hub_iface.lab_address, sink_lab_port, "tcp")] = Endpoint(
+        hub_iface.real_address, sink_port, ("hub", "lan")
+    )
+    host = backend.hosts["pc1"]
+    sem = asyncio.Semaphore(concurrency)
+    content = build_message(
+        mail_from="eddy@shofar.org.uk",
+        to=["paulmidgley@freeuk.com"],
+        subject="sink",
+        body=BODY_1K,
+        headers=None,
+        hostname=host.hostname,
+        date=time.time(),
+    )
+
+    async def sink_one() -> None:
+        async with sem:
+            result = await submit(
+                host,
+                hub_iface.lab_address,
+                server_name="sink.lab.test",
+                port=sink_lab_port,
+                mail_from="eddy@shofar.org.uk",
+                recipients=["paulmidgley@freeuk.com"],
+                content=content,
+            )
+        if not result.accepted:
+            raise RuntimeError(f"the sink refused: {result.to_json()}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(sink_one() for _ in range(count)))
+    sink_time = time.perf_counter() - t0
+    server.close()
+    del backend.vnet.endpoints[(hub_iface.lab_address, sink_lab_port, "tcp")]
+    assert handler.count == count, f"sink got {handler.count} of {count}"
+    return count / sink_time
+
+
+async def bench_rate(count: int, concurrency: int, tls: bool) -> dict[str, Any]:
+    """End to end pc1 -> hub -> ISP -> freeuk, against the sink in the same run. With
+    `tls` every hop uses STARTTLS (the topology's default) and so does the sink; without,
+    STARTTLS is off everywhere and the sink offers none."""
     topology = load(HOME_DIALUP).model
     topology.links["dialup"].state = "up"
+    if not tls:
+        for node in topology.nodes.values():
+            node.policy.starttls = StartTls.off
     backend = InProcessBackend(topology)
     await backend.up()
     try:
-        # The sink: a bare aiosmtpd server on the hub's LAN interface address, fed by the
-        # same client code (lab.nodes.client.submit) from the same client host.
-        handler = _SinkHandler()
-        loop = asyncio.get_running_loop()
-        hub_iface = backend.vnet.interfaces[("hub", "lan")]
-        server = await loop.create_server(
-            lambda: SMTP(handler, hostname="sink", loop=loop), host=hub_iface.real_address, port=0
-        )
-        sink_port = server.sockets[0].getsockname()[1]
-        from lab.backends.virtualnet import Endpoint
-
-        sink_lab_port = 2525
-        backend.vnet.endpoints[(hub_iface.lab_address, sink_lab_port, "tcp")] = Endpoint(
-            hub_iface.real_address, sink_port, ("hub", "lan")
-        )
-        host = backend.hosts["pc1"]
-        sem = asyncio.Semaphore(concurrency)
-        content = build_message(
-            mail_from="eddy@shofar.org.uk",
-            to=["paulmidgley@freeuk.com"],
-            subject="sink",
-            body=BODY_1K,
-            headers=None,
-            hostname=host.hostname,
-            date=time.time(),
-        )
-
-        async def sink_one() -> None:
-            async with sem:
-                result = await submit(
-                    host,
-                    hub_iface.lab_address,
-                    server_name="sink",
-                    port=sink_lab_port,
-                    mail_from="eddy@shofar.org.uk",
-                    recipients=["paulmidgley@freeuk.com"],
-                    content=content,
-                    starttls=False,
-                )
-            if not result.accepted:
-                raise RuntimeError(f"the sink refused: {result.to_json()}")
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(sink_one() for _ in range(count)))
-        sink_time = time.perf_counter() - t0
-        server.close()
-        assert handler.count == count, f"sink got {handler.count} of {count}"
-
+        sink_rate = await _sink_rate(backend, count, concurrency, tls)
         t0 = time.perf_counter()
         accepted = await _send_many(
             backend, "pc1", count, concurrency, "paulmidgley@freeuk.com", "eddy@shofar.org.uk"
@@ -181,9 +194,9 @@ async def bench_rate(count: int, concurrency: int) -> dict[str, Any]:
         delivered = len(backend.mailbox("freeuk", "paulmidgley"))
     finally:
         await backend.down()
-    sink_rate = count / sink_time
     lab_rate = count / lab_time
     return {
+        "tls": tls,
         "messages": count,
         "concurrency": concurrency,
         "accepted": accepted,
@@ -300,8 +313,19 @@ def verdict(ok: bool) -> str:
     return "meets the target" if ok else "MISSES the target"
 
 
+def rate_rows(rate: dict[str, Any], how: str) -> list[str]:
+    return [
+        f"| bare aiosmtpd sink, same client, {how} ({rate['messages']} x 1 KB,"
+        f" {rate['concurrency']} at a time) | {rate['sink_rate']:.0f} msg/s | baseline | |",
+        f"| end to end pc1 -> hub -> ISP -> freeuk MX, {how} | {rate['lab_rate']:.0f} msg/s"
+        f" ({rate['delivered']} delivered) | | |",
+        f"| ratio end to end / sink, {how} | {rate['ratio']:.2f} | >= 0.25 |"
+        f" {verdict(rate['ratio'] >= 0.25)} |",
+    ]
+
+
 def report(results: dict[str, Any], command: str) -> str:
-    ud, rate, flush, big = (results[k] for k in ("up_down", "rate", "flush", "big"))
+    ud, flush, big = (results[k] for k in ("up_down", "flush", "big"))
     flush_ok = (
         flush["rate"] >= 250
         and flush["unique"] == flush["messages"] == flush["delivered"]
@@ -321,12 +345,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f" {ud['up_max_ms']:.1f}) | <= 100 ms | {verdict(ud['up_ms'] <= 100)} |",
         f"| home-dialup down (median of {ud['rounds']}) | {ud['down_ms']:.1f} ms (max"
         f" {ud['down_max_ms']:.1f}) | <= 50 ms | {verdict(ud['down_ms'] <= 50)} |",
-        f"| bare aiosmtpd sink, same client ({rate['messages']} x 1 KB, {rate['concurrency']}"
-        f" at a time) | {rate['sink_rate']:.0f} msg/s | baseline | |",
-        f"| end to end pc1 -> hub -> ISP -> freeuk MX | {rate['lab_rate']:.0f} msg/s"
-        f" ({rate['delivered']} delivered) | | |",
-        f"| ratio end to end / sink | {rate['ratio']:.2f} | >= 0.25 |"
-        f" {verdict(rate['ratio'] >= 0.25)} |",
+        *rate_rows(results["rate_tls"], "STARTTLS on every hop and on the sink"),
+        *rate_rows(results["rate_plain"], "no TLS anywhere"),
         f"| {flush['messages']} queued while down, then link up | {flush['rate']:.0f} msg/s"
         f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
         f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
@@ -355,9 +375,11 @@ async def run_all(quick: bool) -> dict[str, Any]:
     print("home-dialup up/down ...", file=sys.stderr)
     results["up_down"] = await bench_up_down(5 if quick else 30)
     print(results["up_down"], file=sys.stderr)
-    print("end-to-end rate vs sink ...", file=sys.stderr)
-    results["rate"] = await bench_rate(100 if quick else 1000, 8)
-    print(results["rate"], file=sys.stderr)
+    for tls in (True, False):
+        key = "rate_tls" if tls else "rate_plain"
+        print(f"end-to-end rate vs sink ({key}) ...", file=sys.stderr)
+        results[key] = await bench_rate(100 if quick else 1000, 8, tls)
+        print(results[key], file=sys.stderr)
     print("queued while down, then flushed ...", file=sys.stderr)
     results["flush"] = await bench_flush(500 if quick else 10_000, 16)
     print(results["flush"], file=sys.stderr)

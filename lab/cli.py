@@ -185,7 +185,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 
 def _print_status(status: dict[str, Any]) -> None:
     nodes = status["nodes"]
-    click.echo(f"lab {status['name']!r} is up ({status['backend']} backend, {len(nodes)} nodes)")
+    topology = status.get("topology", status["name"])
+    of = f" (topology {topology})" if topology != status["name"] else ""
+    click.echo(
+        f"lab {status['name']!r}{of} is up ({status['backend']} backend, {len(nodes)} nodes)"
+    )
     rows = [("NODE", "HOSTNAME", "SERVICES", "ADDRESSES", "ENDPOINTS")]
     for name, node in nodes.items():
         addresses = " ".join(f"{net}={addr}" for net, addr in node["addresses"].items())
@@ -389,7 +393,10 @@ def send(
     elif result["accepted"]:
         click.echo(result["queue_id"])
     else:
-        detail = result["error"] or result["data"] or result["mail"] or result["rcpt"]
+        refusals = [result["mail"], *result["rcpt"].values(), result["data"]]
+        detail = result["error"] or next(
+            (r for r in refusals if r and not r.startswith("2")), "no reply"
+        )
         raise LabError(f"not accepted by {result['server']}: {detail}")
 
 

@@ -227,7 +227,7 @@ def test_up_detached_prints_the_node_table_and_returns(
 ) -> None:
     name, run = dialup
     lines = run.out.splitlines()
-    assert lines[0] == "lab 'home-dialup' is up (inprocess backend, 8 nodes)"
+    assert lines[0] == f"lab {name!r} (topology home-dialup) is up (inprocess backend, 8 nodes)"
     assert lines[1].split() == ["NODE", "HOSTNAME", "SERVICES", "ADDRESSES", "ENDPOINTS"]
     rows = table_rows(run.out)
     assert list(rows) == list(TOPOLOGY.nodes)
@@ -291,16 +291,11 @@ def test_status_json_has_the_contract_shape(maillab: Maillab, dialup: tuple[str,
     assert table_rows(plain_status.out) == table_rows(dialup[1].out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab/harness/control.py ControlServer._status returns backend.status() as it is,"
-    " whose name is the topology's ('home-dialup'), not the name the lab was started and"
-    " registered under with `up --name`: `status` and `up -d` print \"lab 'home-dialup' is"
-    ' up" next to "`maillab down --lab NAME` stops it", and `--lab home-dialup` then fails',
-)
 def test_status_name_is_the_name_given_to_up(maillab: Maillab) -> None:
     run = maillab.up("my-lab")
-    assert run.out.splitlines()[0] == "lab 'my-lab' is up (inprocess backend, 8 nodes)"
+    assert run.out.splitlines()[0] == (
+        "lab 'my-lab' (topology home-dialup) is up (inprocess backend, 8 nodes)"
+    )
     assert maillab.ok("status", "--json").json["name"] == "my-lab"
 
 
@@ -463,14 +458,6 @@ def test_mistakes_give_one_line_errors_without_traceback(
     assert maillab.ok("status", "--lab", name, "--json").json["links"]["dialup"]["state"] == "down"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab/cli.py send: when the message is not accepted it reports"
-    " `result['error'] or result['data'] or result['mail'] or result['rcpt']`, and the MAIL"
-    " reply is always set, so a recipient refused at RCPT is reported as 'not accepted by"
-    " moriah.shofar.org.uk: 250 2.1.0 <eddy@shofar.org.uk>... Sender ok' instead of the"
-    " refusal '550 5.1.1 <nobody@shofar.org.uk>... User unknown'",
-)
 def test_send_refused_at_rcpt_reports_the_refusal(
     maillab: Maillab, dialup: tuple[str, Run]
 ) -> None:

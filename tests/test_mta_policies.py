@@ -463,15 +463,6 @@ def test_max_size_bounce_from_a_relay(up: Callable[[Topology], Lab]) -> None:
     assert lab.mailbox("mx", "bob") == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab/nodes/mta/smtpd.py make_smtp_factory passes max_size to aiosmtpd as"
-    " data_size_limit, so aiosmtpd refuses first with its own '552 Error: message size exceeds"
-    " fixed maximum message size' (SIZE=) and '552 Error: Too much mail data' (DATA), without"
-    " the enhanced status code 5.3.4 that the server advertises (ENHANCEDSTATUSCODES) and that"
-    " policy.check_content's codes.MESSAGE_TOO_BIG gives; no policy.reject event is emitted,"
-    " and a relay's DSN says Status 5.0.0 instead of 5.3.4",
-)
 def test_max_size_refusal_has_the_enhanced_status_code(
     up: Callable[[Topology], Lab], wire: Wire
 ) -> None:
@@ -649,14 +640,6 @@ def test_runtime_fault_strikes_its_number_of_times_then_clears(
     assert len(events(lab, "fault.triggered", "mx")) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab/nodes/mta/service.py MtaService._attempt records"
-    " str(result.data_reply or result.mail_reply) as the attempt's reply, so a message"
-    " deferred at RCPT (greylisting, a 451 fault) shows the MAIL reply '250 2.1.0 <...>..."
-    " Sender ok' as its queue last_reply (QueuedMessage.summary, `maillab queue`) instead of"
-    " the RCPT reply that deferred it",
-)
 def test_queue_shows_the_reply_that_deferred_a_message_at_rcpt(
     up: Callable[[Topology], Lab],
 ) -> None:
@@ -707,13 +690,6 @@ def test_postfix_on_the_inprocess_backend_is_a_clear_error(
         assert fine.status()["nodes"]["mx"]["endpoints"]["smtp"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lab/harness/lab.py Lab.up: when backend.up() raises (here the software check of"
-    " InProcessBackend.up), only the loop thread is stopped; the state directory that"
-    " InProcessBackend.__init__ made with mkdtemp stays behind and its EventBus keeps"
-    " events.jsonl open (a ResourceWarning when collected). It should release both.",
-)
 def test_a_failed_up_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     _, leaked = failed_up(postfix_world())

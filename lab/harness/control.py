@@ -169,7 +169,10 @@ class ControlServer:
     # operations ------------------------------------------------------------------------
 
     async def _status(self) -> Any:
-        return self.backend.status()
+        status = self.backend.status()
+        status["topology"] = status["name"]
+        status["name"] = self.name  # the name the lab runs under (--name)
+        return status
 
     async def _send(
         self,

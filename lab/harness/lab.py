@@ -148,6 +148,9 @@ class Lab:
         try:
             lab._run(lab.backend.up(), timeout=300)
         except BaseException:
+            # release what the backend took before it failed (state directory, files)
+            with contextlib.suppress(Exception):
+                lab._run(lab.backend.down(), timeout=60)
             lab._thread.stop()
             raise
         lab._running = True
@@ -222,7 +225,10 @@ class Lab:
     def settle(self) -> None:
         self._run(self.backend.settle(), timeout=600)
 
-    def queue(self, node: str) -> list[dict[str, Any]]:
+    def queue(self, node: str, *, settle: bool = True) -> list[dict[str, Any]]:
+        """A node's queue once the work under way has finished (settle=False: right now)."""
+        if settle:
+            self._run(self.backend.settle(timeout=30.0), timeout=60)
         result: list[dict[str, Any]] = self._call(self.backend.queue, node)
         return result
 

@@ -550,7 +550,9 @@ class MtaService:
                 if outcome == {4}
                 else "mixed"
             )
-            reply = str(result.data_reply or result.mail_reply or "")
+            finals = [result.final(r.address) for r in rcpts]
+            worst = next((f for f in finals if f.code >= 400), None)
+            reply = str(worst or result.data_reply or result.mail_reply or "")
         else:
             summary = "failed" if error and error.permanent else "deferred"
             reply = str(error)
