@@ -138,7 +138,7 @@ class InProcessBackend:
             for task in list(host.tasks):
                 task.cancel()
             await host.net.close()  # type: ignore[attr-defined]
-        for conn in list(self.vnet.conns):
+        for conn in list(self.vnet.conns.values()):
             conn.close()
         self.events.emit("lab", "lab.down")
         self.events.close()

@@ -53,12 +53,13 @@ class Endpoint:
     iface: IfaceKey
 
 
-@dataclass
+@dataclass(eq=False)
 class _Conn:
     """An open connection across the lab network, for cutting it when a link drops."""
 
     ends: tuple[IfaceKey, IfaceKey]
     close: Callable[[], None]
+    alive: Callable[[], bool] = lambda: True
 
 
 @dataclass
@@ -73,7 +74,9 @@ class VirtualNetwork:
     endpoints: dict[tuple[str, int, str], Endpoint] = field(
         default_factory=dict
     )  # (lab ip, port, proto)
-    conns: list[_Conn] = field(default_factory=list)
+    conns: dict[int, _Conn] = field(default_factory=dict)
+
+    _prune_at: int = 256
 
     def __post_init__(self) -> None:
         index = 0
@@ -147,20 +150,27 @@ class VirtualNetwork:
         self.interfaces[key].up = up
         if up:
             return 0
-        cut = [c for c in self.conns if key in c.ends]
-        self.conns = [c for c in self.conns if key not in c.ends]
+        cut = [c for c in self.conns.values() if key in c.ends and c.alive()]
+        self.conns = {k: c for k, c in self.conns.items() if key not in c.ends}
         for conn in cut:
             conn.close()
         return len(cut)
 
-    def track(self, ends: tuple[IfaceKey, IfaceKey], close: Callable[[], None]) -> _Conn:
-        conn = _Conn(ends, close)
-        self.conns.append(conn)
+    def track(
+        self,
+        ends: tuple[IfaceKey, IfaceKey],
+        close: Callable[[], None],
+        alive: Callable[[], bool] | None = None,
+    ) -> _Conn:
+        conn = _Conn(ends, close, alive or (lambda: True))
+        self.conns[id(conn)] = conn
+        if len(self.conns) >= self._prune_at:  # forget connections that ended by themselves
+            self.conns = {k: c for k, c in self.conns.items() if c.alive()}
+            self._prune_at = max(256, 2 * len(self.conns))
         return conn
 
     def untrack(self, conn: _Conn) -> None:
-        if conn in self.conns:
-            self.conns.remove(conn)
+        self.conns.pop(id(conn), None)
 
 
 class _Blackholed(Exception):
@@ -206,7 +216,7 @@ class NodeNet:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-        self.vnet.track(ends, close)
+        self.vnet.track(ends, close, alive=lambda: sock.fileno() != -1)
         return sock
 
     def _paired(self, iface: Interface, port: int, other: str) -> int:

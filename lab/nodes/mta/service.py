@@ -124,9 +124,7 @@ class MtaService:
     ) -> bytes:
         """A Received: line in the form sendmail writes (seed nelug's headers)."""
         shown = f"{rdns} [{client}]" if rdns else f"[{client}]"
-        when = email.utils.format_datetime(
-            email.utils.localtime(None).fromtimestamp(self.host.clock.time()).astimezone()
-        )
+        when = email.utils.formatdate(self.host.clock.time(), localtime=True)
         lines = [
             f"Received: from {helo or 'unknown'} ({shown})",
             f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}",
@@ -323,7 +321,7 @@ class MtaService:
         finally:
             for item in work:
                 self.running.discard(item.message.id)
-                self._finish(item.message)
+                self._finish(item.message, item.content)
 
     async def _deliver(self, work: list[_Work]) -> None:
         groups: dict[str, list[tuple[_Work, list[Recipient]]]] = defaultdict(list)
@@ -606,9 +604,10 @@ class MtaService:
                 server=server,
             )
 
-    def _finish(self, message: QueuedMessage) -> None:
+    def _finish(self, message: QueuedMessage, content: bytes | None = None) -> None:
         """After an attempt: bounce what failed, schedule what is pending, or let go."""
-        content = self.queue.content(message.id)
+        if content is None:
+            content = self.queue.content(message.id)
         newly_failed = [r for r in message.recipients if r.state == FAILED and not r.dsn_sent]
         now = self.host.clock.time()
         if message.pending and now - message.received >= self.node.retry.give_up_after:
