@@ -35,10 +35,10 @@ lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left
 	$(BIN)/maillab down
 
 test: setup lint ## Run the whole test suite (pytest-xdist) and the linters.
-	$(BIN)/python -m pytest -n $(WORKERS) tests
+	$(BIN)/python -m pytest -n $(WORKERS)
 
 unit: $(STAMP) ## Run the tests without the linters.
-	$(BIN)/python -m pytest -n $(WORKERS) tests
+	$(BIN)/python -m pytest -n $(WORKERS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/.
 	$(BIN)/ruff check lab tests

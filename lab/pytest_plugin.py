@@ -1,4 +1,5 @@
-"""The maillab pytest plugin: a `lab` fixture, a `topology` marker, a `--lab-backend` option.
+"""The maillab pytest plugin: a `lab` fixture, a `topology` marker, a `--lab-backend` option,
+and the `checks:` of topology files collected as tests.
 
     @pytest.mark.topology("home-dialup")          # a file in topologies/, or a path
     def test_queued_while_down(lab):
@@ -7,10 +8,15 @@
 
 Each test gets its own lab with its own state directory under pytest's tmp_path and its
 own ephemeral ports, so tests are safe under pytest-xdist.
+
+Every check of a YAML file under the `lab_topologies` directory (ini option, default
+`topologies`) is a test item of its own, `topologies/home-dialup.yaml::queued-while-down`,
+run on a fresh lab on the --lab-backend backend; a failure shows the check's step report.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 import pytest
 
 from lab.backends.base import BACKENDS
+from lab.errors import TopologyError
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -31,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     parser.addini(
         "lab_topologies",
-        "directory of topology files for @pytest.mark.topology",
+        "directory of topology files for @pytest.mark.topology; their checks are collected",
         default="topologies",
     )
 
@@ -83,3 +90,81 @@ def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Ite
         yield running
     finally:
         running.down()
+
+
+# ---------------------------------------------------------------------------------------
+# checks: in topology files, as test items
+
+_CHECKS_KEY = re.compile(r"^checks\s*:", re.M)
+
+
+def topologies_dir(config: pytest.Config) -> Path:
+    return Path(str(config.rootpath)) / str(config.getini("lab_topologies"))
+
+
+def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
+    if file_path.suffix not in (".yaml", ".yml"):
+        return None
+    base = topologies_dir(parent.config).resolve()
+    if not file_path.resolve().is_relative_to(base):
+        return None
+    try:
+        text = file_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not _CHECKS_KEY.search(text):  # no checks, nothing to collect
+        return None
+    collector: TopologyFile = TopologyFile.from_parent(parent, path=file_path)
+    return collector
+
+
+class TopologyFile(pytest.File):
+    """A topology file; each of its checks is a test item."""
+
+    def collect(self) -> Iterator[pytest.Item]:
+        from lab.topology import load
+
+        try:
+            topology = load(self.path).model
+        except TopologyError as exc:
+            raise self.CollectError(f"invalid topology {self.path}:\n{exc}") from None
+        for name in topology.checks:
+            yield CheckItem.from_parent(self, name=name, topology=topology)
+
+
+class CheckFailed(Exception):
+    """A check that did not pass; carries its result for the report."""
+
+    def __init__(self, result: Any):
+        super().__init__(result.summary())
+        self.result = result
+
+
+class CheckItem(pytest.Item):
+    """One named check of a topology file, run on a fresh lab."""
+
+    def __init__(self, *, topology: Any, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.topology = topology
+
+    def runtest(self) -> None:
+        from lab.harness.checks import run_check
+
+        root = Path(str(self.config.rootpath))
+        file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
+        backend = str(self.config.getoption("--lab-backend"))
+        result = run_check(self.topology, self.name, backend=backend, file=file)
+        if not result.ok:
+            raise CheckFailed(result)
+
+    def repr_failure(
+        self,
+        excinfo: pytest.ExceptionInfo[BaseException],
+        style: Any = None,
+    ) -> str | Any:
+        if isinstance(excinfo.value, CheckFailed):
+            return str(excinfo.value.result.report())
+        return super().repr_failure(excinfo, style=style)
+
+    def reportinfo(self) -> tuple[Path, int | None, str]:
+        return self.path, None, self.name

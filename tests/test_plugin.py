@@ -37,7 +37,7 @@ def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
     source = Path(__file__).resolve().parents[1] / "topologies" / "lg45-envelope.yaml"
     pytester.mkdir("topologies")
     (pytester.path / "topologies" / "lg45-envelope.yaml").write_text(source.read_text())
-    pytester.makepyfile(
+    test_file = pytester.makepyfile(
         """
         import pytest
 
@@ -50,6 +50,7 @@ def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
             pass
         """
     )
-    result = pytester.runpytest_subprocess("--lab-backend", "inprocess")
+    # the file alone: the checks in topologies/*.yaml would be collected too
+    result = pytester.runpytest_subprocess("--lab-backend", "inprocess", test_file.name)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*needs @pytest.mark.topology*"])

@@ -1,0 +1,591 @@
+"""Run a topology's `checks:`: each named check on a fresh lab, step by step.
+
+    from lab.harness.checks import run_check
+    from lab.topology import load
+
+    result = run_check(load("topologies/home-dialup.yaml").model, "queued-while-down")
+    print(result.report())
+
+Every check gets a lab of its own, brought up for it and stopped after it, so checks are
+independent of each other and of their order. The steps run in file order through the
+Lab API only (send, link, clock, flush, fetch, the assertions, mailbox and trace), so a
+check means the same on every backend. The first step that fails stops the check; the
+steps after it are reported as not run. A failed step says what was expected, what
+happened instead, and shows the trace of the last message sent.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from lab.errors import LabError
+from lab.harness.events import Event, format_events
+from lab.harness.lab import Lab, LabAssertionError
+from lab.nodes.client import SubmitResult
+from lab.topology.model import (
+    BouncedExpect,
+    DeliveredExpect,
+    Expect,
+    QueuedExpect,
+    RejectedExpect,
+    SendStep,
+    Step,
+    Topology,
+)
+from lab.topology.units import format_duration
+
+Status = Literal["passed", "failed", "not run"]
+TRACE_HEAD, TRACE_TAIL = 10, 40  # a long trace (days of retries) is shown cut in the middle
+MARKS: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "not run": "----"}
+_CONNECT_REPLY = re.compile(r"\((\d{3}), ['\"](.*)['\"]\)\s*$", re.S)
+
+
+class UnknownCheckError(LabError):
+    """A check name that the topology does not define."""
+
+    exit_code = 2
+
+
+class StepFailed(Exception):
+    """A step whose outcome is not what the check expects; the message explains."""
+
+
+@dataclass
+class StepResult:
+    """One step of a check: what it was, whether it held, and why not."""
+
+    index: int
+    description: str
+    status: Status = "not run"
+    detail: str = ""
+    trace: str = ""
+    duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "passed"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "description": self.description,
+            "status": self.status,
+            "ok": self.ok,
+            "detail": self.detail,
+            "trace": self.trace,
+            "duration": round(self.duration, 4),
+        }
+
+    def report(self, indent: str = "  ") -> str:
+        """This step as text: one line, and for a failure what was expected and the trace."""
+        head = f"{indent}{MARKS[self.status]}  {self.index}. {self.description}"
+        if self.status == "not run":
+            return f"{head} (not run)"
+        if self.status == "passed":
+            return f"{head}: {self.detail}" if self.detail else head
+        pad = indent + " " * 6
+        lines = [head]
+        lines += [pad + line for line in self.detail.splitlines()]
+        if self.trace:
+            lines += [pad + line for line in self.trace.splitlines()]
+        return "\n".join(lines)
+
+
+@dataclass
+class CheckResult:
+    """One check run on its own lab: every step's result, in order."""
+
+    name: str
+    topology: str
+    steps: list[StepResult] = field(default_factory=list)
+    duration: float = 0.0
+    file: str | None = None
+    backend: str = "inprocess"
+    error: str = ""  # the lab could not be brought up or stopped
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and all(s.ok for s in self.steps)
+
+    @property
+    def failed_step(self) -> StepResult | None:
+        return next((s for s in self.steps if s.status == "failed"), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "check": self.name,
+            "topology": self.topology,
+            "file": self.file,
+            "backend": self.backend,
+            "ok": self.ok,
+            "duration": round(self.duration, 4),
+            "error": self.error,
+            "steps": [s.to_json() for s in self.steps],
+        }
+
+    def header(self) -> str:
+        return check_header(self.name, self.file or self.topology, self.backend)
+
+    def summary(self) -> str:
+        took = f"{self.duration:.2f}s"
+        if self.ok:
+            return f"PASS {self.name}: {len(self.steps)} steps ({took})"
+        failed = self.failed_step
+        if failed is not None:
+            return f"FAIL {self.name}: step {failed.index} of {len(self.steps)} failed ({took})"
+        if all(s.status == "not run" for s in self.steps):
+            return f"FAIL {self.name}: the lab did not come up ({took})"
+        return f"FAIL {self.name}: the lab did not stop cleanly ({took})"
+
+    def report(self) -> str:
+        """The whole check as text: a header, every step, the error if any, a summary."""
+        lines = [self.header()]
+        lines += [s.report() for s in self.steps]
+        if self.error:
+            lines += ["  " + line for line in self.error.splitlines()]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+
+def check_header(name: str, where: str, backend: str) -> str:
+    return f"check {name} ({where}, {backend} backend)"
+
+
+# ---------------------------------------------------------------------------------------
+# describing steps
+
+
+def _join(addresses: Iterable[str]) -> str:
+    return ", ".join(a or "<>" for a in addresses)
+
+
+def _within(seconds: float) -> str:
+    """' (within 30s)' when the wait differs from the default."""
+    default = Expect.model_fields["within"].default
+    return "" if seconds == default else f" (within {format_duration(seconds)})"
+
+
+def _delivered_words(d: DeliveredExpect) -> str:
+    words = f"to {d.to}"
+    if d.node:
+        words += f" on {d.node}"
+    if d.mailbox:
+        words += f" in mailbox {d.mailbox}"
+    if d.envelope_from is not None:
+        words += f" with envelope sender {d.envelope_from or '<>'}"
+    if d.headers:
+        words += " and " + ", ".join(f"{k}: {v}" for k, v in d.headers.items())
+    return words
+
+
+def _bounced_words(b: BouncedExpect) -> str:
+    words = "a bounce"
+    if b.recipient:
+        words += f" for {b.recipient}"
+    if b.by:
+        words += f" from {b.by}"
+    if b.to:
+        words += f" to {b.to}"
+    if b.status:
+        words += f" with status {b.status}"
+    if b.lands:
+        words += f", delivered {_delivered_words(b.lands)}"
+    return words
+
+
+def _rejected_words(r: RejectedExpect) -> str:
+    words = "a rejection"
+    if r.code is not None:
+        words += f" with {r.code}"
+    if r.stage:
+        words += f" at {r.stage}"
+    return words
+
+
+def describe(step: Step) -> str:
+    """A step in words: 'send eddy@shofar.org.uk -> paulmidgley@freeuk.com from pc1'."""
+    if step.send is not None:
+        s = step.send
+        words = f"send {s.mail_from or '<>'} -> {_join(s.to)} from {s.from_}"
+        return words + (f" via {s.via}" if s.via else "")
+    if step.link is not None:
+        return "link " + ", ".join(f"{name} {state}" for name, state in step.link.items())
+    if step.advance is not None:
+        return f"advance the clock {format_duration(step.advance)}"
+    if step.flush is not None:
+        return f"flush the queue of {step.flush}"
+    if step.fetch is not None:
+        return f"fetch mail on {step.fetch}"
+    if step.expect is not None:
+        e = step.expect
+        if e.delivered is not None:
+            return f"expect delivered {_delivered_words(e.delivered)}" + _within(e.within)
+        if e.not_delivered is not None:
+            return f"expect not delivered {_delivered_words(e.not_delivered)}"
+        if e.queued is not None:
+            q = e.queued
+            return f"expect queued on {q.on}" + (f" for {q.to}" if q.to else "") + _within(e.within)
+        if e.bounced is not None:
+            return f"expect {_bounced_words(e.bounced)}" + _within(e.within)
+        if e.rejected is not None:
+            return f"expect {_rejected_words(e.rejected)}"
+    return "empty step"
+
+
+# ---------------------------------------------------------------------------------------
+# running
+
+
+def refusal(result: SubmitResult) -> tuple[int | None, str]:
+    """The refusing reply of a submission that was not accepted: (code, reply text).
+
+    A refusal in the greeting reaches the client as an error, not as a reply; its code is
+    read from the error text. A submission that never got an answer has no code."""
+    reply = result.rejected
+    if reply is not None:
+        return reply.code, str(reply)
+    match = _CONNECT_REPLY.search(result.error)
+    if match:
+        return int(match.group(1)), f"{match.group(1)} {match.group(2)}"
+    return None, result.error or "no reply"
+
+
+def _delivery_matches(e: Event, d: DeliveredExpect) -> bool:
+    """The same rule as Lab.assert_delivered: the original or the final address."""
+    if e.kind != "mailbox.delivered":
+        return False
+    if d.to.lower() not in ((e.get("rcpt") or "").lower(), (e.get("address") or "").lower()):
+        return False
+    if d.node and e.node != d.node:
+        return False
+    if d.mailbox and e.get("user") != d.mailbox:
+        return False
+    return d.envelope_from is None or e.get("envelope_from") == d.envelope_from
+
+
+class _CheckRun:
+    def __init__(self, lab: Lab, steps: list[Step]):
+        self.lab = lab
+        self.steps = steps
+        self.last: SubmitResult | None = None
+        self.last_index = 0
+
+    # the trace shown with a failure ------------------------------------------------
+
+    def trace(self) -> str:
+        if self.last is None:
+            return ""
+        label = f"--- trace of the last message sent (step {self.last_index}) ---"
+        if not self.last.queue_id:
+            text = refusal(self.last)[1]
+            return f"{label}\n(not accepted by {self.last.server}: {text})"
+        events = self.lab.trace(self.last)
+        if len(events) > TRACE_HEAD + TRACE_TAIL:
+            left_out = len(events) - TRACE_HEAD - TRACE_TAIL
+            shown = (
+                format_events(events[:TRACE_HEAD])
+                + f"\n... ({left_out} events left out) ...\n"
+                + format_events(events[-TRACE_TAIL:])
+            )
+        else:
+            shown = format_events(events) or "(no events)"
+        return f"{label}\n{shown}"
+
+    def _explain(self, what: str, events: list[Event]) -> str:
+        interesting = [
+            e
+            for e in events
+            if e.kind.startswith(
+                ("queue.", "delivery.result", "dsn.", "mailbox.", "policy.", "link.", "client.")
+            )
+        ]
+        shown = format_events(interesting[-40:]) or "(no events)"
+        return f"{what}\n--- what happened ---\n{shown}"
+
+    # steps ---------------------------------------------------------------------------
+
+    def run(self, index: int, step: Step) -> str:
+        """Run one step; return what happened, or raise StepFailed / LabAssertionError."""
+        if step.send is not None:
+            return self.send(index, step.send)
+        if step.link is not None:
+            for name, state in step.link.items():
+                handle = self.lab.link(name)
+                if state == "up":
+                    handle.up()
+                else:
+                    handle.down()
+            return ", ".join(f"{name} is {state}" for name, state in step.link.items())
+        if step.advance is not None:
+            ran = self.lab.clock.advance(step.advance)
+            return f"{ran} timer(s) ran"
+        if step.flush is not None:
+            return f"tried {self.lab.flush(step.flush)} message(s)"
+        if step.fetch is not None:
+            return f"fetched {self.lab.fetch(step.fetch)} message(s)"
+        if step.expect is not None:
+            return self.expect(step.expect)
+        raise StepFailed("a step with no action")
+
+    def send(self, index: int, s: SendStep) -> str:
+        result = self.lab.send(
+            s.from_,
+            mail_from=s.mail_from,
+            to=s.to,
+            subject=s.subject,
+            body=s.body,
+            headers=s.headers,
+            via=s.via,
+        )
+        self.last, self.last_index = result, index
+        if result.accepted:
+            refused = {
+                r: str(reply) for r, reply in result.rcpt_replies.items() if reply.code >= 400
+            }
+            note = "".join(f"; {r} refused: {reply}" for r, reply in refused.items())
+            return f"accepted by {result.server} as {result.queue_id}{note}"
+        text = refusal(result)[1]
+        outcome = f"refused by {result.server} at {result.stage()}: {text}"
+        following = self.steps[index] if index < len(self.steps) else None
+        if following is None or following.expect is None or following.expect.rejected is None:
+            raise StepFailed(
+                "expected the message to be accepted (no `expect: rejected` follows this"
+                f" step)\nit was {outcome}"
+            )
+        return outcome
+
+    def expect(self, e: Expect) -> str:
+        if e.delivered is not None:
+            return self.delivered(e.delivered, e.within)
+        if e.not_delivered is not None:
+            return self.not_delivered(e.not_delivered)
+        if e.queued is not None:
+            return self.queued(e.queued, e.within)
+        if e.bounced is not None:
+            return self.bounced(e.bounced, e.within)
+        if e.rejected is not None:
+            return self.rejected(e.rejected)
+        raise StepFailed("an expectation with nothing to expect")
+
+    def delivered(self, d: DeliveredExpect, within: float) -> str:
+        message = self.lab.assert_delivered(
+            d.to,
+            node=d.node,
+            mailbox=d.mailbox,
+            envelope_from=d.envelope_from,
+            headers=d.headers,
+            timeout=within,
+        )
+        sender = message.envelope_from or "<>"
+        return f"delivered, envelope sender {sender}, From: {message['From'] or '(none)'}"
+
+    def not_delivered(self, d: DeliveredExpect) -> str:
+        if d.envelope_from is None and not d.headers:
+            self.lab.assert_not_delivered(d.to, node=d.node, mailbox=d.mailbox)
+            return "not delivered"
+        self.lab.settle()
+        events = self.lab.events
+        for e in events:
+            if not _delivery_matches(e, d):
+                continue
+            if d.headers:
+                found = self._message(e)
+                if found is None or not all(
+                    value.lower() in (found[name] or "").lower()
+                    for name, value in d.headers.items()
+                ):
+                    continue
+            raise LabAssertionError(
+                self._explain(
+                    f"expected no delivery {_delivered_words(d)}, but it was delivered on"
+                    f" {e.node} in mailbox {e.get('user')}",
+                    events,
+                )
+            )
+        return "not delivered"
+
+    def _message(self, e: Event) -> Any:
+        return next(
+            (m for m in self.lab.mailbox(e.node, e.get("user")) if m.id == e.get("key")), None
+        )
+
+    def queued(self, q: QueuedExpect, within: float) -> str:
+        entry = self.lab.assert_queued(q.on, to=q.to, timeout=within)
+        reply = entry.get("last_reply")
+        return f"{entry['id']} queued on {q.on}" + (f" ({reply})" if reply else "")
+
+    def bounced(self, b: BouncedExpect, within: float) -> str:
+        dsn = self.lab.assert_bounced(
+            recipient=b.recipient, to=b.to, status=b.status, by=b.by, timeout=within
+        )
+        outcome = (
+            f"{dsn.node} sent a bounce ({dsn.get('id')}) to {dsn.get('to')}"
+            f" for {_join(dsn.get('recipients', []))}, status {_join(dsn.get('status', []))}"
+        )
+        if b.lands is None:
+            return outcome
+        lands = b.lands
+        dsn_id = str(dsn.get("id"))
+
+        def landed(e: Event) -> bool:
+            return _delivery_matches(e, lands) and any(
+                t.seq == e.seq for t in self.lab.trace(dsn_id)
+            )
+
+        try:
+            event = self.lab.wait_for(predicate=landed, timeout=within)
+        except LabAssertionError:
+            raise LabAssertionError(
+                f"expected {_bounced_words(b)} within {format_duration(within)};\n"
+                f"{outcome}, but it was not delivered {_delivered_words(lands)}\n"
+                f"--- what happened to the bounce ---\n"
+                f"{self.lab.format_trace(dsn_id) or '(no events)'}"
+            ) from None
+        found = self._message(event)
+        for name, value in lands.headers.items():
+            actual = None if found is None else found[name]
+            if actual is None or value.lower() not in actual.lower():
+                raise LabAssertionError(
+                    f"expected {_bounced_words(b)};\n{outcome}; it landed on {event.node} in"
+                    f" mailbox {event.get('user')}, but header {name}: is {actual!r},"
+                    f" expected it to contain {value!r}"
+                )
+        return f"{outcome}; it landed on {event.node} in mailbox {event.get('user')}"
+
+    def rejected(self, r: RejectedExpect) -> str:
+        want = _rejected_words(r)
+        if self.last is None:
+            raise StepFailed(f"expected {want}\nbut no message was sent before this step")
+        result = self.last
+        if result.accepted:
+            raise StepFailed(
+                f"expected {want} of the message sent in step {self.last_index}\n"
+                f"it was accepted by {result.server} as {result.queue_id}"
+            )
+        code, text = refusal(result)
+        stage = result.stage()
+        if (r.code is not None and code != r.code) or (r.stage is not None and stage != r.stage):
+            raise StepFailed(
+                f"expected {want} of the message sent in step {self.last_index}\n"
+                f"it was refused by {result.server} at {stage}: {text}"
+            )
+        return f"refused by {result.server} at {stage}: {text}"
+
+
+def run_check(
+    topology: Topology,
+    name: str,
+    *,
+    backend: str = "inprocess",
+    file: str | Path | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    **options: Any,
+) -> CheckResult:
+    """Run check `name` of `topology` on a fresh lab; stop at the first failing step.
+
+    `options` go to the backend (state_dir, ...). `on_step` is called with each step's
+    result as soon as it is known (a live report)."""
+    if name not in topology.checks:
+        raise UnknownCheckError(_unknown(topology, [name], file))
+    steps = topology.checks[name]
+    result = CheckResult(
+        name=name,
+        topology=topology.name,
+        steps=[StepResult(i, describe(step)) for i, step in enumerate(steps, 1)],
+        file=None if file is None else str(file),
+        backend=backend,
+    )
+    started = time.monotonic()
+    try:
+        lab = Lab.up(topology, backend=backend, **options)
+    except LabError as exc:
+        result.error = f"the lab could not be brought up: {exc}"
+    except Exception as exc:
+        result.error = f"the lab could not be brought up: {type(exc).__name__}: {exc}"
+    else:
+        _run_steps(lab, steps, result, file, on_step)
+    if on_step is not None:
+        for outcome in result.steps:
+            if outcome.status == "not run":
+                on_step(outcome)
+    result.duration = time.monotonic() - started
+    return result
+
+
+def _run_steps(
+    lab: Lab,
+    steps: list[Step],
+    result: CheckResult,
+    file: str | Path | None,
+    on_step: Callable[[StepResult], None] | None,
+) -> None:
+    """Run the steps on a running lab until one fails; then stop the lab."""
+    lab.source = None if file is None else Path(file)
+    run = _CheckRun(lab, steps)
+    try:
+        for step, outcome in zip(steps, result.steps, strict=True):
+            begun = time.monotonic()
+            try:
+                outcome.detail = run.run(outcome.index, step)
+                outcome.status = "passed"
+            except (StepFailed, LabAssertionError, LabError) as exc:
+                outcome.status, outcome.detail = "failed", str(exc)
+            except TimeoutError:
+                outcome.status, outcome.detail = "failed", "the lab did not answer in time"
+            except Exception as exc:
+                outcome.status, outcome.detail = "failed", f"{type(exc).__name__}: {exc}"
+            outcome.duration = time.monotonic() - begun
+            if outcome.status == "failed":
+                outcome.trace = run.trace()
+            if on_step is not None:
+                on_step(outcome)
+            if outcome.status == "failed":
+                break
+    finally:
+        try:
+            lab.down()
+        except Exception as exc:
+            result.error = f"the lab did not stop cleanly: {type(exc).__name__}: {exc}"
+
+
+def _unknown(topology: Topology, names: list[str], file: str | Path | None) -> str:
+    where = f"{file} ({topology.name})" if file else topology.name
+    known = ", ".join(topology.checks) or "(none)"
+    plural = "s" if len(names) > 1 else ""
+    return (
+        f"{where}: unknown check{plural} {', '.join(repr(n) for n in names)}; known checks: {known}"
+    )
+
+
+def select_checks(
+    topology: Topology, names: Iterable[str] = (), file: str | Path | None = None
+) -> list[str]:
+    """The checks to run: all, or the named ones (UnknownCheckError lists the known names)."""
+    wanted = list(dict.fromkeys(names))
+    if not wanted:
+        return list(topology.checks)
+    unknown = [n for n in wanted if n not in topology.checks]
+    if unknown:
+        raise UnknownCheckError(_unknown(topology, unknown, file))
+    return wanted
+
+
+def run_checks(
+    topology: Topology,
+    names: Iterable[str] = (),
+    *,
+    backend: str = "inprocess",
+    file: str | Path | None = None,
+    on_step: Callable[[StepResult], None] | None = None,
+    **options: Any,
+) -> list[CheckResult]:
+    """Run every check of `topology` (or the named ones), each on its own lab."""
+    return [
+        run_check(topology, name, backend=backend, file=file, on_step=on_step, **options)
+        for name in select_checks(topology, names, file)
+    ]
