@@ -63,7 +63,7 @@ def test_validate_ok(runner: CliRunner) -> None:
     result = runner.invoke(main, ["validate", str(HOME_DIALUP)])
     assert result.exit_code == 0, result.output
     assert result.stdout == (
-        f"{HOME_DIALUP}: ok (home-dialup: 8 nodes, 2 networks, 1 links, 1 checks)\n"
+        f"{HOME_DIALUP}: ok (home-dialup: 8 nodes, 2 networks, 1 links, 9 checks)\n"
     )
     assert result.stderr == ""
 
@@ -132,7 +132,7 @@ def test_validate_json(runner: CliRunner, bad_file: Path, monkeypatch: pytest.Mo
             "nodes": 8,
             "networks": 2,
             "links": 1,
-            "checks": 1,
+            "checks": 9,
         },
         {
             "file": "bad.yaml",

@@ -394,7 +394,7 @@ class Lab:
         for e in self.events:
             if (
                 e.kind == "mailbox.delivered"
-                and (e.get("rcpt") or "").lower() == to.lower()
+                and to.lower() in ((e.get("rcpt") or "").lower(), (e.get("address") or "").lower())
                 and (node is None or e.node == node)
                 and (mailbox is None or e.get("user") == mailbox)
             ):

@@ -17,6 +17,8 @@ class SubmitResult:
     """What the receiving MTA said to one submission."""
 
     server: str
+    greeting: Reply | None = None
+    helo_reply: Reply | None = None
     mail_reply: Reply | None = None
     rcpt_replies: dict[str, Reply] = field(default_factory=dict)
     data_reply: Reply | None = None
@@ -39,14 +41,19 @@ class SubmitResult:
         """The first refusal, if the message was not accepted."""
         if self.accepted:
             return None
-        for reply in (self.mail_reply, *self.rcpt_replies.values(), self.data_reply):
+        replies = (self.greeting, self.helo_reply, self.mail_reply, *self.rcpt_replies.values(),
+                   self.data_reply)
+        for reply in replies:
             if reply is not None and reply.code >= 400:
                 return reply
         return None
 
     def stage(self) -> str:
-        if self.mail_reply is None:
+        """Where the submission ended: connect, helo, mail, rcpt or data."""
+        if self.greeting is None or self.greeting.code >= 400:
             return "connect"
+        if self.mail_reply is None:
+            return "helo" if self.helo_reply is not None and self.helo_reply.code >= 400 else "connect"
         if self.mail_reply.code >= 400:
             return "mail"
         if not any(r.code < 400 for r in self.rcpt_replies.values()):
@@ -97,6 +104,14 @@ def build_message(
     return (head + "\r\n" + text).encode("utf-8")
 
 
+def _path(keyword: str, address: str) -> bytes:
+    """`FROM:<address>` for a command line; an address with a line break is refused here."""
+    if "\r" in address or "\n" in address:
+        raise ValueError(f"an address may not contain a line break: {address!r}")
+    inner = address[1:-1] if address.startswith("<") and address.endswith(">") else address
+    return f"{keyword}:<{inner}>".encode("utf-8", "surrogateescape")
+
+
 async def submit(
     host: Host,
     server_address: str,
@@ -126,24 +141,30 @@ async def submit(
         timeout=timeout,
     )
     try:
-        await client.connect()
-        await client.ehlo()
+        try:
+            greeting = await client.connect()
+            result.greeting = Reply(greeting.code, greeting.message)
+        except SMTPResponseException as exc:
+            result.greeting = Reply(exc.code, exc.message)
+            raise
+        try:
+            helo = await client.ehlo()
+            result.helo_reply = Reply(helo.code, helo.message.splitlines()[0])
+        except SMTPResponseException as exc:
+            result.helo_reply = Reply(exc.code, exc.message)
+            raise
         if starttls and client.supports_extension("starttls"):
             await client.starttls()
             await client.ehlo()
-        options = [] if content.isascii() else ["BODY=8BITMIME"]
-        try:
-            response = await client.mail(mail_from, options=options)
-            result.mail_reply = Reply(response.code, response.message)
-        except SMTPResponseException as exc:
-            result.mail_reply = Reply(exc.code, exc.message)
+        options = [b"BODY=8BITMIME"] if not content.isascii() else []
+        # MAIL and RCPT go out exactly as given (a source route, a quoted local part,
+        # a percent hack): the receiving server, not the client, judges them.
+        response = await client.execute_command(b"MAIL", _path("FROM", mail_from), *options)
+        result.mail_reply = Reply(response.code, response.message)
         if result.mail_reply.code < 400:
             for rcpt in recipients:
-                try:
-                    response = await client.rcpt(rcpt)
-                    result.rcpt_replies[rcpt] = Reply(response.code, response.message)
-                except SMTPResponseException as exc:
-                    result.rcpt_replies[rcpt] = Reply(exc.code, exc.message)
+                response = await client.execute_command(b"RCPT", _path("TO", rcpt))
+                result.rcpt_replies[rcpt] = Reply(response.code, response.message)
             if any(r.code < 400 for r in result.rcpt_replies.values()):
                 try:
                     response = await client.data(content)
@@ -154,7 +175,7 @@ async def submit(
             await client.quit()
         except (SMTPResponseException, SMTPServerDisconnected):
             client.close()
-    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+    except (aiosmtplib.SMTPException, OSError, TimeoutError, ValueError) as exc:
         result.error = f"{type(exc).__name__}: {exc}"
         client.close()
     host.emit(
