@@ -41,8 +41,13 @@ class SubmitResult:
         """The first refusal, if the message was not accepted."""
         if self.accepted:
             return None
-        replies = (self.greeting, self.helo_reply, self.mail_reply, *self.rcpt_replies.values(),
-                   self.data_reply)
+        replies = (
+            self.greeting,
+            self.helo_reply,
+            self.mail_reply,
+            *self.rcpt_replies.values(),
+            self.data_reply,
+        )
         for reply in replies:
             if reply is not None and reply.code >= 400:
                 return reply
@@ -53,7 +58,9 @@ class SubmitResult:
         if self.greeting is None or self.greeting.code >= 400:
             return "connect"
         if self.mail_reply is None:
-            return "helo" if self.helo_reply is not None and self.helo_reply.code >= 400 else "connect"
+            return (
+                "helo" if self.helo_reply is not None and self.helo_reply.code >= 400 else "connect"
+            )
         if self.mail_reply.code >= 400:
             return "mail"
         if not any(r.code < 400 for r in self.rcpt_replies.values()):
