@@ -1,4 +1,5 @@
-"""The acceptance stories of the seed articles, end to end on the in-process backend.
+"""The acceptance stories of the seed articles, end to end on the backend of
+`--lab-backend` (the `lab_backend` fixture of the maillab pytest plugin; in-process by default).
 
 - lg45: the envelope sender is not rewritten, a picky remote refuses it, and the bounce
   goes nowhere (a double bounce at the ISP postmaster); with the envelope rewritten the
@@ -80,8 +81,8 @@ def received_chain(raw: str) -> list[str]:
 # --- lg45: envelope-not-rewritten ---------------------------------------------------------
 
 
-def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere() -> None:
-    with Lab.up(LG45) as lab:
+def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere(lab_backend: str) -> None:
+    with Lab.up(LG45, backend=lab_backend) as lab:
         at_isp = capture_queued(lab, "isp")
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
@@ -139,9 +140,9 @@ def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere() -> N
         assert ("isp", "mailbox.delivered") in kinds
 
 
-def test_lg45_envelope_rewritten_is_delivered() -> None:
+def test_lg45_envelope_rewritten_is_delivered(lab_backend: str) -> None:
     topology = lg45(heaven__masquerade__envelope=True)
-    with Lab.up(topology) as lab:
+    with Lab.up(topology, backend=lab_backend) as lab:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
         message = lab.assert_delivered(
@@ -158,9 +159,9 @@ def test_lg45_envelope_rewritten_is_delivered() -> None:
         assert lab.mailbox("isp", "postmaster") == []
 
 
-def test_isp_checking_the_sender_makes_the_hub_bounce_locally() -> None:
+def test_isp_checking_the_sender_makes_the_hub_bounce_locally(lab_backend: str) -> None:
     topology = lg45(isp__policy__verify_sender_domain=True)
-    with Lab.up(topology) as lab:
+    with Lab.up(topology, backend=lab_backend) as lab:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
         refusal = lab.wait_for("policy.reject", node="isp", stage="mail")
@@ -182,8 +183,8 @@ def test_isp_checking_the_sender_makes_the_hub_bounce_locally() -> None:
         assert lab.queue("heaven") == []
 
 
-def test_lg45_local_mail_with_fake_headers() -> None:
-    with Lab.up(LG45) as lab:
+def test_lg45_local_mail_with_fake_headers(lab_backend: str) -> None:
+    with Lab.up(LG45, backend=lab_backend) as lab:
         lab.send(
             "pc",
             mail_from="joe@home",
@@ -202,8 +203,8 @@ def test_lg45_local_mail_with_fake_headers() -> None:
 # --- nelug: the dial-up hub ---------------------------------------------------------------
 
 
-def test_dialup_hub_queues_while_down_and_flushes_when_up() -> None:
-    with Lab.up(HOME_DIALUP) as lab:
+def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_backend: str) -> None:
+    with Lab.up(HOME_DIALUP, backend=lab_backend) as lab:
         assert lab.link("dialup").state == "down"
         result = lab.send(
             "pc1",
@@ -251,8 +252,8 @@ def test_dialup_hub_queues_while_down_and_flushes_when_up() -> None:
 # --- lg45 / pep: the telnet dialogue --------------------------------------------------------
 
 
-def test_telnet_dialogue_with_the_hub(wire: Any) -> None:
-    with Lab.up(LG45) as lab:
+def test_telnet_dialogue_with_the_hub(wire: Any, lab_backend: str) -> None:
+    with Lab.up(LG45, backend=lab_backend) as lab:
         operator = lab.status()["operator"]
         assert operator == {"node": "pc", "address": "192.168.1.10"}
         with wire(lab, "heaven") as s:

@@ -73,6 +73,9 @@ class InProcessBackend:
         for name, node in self.topology.nodes.items():
             check_supported(name, node.software.value, self.name)
         self.events.bind()
+        self.clock.on_error = lambda timer, exc: self.events.emit(
+            "lab", "clock.error", timer=timer, error=f"{type(exc).__name__}: {exc}"
+        )
         self.clock.start()
         self.ca = LabCA(self.state_dir)
         for name, node in self.topology.nodes.items():

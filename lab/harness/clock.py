@@ -48,6 +48,9 @@ class LabClock:
         self._wake: asyncio.Event | None = None
         self._runner: asyncio.Task[None] | None = None
         self._lock: asyncio.Lock | None = None
+        self._stopped = False
+        self.errors: list[tuple[str, BaseException]] = []
+        self.on_error: Callable[[str, BaseException], object] | None = None
 
     # reading --------------------------------------------------------------------------
 
@@ -121,15 +124,17 @@ class LabClock:
         self._runner = asyncio.get_running_loop().create_task(self._run(), name="lab-clock")
 
     async def stop(self) -> None:
+        """Stop running timers in the background. Work a timer started is cancelled; a
+        callback that swallows the cancellation cannot keep the clock running."""
+        self._stopped = True
         if self._runner is not None:
             self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
+            await asyncio.wait({self._runner}, timeout=2.0)
             self._runner = None
 
     async def _run(self) -> None:
         assert self._wake is not None and self._lock is not None
-        while True:
+        while not self._stopped:
             self._wake.clear()
             while self._timers and self._timers[0].cancelled:
                 heapq.heappop(self._timers)
@@ -138,7 +143,12 @@ class LabClock:
                 async with self._lock:
                     timer = self._pop_due(self.time())
                     if timer is not None:
-                        await self._fire(timer)
+                        try:
+                            await self._fire(timer)
+                        except Exception as exc:  # one failing timer must not stop the clock
+                            self.errors.append((timer.name, exc))
+                            if self.on_error is not None:
+                                self.on_error(timer.name, exc)
                 continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=min(delay or 60.0, 60.0))
