@@ -143,10 +143,10 @@ class MtaService:
         client: str,
         helo: str,
         rdns: str | None,
-        protocol: str,
-        tls: str | None,
-        dsn_ret: str,
-        envid: str,
+        protocol: str = "ESMTP",
+        tls: str | None = None,
+        dsn_ret: str = "",
+        envid: str = "",
     ) -> tuple[QueuedMessage, bytes, list[Recipient]]:
         queue_id = new_id()
         rcpts: list[Recipient] = []
@@ -218,67 +218,20 @@ class MtaService:
         else:
             self._kick(message.id)
 
-    def accept(
-        self,
-        content: bytes,
-        *,
-        envelope_from: str,
-        recipients: list[tuple[str, list[str]]],
-        client: str,
-        helo: str,
-        rdns: str | None,
-        protocol: str = "ESMTP",
-        tls: str | None = None,
-        dsn_ret: str = "",
-        envid: str = "",
-    ) -> QueuedMessage:
-        """Queue a message durably and start delivering it. Returns it with its id."""
-        message, content, failed = self._prepare(
-            content,
-            envelope_from=envelope_from,
-            recipients=recipients,
-            client=client,
-            helo=helo,
-            rdns=rdns,
-            protocol=protocol,
-            tls=tls,
-            dsn_ret=dsn_ret,
-            envid=envid,
-        )
+    def accept(self, content: bytes, **envelope: Any) -> QueuedMessage:
+        """Queue a message durably and start delivering it. Returns it with its id.
+        `envelope` is what `_prepare` takes: envelope_from, recipients, client, helo, ..."""
+        message, content, failed = self._prepare(content, **envelope)
         self.queue.put(content, message)
-        self._commit(message, content, failed, [a for a, _ in recipients])
+        self._commit(message, content, failed, [a for a, _ in envelope["recipients"]])
         return message
 
-    async def accept_async(
-        self,
-        content: bytes,
-        *,
-        envelope_from: str,
-        recipients: list[tuple[str, list[str]]],
-        client: str,
-        helo: str,
-        rdns: str | None,
-        protocol: str = "ESMTP",
-        tls: str | None = None,
-        dsn_ret: str = "",
-        envid: str = "",
-    ) -> QueuedMessage:
+    async def accept_async(self, content: bytes, **envelope: Any) -> QueuedMessage:
         """`accept` for the SMTP server: the disk write and its fsync run in a thread, so
         other sessions go on while this one waits for the disk."""
-        message, content, failed = self._prepare(
-            content,
-            envelope_from=envelope_from,
-            recipients=recipients,
-            client=client,
-            helo=helo,
-            rdns=rdns,
-            protocol=protocol,
-            tls=tls,
-            dsn_ret=dsn_ret,
-            envid=envid,
-        )
+        message, content, failed = self._prepare(content, **envelope)
         await asyncio.to_thread(self.queue.write, content, message)
-        self._commit(message, content, failed, [a for a, _ in recipients])
+        self._commit(message, content, failed, [a for a, _ in envelope["recipients"]])
         return message
 
     def _kick(self, queue_id: str) -> None:
