@@ -648,15 +648,7 @@ class MtaService:
                 now=now,
                 to=to,
             )
-            queued = self.accept(
-                dsn,
-                envelope_from="",
-                recipients=[(to, [])],
-                client="127.0.0.1",
-                helo=self.host.hostname,
-                rdns="localhost",
-                protocol="local",
-            )
+            queued = self._queue_own(dsn, to)
             self.host.emit(
                 "dsn.sent",
                 id=queued.id,
@@ -679,21 +671,25 @@ class MtaService:
                 to=self.book.qualify("postmaster"),
                 subject="Postmaster notify: undeliverable bounce",
             )
-            queued = self.accept(
-                dsn,
-                envelope_from="",
-                recipients=[("postmaster", [])],
-                client="127.0.0.1",
-                helo=self.host.hostname,
-                rdns="localhost",
-                protocol="local",
-            )
+            queued = self._queue_own(dsn, "postmaster")
             self.host.emit(
                 "dsn.double_bounce",
                 id=queued.id,
                 original_id=message.id,
                 recipients=[r.address for r in rcpts],
             )
+
+    def _queue_own(self, content: bytes, rcpt: str) -> QueuedMessage:
+        """Queue a message this host writes itself (a DSN), from the null sender."""
+        return self.accept(
+            content,
+            envelope_from="",
+            recipients=[(rcpt, [])],
+            client="127.0.0.1",
+            helo=self.host.hostname,
+            rdns="localhost",
+            protocol="local",
+        )
 
     # views -----------------------------------------------------------------------------
 
