@@ -51,7 +51,7 @@ class _LoopThread:
         future = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
             return future.result(timeout)
-        except TimeoutError:
+        except BaseException:  # a timeout, or Ctrl-C while waiting: stop the work too
             future.cancel()
             raise
 
