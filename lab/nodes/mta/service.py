@@ -523,39 +523,27 @@ class MtaService:
         rcpt.reply = str(reply)
         rcpt.status = reply.status
         rcpt.remote_mta = server or rcpt.remote_mta
+        extra: dict[str, Any] = {}
         if reply.code < 400:
-            rcpt.state = DELIVERED
+            rcpt.state, result = DELIVERED, "delivered"
             match = _QUEUED_AS.search(reply.text)
-            remote_id = next((g for g in match.groups() if g), "") if match else ""
-            self.host.emit(
-                "delivery.result",
-                id=message.id,
-                rcpt=rcpt.address,
-                result="delivered",
-                reply=str(reply),
-                server=server,
-                remote_id=remote_id,
-                tls=tls,
-            )
+            extra = {
+                "remote_id": next((g for g in match.groups() if g), "") if match else "",
+                "tls": tls,
+            }
         elif reply.code >= 500:
-            rcpt.state = FAILED
-            self.host.emit(
-                "delivery.result",
-                id=message.id,
-                rcpt=rcpt.address,
-                result="failed",
-                reply=str(reply),
-                server=server,
-            )
+            rcpt.state, result = FAILED, "failed"
         else:
-            self.host.emit(
-                "delivery.result",
-                id=message.id,
-                rcpt=rcpt.address,
-                result="deferred",
-                reply=str(reply),
-                server=server,
-            )
+            result = "deferred"
+        self.host.emit(
+            "delivery.result",
+            id=message.id,
+            rcpt=rcpt.address,
+            result=result,
+            reply=str(reply),
+            server=server,
+            **extra,
+        )
 
     def _finish(self, message: QueuedMessage, content: bytes | None = None) -> None:
         """After an attempt: bounce what failed, schedule what is pending, or let go."""
