@@ -20,19 +20,14 @@ from lab.errors import LabError
 from lab.harness.clock import LabClock
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult, build_message, submit
-from lab.nodes.dns import DnsServer
-from lab.nodes.fetch import FetchService
 from lab.nodes.host import Host
-from lab.nodes.mta.service import SMTP_PORT, MtaService
-from lab.nodes.pop3 import Pop3Service
-from lab.nodes.resolver import Resolver
+from lab.nodes.mta.service import MtaService
+from lab.nodes.services import SERVICE_PORTS, HostServices, submission_target
 from lab.nodes.tls import LabCA
 from lab.software import check_supported
 from lab.topology.addressing import assign_addresses, hostname_of
-from lab.topology.model import Fault, Service, Topology
+from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable
-
-SERVICE_PORTS = {"smtp": 25, "pop3": 110, "dns": 53}
 
 
 class InProcessBackend:
@@ -65,6 +60,7 @@ class InProcessBackend:
         self.mtas: dict[str, MtaService] = {}
         self.fetchers: dict[str, Any] = {}
         self.pop3: dict[str, Any] = {}
+        self.services: dict[str, HostServices] = {}
         self.ca: LabCA | None = None
 
     # lifecycle -------------------------------------------------------------------------
@@ -92,54 +88,36 @@ class InProcessBackend:
                 tls=self.ca,
             )
             self.hosts[name] = host
-        # DNS first: the others resolve through it.
-        for host in self.hosts.values():
-            if Service.dns in host.node.service_set():
-                await DnsServer(host, self.records).start()
         for name, host in self.hosts.items():
-            services = host.node.service_set()
-            if Service.smtp in services:
-                mta = MtaService(
-                    host,
-                    Resolver(host.net, timeout=self.dns_timeout),
-                    connect_timeout=self.connect_timeout,
-                    durable=self.durable,
-                )
-                await mta.start()
-                self.mtas[name] = mta
-            await self._start_extra(name, host, services)
+            self.services[name] = HostServices(
+                host,
+                self.records,
+                connect_timeout=self.connect_timeout,
+                dns_timeout=self.dns_timeout,
+                durable=self.durable,
+                link_up=functools.partial(self.link_is_up, name),
+            )
+        # DNS first: the others resolve through it.
+        for services in self.services.values():
+            await services.start_dns()
+        for name, services in self.services.items():
+            await services.start_others()
+            if services.mta is not None:
+                self.mtas[name] = services.mta
+            if services.pop3 is not None:
+                self.pop3[name] = services.pop3
+            if services.fetcher is not None:
+                self.fetchers[name] = services.fetcher
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.events.emit("lab", "lab.up", backend=self.name, nodes=list(self.hosts))
 
-    async def _start_extra(self, name: str, host: Host, services: set[Service]) -> None:
-        """The POP3 and fetch services, when the node runs them."""
-        if Service.pop3 in services:
-            pop = Pop3Service(host, self.mtas.get(name))
-            await pop.start()
-            self.pop3[name] = pop
-        if Service.fetch in services:
-            fetcher = FetchService(
-                host,
-                Resolver(host.net, timeout=self.dns_timeout),
-                self.mtas.get(name),
-                link_up=functools.partial(self.link_is_up, name),
-            )
-            await fetcher.start()
-            self.fetchers[name] = fetcher
-
     async def down(self) -> None:
         await self.settle(timeout=5.0)
         await self.clock.stop()
-        for fetcher in self.fetchers.values():
-            await fetcher.stop()
-        for pop in self.pop3.values():
-            await pop.stop()
-        for mta in self.mtas.values():
-            mta.queue.close()
+        for services in self.services.values():
+            await services.stop()
         for host in self.hosts.values():
-            for task in list(host.tasks):
-                task.cancel()
             await host.net.close()  # type: ignore[attr-defined]
         for conn in list(self.vnet.conns.values()):
             conn.close()
@@ -187,30 +165,8 @@ class InProcessBackend:
 
     def submission_target(self, node: str, via: str | None) -> tuple[str, str, int]:
         """(lab address, server name, port) a node submits to."""
-        host = self._host(node)
-        target = via or host.node.submit_to
-        port = host.node.submit_port if not via else SMTP_PORT
-        if target is None:
-            if node in self.mtas:
-                target = node
-            else:
-                shared = [
-                    n for n in self.mtas if set(self.addresses[n]) & set(self.addresses[node])
-                ]
-                if not shared:
-                    raise LabError(f"node {node!r} has no MTA to submit to")
-                target = shared[0]
-        name = target
-        if target in self.topology.nodes:
-            name = hostname_of(self.topology, target)
-            mine = set(self.addresses[node])
-            nets = self.addresses[target]
-            shared_nets = [n for n in nets if n in mine] or list(nets)
-            return str(nets[shared_nets[0]]), name, port
-        found = self.records.lookup(target, "A").values("A")
-        if not found:
-            raise LabError(f"{target!r} does not resolve in the lab")
-        return str(found[0]), name, port
+        self._host(node)
+        return submission_target(self.topology, self.addresses, self.records, node, via)
 
     async def send(
         self, node: str, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
@@ -311,16 +267,11 @@ class InProcessBackend:
         return self._mta(node).list_queue()
 
     def mailbox(self, node: str, user: str) -> list[dict[str, Any]]:
-        host = self._host(node)
-        if node in self.mtas:
-            return self.mtas[node].mailbox(user)
-        from lab.nodes.maildir import MailStore
+        self._host(node)
+        return self.services[node].mailbox(user)
 
-        store = MailStore(host.state_dir / "mail", durable=False)
-        return [
-            {"id": k, "envelope_from": "", "raw": store.read(user, k).decode("utf-8", "replace")}
-            for k in store.keys(user)
-        ]
+    def queue_content(self, node: str, queue_id: str) -> bytes:
+        return self._mta(node).queue.content(queue_id)
 
     def status(self) -> dict[str, Any]:
         nodes: dict[str, Any] = {}
@@ -366,5 +317,6 @@ class InProcessBackend:
         self.events.emit("lab", "dns.fault", name=name, fault=fault or "none")
 
     def add_fault(self, node: str, fault: dict[str, Any]) -> None:
-        self._mta(node).runtime_faults.append(Fault.model_validate(fault))
+        self._mta(node)
+        self.services[node].add_fault(fault)
         self.events.emit(node, "fault.added", **{k: str(v) for k, v in fault.items()})
