@@ -433,6 +433,55 @@ def down(lab_name: str | None) -> None:
 
 
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option(
+    "--all-hosts",
+    is_flag=True,
+    help="Also remove labs owned by processes of other hosts (which cannot be checked here).",
+)
+@json_option
+@friendly
+def gc(dry_run: bool, all_hosts: bool, as_json: bool) -> None:
+    """Remove the Docker objects of labs whose owner is gone.
+
+    Only containers, networks and volumes labelled by maillab are looked at, and of
+    those only the ones whose owning process (the `maillab up` or test run that brought
+    the lab up) no longer exists on this machine are removed. Running labs, labs of
+    other hosts (unless --all-hosts) and anything not made by maillab are left alone.
+    """
+    import docker
+    import docker.errors
+    import requests
+
+    from lab.backends import dockergc
+
+    try:
+        client = docker.from_env()
+    except docker.errors.DockerException as exc:
+        raise LabError(f"no Docker engine answers ({exc}); is Docker running?") from None
+    try:
+        runs = dockergc.gc(client, dry_run=dry_run, include_foreign_hosts=all_hosts)
+    except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        raise LabError(f"Docker engine error: {exc}") from None
+    finally:
+        client.close()
+    errors = [f"run {r.run}: {e}" for r in runs for e in r.errors]
+    if as_json:
+        emit_json([r.to_json() for r in runs])
+    elif not runs:
+        click.echo("nothing to collect")
+    else:
+        rows: list[tuple[str, ...]] = [("RUN", "LAB", "OWNER", "CONTAINERS", "NETWORKS", "VOLUMES")]
+        rows += [(r.run, r.lab, r.owner, *(str(n) for n in r.counts)) for r in runs]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        click.echo("would remove:" if dry_run else "removed:")
+        for row in rows:
+            click.echo("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
+    if errors:
+        raise LabError("some objects could not be removed:\n  " + "\n  ".join(errors))
+
+
+@main.command()
 @lab_option
 @json_option
 @friendly
