@@ -10,6 +10,7 @@ the answer is one line, {"ok": true, "result": ...} or {"ok": false, "error": ".
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import os
 import socket
@@ -210,17 +211,17 @@ class ControlServer:
         return {
             "node": node,
             "tried": await self.backend.flush(node),
-            "queue": self.backend.queue(node),
+            "queue": await _maybe(self.backend.queue(node)),
         }
 
     async def _fetch(self, node: str) -> Any:
         return {"node": node, "fetched": await self.backend.fetch(node)}
 
     async def _queue(self, node: str) -> Any:
-        return self.backend.queue(node)
+        return await _maybe(self.backend.queue(node))
 
     async def _mailbox(self, node: str, user: str) -> Any:
-        return self.backend.mailbox(node, user)
+        return await _maybe(self.backend.mailbox(node, user))
 
     async def _clock(self, advance: str) -> Any:
         ran = await self.backend.advance(parse_duration(advance))
@@ -241,12 +242,19 @@ class ControlServer:
         fault: str | None = None,
     ) -> Any:
         if type:
-            self.backend.set_dns(name, type, values or [])
+            await _maybe(self.backend.set_dns(name, type, values or []))
         else:
-            self.backend.set_dns_fault(name, fault)
+            await _maybe(self.backend.set_dns_fault(name, fault))
         return {"name": name}
 
     async def _down(self) -> Any:
         assert self.stopped is not None
         self.stopped.set()
         return {"name": self.name, "stopping": True}
+
+
+async def _maybe(result: Any) -> Any:
+    """A backend's answer: plain (in-process) or awaited (Docker, over its control sockets)."""
+    if inspect.isawaitable(result):
+        return await result
+    return result

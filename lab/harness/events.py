@@ -89,7 +89,11 @@ class EventBus:
         self._listeners.append(callback)
 
     def emit(self, node: str, kind: str, **data: Any) -> Event:
-        event = Event(next(self._seq), self._clock(), node, kind, data)
+        return self.record(self._clock(), node, kind, data)
+
+    def record(self, time: float, node: str, kind: str, data: dict[str, Any]) -> Event:
+        """Add an event that happened at lab time `time` (a host in a container saw it)."""
+        event = Event(next(self._seq), time, node, kind, data)
         self.events.append(event)
         if self._log is not None:
             self._log.write(_ENCODER.encode(event.to_json()) + "\n")

@@ -18,6 +18,7 @@ import contextlib
 import email
 import email.message
 import email.policy
+import inspect
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -56,8 +57,13 @@ class _LoopThread:
             raise
 
     def call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call a backend method on the loop: plain (in-process) or a coroutine (Docker)."""
+
         async def wrapper() -> Any:
-            return func(*args, **kwargs)
+            result = func(*args, **kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            return result
 
         return self.run(wrapper())
 

@@ -13,12 +13,25 @@ import trustme
 
 
 class LabCA:
-    def __init__(self, state_dir: Path | None = None):
-        self._ca = trustme.CA(organization_name="maillab")
+    def __init__(self, state_dir: Path | None = None, *, ca: trustme.CA | None = None):
+        self._ca = ca or trustme.CA(organization_name="maillab")
         self._contexts: dict[str, ssl.SSLContext] = {}
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
             self._ca.cert_pem.write_to_path(str(state_dir / "lab-ca.pem"))
+
+    def save_key(self, directory: Path) -> None:
+        """Write the CA certificate and its key, for the lab's hosts in containers."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self._ca.cert_pem.write_to_path(str(directory / "lab-ca.pem"))
+        self._ca.private_key_pem.write_to_path(str(directory / "lab-ca.key"))
+
+    @classmethod
+    def load(cls, directory: Path) -> LabCA:
+        """The lab's CA from `save_key`: every host issues and trusts the same CA."""
+        cert = (directory / "lab-ca.pem").read_bytes()
+        key = (directory / "lab-ca.key").read_bytes()
+        return cls(ca=trustme.CA.from_pem(cert, key))
 
     @property
     def ca_pem(self) -> bytes:

@@ -1,0 +1,1 @@
+"""One lab host inside a container: `python -m lab.node` (see agent.py)."""

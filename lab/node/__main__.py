@@ -1,0 +1,5 @@
+import sys
+
+from lab.node.agent import main
+
+sys.exit(main())
