@@ -16,6 +16,7 @@ run on a fresh lab on the --lab-backend backend; a failure shows the check's ste
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,14 +34,60 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--lab-backend",
         action="store",
         default="inprocess",
-        choices=sorted(BACKENDS),
-        help="backend for the `lab` fixture (default: inprocess)",
+        help="backend(s) for the `lab` fixture and the topology checks: inprocess, docker,"
+        " a comma-separated list (each test runs on each), or `all` (default: inprocess)",
     )
     parser.addini(
         "lab_topologies",
         "directory of topology files for @pytest.mark.topology; their checks are collected",
         default="topologies",
     )
+
+
+def lab_backends(config: pytest.Config) -> list[str]:
+    """The backends of --lab-backend, in order."""
+    value = str(config.getoption("--lab-backend"))
+    names = list(BACKENDS) if value == "all" else [v.strip() for v in value.split(",") if v]
+    unknown = [n for n in names if n not in BACKENDS]
+    if unknown or not names:
+        raise pytest.UsageError(
+            f"--lab-backend {value!r}: expected one or more of {', '.join(BACKENDS)}, or all"
+        )
+    return names
+
+
+_ENGINE: dict[str, str] = {}
+
+
+def require_backend(name: str) -> None:
+    """Skip (fail under CI=true) a test whose backend cannot run on this machine."""
+    if name != "docker":
+        return
+    if "docker" not in _ENGINE:
+        try:
+            import docker
+
+            client = docker.from_env(timeout=10)
+            client.ping()
+            client.close()
+            _ENGINE["docker"] = ""
+        except Exception as exc:
+            _ENGINE["docker"] = f"no Docker engine answers ({type(exc).__name__}: {exc})"
+    why = _ENGINE["docker"]
+    if why:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"the docker backend is required in CI: {why}", pytrace=False)
+        pytest.skip(f"docker backend: {why}")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A test that takes `lab_backend` (or `lab`) runs once on each --lab-backend backend."""
+    if "lab_backend" not in metafunc.fixturenames:
+        return
+    if metafunc.definition.get_closest_marker("lab_backend") is not None:
+        return
+    backends = lab_backends(metafunc.config)
+    metafunc.parametrize("lab_backend", backends, indirect=True, ids=backends)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -67,9 +114,12 @@ def lab_backend(request: pytest.FixtureRequest) -> str:
     """The backend the `lab` fixture uses (--lab-backend, or a lab_backend marker)."""
     marker = request.node.get_closest_marker("lab_backend")
     if marker is not None:
-        return str(marker.args[0])
-    param = getattr(request, "param", None)
-    return str(param or request.config.getoption("--lab-backend"))
+        name = str(marker.args[0])
+    else:
+        param = getattr(request, "param", None)
+        name = str(param or lab_backends(request.config)[0])
+    require_backend(name)
+    return name
 
 
 @pytest.fixture
@@ -128,8 +178,13 @@ class TopologyFile(pytest.File):
             topology = load(self.path).model
         except TopologyError as exc:
             raise self.CollectError(f"invalid topology {self.path}:\n{exc}") from None
+        backends = lab_backends(self.config)
         for name in topology.checks:
-            yield CheckItem.from_parent(self, name=name, topology=topology)
+            for backend in backends:
+                label = f"{name}[{backend}]" if len(backends) > 1 else name
+                yield CheckItem.from_parent(
+                    self, name=label, topology=topology, check=name, backend=backend
+                )
 
 
 class CheckFailed(Exception):
@@ -143,17 +198,19 @@ class CheckFailed(Exception):
 class CheckItem(pytest.Item):
     """One named check of a topology file, run on a fresh lab."""
 
-    def __init__(self, *, topology: Any, **kwargs: Any):
+    def __init__(self, *, topology: Any, check: str, backend: str, **kwargs: Any):
         super().__init__(**kwargs)
         self.topology = topology
+        self.check = check
+        self.backend = backend
 
     def runtest(self) -> None:
         from lab.harness.checks import run_check
 
         root = Path(str(self.config.rootpath))
         file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
-        backend = str(self.config.getoption("--lab-backend"))
-        result = run_check(self.topology, self.name, backend=backend, file=file)
+        require_backend(self.backend)
+        result = run_check(self.topology, self.check, backend=self.backend, file=file)
         if not result.ok:
             raise CheckFailed(result)
 

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from lab.harness import Lab
-from lab.harness.events import Event
 from lab.topology import load
 from lab.topology.model import Topology
 
@@ -36,22 +35,6 @@ def lg45(**changes: Any) -> Topology:
             target = getattr(target, parent)
         setattr(target, last, value)
     return topology
-
-
-def capture_queued(lab: Lab, node: str) -> dict[str, bytes]:
-    """Queue id -> content of every message `node` queues from now on (DSNs included).
-
-    The content is read while the queue still holds it, at the moment it is queued.
-    """
-    captured: dict[str, bytes] = {}
-    mta = lab.backend.mtas[node]
-
-    def listener(event: Event) -> None:
-        if event.node == node and event.kind == "queue.queued":
-            captured[event.get("id")] = mta.queue.content(event.get("id"))
-
-    lab.backend.events.listen(listener)
-    return captured
 
 
 def delivery_status(raw: bytes | str) -> dict[str, str]:
@@ -83,7 +66,7 @@ def received_chain(raw: str) -> list[str]:
 
 def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere(lab_backend: str) -> None:
     with Lab.up(LG45, backend=lab_backend) as lab:
-        at_isp = capture_queued(lab, "isp")
+        at_isp = lab.capture_queued("isp")
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
 

@@ -69,6 +69,7 @@ class NodeControl:
         self.ids = 0
         self.task: asyncio.Task[None] | None = None
         self.closed = False
+        self.captured: dict[str, bytes] = {}
 
     async def connect(self, timeout: float, alive: Any) -> None:
         loop = asyncio.get_running_loop()
@@ -94,7 +95,11 @@ class NodeControl:
                 message = json.loads(line)
                 if "event" in message:
                     e = message["event"]
-                    self.events.record(e["time"], e["node"], e["kind"], e.get("data") or {})
+                    data = e.get("data") or {}
+                    if "content_b64" in data:  # a capture_queued copy
+                        content = base64.b64decode(data.pop("content_b64"))
+                        self.captured[str(data.get("id"))] = content
+                    self.events.record(e["time"], e["node"], e["kind"], data)
                     continue
                 future = self.pending.pop(message.get("id"), None)
                 if future is not None and not future.done():
@@ -698,6 +703,13 @@ class DockerBackend:
     async def queue(self, node: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await self._need_mta(node).call("queue")
         return found
+
+    async def capture_queued(self, node: str) -> dict[str, bytes]:
+        """Queue id -> content of every message `node` queues from now on, read by the
+        host as it is queued (DSNs included: they may be gone from the queue a moment later)."""
+        control = self._need_mta(node)
+        await control.call("capture")
+        return control.captured
 
     async def queue_content(self, node: str, queue_id: str) -> bytes:
         return base64.b64decode(await self._need_mta(node).call("queue.content", id=queue_id))

@@ -270,6 +270,19 @@ class InProcessBackend:
         self._host(node)
         return self.services[node].mailbox(user)
 
+    def capture_queued(self, node: str) -> dict[str, bytes]:
+        """Queue id -> content of every message `node` queues from now on, read as it is
+        queued (DSNs included: they may be gone from the queue a moment later)."""
+        mta = self._mta(node)
+        captured: dict[str, bytes] = {}
+
+        def listener(event: Any) -> None:
+            if event.node == node and event.kind == "queue.queued":
+                captured[event.get("id")] = mta.queue.content(event.get("id"))
+
+        self.events.listen(listener)
+        return captured
+
     def queue_content(self, node: str, queue_id: str) -> bytes:
         return self._mta(node).queue.content(queue_id)
 

@@ -238,6 +238,12 @@ class Lab:
         result: list[dict[str, Any]] = self._call(self.backend.queue, node)
         return result
 
+    def capture_queued(self, node: str) -> dict[str, bytes]:
+        """Queue id -> content of every message `node` queues from now on (filled in as
+        they are queued, DSNs included), for looking at what a hop really sent."""
+        captured: dict[str, bytes] = self._call(self.backend.capture_queued, node)
+        return captured
+
     def mailbox(self, node: str, user: str) -> list[MailboxMessage]:
         items = self._call(self.backend.mailbox, node, user)
         return [

@@ -65,6 +65,7 @@ class Agent:
         self.events.listen(self._forward)
         self.writer: asyncio.StreamWriter | None = None
         self.quiet = False  # readiness probes are not the lab's business
+        self.capture = False  # send queued messages' content with their queue.queued events
         self.services: HostServices | None = None
         self.host: Host | None = None
         self.connected = asyncio.Event()
@@ -76,8 +77,13 @@ class Agent:
     def _forward(self, event: Event) -> None:
         if self.quiet or self.writer is None or self.writer.is_closing():
             return
+        data = event.data
+        if self.capture and event.kind == "queue.queued" and self.services is not None:
+            with contextlib.suppress(Exception):
+                content = self.services.queue_content(str(event.get("id")))
+                data = {**data, "content_b64": base64.b64encode(content).decode()}
         line = {"event": {"time": event.time, "node": event.node, "kind": event.kind}}
-        line["event"]["data"] = event.data
+        line["event"]["data"] = data
         self.writer.write(_ENCODER.encode(line).encode() + b"\n")
 
     # the host ----------------------------------------------------------------------------
@@ -148,10 +154,14 @@ class Agent:
                 )
             )
         self.quiet = True
+        if self.services.mta is not None:
+            self.services.mta.probing = True
         try:
             probes = await self._probe()
         finally:
             self.quiet = False
+            if self.services.mta is not None:
+                self.services.mta.probing = False
         return {"probes": probes, "hostname": self.host.hostname}
 
     async def _probe(self) -> dict[str, str]:
@@ -289,6 +299,9 @@ class Agent:
             return count
         if op == "queue":
             return services.queue()
+        if op == "capture":
+            self.capture = True
+            return None
         if op == "queue.content":
             return base64.b64encode(services.queue_content(args["id"])).decode()
         if op == "mailbox":

@@ -135,7 +135,9 @@ class RealNet:
         network = self._route_to_dns()
         state = self.link_state(network) if network else "up"
         if state == "down-refuse":
-            raise Unreachable(f"DNS server {self.dns_server} unreachable: the link is down")
+            raise Unreachable(
+                f"DNS server {self.dns_server} unreachable: the link to {network} is down"
+            )
         response = await dns.asyncquery.udp(query, self.dns_server, timeout=timeout)
         if response.flags & dns.flags.TC:
             response = await dns.asyncquery.tcp(query, self.dns_server, timeout=timeout)

@@ -91,6 +91,7 @@ class MtaService:
         self.greylist: dict[tuple[str, str, str], float] = {}
         self.fault_hits: dict[int, int] = defaultdict(int)
         self.runtime_faults: list[Any] = []
+        self.probing = False  # set while a backend checks that the service answers
         self.server: Any = None
         self._due: list[str] = []  # accepted, waiting for the delivery runner
         self._runner: asyncio.Task[None] | None = None

@@ -225,6 +225,8 @@ class Handler:
         self.emit("smtp.command", command=verb, arg=arg or "")
 
     def fault(self, stage: str, address: str | None) -> Fault | None:
+        if self.mta.probing:  # a readiness probe neither triggers nor uses up a fault
+            return None
         for index, fault in enumerate([*self.mta.node.faults, *self.mta.runtime_faults]):
             if fault.on.value != stage:
                 continue
