@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TOPOLOGY ?= topologies/home-dialup.yaml
-BACKEND ?= inprocess
+# auto: Docker when an engine answers, in-process otherwise (maillab up says which).
+BACKEND ?= auto
 # pytest-xdist workers: one per core by default.
 WORKERS ?= auto
 STAMP := $(VENV)/.installed
@@ -27,7 +28,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create the virtual environment, install maillab and the tools the tests use.
 	@./scripts/install-tools.sh
 
-lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=inprocess|docker) and hold it until Ctrl-C.
+lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess) and hold it until Ctrl-C.
 	$(BIN)/maillab validate $(TOPOLOGY)
 	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -308,20 +309,45 @@ def _print_status(status: dict[str, Any]) -> None:
     op = status.get("operator") or {}
     if op.get("node"):
         click.echo(f"  You connect from this machine as {op['node']} ({op['address']}).")
+    if status["backend"] == "docker":
+        click.echo(
+            f"  Hosts are containers: `maillab shell {op.get('node') or next(iter(nodes))}`"
+            " opens a shell on one (then `telnet hub 25`, `dig MX example.com`)."
+        )
     smtp = next((n for n in nodes.values() if "smtp" in n["endpoints"]), None)
     if smtp:
         host, _, port = smtp["endpoints"]["smtp"].rpartition(":")
         click.echo(f"  Try: telnet {host} {port}")
 
 
+def choose_backend(backend: str) -> str:
+    """`auto`: Docker when an engine answers, in-process otherwise; says which."""
+    if backend != "auto":
+        return backend
+    try:
+        import docker
+
+        client = docker.from_env(timeout=5)
+        client.ping()
+        client.close()
+    except Exception as exc:
+        click.echo(f"backend: inprocess (no Docker engine answers: {type(exc).__name__})", err=True)
+        return "inprocess"
+    click.echo(
+        "backend: docker (a Docker engine answers; --backend inprocess to stay here)", err=True
+    )
+    return "docker"
+
+
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path))
 @click.option(
     "--backend",
-    type=click.Choice(["inprocess", "docker"]),
+    type=click.Choice(["inprocess", "docker", "auto"]),
     default="inprocess",
     show_default=True,
-    help="Where the hosts run.",
+    help="Where the hosts run: in this process, a container per host, or docker when an"
+    " engine answers (auto).",
 )
 @click.option("--name", help="Name of this lab (default: the topology's name).")
 @click.option("-d", "--detach", is_flag=True, help="Leave the lab running in the background.")
@@ -337,6 +363,7 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     from lab.topology import load
 
     topology = load(file).model
+    backend = choose_backend(backend)
     name = name or topology.name
     if name in running_labs():
         raise LabError(
@@ -391,7 +418,12 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
-    lab = Lab.up(topology, backend=backend)
+    options: dict[str, Any] = {}
+    if backend == "docker":
+        from lab.images import Progress
+
+        options["progress"] = Progress(quiet=as_json)
+    lab = Lab.up(topology, backend=backend, **options)
     lab.source = file
     server = ControlServer(lab, name, file)
     try:
@@ -479,6 +511,88 @@ def gc(dry_run: bool, all_hosts: bool, as_json: bool) -> None:
             click.echo("  " + "  ".join(c.ljust(widths[i]) for i, c in enumerate(row)).rstrip())
     if errors:
         raise LabError("some objects could not be removed:\n  " + "\n  ".join(errors))
+
+
+def _container(lab_name: str | None, node: str) -> tuple[str, str]:
+    """(lab name, container name) of NODE in a running Docker lab."""
+    from lab.harness.control import request
+
+    status = request(lab_name, "status")
+    name = str(status["name"])
+    if node not in status["nodes"]:
+        raise LabError(f"unknown node {node!r}; expected one of: {', '.join(status['nodes'])}")
+    if status["backend"] != "docker":
+        raise LabError(
+            f"lab {name!r} runs on the {status['backend']} backend, where hosts are not"
+            " machines of their own; bring it up with --backend docker for a shell, or"
+            " connect to the endpoints `maillab status` prints (telnet, swaks)"
+        )
+    return name, str(status["nodes"][node]["container"])
+
+
+def _docker_cli() -> str:
+    import shutil
+
+    found = shutil.which("docker")
+    if found is None:
+        raise LabError("this needs the docker command-line client (Debian package docker.io)")
+    return found
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@friendly
+def shell(lab_name: str | None, node: str) -> None:
+    """Open a shell on NODE's container (telnet, swaks, dig, nc, mail, fetchmail are there)."""
+    _, container = _container(lab_name, node)
+    docker = _docker_cli()
+    flags = "-it" if sys.stdin.isatty() else "-i"
+    os.execvp(docker, [docker, "exec", flags, "-e", "TERM", container, "bash", "-l"])
+
+
+@main.command("exec", context_settings={"ignore_unknown_options": True})
+@lab_option
+@click.argument("node")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@friendly
+def exec_(lab_name: str | None, node: str, command: tuple[str, ...]) -> None:
+    """Run COMMAND on NODE's container: `maillab exec pc1 -- dig MX freeuk.com`.
+
+    Exits with the command's exit status.
+    """
+    import subprocess
+
+    _, container = _container(lab_name, node)
+    docker = _docker_cli()
+    flags = ["-i"] + (["-t"] if sys.stdin.isatty() and sys.stdout.isatty() else [])
+    sys.exit(subprocess.call([docker, "exec", *flags, container, *command]))
+
+
+@main.command()
+@lab_option
+@click.argument("node")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("--tail", type=int, help="Only the last N lines.")
+@friendly
+def logs(lab_name: str | None, node: str, follow: bool, tail: int | None) -> None:
+    """Print the log of NODE's container (its agent and services)."""
+    import docker
+    import docker.errors
+
+    _, container_name = _container(lab_name, node)
+    try:
+        container = docker.from_env().containers.get(container_name)
+        if follow:
+            for chunk in container.logs(stream=True, follow=True, tail=tail or "all"):
+                sys.stdout.write(chunk.decode("utf-8", "replace"))
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(container.logs(tail=tail or "all").decode("utf-8", "replace"))
+    except docker.errors.DockerException as exc:
+        raise LabError(f"cannot read the log of {container_name}: {exc}") from None
+    except KeyboardInterrupt:
+        pass
 
 
 @main.command()
