@@ -13,7 +13,7 @@ WORKERS ?= auto
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab-up lab-down test unit lint format schema bench images clean
+.PHONY: help setup lab-up lab-down test unit lint format schema bench images bench-images clean
 
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
@@ -58,6 +58,9 @@ bench: $(STAMP) ## Run the benchmarks and write docs/benchmarks.md.
 
 images: $(STAMP) ## Build the Docker images (needs a Docker engine).
 	$(BIN)/maillab images build
+
+bench-images: $(STAMP) ## Time node image builds: no-op, after a code change (COLD=1: from nothing).
+	$(BIN)/python -m bench.images $(if $(COLD),--cold)
 
 clean: ## Remove the virtual environment, caches and lab state.
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .lab

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -96,3 +98,30 @@ def wire() -> Iterator[Callable[..., SmtpWire]]:
     yield open_wire
     for session in opened:
         session.close()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "docker: needs a Docker engine (the docker_client fixture)")
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A Docker SDK client for the engine of this machine. Without an engine the test is
+    skipped, except when CI=true: CI machines must have one, so there it fails."""
+    from lab.errors import LabError
+    from lab.images import docker_client as connect
+
+    try:
+        client = connect(timeout=10.0)
+    except LabError as exc:
+        problem = str(exc)
+    else:
+        problem = ""
+    if problem and os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true, and the CI machine must have a Docker engine: {problem}", False)
+    if problem:
+        pytest.skip(problem)
+    try:
+        yield client
+    finally:
+        client.close()
