@@ -458,10 +458,29 @@ def down(lab_name: str | None) -> None:
 
     info = find_lab(lab_name)
     request(info["name"], "down")
-    deadline = time.monotonic() + 60
-    while info["name"] in running_labs() and time.monotonic() < deadline:
+    pid = int(info.get("pid", 0))
+    deadline = time.monotonic() + 120
+    # gone from the registry, and its process has finished (containers removed)
+    while time.monotonic() < deadline and (
+        info["name"] in running_labs() or (pid and _process_alive(pid))
+    ):
         time.sleep(0.05)
     click.echo(f"lab {info['name']!r} is down")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a finished child that nobody reaped yet is not alive
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 @main.command()

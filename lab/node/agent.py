@@ -231,6 +231,12 @@ class Agent:
             iface = self.me["interfaces"][network]
             for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
                 if state == "down-refuse":
+                    if chain == "OUTPUT":  # the refusals themselves go out
+                        rules += [
+                            f"-A OUTPUT -o {iface} -p tcp --tcp-flags RST RST -j ACCEPT",
+                            f"-A OUTPUT -o {iface} -p icmp --icmp-type destination-unreachable"
+                            " -j ACCEPT",
+                        ]
                     rules += [
                         f"-A {chain} {flag} {iface} -p tcp -j REJECT --reject-with tcp-reset",
                         f"-A {chain} {flag} {iface} -p udp -j REJECT"
