@@ -445,11 +445,25 @@ Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 """
 
 _DEBOOTSTRAP_LINE = re.compile(r"^I: (Retrieving|Validating|Unpacking|Configuring) (\S+)")
-_DEBOOTSTRAP_NOT_PACKAGES = {"InRelease", "Release", "Release.gpg", "Packages", "required", "base"}
+_DEBOOTSTRAP_NOT_PACKAGES = {
+    "InRelease",
+    "Release",
+    "Release.gpg",
+    "Packages",
+    "required",
+    "base",
+    "the",
+}
 
 
 class _DebootstrapCounter:
-    """Counts the packages debootstrap retrieves, validates, unpacks and configures."""
+    """Counts the packages debootstrap retrieves, validates, unpacks and configures.
+
+    Details (every line, with the counts) go to the terminal line; a milestone with the
+    counts so far marks each stage reached: downloading (retrieving and validating, which
+    alternate), unpacking, configuring (debootstrap goes back to unpacking once, for the
+    base packages after the required ones), and the end.
+    """
 
     VERBS: ClassVar[dict[str, str]] = {
         "Retrieving": "retrieved",
@@ -457,31 +471,35 @@ class _DebootstrapCounter:
         "Unpacking": "unpacked",
         "Configuring": "configured",
     }
+    STAGES: ClassVar[dict[str, int]] = {
+        "Retrieving": 1,
+        "Validating": 1,
+        "Unpacking": 2,
+        "Configuring": 3,
+    }
 
     def __init__(self, progress: Progress) -> None:
         self.progress = progress
         self.counts = dict.fromkeys(self.VERBS, 0)
-        self.phase = ""
+        self.stage = 0
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{self.VERBS[v]} {n}" for v, n in self.counts.items() if n)
+        return f"{counts} packages" if counts else "starting"
 
     def __call__(self, line: str) -> None:
         match = _DEBOOTSTRAP_LINE.match(line)
         if match and match[2].rstrip(".") not in _DEBOOTSTRAP_NOT_PACKAGES:
             verb = match[1]
-            if verb != self.phase:
-                self._milestone()
-                self.phase = verb
+            if self.STAGES[verb] > self.stage:
+                if self.stage:
+                    self.progress.step(f"base image: debootstrap: {self.summary()}")
+                self.stage = self.STAGES[verb]
             self.counts[verb] += 1
-        counts = ", ".join(f"{self.VERBS[v]} {n}" for v, n in self.counts.items() if n)
-        self.progress.status(f"base image: debootstrap: {counts or 'starting'} | {line}")
-
-    def _milestone(self) -> None:
-        if self.phase:
-            n = self.counts[self.phase]
-            self.progress.step(f"base image: debootstrap: {self.VERBS[self.phase]} {n} packages")
+        self.progress.status(f"base image: debootstrap: {self.summary()} | {line}")
 
     def finish(self) -> None:
-        self._milestone()
-        self.phase = ""
+        self.progress.step(f"base image: debootstrap: {self.summary()}")
 
 
 def _mounts_under(path: Path) -> list[str]:
@@ -754,19 +772,22 @@ class NodeImage:
 
 @contextlib.contextmanager
 def _build_lock(progress: Progress) -> Iterator[None]:
-    """One build at a time on this machine (parallel test workers wait for the first)."""
-    path = cache_dir().parent / "build.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
+    """One build at a time on this machine, whatever the cache directory (the engine is
+    shared): parallel test workers wait for the first."""
+    path = Path(tempfile.gettempdir()) / "maillab-images.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file in a sticky /tmp
+        fd = os.open(path, os.O_RDONLY)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             progress.step("waiting for another maillab image build to finish")
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
@@ -817,8 +838,8 @@ def _docker_build(client: Any, context: Path, tag: str, progress: Progress, noca
 
 
 def _prune_old_tags(client: Any, keep: str) -> None:
-    """Untag older maillab-node:<hash> images beyond the newest few; images that a
-    container still uses stay (no force)."""
+    """Untag older maillab-node:<hash> images beyond the newest few, and remove node
+    images left with no tag; images that a container still uses stay (no force)."""
     try:
         images = client.api.images(name=NODE_REPO)
     except _docker_errors():
@@ -832,6 +853,11 @@ def _prune_old_tags(client: Any, keep: str) -> None:
     for _, ref in tagged[KEEP_OLD_TAGS:]:
         with contextlib.suppress(*_docker_errors()):
             client.api.remove_image(ref)
+    # node images left without a tag (latest moved on from them)
+    with contextlib.suppress(*_docker_errors()):
+        for image in client.api.images(filters={"dangling": True, "label": f"{LABEL_IMAGE}=node"}):
+            with contextlib.suppress(*_docker_errors()):
+                client.api.remove_image(image["Id"])
 
 
 def make_node_image(

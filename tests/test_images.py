@@ -300,14 +300,21 @@ def test_debootstrap_progress_counts_packages() -> None:
         "I: Unpacking apt...",
         "I: Configuring required packages...",
         "I: Configuring apt...",
+        "I: Unpacking the base system...",
+        "I: Unpacking libgnutls30:amd64...",
+        "I: Configuring the base system...",
+        "I: Configuring libgnutls30:amd64...",
         "I: Base system installed successfully.",
     ]
     for line in lines:
         counter(line)
     counter.finish()
-    assert counter.counts == {"Retrieving": 2, "Validating": 2, "Unpacking": 2, "Configuring": 1}
-    assert "debootstrap: unpacked 2 packages" in out.getvalue()
-    assert "debootstrap: configured 1 packages" in out.getvalue()
+    assert counter.counts == {"Retrieving": 2, "Validating": 2, "Unpacking": 3, "Configuring": 2}
+    assert [line.split("] ", 1)[1] for line in out.getvalue().splitlines()] == [
+        "base image: debootstrap: retrieved 2, validated 2 packages",
+        "base image: debootstrap: retrieved 2, validated 2, unpacked 2 packages",
+        "base image: debootstrap: retrieved 2, validated 2, unpacked 3, configured 2 packages",
+    ]
 
 
 def test_no_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
