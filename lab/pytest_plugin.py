@@ -91,6 +91,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    lab_backends(config)  # a wrong --lab-backend is a usage error before collection
     config.addinivalue_line(
         "markers",
         "topology(name_or_path, **options): the topology the `lab` fixture brings up",

@@ -541,15 +541,18 @@ def test_unknown_check_names_list_the_known_ones() -> None:
 
 
 def test_a_lab_that_cannot_come_up_fails_the_check() -> None:
-    result = run_check(world({"c": "- flush: hub"}), "c", backend="docker")
+    topology = world({"c": "- flush: hub"})
+    topology.nodes["hub"].software = type(topology.nodes["hub"].software)("postfix")
+    result = run_check(topology, "c", backend="inprocess")
     assert not result.ok
     assert statuses(result) == ["not run"]
-    assert result.error.startswith("the lab could not be brought up: the Docker backend")
+    assert result.error.startswith("the lab could not be brought up: node 'hub': software")
     assert re.fullmatch(r"FAIL c: the lab did not come up \(\d+\.\d\ds\)", result.summary())
     assert result.report().splitlines()[1:3] == [
         "  ----  1. flush the queue of hub (not run)",
-        "  the lab could not be brought up: the Docker backend is not available in this version"
-        " of maillab; use --backend inprocess (the default)",
+        "  the lab could not be brought up: node 'hub': software 'postfix' (Postfix, in a"
+        " container (Docker backend)) does not run on the inprocess backend; use software:"
+        " builtin, or the Docker backend",
     ]
 
 
@@ -743,14 +746,21 @@ def test_pytest_collects_checks_as_items(pytester: pytest.Pytester) -> None:
 def test_pytest_items_honour_lab_backend(pytester: pytest.Pytester) -> None:
     pytester.mkdir("topologies")
     (pytester.path / "topologies" / "office.yaml").write_text(GOOD)
-    result = pytester.runpytest_subprocess("--lab-backend", "docker")
-    result.assert_outcomes(failed=2)
+    result = pytester.runpytest_subprocess("--lab-backend", "inprocess,docker", "--co", "-q")
     result.stdout.fnmatch_lines(
         [
-            "check local (topologies/office.yaml, docker backend)",
-            "  the lab could not be brought up: the Docker backend is not available*",
+            "topologies/office.yaml::local[[]inprocess[]]",
+            "topologies/office.yaml::local[[]docker[]]",
+            "topologies/office.yaml::refused[[]inprocess[]]",
+            "topologies/office.yaml::refused[[]docker[]]",
         ]
     )
+    single = pytester.runpytest_subprocess("--lab-backend", "inprocess", "--co", "-q")
+    single.stdout.fnmatch_lines(
+        ["topologies/office.yaml::local", "topologies/office.yaml::refused"]
+    )
+    bad = pytester.runpytest_subprocess("--lab-backend", "qemu")
+    bad.stderr.fnmatch_lines(["*--lab-backend 'qemu': expected one or more of inprocess, docker*"])
 
 
 def test_pytest_reports_an_invalid_topology_with_checks(pytester: pytest.Pytester) -> None:

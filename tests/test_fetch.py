@@ -54,7 +54,9 @@ def topology(change: Callable[[Topology], Any] | None = None) -> Topology:
     return model
 
 
-pytestmark = pytest.mark.topology("home-dialup")
+# These tests reach into the in-process fetch and POP3 services (timings, faults, their
+# stores); the fetch scenarios of home-dialup.yaml run on both backends as checks.
+pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inprocess")]
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ pytest_plugins = ["pytester"]
 
 
 @pytest.mark.topology("home-dialup")
-def test_lab_fixture_brings_up_the_marked_topology(lab):
+def test_lab_fixture_brings_up_the_marked_topology(lab, lab_backend):
     status = lab.status()
     assert status["name"] == "home-dialup"
-    assert status["backend"] == "inprocess"
+    assert status["backend"] == lab_backend
     assert status["links"]["dialup"]["state"] == "down"
     assert set(status["nodes"]) >= {"hub", "isp", "pc1", "dns"}
 

@@ -34,7 +34,8 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-pytestmark = pytest.mark.topology("home-dialup")
+# The POP3 server's own tests, on its in-process endpoints.
+pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inprocess")]
 
 
 @pytest.fixture

@@ -27,6 +27,12 @@ def check_supported(node: str, software: str, backend: str) -> None:
         raise LabError(
             f"node {node!r}: unknown software {software!r}; expected one of: {', '.join(SOFTWARE)}"
         )
+    if software != "builtin" and backend not in BUILTIN_ONLY_BACKENDS:
+        raise LabError(
+            f"node {node!r}: software {software!r} ({SOFTWARE[software]}) is not available yet:"
+            f" the {backend} backend runs the built-in MTA only in this version; use"
+            " software: builtin"
+        )
     if software != "builtin" and backend in BUILTIN_ONLY_BACKENDS:
         raise LabError(
             f"node {node!r}: software {software!r} ({SOFTWARE[software]}) does not run on the"
