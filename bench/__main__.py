@@ -372,8 +372,40 @@ def report(results: dict[str, Any], command: str) -> str:
         "- The big lab's sample message (last client to last domain) was"
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
+        *docker_report(results),
     ]
     return "\n".join(lines)
+
+
+def docker_report(results: dict[str, Any]) -> list[str]:
+    lines = ["## Docker backend", ""]
+    docker, built = results.get("docker"), results.get("images")
+    if not isinstance(docker, dict) or not isinstance(built, dict):
+        return [*lines, f"Not measured: {results.get('docker_error', 'no Docker engine')}.", ""]
+    lines += [
+        "home-dialup (8 hosts: 8 containers, a switch container and the operator's network),"
+        " node image already built; wall time of `Lab.up` / `Lab.down` in this process.",
+        "",
+        "| benchmark | result | target | verdict |",
+        "|---|---|---|---|",
+        f"| home-dialup up (median of {docker['rounds']}) | {docker['up_s']:.2f} s (max"
+        f" {docker['up_max_s']:.2f}) | <= 5 s | {verdict(docker['up_s'] <= 5)} |",
+        f"| home-dialup down (median of {docker['rounds']}) | {docker['down_s']:.2f} s (max"
+        f" {docker['down_max_s']:.2f}) | <= 3 s | {verdict(docker['down_s'] <= 3)} |",
+    ]
+    if "cold_build_s" in built:
+        lines.append(
+            f"| node image, cold: no images, no wheel cache (debootstrap, wheels, every layer)"
+            f" | {built['cold_build_s']:.0f} s | | |"
+        )
+    lines += [
+        f"| node image, warm: nothing changed (`maillab images build`) |"
+        f" {built['warm_noop_s'] * 1000:.0f} ms | | |",
+        f"| node image after a code change (the maillab layer only) |"
+        f" {built['code_change_rebuild_s']:.1f} s | | |",
+        "",
+    ]
+    return lines
 
 
 async def run_all(quick: bool) -> dict[str, Any]:
@@ -396,6 +428,25 @@ async def run_all(quick: bool) -> dict[str, Any]:
     return results
 
 
+def run_docker(quick: bool, cold: bool) -> dict[str, Any]:
+    """The Docker figures, when an engine answers (outside the asyncio loop: Lab runs its own)."""
+    from bench.docker import bench_docker_up_down
+    from bench.images import bench_images
+    from lab.errors import LabError
+
+    results: dict[str, Any] = {}
+    try:
+        print("node image build times ...", file=sys.stderr)
+        results["images"] = bench_images(cold=cold)
+        print(results["images"], file=sys.stderr)
+        print("Docker home-dialup up/down ...", file=sys.stderr)
+        results["docker"] = bench_docker_up_down(3 if quick else 7)
+        print(results["docker"], file=sys.stderr)
+    except LabError as exc:
+        results["docker_error"] = str(exc)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         prog="python -m bench",
@@ -404,9 +455,18 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="smaller counts, for a smoke run")
     parser.add_argument("--write", type=Path, help="write the Markdown report here")
+    parser.add_argument(
+        "--no-cold", action="store_true", help="skip the cold node image build (about a minute)"
+    )
+    parser.add_argument("--docker-only", action="store_true", help="only the Docker figures")
     args = parser.parse_args()
     os.environ.setdefault("TMPDIR", tempfile.gettempdir())
+    if args.docker_only:
+        results = run_docker(args.quick, cold=not args.no_cold)
+        print("\n".join(docker_report(results)))
+        return
     results = asyncio.run(run_all(args.quick))
+    results.update(run_docker(args.quick, cold=not args.no_cold))
     command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
     text = report(results, command)
     print(text)
