@@ -223,6 +223,78 @@ def test_a_killed_lab_is_collected(docker_client: Any, tmp_path: Path) -> None:
     assert docker_client.networks.list(filters={"label": f"{LABEL_RUN}={run}"}) == []
 
 
+INTERRUPTED = textwrap.dedent(
+    """
+    import sys
+    sys.path[:0] = {paths!r}
+    from lab.harness import Lab
+    from lab.topology import load
+    topology = load({topology!r}).model
+    topology.name = {name!r}
+    Lab.up(topology, backend="docker")
+    print("up", flush=True)
+    """
+)
+
+
+def test_ctrl_c_during_up_removes_what_was_created(docker_client: Any, tmp_path: Path) -> None:
+    from lab.backends.dockerlabels import LABEL_LAB
+
+    name = f"interrupted-{os.getpid()}"
+    script = tmp_path / "up.py"
+    script.write_text(INTERRUPTED.format(paths=sys.path, topology=str(HOME_DIALUP), name=name))
+    proc = subprocess.Popen(
+        [sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # interrupt once the first containers exist
+            found = docker_client.containers.list(
+                all=True, filters={"label": f"{LABEL_LAB}={name}"}
+            )
+            if found:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail("no container of the lab appeared")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert b"up" not in out.split(), "the lab came up before the interrupt"
+    assert b"KeyboardInterrupt" in err
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_LAB}={name}"}) == []
+    assert docker_client.networks.list(filters={"label": f"{LABEL_LAB}={name}"}) == []
+
+
+def test_a_host_that_does_not_come_up_fails_with_its_log(
+    docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lab.backends.docker import DockerBackend
+    from lab.errors import LabError
+
+    plan = DockerBackend._plan
+
+    def broken_plan(self: DockerBackend) -> dict[str, Any]:
+        spec = plan(self)
+        spec["dns_timeout"] = "soon"  # the agents cannot start their services with this
+        return spec
+
+    monkeypatch.setattr(DockerBackend, "_plan", broken_plan)
+    with pytest.raises(LabError) as excinfo:
+        Lab.up(LG45, backend="docker", state_dir=tmp_path / "lab")
+    text = str(excinfo.value)
+    assert "did not come up" in text
+    assert "could not convert string to float: 'soon'" in text
+    assert "--- its log (last lines) ---" in text and "agent for " in text
+    assert "hint: " in text and "docker logs maillab-" in text
+    # and nothing is left behind
+    run = text.split("docker logs maillab-")[1].split("-")[0]
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run}"}) == []
+
+
 def test_hands_on_commands_against_a_detached_lab(docker_client: Any, tmp_path: Path) -> None:
     env = {**os.environ, "MAILLAB_HOME": str(tmp_path / "home")}
     maillab = [sys.executable, "-m", "lab"]

@@ -200,6 +200,7 @@ class DockerBackend:
         self.forwards: dict[tuple[str, str], int] = {}  # (node, service) -> operator port
         self.operator_ip = ""
         self.spec: dict[str, Any] = {}
+        self._creating: asyncio.Future[None] | None = None
 
     # naming ------------------------------------------------------------------------------
 
@@ -311,17 +312,21 @@ class DockerBackend:
         self.spec = self._plan()
         (self.runtime / "lab.json").write_text(json.dumps(self.spec))
         self._say(f"starting {len(self.topology.nodes)} containers (run {self.run})")
-        await asyncio.to_thread(self._create_containers)
+        # kept, so that `down` after an interrupted `up` waits for it before removing
+        self._creating = asyncio.ensure_future(asyncio.to_thread(self._create_containers))
+        await asyncio.shield(self._creating)
         self._say("wiring the networks")
         await asyncio.to_thread(self._wire)
         for name in self.topology.nodes:
             self.controls[name] = NodeControl(name, self.runtime / f"{name}.sock", self.events)
-        await asyncio.gather(
-            *(
-                c.connect(self.ready_timeout, lambda n=n: self._running(n))
-                for n, c in self.controls.items()
-            )
-        )
+
+        async def connect(node: str, control: NodeControl) -> None:
+            try:
+                await control.connect(self.ready_timeout, lambda: self._running(node))
+            except LabError as exc:
+                raise await self._failed(node, exc) from None
+
+        await asyncio.gather(*(connect(n, c) for n, c in self.controls.items()))
         self._say("waiting for the services to answer")
         dns_first = self._dns_nodes()
         await self._start(dns_first)
@@ -346,14 +351,19 @@ class DockerBackend:
                     "start", offset=self._offset, timeout=self.ready_timeout
                 )
             except LabError as exc:
-                logs = await asyncio.to_thread(self.logs, node, 40)
-                raise LabError(
-                    f"node {node} did not come up: {exc}\n--- its log (last lines) ---\n{logs}"
-                    f"\nhint: `maillab images build --force` rebuilds the node image;"
-                    f" `docker logs {self.container_name(node)}` shows the whole log"
-                ) from None
+                raise await self._failed(node, exc) from None
 
         await asyncio.gather(*(one(n) for n in nodes))
+
+    async def _failed(self, node: str, why: Exception) -> LabError:
+        """What a host that did not come up says: the reason, its log and a hint."""
+        logs = await asyncio.to_thread(self.logs, node, 40)
+        return LabError(
+            f"node {node} did not come up: {why}\n--- its log (last lines) ---\n{logs}"
+            f"\nhint: `maillab images build --force` rebuilds the node image;"
+            f" `docker logs {self.container_name(node)}` shows the whole log"
+            " (while the lab is up)"
+        )
 
     def _create_containers(self) -> None:
         import docker.errors
@@ -504,6 +514,10 @@ class DockerBackend:
             raise LabError(f"wiring the lab's networks failed:\n{output}")
 
     async def down(self) -> None:
+        if self._creating is not None and not self._creating.done():
+            # `up` was interrupted while containers were being created: let that finish,
+            # so that every container it makes is found and removed below
+            await asyncio.wait({self._creating}, timeout=60)
         if self.controls:
             with contextlib.suppress(Exception):
                 await self.settle(timeout=5.0)
