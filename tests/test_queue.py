@@ -97,8 +97,22 @@ def test_remove_forgets_the_message_on_disk_too(tmp_path: Path) -> None:
     queue.save(gone)
     queue.remove(gone.id)
     assert [m.id for m in queue.list()] == [keep.id]
+    queue.close()  # the files go in a worker thread; close waits for it
     assert not [name for name in files(tmp_path / "q") if gone.id in name]
     assert [m.id for m in Queue(tmp_path / "q").load()] == [keep.id]
+
+
+def test_a_removal_the_disk_never_saw_sends_the_message_again(tmp_path: Path) -> None:
+    """Only the .msg file left (a crash before the worker removed it): the message comes
+    back, delivered twice rather than lost; a lone state file is dropped."""
+    queue = Queue(tmp_path / "q")
+    again, half = message(), message()
+    queue.put(CONTENT, again)
+    queue.put(CONTENT, half)
+    queue.save(half)
+    (tmp_path / "q" / f"{half.id}.msg").unlink()  # the worker got as far as the .msg
+    assert sorted(m.id for m in Queue(tmp_path / "q").load()) == [again.id]
+    assert not [name for name in files(tmp_path / "q") if half.id in name]
 
 
 def test_half_written_leftovers_are_dropped_on_load(tmp_path: Path) -> None:

@@ -20,9 +20,12 @@ delivered, or bounced with a DSN queued to the sender.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import secrets
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,6 +134,9 @@ class Queue:
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
         self._saved: set[str] = set()  # ids with a state file beside them
+        # files of finished messages, removed by a worker thread off the event loop
+        self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
+        self._remover: threading.Thread | None = None
 
     def load(self) -> list[QueuedMessage]:
         """Read the queue from disk (after a restart); drop half-written leftovers."""
@@ -190,6 +196,10 @@ class Queue:
         os.fsync(self._dir_fd)
 
     def close(self) -> None:
+        if self._remover is not None:  # the removals asked for so far are done
+            self._doomed.put(None)
+            self._remover.join()
+            self._remover = None
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
@@ -210,11 +220,26 @@ class Queue:
         return data[data.index(b"\n") + 1 :]
 
     def remove(self, message_id: str) -> None:
-        (self.dir / f"{message_id}.msg").unlink(missing_ok=True)
-        if message_id in self._saved:
-            (self.dir / f"{message_id}.json").unlink(missing_ok=True)
+        """The message is finished: it leaves the queue now, its files a moment later (in
+        a worker thread; a crash before that delivers it again, it never loses it)."""
+        self._doom(self.dir / f"{message_id}.msg")  # first: a state file left alone is
+        if message_id in self._saved:  # dropped by `load`, a message left alone is sent
+            self._doom(self.dir / f"{message_id}.json")
             self._saved.discard(message_id)
         self.messages.pop(message_id, None)
+
+    def _doom(self, path: Path) -> None:
+        if self._remover is None:
+            self._remover = threading.Thread(
+                target=self._remove_files, name=f"queue-remover:{self.dir}", daemon=True
+            )
+            self._remover.start()
+        self._doomed.put(path)
+
+    def _remove_files(self) -> None:
+        while (path := self._doomed.get()) is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
     def __len__(self) -> int:
         return len(self.messages)
