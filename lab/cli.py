@@ -454,7 +454,7 @@ def down(lab_name: str | None) -> None:
     """Stop a running lab."""
     import time
 
-    from lab.harness.control import find_lab, request, running_labs
+    from lab.harness.control import find_lab, process_alive, request, running_labs
 
     info = find_lab(lab_name)
     request(info["name"], "down")
@@ -462,25 +462,10 @@ def down(lab_name: str | None) -> None:
     deadline = time.monotonic() + 120
     # gone from the registry, and its process has finished (containers removed)
     while time.monotonic() < deadline and (
-        info["name"] in running_labs() or (pid and _process_alive(pid))
+        info["name"] in running_labs() or (pid and process_alive(pid))
     ):
         time.sleep(0.05)
     click.echo(f"lab {info['name']!r} is down")
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a finished child that nobody reaped yet is not alive
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 @main.command()

@@ -8,7 +8,6 @@ against the printed endpoints, and `dig @ADDR -p PORT` against the lab DNS.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import shutil
 import tempfile
@@ -20,7 +19,7 @@ from lab.errors import LabError
 from lab.harness.clock import LabClock
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult, build_message, submit
-from lab.nodes.host import Host
+from lab.nodes.host import Host, settle_tasks
 from lab.nodes.mta.service import MtaService
 from lab.nodes.services import SERVICE_PORTS, HostServices, submission_target
 from lab.nodes.tls import LabCA
@@ -127,28 +126,7 @@ class InProcessBackend:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     async def settle(self, timeout: float = 60.0) -> None:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        current = asyncio.current_task()
-        while True:
-            tasks = [
-                t for h in self.hosts.values() for t in h.tasks if t is not current and not t.done()
-            ]
-            if not tasks:
-                # one more turn of the loop: a finishing task may start another
-                await asyncio.sleep(0)
-                tasks = [
-                    t
-                    for h in self.hosts.values()
-                    for t in h.tasks
-                    if t is not current and not t.done()
-                ]
-                if not tasks:
-                    return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.wait(tasks, timeout=remaining)
+        await settle_tasks(self.hosts.values(), timeout)
 
     # acting ----------------------------------------------------------------------------
 

@@ -30,14 +30,19 @@ def registry_dir() -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """The process exists and has not finished (a finished child not yet reaped has)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True  # no /proc here: kill(pid, 0) is all we know
 
 
 def running_labs() -> dict[str, dict[str, Any]]:
@@ -48,7 +53,7 @@ def running_labs() -> dict[str, dict[str, Any]]:
             info = json.loads(entry.read_text())
         except (OSError, ValueError):
             continue
-        if not _alive(int(info.get("pid", 0))):
+        if not process_alive(int(info.get("pid", 0))):
             entry.unlink(missing_ok=True)
             Path(info.get("socket", "")).unlink(missing_ok=True)
             continue

@@ -33,7 +33,7 @@ from lab.errors import LabError
 from lab.harness.clock import LabClock
 from lab.harness.events import Event, EventBus
 from lab.nodes.client import submit
-from lab.nodes.host import Host
+from lab.nodes.host import Host, settle_tasks
 from lab.nodes.realnet import RealNet
 from lab.nodes.services import HostServices, submission_target
 from lab.nodes.tls import LabCA
@@ -255,22 +255,8 @@ class Agent:
             raise LabError(f"iptables-restore failed: {out.decode(errors='replace').strip()}")
 
     async def settle(self, timeout: float = 60.0) -> None:
-        if self.host is None:
-            return
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        current = asyncio.current_task()
-        while True:
-            tasks = [t for t in self.host.tasks if t is not current and not t.done()]
-            if not tasks:
-                await asyncio.sleep(0)
-                tasks = [t for t in self.host.tasks if t is not current and not t.done()]
-                if not tasks:
-                    return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await asyncio.wait(tasks, timeout=remaining)
+        if self.host is not None:
+            await settle_tasks([self.host], timeout)
 
     # requests ----------------------------------------------------------------------------
 

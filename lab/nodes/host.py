@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -82,3 +82,27 @@ class Host:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+
+async def settle_tasks(hosts: Iterable[Host], timeout: float = 60.0) -> None:
+    """Wait until the hosts have no background work left (a finishing task may start
+    another, so look again after each), or until `timeout`."""
+    hosts = list(hosts)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    current = asyncio.current_task()
+
+    def busy() -> list[asyncio.Task[Any]]:
+        return [t for h in hosts for t in h.tasks if t is not current and not t.done()]
+
+    while True:
+        tasks = busy()
+        if not tasks:
+            await asyncio.sleep(0)  # one more turn of the loop
+            tasks = busy()
+            if not tasks:
+                return
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return
+        await asyncio.wait(tasks, timeout=remaining)
