@@ -217,8 +217,12 @@ def test_a_killed_lab_is_collected(docker_client: Any, tmp_path: Path) -> None:
     else:
         pytest.fail("the switch container outlived the process that owned the lab")
     assert find_runs(docker_client)[run].owner_alive is False
+    from lab.backends.dockergc import runtime_dir
+
+    assert runtime_dir(run).is_dir()  # its spec and sockets, left by the killed process
     removed = gc(docker_client, runs=[run])
     assert [r.run for r in removed] == [run]
+    assert not runtime_dir(run).exists()
     assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run}"}) == []
     assert docker_client.networks.list(filters={"label": f"{LABEL_RUN}={run}"}) == []
 

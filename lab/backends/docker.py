@@ -29,6 +29,7 @@ import base64
 import contextlib
 import ipaddress
 import json
+import os
 import re
 import secrets
 import shutil
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lab.backends.dockergc import runtime_dir
 from lab.backends.dockerlabels import LABEL_RUN, Owner, labels
 from lab.errors import LabError
 from lab.harness.events import EventBus
@@ -182,7 +184,7 @@ class DockerBackend:
         self.progress = progress
         self.run = secrets.token_hex(4)
         self.owner = Owner.me()
-        self.runtime = Path(tempfile.gettempdir()) / f"maillab-{self.run}"
+        self.runtime = runtime_dir(self.run)
         self.addresses = assign_addresses(topology)
         self.records = RecordTable.from_topology(topology, self.addresses)
         self.operator = topology.operator or next(
@@ -290,6 +292,7 @@ class DockerBackend:
                 mode="json", by_alias=True, exclude_none=True, exclude={"checks"}
             ),
             "run": self.run,
+            "owner": [os.getuid(), os.getgid()],  # the state files are handed back on stop
             "connect_timeout": self.connect_timeout,
             "dns_timeout": self.dns_timeout,
             "durable": self.durable,

@@ -15,8 +15,11 @@ leaves the run untouched.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from lab.backends.dockerlabels import LABEL_LAB, LABEL_OWNER, LABEL_RUN, Owner
@@ -223,8 +226,17 @@ def gc(
             continue
         if alive is None and not include_foreign_hosts:
             continue
-        collected.append(info if dry_run else _remove(client, info))
+        if not dry_run:
+            info = _remove(client, info)
+            if info.owner_alive is False:  # a run of this machine: its socket directory too
+                shutil.rmtree(runtime_dir(run_id), ignore_errors=True)
+        collected.append(info)
     return collected
+
+
+def runtime_dir(run: str) -> Path:
+    """Where a run keeps its spec, lab CA and control sockets (shared with its containers)."""
+    return Path(tempfile.gettempdir()) / f"maillab-{run}"
 
 
 def remove_run(client: Any, run: str) -> RunInfo:

@@ -355,7 +355,17 @@ class Agent:
                 await self.host.net.close()  # type: ignore[attr-defined]
         for server in self.forwarders:
             server.close()
+        self._hand_back()
         self.done.set()
+
+    def _hand_back(self) -> None:
+        """The state files belong to whoever runs the lab, not to root in the container."""
+        uid, gid = self.spec.get("owner") or (0, 0)
+        if not uid and not gid:
+            return
+        for path in [self.state_dir, *self.state_dir.rglob("*")]:
+            with contextlib.suppress(OSError):
+                os.lchown(path, uid, gid)
 
     # the control connection --------------------------------------------------------------
 
