@@ -334,7 +334,9 @@ def choose_backend(backend: str) -> str:
         click.echo(f"backend: inprocess (no Docker engine answers: {type(exc).__name__})", err=True)
         return "inprocess"
     click.echo(
-        "backend: docker (a Docker engine answers; --backend inprocess to stay here)", err=True
+        "backend: docker (a Docker engine answers; --backend inprocess, or make lab-up"
+        " BACKEND=inprocess, to run in this process)",
+        err=True,
     )
     return "docker"
 
@@ -419,11 +421,14 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
 
     signal.signal(signal.SIGTERM, terminate)
     options: dict[str, Any] = {}
+    progress = None
     if backend == "docker":
         from lab.images import Progress
 
-        options["progress"] = Progress(quiet=as_json)
+        progress = options["progress"] = Progress(quiet=as_json)
     lab = Lab.up(topology, backend=backend, **options)
+    if progress is not None:
+        progress.clear()  # the status table starts on a line of its own
     lab.source = file
     server = ControlServer(lab, name, file)
     try:
