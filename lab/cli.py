@@ -766,18 +766,27 @@ def mailbox(lab_name: str | None, node: str, user: str, as_json: bool) -> None:
 
 
 @main.group()
-def clock() -> None:
-    """The lab clock."""
+@lab_option
+@click.pass_context
+def clock(ctx: click.Context, lab_name: str | None) -> None:
+    """The lab clock: `maillab clock [--lab NAME] advance DURATION`."""
+    ctx.obj = {"lab": lab_name}
 
 
 @clock.command("advance")
 @lab_option
 @click.argument("duration")
+@click.pass_context
 @friendly
-def clock_advance(lab_name: str | None, duration: str) -> None:
-    """Move the lab clock forward by DURATION (e.g. 30m, 4h, 5d), running due timers."""
+def clock_advance(ctx: click.Context, lab_name: str | None, duration: str) -> None:
+    """Move the lab clock forward by DURATION (e.g. 30m, 4h, 5d), running due timers.
+
+    --lab may come before or after `advance`.
+    """
     from lab.harness.control import request
     from lab.topology.units import parse_duration
+
+    lab_name = lab_name or (ctx.obj or {}).get("lab")
 
     try:
         parse_duration(duration)

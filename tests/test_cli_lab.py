@@ -563,3 +563,13 @@ def test_up_in_the_foreground_until_ctrl_c(maillab: Maillab) -> None:
     assert maillab.entries() == {}
     assert list(maillab.registry.glob("*.sock")) == []
     fails(maillab("status"), NO_LAB)
+
+
+def test_clock_takes_lab_before_or_after_advance(maillab: Maillab, dialup: tuple[str, Run]) -> None:
+    """The contract's form is `maillab clock [--lab NAME] advance DURATION`."""
+    name, _ = dialup
+    before = maillab.ok("status", "--json").json["clock"]["time"]
+    maillab.ok("clock", "--lab", name, "advance", "1m")
+    maillab.ok("clock", "advance", "--lab", name, "1m")
+    after = maillab.ok("status", "--json").json["clock"]["time"]
+    assert 120 <= after - before < 180
