@@ -190,8 +190,7 @@ class DockerBackend:
         self.operator = topology.operator or next(
             (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
         )
-        self._real0 = time.time()
-        self._offset = 0.0
+        self._offset = 0.0  # lab time = real time + offset, the same in every container
         self.events = EventBus(self.now, self.state_dir / "events.jsonl")
         self.link_states: dict[str, str] = {n: link.state for n, link in topology.links.items()}
         self.client: Any = None
@@ -202,6 +201,8 @@ class DockerBackend:
         self.forwards: dict[tuple[str, str], int] = {}  # (node, service) -> operator port
         self.operator_ip = ""
         self.spec: dict[str, Any] = {}
+        self.resolver_addresses: dict[str, str] = {}  # node -> its resolver-segment address
+        self.res_net = ipaddress.IPv4Network("100.127.53.0/24")
         self._creating: asyncio.Future[None] | None = None
 
     # naming ------------------------------------------------------------------------------
@@ -231,7 +232,7 @@ class DockerBackend:
         )
         res_hosts = res_net.hosts()
         nodes: dict[str, Any] = {}
-        self.resolver_addresses: dict[str, str] = {}
+        self.resolver_addresses = {}
         dns_res = ""
         if dns_nodes:
             dns_res = str(next(res_hosts))
