@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.backends.dockergc import runtime_dir
-from lab.backends.dockerlabels import LABEL_RUN, Owner, labels
+from lab.backends.dockerlabels import LABEL_CREATED, LABEL_RUN, Owner, labels
 from lab.errors import LabError
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult, build_message
@@ -171,6 +171,7 @@ class DockerBackend:
         dns_timeout: float = 1.0,
         durable: bool = True,
         ready_timeout: float = 60.0,
+        reap_after: float = 60.0,
         progress: Any = None,
     ):
         self.topology = topology
@@ -181,6 +182,7 @@ class DockerBackend:
         self.dns_timeout = dns_timeout
         self.durable = durable
         self.ready_timeout = ready_timeout
+        self.reap_after = reap_after  # seconds: how old a dead owner's run must be to reap
         self.progress = progress
         self.run = secrets.token_hex(4)
         self.owner = Owner.me()
@@ -308,6 +310,7 @@ class DockerBackend:
         from lab.images import docker_client, ensure_node_image
 
         self.client = await asyncio.to_thread(docker_client)
+        await self._reap()
         self._say("checking the node image")
         self.image = await asyncio.to_thread(ensure_node_image, self.client, self.progress)
         self.runtime.mkdir(parents=True, exist_ok=True)
@@ -340,6 +343,33 @@ class DockerBackend:
         self.events.emit(
             "lab", "lab.up", backend=self.name, nodes=list(self.topology.nodes), run=self.run
         )
+
+    async def _reap(self) -> None:
+        """Remove what labs of processes that are gone left behind (their owners were
+        killed before they could clean up): never anything of a live owner or unlabelled."""
+        from lab.backends.dockergc import gc
+
+        def old_runs() -> list[str]:
+            """Runs all of whose containers are older than `reap_after` (young ones may be
+            a test's or a starting lab's); objects without our created label are left."""
+            ages: dict[str, list[float]] = {}
+            now = time.time()
+            for c in self.client.containers.list(all=True, filters={"label": LABEL_RUN}):
+                created = c.labels.get(LABEL_CREATED, "")
+                age = now - float(created) if created.isdigit() else -1.0
+                ages.setdefault(c.labels[LABEL_RUN], []).append(age)
+            return [r for r, a in ages.items() if min(a) >= self.reap_after]
+
+        try:
+            runs = await asyncio.to_thread(old_runs)
+            collected = await asyncio.to_thread(gc, self.client, runs=runs) if runs else []
+        except Exception as exc:  # reaping is a courtesy; the lab comes up all the same
+            self.events.emit("lab", "lab.reap_failed", error=f"{type(exc).__name__}: {exc}")
+            return
+        if collected:
+            runs = [info.run for info in collected]
+            self._say(f"removed {len(runs)} lab(s) left by processes that are gone")
+            self.events.emit("lab", "lab.reaped", runs=runs)
 
     async def _running(self, node: str) -> bool:
         container = self.containers.get(node)

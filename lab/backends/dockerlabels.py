@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ LABEL_LAB = f"{PREFIX}.lab"  # the lab's (topology's or --name) name
 LABEL_NODE = f"{PREFIX}.node"  # the topology node a container plays
 LABEL_KIND = f"{PREFIX}.kind"  # "node" | "switch"
 LABEL_OWNER = f"{PREFIX}.owner"  # "HOST:PID:START" of the holding process
+LABEL_CREATED = f"{PREFIX}.created"  # Unix time the run began (the reaper's age check)
 
 
 def process_start(pid: int) -> str:
@@ -66,6 +68,7 @@ class Owner:
 
 def labels(run: str, lab: str, kind: str, node: str = "", owner: Owner | None = None) -> dict:
     found = {
+        LABEL_CREATED: str(int(time.time())),
         LABEL_RUN: run,
         LABEL_LAB: lab,
         LABEL_KIND: kind,
