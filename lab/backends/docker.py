@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.backends.dockergc import runtime_dir
-from lab.backends.dockerlabels import LABEL_CREATED, LABEL_RUN, Owner, labels
+from lab.backends.dockerlabels import LABEL_CREATED, LABEL_RUN, LABEL_STATE, Owner, labels
 from lab.errors import LabError
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult, build_message
@@ -213,7 +213,10 @@ class DockerBackend:
         return f"maillab-{self.run}-{node}"
 
     def _labels(self, kind: str, node: str = "") -> dict[str, str]:
-        return labels(self.run, self.topology.name, kind, node, self.owner)
+        found = labels(self.run, self.topology.name, kind, node, self.owner)
+        if self._own_dir:  # a state directory made for this run goes when the run is collected
+            found[LABEL_STATE] = str(self.state_dir)
+        return found
 
     def _say(self, text: str) -> None:
         if self.progress is not None:
@@ -354,10 +357,13 @@ class DockerBackend:
             a test's or a starting lab's); objects without our created label are left."""
             ages: dict[str, list[float]] = {}
             now = time.time()
-            for c in self.client.containers.list(all=True, filters={"label": LABEL_RUN}):
-                created = c.labels.get(LABEL_CREATED, "")
+            # the low-level listing: one call, nothing fetched per container (a container
+            # another process removes meanwhile is no error)
+            for raw in self.client.api.containers(all=True, filters={"label": LABEL_RUN}):
+                found = raw.get("Labels") or {}
+                created = found.get(LABEL_CREATED, "")
                 age = now - float(created) if created.isdigit() else -1.0
-                ages.setdefault(c.labels[LABEL_RUN], []).append(age)
+                ages.setdefault(found[LABEL_RUN], []).append(age)
             return [r for r, a in ages.items() if min(a) >= self.reap_after]
 
         try:
@@ -573,23 +579,22 @@ class DockerBackend:
 
         if self.client is None:
             return
-        found = {c.id: c for c in self.containers.values()}
-        with contextlib.suppress(docker.errors.APIError):
-            for c in self.client.containers.list(
-                all=True, filters={"label": f"{LABEL_RUN}={self.run}"}
-            ):
-                found.setdefault(c.id, c)
+        api = self.client.api
+        ids = {c.id for c in self.containers.values()}
+        with contextlib.suppress(docker.errors.APIError):  # the run's label finds the rest
+            for raw in api.containers(all=True, filters={"label": f"{LABEL_RUN}={self.run}"}):
+                ids.add(raw["Id"])
 
-        def remove(container: Any) -> None:
+        def remove(container_id: str) -> None:
             with contextlib.suppress(docker.errors.NotFound):
-                container.remove(force=True)
+                api.remove_container(container_id, force=True, v=True)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(remove, found.values()))
+            list(pool.map(remove, ids))
         with contextlib.suppress(docker.errors.APIError):
-            for net in self.client.networks.list(filters={"label": f"{LABEL_RUN}={self.run}"}):
+            for net in api.networks(filters={"label": f"{LABEL_RUN}={self.run}"}):
                 with contextlib.suppress(docker.errors.NotFound):
-                    net.remove()
+                    api.remove_network(net["Id"])
         self.containers.clear()
 
     async def settle(self, timeout: float = 60.0) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab.backends.dockerlabels import LABEL_LAB, LABEL_OWNER, LABEL_RUN, Owner
+from lab.backends.dockerlabels import LABEL_LAB, LABEL_OWNER, LABEL_RUN, LABEL_STATE, Owner
 
 __all__ = ["RunInfo", "find_runs", "gc", "remove_run"]
 
@@ -47,6 +47,7 @@ class RunInfo:
     owner_labels: list[str] = field(default_factory=list, repr=False)  # distinct, in order
     container_ids: list[str] = field(default_factory=list, repr=False)
     network_ids: list[str] = field(default_factory=list, repr=False)
+    state_dirs: list[str] = field(default_factory=list, repr=False)
 
     @property
     def counts(self) -> tuple[int, int, int]:
@@ -70,6 +71,9 @@ class RunInfo:
         owner = labels.get(LABEL_OWNER, "")
         if owner not in self.owner_labels:
             self.owner_labels.append(owner)
+        state = labels.get(LABEL_STATE, "")
+        if state and state not in self.state_dirs:
+            self.state_dirs.append(state)
 
 
 def _labels(raw: Any) -> dict[str, str]:
@@ -162,6 +166,7 @@ def _remove(client: Any, info: RunInfo) -> RunInfo:
         owner=info.owner,
         owner_alive=info.owner_alive,
         owner_labels=list(info.owner_labels),
+        state_dirs=list(info.state_dirs),
     )
     for name, cid in zip(info.containers, info.container_ids, strict=True):
         try:
@@ -228,10 +233,19 @@ def gc(
             continue
         if not dry_run:
             info = _remove(client, info)
-            if info.owner_alive is False:  # a run of this machine: its socket directory too
+            if info.owner_alive is False:  # a run of this machine: its directories too
                 shutil.rmtree(runtime_dir(run_id), ignore_errors=True)
+                for state in info.state_dirs:
+                    if _temporary_lab_dir(state):
+                        shutil.rmtree(state, ignore_errors=True)
         collected.append(info)
     return collected
+
+
+def _temporary_lab_dir(path: str) -> bool:
+    """Only a directory the lab itself made in the temporary directory is ever removed."""
+    candidate = Path(path)
+    return candidate.parent == Path(tempfile.gettempdir()) and candidate.name.startswith("maillab-")
 
 
 def runtime_dir(run: str) -> Path:

@@ -21,6 +21,7 @@ LABEL_NODE = f"{PREFIX}.node"  # the topology node a container plays
 LABEL_KIND = f"{PREFIX}.kind"  # "node" | "switch"
 LABEL_OWNER = f"{PREFIX}.owner"  # "HOST:PID:START" of the holding process
 LABEL_CREATED = f"{PREFIX}.created"  # Unix time the run began (the reaper's age check)
+LABEL_STATE = f"{PREFIX}.state"  # a temporary state directory the run made (removed with it)
 
 
 def process_start(pid: int) -> str:
