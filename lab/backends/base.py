@@ -8,8 +8,11 @@ callers and pytest.
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from lab.errors import LabError
 from lab.harness.events import EventBus
 from lab.nodes.client import SubmitResult
 from lab.topology.model import Topology
@@ -78,6 +81,77 @@ class Backend(Protocol):
     def add_fault(self, node: str, fault: dict[str, Any]) -> None: ...
 
 
+class BackendCommon:
+    """What both backends do the same way: their options, the topology's addresses and DNS
+    records, the operator, checking names, and composing a node's message."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        *,
+        state_dir: Path | None = None,
+        connect_timeout: float = 3.0,
+        dns_timeout: float = 1.0,
+        durable: bool = True,
+    ):
+        from lab.topology.addressing import assign_addresses
+        from lab.topology.model import Service
+        from lab.topology.records import RecordTable
+
+        self.topology = topology
+        self._own_dir = state_dir is None
+        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix=f"maillab-{topology.name}-"))
+        self.connect_timeout = connect_timeout
+        self.dns_timeout = dns_timeout
+        self.durable = durable
+        self.addresses = assign_addresses(topology)
+        self.records = RecordTable.from_topology(topology, self.addresses)
+        # the node a person on this machine acts as: the topology's, or its first client
+        self.operator: str | None = topology.operator or next(
+            (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
+        )
+
+    def now(self) -> float:
+        raise NotImplementedError
+
+    def check_node(self, node: str) -> None:
+        if node not in self.topology.nodes:
+            raise LabError(
+                f"unknown node {node!r}; expected one of: {', '.join(self.topology.nodes)}"
+            )
+
+    def check_link(self, link: str) -> None:
+        if link not in self.topology.links:
+            raise LabError(
+                f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}"
+            )
+
+    def message(
+        self,
+        node: str,
+        *,
+        mail_from: str,
+        to: list[str],
+        subject: str,
+        body: str,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """A message as `node` would write it: its host name, the lab's time."""
+        from lab.nodes.client import build_message
+        from lab.topology.addressing import hostname_of
+
+        self.check_node(node)
+        return build_message(
+            mail_from=mail_from,
+            to=to,
+            subject=subject,
+            body=body,
+            headers=headers,
+            hostname=hostname_of(self.topology, node),
+            date=self.now(),
+        )
+
+
 BACKENDS: dict[str, str] = {
     "inprocess": "lab.backends.inprocess:InProcessBackend",
     "docker": "lab.backends.docker:DockerBackend",
@@ -86,8 +160,6 @@ BACKENDS: dict[str, str] = {
 
 def backend_class(name: str) -> type[Any]:
     import importlib
-
-    from lab.errors import LabError
 
     if name not in BACKENDS:
         raise LabError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")

@@ -33,24 +33,23 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from lab.backends.base import BackendCommon
 from lab.backends.dockergc import runtime_dir
 from lab.backends.dockerlabels import LABEL_CREATED, LABEL_RUN, LABEL_STATE, Owner, labels
 from lab.errors import LabError
 from lab.harness.events import EventBus
-from lab.nodes.client import SubmitResult, build_message
+from lab.nodes.client import SubmitResult
 from lab.nodes.services import SERVICE_PORTS
 from lab.nodes.tls import LabCA
 from lab.protocols.smtp import Reply
 from lab.software import check_supported
-from lab.topology.addressing import assign_addresses, hostname_of
+from lab.topology.addressing import hostname_of
 from lab.topology.model import Service, Topology
-from lab.topology.records import RecordTable
 
 RUNTIME = "/run/maillab"  # in the containers: the run's spec, CA and control sockets
 STATE = "/var/lib/maillab"  # in the containers: the host's queue and mailboxes
@@ -159,7 +158,7 @@ def _free_subnet(
     raise LabError("no free subnet for the lab's own segments")
 
 
-class DockerBackend:
+class DockerBackend(BackendCommon):
     name = "docker"
 
     def __init__(
@@ -174,24 +173,20 @@ class DockerBackend:
         reap_after: float = 60.0,
         progress: Any = None,
     ):
-        self.topology = topology
-        self._own_dir = state_dir is None
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix=f"maillab-{topology.name}-"))
+        super().__init__(
+            topology,
+            state_dir=state_dir,
+            connect_timeout=connect_timeout,
+            dns_timeout=dns_timeout,
+            durable=durable,
+        )
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.connect_timeout = connect_timeout
-        self.dns_timeout = dns_timeout
-        self.durable = durable
         self.ready_timeout = ready_timeout
         self.reap_after = reap_after  # seconds: how old a dead owner's run must be to reap
         self.progress = progress
         self.run = secrets.token_hex(4)
         self.owner = Owner.me()
         self.runtime = runtime_dir(self.run)
-        self.addresses = assign_addresses(topology)
-        self.records = RecordTable.from_topology(topology, self.addresses)
-        self.operator = topology.operator or next(
-            (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
-        )
         self._offset = 0.0  # lab time = real time + offset, the same in every container
         self.events = EventBus(self.now, self.state_dir / "events.jsonl")
         self.link_states: dict[str, str] = {n: link.state for n, link in topology.links.items()}
@@ -618,10 +613,7 @@ class DockerBackend:
     # acting ------------------------------------------------------------------------------
 
     def _control(self, node: str) -> NodeControl:
-        if node not in self.topology.nodes:
-            raise LabError(
-                f"unknown node {node!r}; expected one of: {', '.join(self.topology.nodes)}"
-            )
+        self.check_node(node)
         return self.controls[node]
 
     def _services(self, node: str) -> set[Service]:
@@ -632,27 +624,6 @@ class DockerBackend:
         if Service.smtp not in self._services(node):
             raise LabError(f"node {node!r} runs no MTA (smtp service)")
         return control
-
-    def message(
-        self,
-        node: str,
-        *,
-        mail_from: str,
-        to: list[str],
-        subject: str,
-        body: str,
-        headers: dict[str, str] | None = None,
-    ) -> bytes:
-        self._control(node)
-        return build_message(
-            mail_from=mail_from,
-            to=to,
-            subject=subject,
-            body=body,
-            headers=headers,
-            hostname=hostname_of(self.topology, node),
-            date=self.now(),
-        )
 
     async def send(
         self, node: str, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
@@ -681,10 +652,7 @@ class DockerBackend:
         )
 
     async def set_link(self, link: str, up: bool) -> None:
-        if link not in self.topology.links:
-            raise LabError(
-                f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}"
-            )
+        self.check_link(link)
         spec = self.topology.links[link]
         state = "up" if up else "down"
         if self.link_states[link] == state:

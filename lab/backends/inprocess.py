@@ -10,26 +10,25 @@ from __future__ import annotations
 
 import functools
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from lab.backends.base import BackendCommon
 from lab.backends.virtualnet import VirtualNetwork
 from lab.errors import LabError
 from lab.harness.clock import LabClock
 from lab.harness.events import EventBus
-from lab.nodes.client import SubmitResult, build_message, submit
+from lab.nodes.client import SubmitResult, submit
 from lab.nodes.host import Host, settle_tasks
 from lab.nodes.mta.service import MtaService
 from lab.nodes.services import SERVICE_PORTS, HostServices, submission_target
 from lab.nodes.tls import LabCA
 from lab.software import check_supported
-from lab.topology.addressing import assign_addresses, hostname_of
-from lab.topology.model import Service, Topology
-from lab.topology.records import RecordTable
+from lab.topology.addressing import hostname_of
+from lab.topology.model import Topology
 
 
-class InProcessBackend:
+class InProcessBackend(BackendCommon):
     name = "inprocess"
 
     def __init__(
@@ -41,19 +40,15 @@ class InProcessBackend:
         dns_timeout: float = 1.0,
         durable: bool = True,
     ):
-        self.topology = topology
-        self._own_dir = state_dir is None
-        self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix=f"maillab-{topology.name}-"))
-        self.connect_timeout = connect_timeout
-        self.dns_timeout = dns_timeout
-        self.durable = durable
+        super().__init__(
+            topology,
+            state_dir=state_dir,
+            connect_timeout=connect_timeout,
+            dns_timeout=dns_timeout,
+            durable=durable,
+        )
         self.clock = LabClock(settle=self.settle)
         self.events = EventBus(self.clock.time, self.state_dir / "events.jsonl")
-        self.addresses = assign_addresses(topology)
-        self.records = RecordTable.from_topology(topology, self.addresses)
-        self.operator = topology.operator or next(
-            (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
-        )
         self.vnet = VirtualNetwork(topology, self.addresses, self.operator)
         self.hosts: dict[str, Host] = {}
         self.mtas: dict[str, MtaService] = {}
@@ -131,8 +126,7 @@ class InProcessBackend:
     # acting ----------------------------------------------------------------------------
 
     def _host(self, node: str) -> Host:
-        if node not in self.hosts:
-            raise LabError(f"unknown node {node!r}; expected one of: {', '.join(self.hosts)}")
+        self.check_node(node)
         return self.hosts[node]
 
     def _mta(self, node: str) -> MtaService:
@@ -162,31 +156,8 @@ class InProcessBackend:
             timeout=self.connect_timeout + 10,
         )
 
-    def message(
-        self,
-        node: str,
-        *,
-        mail_from: str,
-        to: list[str],
-        subject: str,
-        body: str,
-        headers: dict[str, str] | None = None,
-    ) -> bytes:
-        return build_message(
-            mail_from=mail_from,
-            to=to,
-            subject=subject,
-            body=body,
-            headers=headers,
-            hostname=self._host(node).hostname,
-            date=self.clock.time(),
-        )
-
     async def set_link(self, link: str, up: bool) -> None:
-        if link not in self.topology.links:
-            raise LabError(
-                f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}"
-            )
+        self.check_link(link)
         spec = self.topology.links[link]
         iface = self.vnet.interfaces[(spec.node, spec.network)]
         if iface.up == up:
