@@ -208,24 +208,19 @@ def test_gc_ignores_vanished_objects_and_reports_other_errors() -> None:
 
 
 @pytest.fixture(scope="module")
-def _docker() -> Iterator[Any]:
-    """A Docker client; skips when no engine answers (fails instead when CI=true)."""
-    import docker
+def _docker(docker_client: Any) -> Any:
+    """The engine (the docker_client fixture: skipped without one, failing when CI=true),
+    with the local base image the test containers run."""
     import docker.errors
 
     try:
-        client = docker.from_env()
-        client.ping()
-        client.images.get(IMAGE)
-    except docker.errors.DockerException as exc:
-        message = f"no usable Docker engine (or no local {IMAGE} image): {exc}"
+        docker_client.images.get(IMAGE)
+    except docker.errors.ImageNotFound:
+        message = f"no local {IMAGE} image (`make images` makes it)"
         if os.environ.get("CI") == "true":
             pytest.fail(message)
         pytest.skip(message)
-    try:
-        yield client
-    finally:
-        client.close()
+    return docker_client
 
 
 class _Objects:
