@@ -68,6 +68,7 @@ def test_state_changes_survive_a_restart(tmp_path: Path) -> None:
     qm.next_attempt = 2_900.0
     qm.warned = True
     queue.save(qm)
+    queue.disk.wait()  # state updates are written by the disk thread
 
     loaded = Queue(tmp_path / "q").load()
     assert len(loaded) == 1
@@ -97,7 +98,7 @@ def test_remove_forgets_the_message_on_disk_too(tmp_path: Path) -> None:
     queue.save(gone)
     queue.remove(gone.id)
     assert [m.id for m in queue.list()] == [keep.id]
-    queue.close()  # the files go in a worker thread; close waits for it
+    queue.close()  # the files go in the disk thread; close waits for it
     assert not [name for name in files(tmp_path / "q") if gone.id in name]
     assert [m.id for m in Queue(tmp_path / "q").load()] == [keep.id]
 
@@ -110,6 +111,7 @@ def test_a_removal_the_disk_never_saw_sends_the_message_again(tmp_path: Path) ->
     queue.put(CONTENT, again)
     queue.put(CONTENT, half)
     queue.save(half)
+    queue.disk.wait()
     (tmp_path / "q" / f"{half.id}.msg").unlink()  # the worker got as far as the .msg
     assert sorted(m.id for m in Queue(tmp_path / "q").load()) == [again.id]
     assert not [name for name in files(tmp_path / "q") if half.id in name]
@@ -164,6 +166,7 @@ def test_put_fsyncs_the_file_and_then_the_directory(
     synced.clear()
     qm.attempts.append(Attempt(1.0, "x", "deferred", "451 4.4.1 no", ["bob@example.org"]))
     queue.save(qm)
+    queue.disk.wait()
     assert any(qm.id in Path(s).name or ".tmp" in s for s in synced), synced
     assert synced[-1] == str(directory.resolve())
 
@@ -177,5 +180,62 @@ def test_a_queue_that_is_not_durable_does_not_fsync(
     qm = message()
     queue.put(CONTENT, qm)
     queue.save(qm)
+    queue.close()
     assert calls == []
     assert [m.id for m in Queue(tmp_path / "q").load()] == [qm.id]
+
+
+def test_a_state_update_is_taken_when_saved_and_written_later(tmp_path: Path) -> None:
+    """`save` snapshots the state at once; what the message becomes afterwards does not
+    leak into the file the disk thread writes."""
+    queue = Queue(tmp_path / "q")
+    qm = message()
+    queue.put(CONTENT, qm)
+    qm.next_attempt = 1_800.0
+    queue.save(qm)
+    qm.next_attempt = 9_999.0  # changed after save, not saved again
+    queue.close()
+    assert Queue(tmp_path / "q").load()[0].next_attempt == 1_800.0
+
+
+def test_put_async_is_durable_when_it_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many messages at once: each file is fsync'd, the directory at least once after the
+    last file of each group, and every put returns only after its group's directory
+    fsync (group commit)."""
+    import asyncio
+
+    directory = tmp_path / "q"
+    queue = Queue(directory)
+    order: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        order.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    messages = [message() for _ in range(40)]
+
+    async def put_all() -> dict[str, int]:
+        returned: dict[str, int] = {}
+
+        async def one(qm: QueuedMessage) -> None:
+            await queue.put_async(CONTENT, qm)
+            returned[qm.id] = len(order)  # how many fsyncs had happened when it returned
+            assert qm.id in queue.messages
+
+        await asyncio.gather(*(one(qm) for qm in messages))
+        return returned
+
+    returned = asyncio.run(put_all())
+    queue.close()
+    dir_syncs = [i for i, name in enumerate(order) if name == str(directory.resolve())]
+    assert len(dir_syncs) < len(messages), "the directory was fsync'd once per message"
+    for qm in messages:
+        file_sync = next(i for i, name in enumerate(order) if qm.id in Path(name).name)
+        assert any(file_sync < i < returned[qm.id] for i in dir_syncs), (
+            f"{qm.id} returned before a directory fsync that covers it: {order}"
+        )
+    assert sorted(m.id for m in Queue(directory).load()) == sorted(m.id for m in messages)

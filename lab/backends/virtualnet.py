@@ -26,9 +26,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import dns.asyncquery
 import dns.message
 
+from lab.nodes.dnsclient import DnsClient
 from lab.nodes.host import Unreachable
 from lab.topology.addressing import Addresses
 from lab.topology.model import Topology
@@ -186,6 +186,7 @@ class NodeNet:
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: set[asyncio.BaseTransport] = set()  # accepted and not yet ended
+        self.dns = DnsClient()
 
     def _ifaces(self) -> list[Interface]:
         return [i for (n, _), i in self.vnet.interfaces.items() if n == self.node]
@@ -308,21 +309,18 @@ class NodeNet:
             await asyncio.sleep(timeout)
             raise TimeoutError(f"DNS server {server} unreachable (blackhole)") from None
         endpoint = self.vnet.endpoints[(server, 53, "udp")]
-        response = await dns.asyncquery.udp(
+        tcp = self.vnet.endpoints.get((server, 53, "tcp"))
+        return await self.dns.query(
             query,
             endpoint.real_host,
-            timeout=timeout,
-            port=endpoint.real_port,
+            endpoint.real_port,
             source=src.real_address,
+            timeout=timeout,
+            tcp_port=tcp.real_port if tcp else None,
         )
-        if response.flags & dns.flags.TC:
-            tcp = self.vnet.endpoints[(server, 53, "tcp")]
-            response = await dns.asyncquery.tcp(
-                query, tcp.real_host, timeout=timeout, port=tcp.real_port, source=src.real_address
-            )
-        return response
 
     async def close(self) -> None:
+        self.dns.close()
         for server in self.servers:
             server.close()
         for transport in self.datagram_transports:

@@ -31,7 +31,7 @@ import dns.message
 
 from lab.errors import LabError
 from lab.harness.clock import LabClock
-from lab.harness.events import Event, EventBus
+from lab.harness.events import Event, EventBus, json_line
 from lab.nodes.client import submit
 from lab.nodes.host import Host, settle_tasks
 from lab.nodes.realnet import RealNet
@@ -42,7 +42,7 @@ from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable
 
 log = logging.getLogger("maillab.node")
-_ENCODER = json.JSONEncoder(default=str, separators=(",", ":"))
+
 CONNECT_GRACE = 120.0  # seconds to wait for the lab's first connection
 
 
@@ -84,7 +84,7 @@ class Agent:
                 data = {**data, "content_b64": base64.b64encode(content).decode()}
         line = {"event": {"time": event.time, "node": event.node, "kind": event.kind}}
         line["event"]["data"] = data
-        self.writer.write(_ENCODER.encode(line).encode() + b"\n")
+        self.writer.write(json_line(line))
 
     # the host ----------------------------------------------------------------------------
 
@@ -421,7 +421,7 @@ class Agent:
             log.exception("%s failed", op)
             reply = {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(_ENCODER.encode(reply).encode() + b"\n")
+            self.writer.write(json_line(reply))
 
 
 def main(argv: list[str] | None = None) -> int:

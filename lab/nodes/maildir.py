@@ -2,7 +2,8 @@
 
 Python's `mailbox.Maildir` reads and writes this format but never calls fsync; a local
 delivery must be on disk before the queue lets go of its copy, so writing is done here
-(tmp/, fsync, rename into new/, fsync the directory) and reading goes through
+(tmp/, fsync, rename into new/, fsync the directory; from the event loop in the host's
+disk thread, lab.nodes.diskio, with new/ committed once for a group) and reading goes through
 `mailbox.Maildir`. The POP3 server reads and deletes through the same class.
 """
 
@@ -13,6 +14,8 @@ import os
 import socket
 import time
 from pathlib import Path
+
+from lab.nodes.diskio import DiskWorker, fsync_directory
 
 _counter = itertools.count()
 
@@ -37,6 +40,22 @@ class MailStore:
 
     def deliver(self, user: str, content: bytes) -> str:
         """Store a message; returns its Maildir key once it is durably in new/."""
+        key = self.deliver_file(user, content)
+        if self.durable:
+            fsync_directory(self.path(user) / "new")
+        return key
+
+    async def deliver_async(self, disk: DiskWorker, user: str, content: bytes) -> str:
+        """`deliver` for the event loop: the file is written in the disk thread, and new/
+        fsync'd there with the other deliveries of its group."""
+        new = self.path(user) / "new"
+        return await disk.commit(
+            lambda: self.deliver_file(user, content), new if self.durable else None
+        )
+
+    def deliver_file(self, user: str, content: bytes) -> str:
+        """Write a message to tmp/, fsync it, rename it into new/ (whose entry is the
+        caller's to make durable); returns its key."""
         box = self._ensure(user)
         key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
         tmp = box / "tmp" / key
@@ -50,12 +69,6 @@ class MailStore:
         finally:
             os.close(fd)
         os.rename(tmp, box / "new" / key)
-        if self.durable:
-            dfd = os.open(box / "new", os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
         return key
 
     def keys(self, user: str) -> list[str]:

@@ -15,10 +15,9 @@ import errno
 import socket
 from collections.abc import Callable
 
-import dns.asyncquery
-import dns.flags
 import dns.message
 
+from lab.nodes.dnsclient import DnsClient
 from lab.nodes.host import Unreachable
 
 
@@ -40,6 +39,7 @@ class RealNet:
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
+        self.dns = DnsClient()
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)
@@ -138,12 +138,10 @@ class RealNet:
             raise Unreachable(
                 f"DNS server {self.dns_server} unreachable: the link to {network} is down"
             )
-        response = await dns.asyncquery.udp(query, self.dns_server, timeout=timeout)
-        if response.flags & dns.flags.TC:
-            response = await dns.asyncquery.tcp(query, self.dns_server, timeout=timeout)
-        return response
+        return await self.dns.query(query, self.dns_server, 53, timeout=timeout)
 
     async def close(self) -> None:
+        self.dns.close()
         for server in self.servers:
             server.close()
         for transport in self.datagram_transports:

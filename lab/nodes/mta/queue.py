@@ -3,12 +3,15 @@
 What it owns: a directory per node. Each message is one file, `ID.msg`: a first line
 holding the envelope as JSON (sender, each recipient with its state and last reply, the
 result of every delivery attempt), then the message as received, with our Received
-header. It is written to a temporary name, fsync'd, renamed into place, and the
-directory fsync'd before the SMTP server answers 250: a crash after 250 loses nothing,
-and a restarted node finds its queue as it was (`load`). Later changes of state (an
-attempt that deferred, a bounce sent) go to `ID.json` beside it, written the same way,
-which overrides the first line. Removing a delivered message needs no fsync: if a crash
-forgets the removal, the message is delivered again, never lost.
+header. It is written under its final name (its first line records the length, so a
+file cut short by a crash is known on `load`), fsync'd, and the directory fsync'd before
+the SMTP server answers 250: a crash after 250 loses nothing, and a restarted node finds
+its queue as it was (`load`). The host's disk thread (lab.nodes.diskio) does the writing
+and commits the directory once for the messages that arrive together. Later changes of
+state (an attempt that deferred, a bounce sent) go to `ID.json` beside it, written to a
+temporary name and renamed, which overrides the first line; they and the removal of a
+delivered message go through the same thread in order, and nobody waits for them: if a
+crash forgets one, the message is tried again, never lost.
 
 The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
 default), warn the sender after 4 hours, give up after 5 days. The schedule is the
@@ -23,12 +26,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import queue
 import secrets
-import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from lab.nodes.diskio import DiskWorker
 
 PENDING = "pending"
 DELIVERED = "delivered"
@@ -108,6 +111,11 @@ class QueuedMessage:
         }
 
 
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
 def new_id() -> str:
     return secrets.token_hex(5).upper()
 
@@ -127,16 +135,15 @@ def _write_durably(path: Path, data: bytes) -> None:
 
 
 class Queue:
-    def __init__(self, directory: Path, *, durable: bool = True):
+    def __init__(self, directory: Path, *, durable: bool = True, disk: DiskWorker | None = None):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.durable = durable
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
         self._saved: set[str] = set()  # ids with a state file beside them
-        # files of finished messages, removed by a worker thread off the event loop
-        self._doomed: queue.SimpleQueue[Path | None] = queue.SimpleQueue()
-        self._remover: threading.Thread | None = None
+        # the disk thread: durable writes in groups, removals and state updates in order
+        self.disk = disk or DiskWorker(f"queue:{directory}")
 
     def load(self) -> list[QueuedMessage]:
         """Read the queue from disk (after a restart); drop half-written leftovers."""
@@ -169,11 +176,25 @@ class Queue:
         self.write(content, message)
         self.messages[message.id] = message
 
+    async def put_async(self, content: bytes, message: QueuedMessage) -> None:
+        """`put` for the event loop: the file is written and fsync'd in the disk thread,
+        and the directory fsync'd there with the others of its group. Returns (and the
+        server may say 250) once both are on disk."""
+        await self.disk.commit(
+            lambda: self.write_file(content, message), self.dir if self.durable else None
+        )
+        self.messages[message.id] = message
+
     def write(self, content: bytes, message: QueuedMessage) -> None:
-        """The disk part of `put` (safe to run in a worker thread): one new file, written
-        under its final name, fsync'd, then the directory fsync'd. The first line records
-        the content's length, so a file cut short by a crash is recognised on `load`
-        (and was never acknowledged)."""
+        """The disk part of `put`: the message file, then the directory, fsync'd."""
+        self.write_file(content, message)
+        if self.durable:
+            self._sync_dir()
+
+    def write_file(self, content: bytes, message: QueuedMessage) -> None:
+        """One new file, written under its final name and fsync'd (the directory is the
+        caller's). The first line records the content's length, so a file cut short by
+        a crash is recognised on `load` (and was never acknowledged)."""
         state = message.to_json()
         state["length"] = len(content)
         head = json.dumps(state, separators=(",", ":")).encode() + b"\n"
@@ -187,8 +208,6 @@ class Queue:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        if self.durable:
-            self._sync_dir()
 
     def _sync_dir(self) -> None:
         if self._dir_fd is None:
@@ -196,19 +215,22 @@ class Queue:
         os.fsync(self._dir_fd)
 
     def close(self) -> None:
-        if self._remover is not None:  # the removals asked for so far are done
-            self._doomed.put(None)
-            self._remover.join()
-            self._remover = None
+        """Finish the disk work asked for so far (removals, state updates)."""
+        self.disk.close()
         if self._dir_fd is not None:
             os.close(self._dir_fd)
             self._dir_fd = None
 
     def save(self, message: QueuedMessage) -> None:
-        """Record a change of state (an attempt deferred, a bounce sent)."""
+        """Record a change of state (an attempt deferred, a bounce sent). The state is
+        taken now and written by the disk thread, in order with the other writes; if a
+        crash comes first, the message itself is still there and is tried again."""
         data = json.dumps(message.to_json(), separators=(",", ":")).encode()
         path = self.dir / f"{message.id}.json"
         self._saved.add(message.id)
+        self.disk.later(lambda: self._write_state(path, data))
+
+    def _write_state(self, path: Path, data: bytes) -> None:
         if self.durable:
             _write_durably(path, data)
             self._sync_dir()
@@ -221,7 +243,7 @@ class Queue:
 
     def remove(self, message_id: str) -> None:
         """The message is finished: it leaves the queue now, its files a moment later (in
-        a worker thread; a crash before that delivers it again, it never loses it)."""
+        the disk thread; a crash before that delivers it again, it never loses it)."""
         self._doom(self.dir / f"{message_id}.msg")  # first: a state file left alone is
         if message_id in self._saved:  # dropped by `load`, a message left alone is sent
             self._doom(self.dir / f"{message_id}.json")
@@ -229,17 +251,7 @@ class Queue:
         self.messages.pop(message_id, None)
 
     def _doom(self, path: Path) -> None:
-        if self._remover is None:
-            self._remover = threading.Thread(
-                target=self._remove_files, name=f"queue-remover:{self.dir}", daemon=True
-            )
-            self._remover.start()
-        self._doomed.put(path)
-
-    def _remove_files(self) -> None:
-        while (path := self._doomed.get()) is not None:
-            with contextlib.suppress(OSError):
-                path.unlink(missing_ok=True)
+        self.disk.later(lambda: _unlink(path))
 
     def __len__(self) -> int:
         return len(self.messages)

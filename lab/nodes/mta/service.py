@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.harness.clock import Timer
+from lab.nodes.diskio import DiskWorker
 from lab.nodes.host import Host, Unreachable
 from lab.nodes.maildir import MailStore
 from lab.nodes.mta.dsn import build_dsn
@@ -82,7 +83,8 @@ class MtaService:
         self.node = host.node
         self.resolver = resolver
         self.book = AddressBook(host.node, host.hostname)
-        self.queue = Queue(host.state_dir / "queue", durable=durable)
+        self.disk = DiskWorker(host.name)  # queue files, mailboxes: in order, in groups
+        self.queue = Queue(host.state_dir / "queue", durable=durable, disk=self.disk)
         self.store = MailStore(host.state_dir / "mail", durable=durable)
         self.connect_timeout = connect_timeout
         self.smtp_timeout = smtp_timeout
@@ -228,10 +230,10 @@ class MtaService:
         return message
 
     async def accept_async(self, content: bytes, **envelope: Any) -> QueuedMessage:
-        """`accept` for the SMTP server: the disk write and its fsync run in a thread, so
-        other sessions go on while this one waits for the disk."""
+        """`accept` for the SMTP server: the disk write and its fsyncs run in the disk
+        thread, so other sessions go on while this one waits for the disk."""
         message, content, failed = self._prepare(content, **envelope)
-        await asyncio.to_thread(self.queue.write, content, message)
+        await self.queue.put_async(content, message)
         self._commit(message, content, failed, [a for a, _ in envelope["recipients"]])
         return message
 
@@ -300,7 +302,7 @@ class MtaService:
             f"Delivered-To: {rcpt.original if rcpt.kind == 'mailbox' else rcpt.address}\r\n"
         )
         try:
-            key = await asyncio.to_thread(self.store.deliver, user, head.encode() + content)
+            key = await self.store.deliver_async(self.disk, user, head.encode() + content)
         except OSError as exc:
             self._result(message, rcpt, Reply(451, f"4.3.0 local delivery failed: {exc}"), "local")
             return

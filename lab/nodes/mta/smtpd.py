@@ -80,7 +80,24 @@ def enhance(text: str) -> tuple[str, str | None]:
     return text, None
 
 
-class LabSMTP(SMTP):
+_HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
+class _HookNames:
+    """aiosmtpd finds the server's smtp_*/auth_* and the handler's handle_*/auth_* methods
+    with dir() and inspect.getmembers() anew for every connection; answering dir() with
+    just those names (listed once per class) keeps a connection's setup cheap."""
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        names = _HOOK_NAMES.get(cls)
+        if names is None:
+            names = _HOOK_NAMES[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
+        return names
+
+
+class LabSMTP(_HookNames, SMTP):
     """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
 
     __ident__ = "ESMTP maillab"
@@ -126,17 +143,19 @@ class LabSMTP(SMTP):
         status = text
         if stage is not None:
             self.lab.emit("policy.reject", stage=stage, reply=text)
-        if text[3:4] == "-":  # a multi-line reply is one event, when its last line goes
+        if text[3:4] == "-":
+            # a multi-line reply is one event and one write, when its last line comes
+            # (as real MTAs send it: an EHLO reply line by line costs a segment each)
             self._reply_lines.append(text)
-        else:
-            lines = [*self._reply_lines, text]
-            self._reply_lines = []
-            self.lab.emit(
-                "smtp.reply",
-                peer=self.lab_peer[0] if self.lab_peer else "?",
-                reply=lines[0] if len(lines) == 1 else "\n".join(lines),
-            )
-        await super().push(status)
+            return
+        lines = [*self._reply_lines, text]
+        self._reply_lines = []
+        self.lab.emit(
+            "smtp.reply",
+            peer=self.lab_peer[0] if self.lab_peer else "?",
+            reply=lines[0] if len(lines) == 1 else "\n".join(lines),
+        )
+        await super().push("\r\n".join(lines))
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
@@ -211,7 +230,7 @@ class LabSMTP(SMTP):
         await super().smtp_STARTTLS(arg)
 
 
-class Handler:
+class Handler(_HookNames):
     """aiosmtpd handler hooks: the built-in MTA's policies."""
 
     def __init__(self, mta: Any):

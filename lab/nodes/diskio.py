@@ -1,0 +1,162 @@
+"""A host's disk writes, in one worker thread beside the event loop, committed in groups.
+
+An MTA may say 250 only once the message file and the directory entry naming it are on
+disk (fsync of both). Done one message at a time, each message pays its own directory
+fsync and its own trip to a thread. Here one thread per host takes the writes in order:
+those that queued up while the disk was busy go as a group, each file written and
+fsync'd, then each directory fsync'd once for the whole group (group commit, as
+databases and busy MTAs do), and the loop is woken once for the group. Nobody's 250
+comes before its own file and directory are durable.
+
+Work that nobody waits for (removing a delivered message, recording a deferred attempt)
+goes through the same thread with `later`, so it keeps its order with the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+log = logging.getLogger("maillab.disk")
+
+T = TypeVar("T")
+_GROUP = 64  # at most this many writes share one directory fsync
+
+
+class _Job:
+    __slots__ = ("directory", "error", "future", "loop", "result", "work")
+
+    def __init__(
+        self,
+        work: Callable[[], Any],
+        directory: Path | None,
+        future: asyncio.Future[Any] | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ):
+        self.work = work
+        self.directory = directory
+        self.future = future
+        self.loop = loop
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+
+def fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskWorker:
+    def __init__(self, name: str):
+        self.name = name
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def _submit(self, job: _Job) -> None:
+        with self._lock:
+            if self._closed:  # shutting down: do it here and now rather than start again
+                self._do([job])
+                return
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name=f"disk:{self.name}", daemon=True
+                )
+                self._thread.start()
+        self._jobs.put(job)
+
+    async def commit(self, work: Callable[[], T], directory: Path | None) -> T:
+        """Run `work` (it writes a file and fsyncs it) in the disk thread, then fsync
+        `directory` (shared with the other writes of its group); return work's result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._submit(_Job(work, directory, future, loop))
+        return await future
+
+    def later(self, work: Callable[[], Any]) -> None:
+        """Run `work` in the disk thread, in order with the rest; nobody waits for it."""
+        self._submit(_Job(work, None, None, None))
+
+    def wait(self) -> None:
+        """Block until the work asked for so far is done (for shutdown and for tests)."""
+        done = threading.Event()
+        self.later(done.set)
+        done.wait()
+
+    def close(self) -> None:
+        """Finish what was asked so far, then stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+            self._closed = True
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            first = self._jobs.get()
+            if first is None:
+                return
+            group = [first]
+            stop = False
+            while len(group) < _GROUP:
+                try:
+                    job = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is None:
+                    stop = True
+                    break
+                group.append(job)
+            self._do(group)
+            if stop:
+                return
+
+    def _do(self, group: list[_Job]) -> None:
+        for job in group:
+            try:
+                job.result = job.work()
+            except BaseException as exc:  # handed to whoever waits for it
+                job.error = exc
+                if job.future is None:
+                    log.warning("%s: background disk work failed: %s", self.name, exc)
+        synced: dict[Path, BaseException | None] = {}
+        for job in group:
+            if job.directory is None or job.error is not None:
+                continue
+            if job.directory not in synced:
+                try:
+                    fsync_directory(job.directory)
+                    synced[job.directory] = None
+                except OSError as exc:
+                    synced[job.directory] = exc
+            job.error = synced[job.directory]
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
+        for job in group:
+            if job.loop is not None:
+                by_loop.setdefault(job.loop, []).append(job)
+        for loop, jobs in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                loop.call_soon_threadsafe(_resolve, jobs)
+
+
+def _resolve(jobs: list[_Job]) -> None:
+    for job in jobs:
+        future = job.future
+        if future is None or future.done():
+            continue
+        if job.error is not None:
+            future.set_exception(job.error)
+        else:
+            future.set_result(job.result)
