@@ -27,6 +27,7 @@ class MailStore:
         self.root = root
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
+        self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
 
     def path(self, user: str) -> Path:
         safe = user.replace("/", "_")
@@ -34,8 +35,10 @@ class MailStore:
 
     def _ensure(self, user: str) -> Path:
         box = self.path(user)
-        for sub in ("tmp", "new", "cur"):
-            (box / sub).mkdir(parents=True, exist_ok=True)
+        if box not in self._made:
+            for sub in ("tmp", "new", "cur"):
+                (box / sub).mkdir(parents=True, exist_ok=True)
+            self._made.add(box)
         return box
 
     def deliver(self, user: str, content: bytes) -> str:
@@ -59,7 +62,12 @@ class MailStore:
         box = self._ensure(user)
         key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
         tmp = box / "tmp" / key
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # the Maildir was removed behind our back: make it again
+            self._made.discard(box)
+            box = self._ensure(user)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(content)
             while view:

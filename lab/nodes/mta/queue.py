@@ -31,6 +31,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from lab.nodes.diskio import DiskWorker
 
 PENDING = "pending"
@@ -109,6 +111,15 @@ class QueuedMessage:
             "next_attempt": self.next_attempt,
             "last_reply": self.attempts[-1].reply if self.attempts else "",
         }
+
+
+def _state(message: QueuedMessage, *, length: int | None = None) -> bytes:
+    """The message's state as one line of JSON (orjson writes dataclasses directly), with
+    the content's length added for the head of a `.msg` file."""
+    data = orjson.dumps(message)
+    if length is None:
+        return data
+    return data[:-1] + b',"length":%d}' % length
 
 
 def _unlink(path: Path) -> None:
@@ -195,9 +206,7 @@ class Queue:
         """One new file, written under its final name and fsync'd (the directory is the
         caller's). The first line records the content's length, so a file cut short by
         a crash is recognised on `load` (and was never acknowledged)."""
-        state = message.to_json()
-        state["length"] = len(content)
-        head = json.dumps(state, separators=(",", ":")).encode() + b"\n"
+        head = _state(message, length=len(content)) + b"\n"
         path = self.dir / f"{message.id}.msg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -225,7 +234,7 @@ class Queue:
         """Record a change of state (an attempt deferred, a bounce sent). The state is
         taken now and written by the disk thread, in order with the other writes; if a
         crash comes first, the message itself is still there and is tried again."""
-        data = json.dumps(message.to_json(), separators=(",", ":")).encode()
+        data = _state(message)
         path = self.dir / f"{message.id}.json"
         self._saved.add(message.id)
         self.disk.later(lambda: self._write_state(path, data))
