@@ -96,6 +96,7 @@ class MtaService:
         self.probing = False  # set while a backend checks that the service answers
         self.server: Any = None
         self._due: list[str] = []  # accepted, waiting for the delivery runner
+        self._fresh: dict[str, bytes] = {}  # their contents, so the first run need not read
         self._runner: asyncio.Task[None] | None = None
         self.outbound = asyncio.Semaphore(max_sessions)
         self.hop_sessions = hop_sessions
@@ -219,6 +220,7 @@ class MtaService:
         if message.done:  # every recipient failed at once (an alias loop): nothing to run
             self._finish(message)
         else:
+            self._fresh[message.id] = content
             self._kick(message.id)
 
     def accept(self, content: bytes, **envelope: Any) -> QueuedMessage:
@@ -269,7 +271,10 @@ class MtaService:
             timer = self.timers.pop(message_id, None)
             if timer:
                 timer.cancel()
-            work.append(_Work(message, self.queue.content(message_id), message.pending))
+            content = self._fresh.pop(message_id, None)
+            if content is None:
+                content = self.queue.content(message_id)
+            work.append(_Work(message, content, message.pending))
         if not work:
             return
         try:
@@ -584,6 +589,7 @@ class MtaService:
             )
         else:
             self.queue.remove(message.id)
+            self._fresh.pop(message.id, None)
             self.host.emit("queue.removed", id=message.id)
 
     def _next_time(self, message: QueuedMessage, now: float) -> float:
