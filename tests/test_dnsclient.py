@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import dns.flags
 import dns.message
@@ -49,6 +49,22 @@ async def _server() -> tuple[_Server, int]:
     return server, transport.get_extra_info("sockname")[1]
 
 
+def _with_server(body: Callable[[_Server, int, DnsClient], Awaitable[None]]) -> None:
+    """Run `body` against a fresh held-answer server and a fresh client, then close both."""
+
+    async def run() -> None:
+        server, port = await _server()
+        client = DnsClient()
+        try:
+            await body(server, port, client)
+        finally:
+            client.close()
+            assert server.transport is not None
+            server.transport.close()
+
+    asyncio.run(run())
+
+
 async def _until(check: Callable[[], bool]) -> None:
     for _ in range(200):
         if check():
@@ -58,9 +74,7 @@ async def _until(check: Callable[[], bool]) -> None:
 
 
 def test_answers_out_of_order_reach_their_own_queries_over_one_socket() -> None:
-    async def run() -> None:
-        server, port = await _server()
-        client = DnsClient()
+    async def body(server: _Server, port: int, client: DnsClient) -> None:
         q1 = dns.message.make_query("one.test", "A")
         q2 = dns.message.make_query("two.test", "A")
         q2.id = (q1.id + 1) % 65536
@@ -84,17 +98,12 @@ def test_answers_out_of_order_reach_their_own_queries_over_one_socket() -> None:
         server.send(_answer(server.held[2][0], "10.0.0.3"), server.held[2][1])
         assert (await t3).answer[0][0].to_text() == "10.0.0.3"
         assert len(server.sources) == 1
-        client.close()
-        assert server.transport is not None
-        server.transport.close()
 
-    asyncio.run(run())
+    _with_server(body)
 
 
 def test_a_query_with_a_clashing_id_gets_a_new_one() -> None:
-    async def run() -> None:
-        server, port = await _server()
-        client = DnsClient()
+    async def body(server: _Server, port: int, client: DnsClient) -> None:
         q1 = dns.message.make_query("one.test", "A")
         q2 = dns.message.make_query("two.test", "A")
         q2.id = q1.id
@@ -106,17 +115,12 @@ def test_a_query_with_a_clashing_id_gets_a_new_one() -> None:
             server.send(_answer(query, "10.0.0.9"), addr)
         answers = await asyncio.gather(t1, t2)
         assert [str(a.question[0].name) for a in answers] == ["one.test.", "two.test."]
-        client.close()
-        assert server.transport is not None
-        server.transport.close()
 
-    asyncio.run(run())
+    _with_server(body)
 
 
 def test_silence_is_a_timeout_and_the_socket_serves_on() -> None:
-    async def run() -> None:
-        server, port = await _server()
-        client = DnsClient()
+    async def body(server: _Server, port: int, client: DnsClient) -> None:
         with pytest.raises(TimeoutError):
             await client.query(
                 dns.message.make_query("quiet.test", "A"), "127.0.0.1", port, timeout=0.2
@@ -126,11 +130,8 @@ def test_silence_is_a_timeout_and_the_socket_serves_on() -> None:
         await _until(lambda: len(server.held) == 2)
         server.send(_answer(server.held[1][0], "10.0.0.4"), server.held[1][1])
         assert (await task).answer[0][0].to_text() == "10.0.0.4"
-        client.close()
-        assert server.transport is not None
-        server.transport.close()
 
-    asyncio.run(run())
+    _with_server(body)
 
 
 def test_a_closed_port_fails_at_once_not_after_the_timeout() -> None:

@@ -142,19 +142,23 @@ def test_half_written_leftovers_are_dropped_on_load(tmp_path: Path) -> None:
     assert not [name for name in files(directory) if cut.id in name]
 
 
-def test_put_fsyncs_the_file_and_then_the_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    directory = tmp_path / "q"
-    queue = Queue(directory)
-    synced: list[str] = []
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The paths fsync'd from now on, in order (the fsyncs still happen)."""
+    paths: list[str] = []
     real_fsync = os.fsync
 
     def fsync(fd: int) -> None:
-        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        paths.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", fsync)
+    return paths
+
+
+def test_put_fsyncs_the_file_and_then_the_directory(tmp_path: Path, synced: list[str]) -> None:
+    directory = tmp_path / "q"
+    queue = Queue(directory)
     qm = message()
     queue.put(CONTENT, qm)
     assert len(synced) >= 2, synced
@@ -198,9 +202,7 @@ def test_a_state_update_is_taken_when_saved_and_written_later(tmp_path: Path) ->
     assert Queue(tmp_path / "q").load()[0].next_attempt == 1_800.0
 
 
-def test_put_async_is_durable_when_it_returns(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_put_async_is_durable_when_it_returns(tmp_path: Path, synced: list[str]) -> None:
     """Many messages at once: each file is fsync'd, the directory at least once after the
     last file of each group, and every put returns only after its group's directory
     fsync (group commit)."""
@@ -208,14 +210,7 @@ def test_put_async_is_durable_when_it_returns(
 
     directory = tmp_path / "q"
     queue = Queue(directory)
-    order: list[str] = []
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        order.append(os.readlink(f"/proc/self/fd/{fd}"))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
+    order = synced
     messages = [message() for _ in range(40)]
 
     async def put_all() -> dict[str, int]:

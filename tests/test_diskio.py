@@ -1,0 +1,72 @@
+"""A host's disk thread (lab.nodes.diskio.DiskWorker): order, errors, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+
+import pytest
+
+from lab.nodes.diskio import DiskWorker
+
+
+def test_commits_and_later_work_run_in_order_off_the_loop_thread(tmp_path: Path) -> None:
+    disk = DiskWorker("t")
+    seen: list[tuple[str, str]] = []
+
+    def work(name: str) -> str:
+        seen.append((name, threading.current_thread().name))
+        return name
+
+    async def run() -> list[str]:
+        first = asyncio.ensure_future(disk.commit(lambda: work("a"), tmp_path))
+        await asyncio.sleep(0)  # the task has handed its work over
+        disk.later(lambda: work("b"))
+        second = asyncio.ensure_future(disk.commit(lambda: work("c"), None))
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(run()) == ["a", "c"]
+    disk.close()
+    assert [name for name, _ in seen] == ["a", "b", "c"]
+    assert {thread for _, thread in seen} == {"disk:t"}
+
+
+def test_a_failed_write_reaches_whoever_waits_and_the_thread_goes_on(tmp_path: Path) -> None:
+    disk = DiskWorker("t")
+
+    def fail() -> None:
+        raise OSError(28, "No space left on device")
+
+    async def run() -> str:
+        with pytest.raises(OSError, match="No space left"):
+            await disk.commit(fail, tmp_path)
+        return await disk.commit(lambda: "next", tmp_path)
+
+    assert asyncio.run(run()) == "next"
+    disk.close()
+
+
+def test_a_directory_that_cannot_be_synced_fails_the_writes_of_its_group(tmp_path: Path) -> None:
+    disk = DiskWorker("t")
+
+    async def run() -> None:
+        with pytest.raises(OSError):
+            await disk.commit(lambda: None, tmp_path / "missing")
+
+    asyncio.run(run())
+    disk.close()
+
+
+def test_wait_and_close_finish_what_was_asked(tmp_path: Path) -> None:
+    disk = DiskWorker("t")
+    done: list[int] = []
+    for i in range(50):
+        disk.later(lambda i=i: done.append(i))
+    disk.wait()
+    assert done == list(range(50))
+    disk.later(lambda: done.append(50))
+    disk.close()
+    assert done[-1] == 50
+    disk.later(lambda: done.append(51))  # after close: done at once, in the caller
+    assert done[-1] == 51
