@@ -80,6 +80,7 @@ def enhance(text: str) -> tuple[str, str | None]:
     return text, None
 
 
+_SEND_AT_ONCE = {"220", "221", "354", "421"}
 _HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
 _HOOK_NAMES: dict[type, list[str]] = {}
 
@@ -110,6 +111,7 @@ class LabSMTP(_HookNames, SMTP):
         self.rdns: str | None = None
         self._rcpt_params: dict[str, str] = {}
         self._reply_lines: list[str] = []
+        self._held: list[str] = []  # replies to pipelined commands, not yet sent
 
     # connection ---------------------------------------------------------------------
 
@@ -155,7 +157,22 @@ class LabSMTP(_HookNames, SMTP):
             peer=self.lab_peer[0] if self.lab_peer else "?",
             reply=lines[0] if len(lines) == 1 else "\n".join(lines),
         )
+        # PIPELINING (RFC 2920): while the client's next commands are already here, hold
+        # the replies and send them together when the input runs dry; a reply after
+        # which the connection changes (220 to STARTTLS, 221, 421) or data follows (354)
+        # goes at once, with what was held.
+        if text[:3] not in _SEND_AT_ONCE and self._input_waiting():
+            self._held.extend(lines)
+            return
+        if self._held:
+            lines = [*self._held, *lines]
+            self._held = []
         await super().push("\r\n".join(lines))
+
+    def _input_waiting(self) -> bool:
+        """A whole command line is already buffered (the client pipelines)."""
+        buffered: bytearray | None = getattr(self._reader, "_buffer", None)  # StreamReader's
+        return buffered is not None and b"\n" in buffered
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
