@@ -97,7 +97,7 @@ class MtaService:
         self.server: Any = None
         self._due: list[str] = []  # accepted, waiting for the delivery runner
         self._fresh: dict[str, bytes] = {}  # their contents, so the first run need not read
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
         self.outbound = asyncio.Semaphore(max_sessions)
         self.hop_sessions = hop_sessions
 
@@ -240,12 +240,14 @@ class MtaService:
         return message
 
     def _kick(self, queue_id: str) -> None:
-        """Deliver a newly accepted message soon. Messages that arrive while a delivery
-        run is under way wait for the next run and go together, over one session per
-        next hop, as a real MTA's queue manager batches them."""
+        """Deliver a newly accepted message soon. Up to `hop_sessions` delivery runs go
+        at once, so a message need not wait for a slow one to end; messages that arrive
+        while all are busy wait for the first to finish and go together, over one
+        session per next hop, as a real MTA's queue manager batches them."""
         self._due.append(queue_id)
-        if self._runner is None or self._runner.done():
-            self._runner = self.host.spawn(self._drain(), "deliver")
+        self._runners = {r for r in self._runners if not r.done()}
+        if len(self._runners) < self.hop_sessions:
+            self._runners.add(self.host.spawn(self._drain(), "deliver"))
 
     async def _drain(self) -> None:
         while self._due:
