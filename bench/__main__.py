@@ -390,8 +390,8 @@ def report(results: dict[str, Any], command: str) -> str:
         f"- During the flush the event loop's thread (every host's SMTP, TLS, routing and"
         f" events) was busy {flush['loop_busy'] * 100:.0f}% of the time; the disk work runs"
         " in one thread per host (group commit of file and directory fsyncs).",
-        "- Where the time goes: per message and hop, aiosmtpd and aiosmtplib parse each"
-        " command and reply, asyncio's TLS layer wraps each record, and about a dozen"
+        "- Where the time goes: per message and hop, aiosmtpd and the SMTP clients parse"
+        " each command and reply, asyncio's TLS layer wraps each record, and about a dozen"
         " events are recorded; the hub also looks up each client's PTR. These are spread"
         " thin: no single function takes more than a few percent of the loop's time.",
         "- The big lab's sample message (last client to last domain) was"
