@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -98,11 +99,24 @@ async def session_with(server: Scripted) -> tuple[OutboundSession, asyncio.Abstr
     return session, listening
 
 
-def test_with_pipelining_the_envelope_goes_in_one_write_and_each_recipient_gets_its_reply() -> None:
-    server = Scripted(pipelining=True, refuse=("nobody@",))
+def converse(server: Scripted, body: Callable[[OutboundSession], Awaitable[None]]) -> None:
+    """Open a session with `server`, run `body` on it, then QUIT and stop the server."""
 
     async def run() -> None:
         session, listening = await session_with(server)
+        try:
+            await body(session)
+        finally:
+            await session.close()
+            listening.close()
+
+    asyncio.run(run())
+
+
+def test_with_pipelining_the_envelope_goes_in_one_write_and_each_recipient_gets_its_reply() -> None:
+    server = Scripted(pipelining=True, refuse=("nobody@",))
+
+    async def body(session: OutboundSession) -> None:
         before = len(server.chunks)
         result = await session.send(
             "joe@home.test", ["bob@mx.test", "nobody@mx.test"], b"Subject: hi\r\n\r\n.dot\r\n"
@@ -116,26 +130,21 @@ def test_with_pipelining_the_envelope_goes_in_one_write_and_each_recipient_gets_
         assert "ABC123" in result.final("bob@mx.test").text
         assert result.final("nobody@mx.test").code == 550
         assert server.messages == [b"Subject: hi\r\n\r\n..dot\r\n"]
-        await session.close()
-        listening.close()
 
-    asyncio.run(run())
+    converse(server, body)
     assert server.commands[-1] == "QUIT"
 
 
 def test_nobody_accepted_means_no_message_and_a_reset_before_the_next() -> None:
     server = Scripted(pipelining=True, refuse=("nobody@",))
 
-    async def run() -> None:
-        session, listening = await session_with(server)
+    async def body(session: OutboundSession) -> None:
         first = await session.send("joe@home.test", ["nobody@mx.test"], b"Subject: 1\r\n\r\nx\r\n")
         assert first.final("nobody@mx.test").code == 550
         second = await session.send("joe@home.test", ["bob@mx.test"], b"Subject: 2\r\n\r\ny\r\n")
         assert second.final("bob@mx.test").code == 250
-        await session.close()
-        listening.close()
 
-    asyncio.run(run())
+    converse(server, body)
     verbs = [c.split(" ", 1)[0] for c in server.commands]
     assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
     assert len(server.messages) == 1 and b"Subject: 2" in server.messages[0]
@@ -144,8 +153,7 @@ def test_nobody_accepted_means_no_message_and_a_reset_before_the_next() -> None:
 def test_without_pipelining_each_command_waits_for_its_reply() -> None:
     server = Scripted(pipelining=False, refuse=("nobody@",))
 
-    async def run() -> None:
-        session, listening = await session_with(server)
+    async def body(session: OutboundSession) -> None:
         before = len(server.chunks)
         result = await session.send(
             "joe@home.test", ["bob@mx.test", "nobody@mx.test"], b"Subject: hi\r\n\r\nx\r\n"
@@ -154,40 +162,32 @@ def test_without_pipelining_each_command_waits_for_its_reply() -> None:
         assert result.final("nobody@mx.test").code == 550
         envelope = server.chunks[before : before + 4]
         assert [c.split(b" ", 1)[0] for c in envelope] == [b"MAIL", b"RCPT", b"RCPT", b"DATA\r\n"]
-        await session.close()
-        listening.close()
 
-    asyncio.run(run())
+    converse(server, body)
 
 
 def test_a_server_that_hangs_up_mid_transaction_fails_the_session() -> None:
     server = Scripted(pipelining=True, drop_at="RCPT")
 
-    async def run() -> None:
-        session, listening = await session_with(server)
+    async def body(session: OutboundSession) -> None:
         with pytest.raises(SessionError) as failed:
             await session.send("joe@home.test", ["bob@mx.test"], b"Subject: hi\r\n\r\nx\r\n")
         assert failed.value.reply.code == 421
         assert "4.4.2" in str(failed.value.reply)
-        await session.close()
-        listening.close()
 
-    asyncio.run(run())
+    converse(server, body)
 
 
 def test_control_characters_in_addresses_never_reach_the_wire() -> None:
     server = Scripted(pipelining=True)
 
-    async def run() -> None:
-        session, listening = await session_with(server)
+    async def body(session: OutboundSession) -> None:
         result = await session.send(
             "joe@home.test", ["bob@mx.test\r\nRCPT TO:<x@evil.test>"], b"Subject: hi\r\n\r\nx\r\n"
         )
         assert result.final("bob@mx.test\r\nRCPT TO:<x@evil.test>").code == 553
-        await session.close()
-        listening.close()
 
-    asyncio.run(run())
+    converse(server, body)
     assert not any("evil" in c for c in server.commands)
 
 
