@@ -21,7 +21,7 @@ import asyncio
 import email.utils
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +65,9 @@ class _Work:
     message: QueuedMessage
     content: bytes
     recipients: list[Recipient]
+
+
+Claim = Callable[[str], list[tuple[_Work, list[Recipient]]]]
 
 
 class MtaService:
@@ -279,14 +282,48 @@ class MtaService:
             work.append(_Work(message, content, message.pending))
         if not work:
             return
+
+        def claim(key: str) -> list[tuple[_Work, list[Recipient]]]:
+            taken = self._claim(key)
+            work.extend(item for item, _ in taken)  # finished below with the rest
+            return taken
+
         try:
-            await self._deliver(work)
+            await self._deliver(work, claim)
         finally:
             for item in work:
                 self.running.discard(item.message.id)
                 self._finish(item.message, item.content)
 
-    async def _deliver(self, work: list[_Work]) -> None:
+    def _claim(self, key: str) -> list[tuple[_Work, list[Recipient]]]:
+        """Newly accepted messages that go wholly to next hop `key`, for a session to it
+        that is about to end: it carries them too, as an MTA reuses a connection."""
+        taken: list[tuple[_Work, list[Recipient]]] = []
+        kept: list[str] = []
+        for message_id in self._due:
+            message = self.queue.messages.get(message_id)
+            pending = message.pending if message is not None else []
+            if (
+                message is None
+                or not pending
+                or message_id in self.running
+                or any(r.kind in ("local", "mailbox") for r in pending)
+                or any(self._hop_key(r.address) != key for r in pending)
+            ):
+                kept.append(message_id)
+                continue
+            self.running.add(message_id)
+            timer = self.timers.pop(message_id, None)
+            if timer:
+                timer.cancel()
+            content = self._fresh.pop(message_id, None)
+            if content is None:
+                content = self.queue.content(message_id)
+            taken.append((_Work(message, content, pending), pending))
+        self._due = kept
+        return taken
+
+    async def _deliver(self, work: list[_Work], claim: Claim) -> None:
         groups: dict[str, list[tuple[_Work, list[Recipient]]]] = defaultdict(list)
         for item in work:
             remote: list[Recipient] = []
@@ -300,7 +337,9 @@ class MtaService:
                 by_key[self._hop_key(rcpt.address)].append(rcpt)
             for key, rcpts in by_key.items():
                 groups[key].append((item, rcpts))
-        await asyncio.gather(*(self._deliver_hop(key, items) for key, items in groups.items()))
+        await asyncio.gather(
+            *(self._deliver_hop(key, items, claim) for key, items in groups.items())
+        )
 
     async def _deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
         user = rcpt.target or split_address(rcpt.address)[0]
@@ -371,7 +410,9 @@ class MtaService:
             hop.error = Reply(451, f"4.4.3 Host name lookup failure: {exc}")
         return hop
 
-    async def _deliver_hop(self, key: str, items: list[tuple[_Work, list[Recipient]]]) -> None:
+    async def _deliver_hop(
+        self, key: str, items: list[tuple[_Work, list[Recipient]]], claim: Claim
+    ) -> None:
         hop = await self._resolve_hop(key)
         if hop.error:
             for item, rcpts in items:
@@ -384,10 +425,10 @@ class MtaService:
         # round trip does not hold up the rest.
         sessions = max(1, min(self.hop_sessions, len(items) // 8 or 1))
         slices = [items[i::sessions] for i in range(sessions)]
-        await asyncio.gather(*(self._deliver_slice(key, hop, part) for part in slices))
+        await asyncio.gather(*(self._deliver_slice(key, hop, part, claim) for part in slices))
 
     async def _deliver_slice(
-        self, key: str, hop: Hop, items: list[tuple[_Work, list[Recipient]]]
+        self, key: str, hop: Hop, items: list[tuple[_Work, list[Recipient]]], claim: Claim
     ) -> None:
         mine = {str(a) for a in self.host.addresses.values()}
         remaining = list(items)
@@ -402,7 +443,9 @@ class MtaService:
                 break
             self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
             async with self.outbound:
-                last_error = await self._session(key, name, address, port, remaining, last_error)
+                last_error = await self._session(
+                    key, name, address, port, remaining, last_error, claim
+                )
             if last_error.permanent and last_error.status == "5.4.6":
                 break
         for item, rcpts in remaining:
@@ -419,8 +462,10 @@ class MtaService:
         port: int,
         remaining: list[tuple[_Work, list[Recipient]]],
         last_error: Reply,
+        claim: Claim,
     ) -> Reply:
-        """One SMTP session to one server, for as many of `remaining` as it takes."""
+        """One SMTP session to one server, for as many of `remaining` as it takes, and
+        for what arrives for the same next hop meanwhile (`claim`)."""
         if True:
             try:
                 sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
@@ -449,7 +494,11 @@ class MtaService:
                 await session.close()
                 return exc.reply
             try:
-                while remaining:
+                while True:
+                    if not remaining:
+                        remaining.extend(claim(key))  # what came meanwhile for this hop
+                        if not remaining:
+                            break
                     item, rcpts = remaining[0]
                     result = await self._transaction(session, item, rcpts, name)
                     self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
