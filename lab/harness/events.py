@@ -22,9 +22,10 @@ Predicate = Callable[["Event"], bool]
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 
 
-def json_line(event: dict[str, Any]) -> bytes:
-    """One JSON line (orjson: a busy lab writes dozens of events per message)."""
-    return orjson.dumps(event, default=str, option=_OPTIONS)
+def json_line(data: dict[str, Any]) -> bytes:
+    """One JSON line, for the event log and the agents' stream (orjson: a busy lab
+    writes dozens of events per message)."""
+    return orjson.dumps(data, default=str, option=_OPTIONS)
 
 
 @dataclass(frozen=True)

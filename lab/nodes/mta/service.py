@@ -272,14 +272,7 @@ class MtaService:
             message = self.queue.messages.get(message_id)
             if message is None or message_id in self.running or not message.pending:
                 continue
-            self.running.add(message_id)
-            timer = self.timers.pop(message_id, None)
-            if timer:
-                timer.cancel()
-            content = self._fresh.pop(message_id, None)
-            if content is None:
-                content = self.queue.content(message_id)
-            work.append(_Work(message, content, message.pending))
+            work.append(self._take(message))
         if not work:
             return
 
@@ -294,6 +287,17 @@ class MtaService:
             for item in work:
                 self.running.discard(item.message.id)
                 self._finish(item.message, item.content)
+
+    def _take(self, message: QueuedMessage) -> _Work:
+        """Mark a message as being delivered (its retry timer off) and get its content."""
+        self.running.add(message.id)
+        timer = self.timers.pop(message.id, None)
+        if timer:
+            timer.cancel()
+        content = self._fresh.pop(message.id, None)
+        if content is None:
+            content = self.queue.content(message.id)
+        return _Work(message, content, message.pending)
 
     def _claim(self, key: str) -> list[tuple[_Work, list[Recipient]]]:
         """Newly accepted messages that go wholly to next hop `key`, for a session to it
@@ -312,14 +316,8 @@ class MtaService:
             ):
                 kept.append(message_id)
                 continue
-            self.running.add(message_id)
-            timer = self.timers.pop(message_id, None)
-            if timer:
-                timer.cancel()
-            content = self._fresh.pop(message_id, None)
-            if content is None:
-                content = self.queue.content(message_id)
-            taken.append((_Work(message, content, pending), pending))
+            item = self._take(message)
+            taken.append((item, item.recipients))
         self._due = kept
         return taken
 
