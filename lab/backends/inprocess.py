@@ -227,13 +227,13 @@ class InProcessBackend(BackendCommon):
 
         def listener(event: Any) -> None:
             if event.node == node and event.kind == "queue.queued":
-                captured[event.get("id")] = mta.queue.content(event.get("id"))
+                captured[event.get("id")] = mta.content(event.get("id"))
 
         self.events.listen(listener)
         return captured
 
     def queue_content(self, node: str, queue_id: str) -> bytes:
-        return self._mta(node).queue.content(queue_id)
+        return self._mta(node).content(queue_id)
 
     def status(self) -> dict[str, Any]:
         nodes: dict[str, Any] = {}

@@ -111,7 +111,7 @@ class HostServices:
         return self.need_mta().list_queue()
 
     def queue_content(self, queue_id: str) -> bytes:
-        return self.need_mta().queue.content(queue_id)
+        return self.need_mta().content(queue_id)
 
     def mailbox(self, user: str) -> list[dict[str, Any]]:
         if self.mta is not None:

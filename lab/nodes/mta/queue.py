@@ -57,6 +57,11 @@ class Recipient:
     def pending(self) -> bool:
         return self.state == PENDING
 
+    @property
+    def local(self) -> bool:
+        """Delivered into a mailbox on this host, not handed to another."""
+        return self.kind in ("local", "mailbox")
+
 
 @dataclass
 class Attempt:

@@ -208,6 +208,16 @@ class MtaService:
     ) -> None:
         """After the message is on disk: record it, and start delivering it."""
         self.queue.messages[message.id] = message
+        self._accepted(message, content, original)
+        if failed:
+            self._bounce(message, content, failed)
+        if message.done:  # every recipient failed at once (an alias loop): nothing to run
+            self._finish(message)
+        else:
+            self._fresh[message.id] = content
+            self._kick(message.id)
+
+    def _accepted(self, message: QueuedMessage, content: bytes, original: list[str]) -> None:
         self.host.emit(
             "queue.queued",
             id=message.id,
@@ -218,13 +228,6 @@ class MtaService:
             size=len(content),
             message_id=message.message_id,
         )
-        if failed:
-            self._bounce(message, content, failed)
-        if message.done:  # every recipient failed at once (an alias loop): nothing to run
-            self._finish(message)
-        else:
-            self._fresh[message.id] = content
-            self._kick(message.id)
 
     def accept(self, content: bytes, **envelope: Any) -> QueuedMessage:
         """Queue a message durably and start delivering it. Returns it with its id.
@@ -238,9 +241,41 @@ class MtaService:
         """`accept` for the SMTP server: the disk write and its fsyncs run in the disk
         thread, so other sessions go on while this one waits for the disk."""
         message, content, failed = self._prepare(content, **envelope)
+        original = [a for a, _ in envelope["recipients"]]
+        if message.recipients and not failed and all(r.local for r in message.recipients):
+            await self._accept_local(message, content, original)
+            return message
         await self.queue.put_async(content, message)
-        self._commit(message, content, failed, [a for a, _ in envelope["recipients"]])
+        self._commit(message, content, failed, original)
         return message
+
+    async def _accept_local(
+        self, message: QueuedMessage, content: bytes, original: list[str]
+    ) -> None:
+        """Mail for local mailboxes only goes into them before the 250, as an LMTP server
+        delivers: each mailbox file is on disk (fsync'd, and its directory) when this
+        returns, so the message needs no queue file of its own. A mailbox that cannot be
+        written leaves its recipient to the queue, and the message is queued for it."""
+        self._fresh[message.id] = content  # its content, for whoever sees it accepted
+        self._accepted(message, content, original)
+        try:
+            await asyncio.gather(
+                *(self._deliver_local(message, content, r) for r in message.recipients)
+            )
+        finally:
+            self._fresh.pop(message.id, None)
+        if message.pending:
+            await self.queue.put_async(content, message)
+            self.queue.messages[message.id] = message
+            self._fresh[message.id] = content
+            self._kick(message.id)
+        else:
+            self.host.emit("queue.removed", id=message.id)
+
+    def content(self, queue_id: str) -> bytes:
+        """A message's content: from memory while it is being accepted, else its file."""
+        fresh = self._fresh.get(queue_id)
+        return fresh if fresh is not None else self.queue.content(queue_id)
 
     def _kick(self, queue_id: str) -> None:
         """Deliver a newly accepted message soon. Up to `hop_sessions` delivery runs go
@@ -311,7 +346,7 @@ class MtaService:
                 message is None
                 or not pending
                 or message_id in self.running
-                or any(r.kind in ("local", "mailbox") for r in pending)
+                or any(r.local for r in pending)
                 or any(self._hop_key(r.address) != key for r in pending)
             ):
                 kept.append(message_id)
@@ -326,7 +361,7 @@ class MtaService:
         for item in work:
             remote: list[Recipient] = []
             for rcpt in item.recipients:
-                if rcpt.kind in ("local", "mailbox"):
+                if rcpt.local:
                     await self._deliver_local(item.message, item.content, rcpt)
                 else:
                     remote.append(rcpt)
@@ -497,8 +532,17 @@ class MtaService:
                         remaining.extend(claim(key))  # what came meanwhile for this hop
                         if not remaining:
                             break
+                    if len(remaining) == 1:
+                        remaining.extend(claim(key))
                     item, rcpts = remaining[0]
-                    result = await self._transaction(session, item, rcpts, name)
+                    then = None
+                    if len(remaining) > 1:  # its envelope goes out behind this message
+                        following, then_rcpts = remaining[1]
+                        then = (
+                            self._envelope_from(following.message),
+                            [r.address for r in then_rcpts],
+                        )
+                    result = await self._transaction(session, item, rcpts, name, then)
                     self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
                     for rcpt in rcpts:
                         self._result(
@@ -516,16 +560,26 @@ class MtaService:
                 await session.close()
         return last_error
 
+    def _envelope_from(self, message: QueuedMessage) -> str:
+        """The envelope sender as it goes out: masqueraded if the node says so."""
+        m = self.node.masquerade
+        if m is not None and m.envelope and message.envelope_from:
+            return masquerade_address(message.envelope_from, m, self.node.local_domains)
+        return message.envelope_from
+
     async def _transaction(
-        self, session: OutboundSession, item: _Work, rcpts: list[Recipient], server: str
+        self,
+        session: OutboundSession,
+        item: _Work,
+        rcpts: list[Recipient],
+        server: str,
+        then: tuple[str, list[str]] | None,
     ) -> TransactionResult:
         message = item.message
-        envelope_from = message.envelope_from
+        envelope_from = self._envelope_from(message)
         content = item.content
         m = self.node.masquerade
         if m is not None:
-            if m.envelope and envelope_from:
-                envelope_from = masquerade_address(envelope_from, m, self.node.local_domains)
             content = rewrite_headers(content, m, self.node.local_domains)
         self.host.emit(
             "delivery.attempt",
@@ -535,7 +589,7 @@ class MtaService:
             recipients=[r.address for r in rcpts],
             message_id=_message_id(content),
         )
-        return await session.send(envelope_from, [r.address for r in rcpts], content)
+        return await session.send(envelope_from, [r.address for r in rcpts], content, then=then)
 
     # results ---------------------------------------------------------------------------
 
@@ -656,7 +710,10 @@ class MtaService:
         if old:
             old.cancel()
         self.timers[message.id] = self.host.clock.call_at(
-            when, lambda: self.run([message.id]), name=f"{self.host.name}:retry:{message.id}"
+            when,
+            # a host task, so that settling the lab waits for a retry the clock started
+            lambda: self.host.spawn(self.run([message.id]), "retry"),
+            name=f"{self.host.name}:retry:{message.id}",
         )
 
     # bounces ---------------------------------------------------------------------------

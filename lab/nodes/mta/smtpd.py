@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from lab.nodes.mta import policy
 from lab.nodes.resolver import DnsNotFound, DnsTemporaryError
@@ -81,6 +81,9 @@ def enhance(text: str) -> tuple[str, str | None]:
 
 
 _SEND_AT_ONCE = {"220", "221", "354", "421"}
+_DATA_END = b"\r\n.\r\n"
+_DOT_LINE = b".\r\n"
+_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 _HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
 _HOOK_NAMES: dict[type, list[str]] = {}
 
@@ -219,8 +222,34 @@ class LabSMTP(_HookNames, SMTP):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message by whole buffered blocks instead of a
+        line at a time; the limits, the end of data and the replies are the same."""
         self.lab.command("DATA", arg)
-        await super().smtp_DATA(arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, error = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection was lost during DATA
+            self._writer.close()
+            raise
+        if error is not None:
+            await self.push(error)
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_HELO(self, hostname: str) -> None:
         self.lab.command("HELO", hostname)
@@ -450,6 +479,66 @@ class Handler(_HookNames):
             self.emit("queue.write_failed", error=str(exc))
             return "451 4.3.0 Error: queue file write error"
         return f"250 2.0.0 {message.id} Message accepted for delivery"
+
+
+async def read_data(
+    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+) -> tuple[bytes, str | None]:
+    """The message up to the line holding a lone dot, dot-unstuffed (RFC 5321 4.5.2),
+    or the error reply it earned: a line longer than `line_limit` with its CRLF (500) or
+    more than `size_limit` octets (552), replied to only once the data has ended (4.2.5).
+    Lines end with CRLF only: a bare CR or LF neither ends a line nor the data.
+
+    It reads whole buffered blocks, not a line at a time. What the client sent after the
+    end of data (pipelined commands) stays in the reader for the command loop."""
+    blocks: list[bytes] = []
+    size = 0
+    error: str | None = None
+    at_line_start = True
+    while True:
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # a peek
+        if at_line_start and buffered.startswith(_DOT_LINE):
+            end = 0
+        else:
+            found = buffered.find(_DATA_END)
+            end = found + 2 if found >= 0 else -1
+        try:
+            if end >= 0:  # the end of data is here: take exactly up to it
+                block = (await reader.readexactly(end + 3))[:-3]
+                last = True
+            else:
+                last = False
+                cut = buffered.rfind(b"\r\n")
+                if cut >= 0:  # the whole lines buffered
+                    block = await reader.readexactly(cut + 2)
+                else:  # no whole line here yet: wait for one
+                    block = await reader.readuntil(b"\r\n")
+                    if at_line_start and block == _DOT_LINE:
+                        block, last = b"", True
+        except asyncio.LimitOverrunError as exc:  # a line longer than the limit
+            block = await reader.read(exc.consumed)
+            error = error or _LINE_TOO_LONG
+            blocks.clear()
+            last = False
+        except asyncio.IncompleteReadError:  # the client closed mid-data: nothing to keep
+            return b"", "421 4.4.2 Connection closed during DATA"
+        at_line_start = block.endswith(b"\r\n")
+        size += len(block)
+        if error is None and size_limit and size > size_limit:
+            error = "552 Error: Too much mail data"
+            blocks.clear()
+        if error is None and block:
+            if max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
+                error = _LINE_TOO_LONG
+                blocks.clear()
+            else:
+                blocks.append(block)
+        if last:
+            break
+    content = b"".join(blocks)
+    if content[:1] == b".":
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n"), error
 
 
 def _tls_text(session: Session) -> str | None:
