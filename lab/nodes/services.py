@@ -83,6 +83,7 @@ class HostServices:
         if self.pop3 is not None:
             await self.pop3.stop()
         if self.mta is not None:
+            await self.mta.close_sessions()
             self.mta.queue.close()
         for task in list(self.host.tasks):
             task.cancel()

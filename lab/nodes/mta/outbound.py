@@ -106,6 +106,8 @@ class OutboundSession:
         self.writer: asyncio.StreamWriter | None = None
         # the envelope whose MAIL/RCPT/DATA went out behind the last message, replies unread
         self._announced: tuple[str, tuple[str, ...]] | None = None
+        self.replies = 0  # replies read so far
+        self.reused = False  # taken from the cache of open sessions
 
     # the wire -----------------------------------------------------------------------
 
@@ -124,6 +126,7 @@ class OutboundSession:
             raise _Lost(f"no reply within {self.timeout:g} s") from exc
         except (ConnectionError, OSError, ssl.SSLError) as exc:
             raise _Lost(str(exc) or type(exc).__name__) from exc
+        self.replies += 1
         try:
             code = int(lines[0][:3])
         except ValueError:
@@ -324,6 +327,17 @@ class OutboundSession:
         if reply.code >= 400:
             raise _Lost(f"RSET refused: {reply}")
 
+    def idle(self) -> bool:
+        """Open, between transactions, and with nothing unread from the server."""
+        return (
+            self.writer is not None
+            and not self.writer.is_closing()
+            and self.reader is not None
+            and not self.reader.at_eof()
+            and not getattr(self.reader, "_buffer", b"")  # StreamReader's: a 421 waiting
+            and self._announced is None
+        )
+
     async def close(self) -> None:
         if self.writer is None:
             self.sock.close()
@@ -336,3 +350,62 @@ class OutboundSession:
         self.writer.close()
         with contextlib.suppress(TimeoutError, OSError, ssl.SSLError):
             await asyncio.wait_for(self.writer.wait_closed(), 1.0)
+
+
+IDLE_LIMIT = 2.0  # seconds an open session waits for more mail (Postfix's cache time limit)
+
+
+class SessionCache:
+    """Sessions left open after their run, for the next run to the same server to use
+    instead of connecting, greeting and negotiating TLS again, as Postfix's connection
+    cache does. A session waits at most IDLE_LIMIT seconds, in real time and in lab time
+    (a clock advanced past it finds none), then says QUIT; at most `per_server` wait
+    for one server."""
+
+    def __init__(self, per_server: int):
+        self.per_server = per_server
+        self._waiting: dict[tuple[str, int], list[tuple[OutboundSession, float]]] = {}
+        self._timers: dict[OutboundSession, asyncio.TimerHandle] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def take(self, address: str, port: int, now: float) -> OutboundSession | None:
+        waiting = self._waiting.get((address, port), [])
+        while waiting:
+            session, since = waiting.pop()
+            self._timers.pop(session).cancel()
+            if session.idle() and now - since <= IDLE_LIMIT:
+                session.reused = True
+                return session
+            self._quit(session)
+        return None
+
+    def keep(self, session: OutboundSession, address: str, port: int, now: float) -> bool:
+        """Leave `session` open for the next run; False when it cannot or need not be."""
+        waiting = self._waiting.setdefault((address, port), [])
+        if not session.idle() or len(waiting) >= self.per_server:
+            return False
+        waiting.append((session, now))
+        loop = asyncio.get_running_loop()
+        self._timers[session] = loop.call_later(IDLE_LIMIT, self._expire, address, port, session)
+        return True
+
+    def _expire(self, address: str, port: int, session: OutboundSession) -> None:
+        waiting = self._waiting.get((address, port), [])
+        waiting[:] = [(s, t) for s, t in waiting if s is not session]
+        self._timers.pop(session, None)
+        self._quit(session)
+
+    def _quit(self, session: OutboundSession) -> None:
+        task = asyncio.ensure_future(session.close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def close(self) -> None:
+        """Say QUIT on every waiting session (when the host stops)."""
+        for waiting in self._waiting.values():
+            for session, _ in waiting:
+                self._timers.pop(session).cancel()
+                self._quit(session)
+        self._waiting.clear()
+        if self._closing:
+            await asyncio.wait(set(self._closing), timeout=2.0)

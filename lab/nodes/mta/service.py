@@ -30,7 +30,12 @@ from lab.nodes.diskio import DiskWorker
 from lab.nodes.host import Host, Unreachable
 from lab.nodes.maildir import MailStore
 from lab.nodes.mta.dsn import build_dsn
-from lab.nodes.mta.outbound import OutboundSession, SessionError, TransactionResult
+from lab.nodes.mta.outbound import (
+    OutboundSession,
+    SessionCache,
+    SessionError,
+    TransactionResult,
+)
 from lab.nodes.mta.queue import (
     DELIVERED,
     FAILED,
@@ -103,6 +108,7 @@ class MtaService:
         self._runners: set[asyncio.Task[None]] = set()
         self.outbound = asyncio.Semaphore(max_sessions)
         self.hop_sessions = hop_sessions
+        self._idle = SessionCache(per_server=hop_sessions)
 
     # lifecycle ------------------------------------------------------------------------
 
@@ -115,6 +121,10 @@ class MtaService:
             )
             self._schedule(message, max(message.next_attempt, self.host.clock.time()))
         await self.host.net.listen(SMTP_PORT, make_smtp_factory(self))
+
+    async def close_sessions(self) -> None:
+        """End the outbound sessions left open for more mail."""
+        await self._idle.close()
 
     # accepting ------------------------------------------------------------------------
 
@@ -242,12 +252,21 @@ class MtaService:
         thread, so other sessions go on while this one waits for the disk."""
         message, content, failed = self._prepare(content, **envelope)
         original = [a for a, _ in envelope["recipients"]]
+        # Once the message goes to the disk it is seen through, even if the client hangs
+        # up meanwhile (it has no 250 then, and may send it again: RFC 1047's race).
+        await asyncio.shield(
+            self.host.spawn(self._store(message, content, failed, original), "accept")
+        )
+        return message
+
+    async def _store(
+        self, message: QueuedMessage, content: bytes, failed: list[Recipient], original: list[str]
+    ) -> None:
         if message.recipients and not failed and all(r.local for r in message.recipients):
             await self._accept_local(message, content, original)
-            return message
+            return
         await self.queue.put_async(content, message)
         self._commit(message, content, failed, original)
-        return message
 
     async def _accept_local(
         self, message: QueuedMessage, content: bytes, original: list[str]
@@ -474,7 +493,6 @@ class MtaService:
                     554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself"
                 )
                 break
-            self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
             async with self.outbound:
                 last_error = await self._session(
                     key, name, address, port, remaining, last_error, claim
@@ -487,6 +505,35 @@ class MtaService:
                 if rcpt.pending:
                     self._result(item.message, rcpt, last_error, "")
 
+    async def _connect(
+        self, key: str, name: str, address: str, port: int
+    ) -> tuple[OutboundSession | None, Reply | None]:
+        """A new session with the server, greeted and (if offered) under TLS."""
+        self.host.emit("delivery.connect", hop=key, host=name, address=address, port=port)
+        try:
+            sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
+        except (OSError, TimeoutError) as exc:
+            error = Reply(451, f"4.4.1 connect to {name}[{address}]:{port}: {_why(exc)}")
+            self.host.emit(
+                "delivery.connect_failed", hop=key, host=name, address=address, reason=error.text
+            )
+            return None, error
+        session = OutboundSession(
+            sock,
+            server_name=name,
+            local_name=self.host.hostname,
+            tls_context=self.host.tls.client_context() if self.host.tls else None,
+            tls=self.node.policy.tls_outbound,
+            timeout=self.smtp_timeout,
+        )
+        try:
+            await session.open()
+        except SessionError as exc:
+            self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
+            await session.close()
+            return None, exc.reply
+        return session, None
+
     async def _session(
         self,
         key: str,
@@ -498,65 +545,67 @@ class MtaService:
         claim: Claim,
     ) -> Reply:
         """One SMTP session to one server, for as many of `remaining` as it takes, and
-        for what arrives for the same next hop meanwhile (`claim`)."""
-        if True:
-            try:
-                sock = await self.host.net.connect(address, port, timeout=self.connect_timeout)
-            except (OSError, TimeoutError) as exc:
-                last_error = Reply(451, f"4.4.1 connect to {name}[{address}]:{port}: {_why(exc)}")
-                self.host.emit(
-                    "delivery.connect_failed",
-                    hop=key,
-                    host=name,
-                    address=address,
-                    reason=last_error.text,
-                )
-                return last_error
-            session = OutboundSession(
-                sock,
-                server_name=name,
-                local_name=self.host.hostname,
-                tls_context=self.host.tls.client_context() if self.host.tls else None,
-                tls=self.node.policy.tls_outbound,
-                timeout=self.smtp_timeout,
-            )
-            try:
-                await session.open()
-            except SessionError as exc:
-                self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
-                await session.close()
-                return exc.reply
-            try:
-                while True:
+        for what arrives for the same next hop meanwhile (`claim`). The session is one
+        left open by an earlier run if there is one, and is left open for the next."""
+        session = self._idle.take(address, port, self.host.clock.time())
+        if session is not None:
+            self.host.emit("delivery.reuse", hop=key, host=name, address=address, port=port)
+        else:
+            session, error = await self._connect(key, name, address, port)
+            if session is None:
+                assert error is not None
+                return error
+        untried = session.reused  # it may have gone stale while it waited
+        healthy = False
+        try:
+            while True:
+                if not remaining:
+                    remaining.extend(claim(key))  # what came meanwhile for this hop
                     if not remaining:
-                        remaining.extend(claim(key))  # what came meanwhile for this hop
-                        if not remaining:
-                            break
-                    if len(remaining) == 1:
-                        remaining.extend(claim(key))
-                    item, rcpts = remaining[0]
-                    then = None
-                    if len(remaining) > 1:  # its envelope goes out behind this message
-                        following, then_rcpts = remaining[1]
-                        then = (
-                            self._envelope_from(following.message),
-                            [r.address for r in then_rcpts],
-                        )
+                        break
+                if len(remaining) == 1:
+                    remaining.extend(claim(key))
+                item, rcpts = remaining[0]
+                then = None
+                if len(remaining) > 1:  # its envelope goes out behind this message
+                    following, then_rcpts = remaining[1]
+                    then = (
+                        self._envelope_from(following.message),
+                        [r.address for r in then_rcpts],
+                    )
+                heard = session.replies
+                try:
                     result = await self._transaction(session, item, rcpts, name, then)
-                    self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
-                    for rcpt in rcpts:
-                        self._result(
-                            item.message,
-                            rcpt,
-                            result.final(rcpt.address),
-                            name,
-                            tls=session.used_tls,
-                        )
-                    remaining.pop(0)
-            except SessionError as exc:
-                last_error = exc.reply
-                self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
-            finally:
+                except SessionError as exc:
+                    if not (untried and session.replies == heard):
+                        raise
+                    # the server had closed the waiting connection: nothing was said in
+                    # this one, so the message goes over a new one
+                    self.host.emit("delivery.stale", hop=key, host=name, reason=str(exc.reply))
+                    await session.close()
+                    fresh, error = await self._connect(key, name, address, port)
+                    if fresh is None:
+                        assert error is not None
+                        return error  # (closing the stale one again below is harmless)
+                    session, untried = fresh, False
+                    continue
+                untried = False
+                self._attempt(item.message, f"{name}[{address}]", None, rcpts, result)
+                for rcpt in rcpts:
+                    self._result(
+                        item.message,
+                        rcpt,
+                        result.final(rcpt.address),
+                        name,
+                        tls=session.used_tls,
+                    )
+                remaining.pop(0)
+            healthy = True
+        except SessionError as exc:
+            last_error = exc.reply
+            self.host.emit("delivery.session_failed", hop=key, host=name, reply=str(exc.reply))
+        finally:
+            if not (healthy and self._idle.keep(session, address, port, self.host.clock.time())):
                 await session.close()
         return last_error
 
