@@ -108,3 +108,16 @@ def test_the_client_closing_mid_data_keeps_nothing() -> None:
     content, error, _ = run([b"Subject: cut\r\n\r\nhalf a mess"])
     assert content == b""
     assert error is not None and error.startswith("421")
+
+
+def test_bare_newline_check_agrees_with_the_plain_search() -> None:
+    import itertools
+    import re
+
+    from lab.nodes.mta.policy import has_bare_newline
+
+    bare = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+    for length in range(1, 6):
+        for parts in itertools.product([b"\r", b"\n", b"a", b"\r\n"], repeat=length):
+            text = b"".join(parts)
+            assert has_bare_newline(text) == bool(bare.search(text)), text

@@ -28,6 +28,7 @@ class MailStore:
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
         self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
+        self._new: dict[str, Path] = {}  # user -> their new/ directory
 
     def path(self, user: str) -> Path:
         safe = user.replace("/", "_")
@@ -51,7 +52,9 @@ class MailStore:
     async def deliver_async(self, disk: DiskWorker, user: str, content: bytes) -> str:
         """`deliver` for the event loop: the file is written in the disk thread, and new/
         fsync'd there with the other deliveries of its group."""
-        new = self.path(user) / "new"
+        new = self._new.get(user)
+        if new is None:
+            new = self._new[user] = self.path(user) / "new"
         return await disk.commit(
             lambda: self.deliver_file(user, content), new if self.durable else None
         )

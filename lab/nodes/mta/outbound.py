@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from lab.protocols.smtp import Reply
 
 _LINE_ENDS = re.compile(rb"\r\n|\r|\n")
-_LEADING_DOT = re.compile(rb"^\.", re.MULTILINE)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_REPLY_LINES = 100  # a server that goes on longer is not speaking SMTP
 
@@ -70,8 +69,14 @@ class _Lost(Exception):
 def dot_stuff(content: bytes) -> bytes:
     """The message as DATA carries it: CRLF line ends, leading dots doubled, the final
     dot line added."""
-    data = _LINE_ENDS.sub(b"\r\n", content)
-    data = _LEADING_DOT.sub(b"..", data)
+    pairs = content.count(b"\r\n")
+    if content.count(b"\r") == pairs and content.count(b"\n") == pairs:
+        data = content  # CRLF line ends already, as the queue keeps them
+    else:
+        data = _LINE_ENDS.sub(b"\r\n", content)
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if data[:1] == b".":
+        data = b"." + data
     if not data.endswith(b"\r\n"):
         data += b"\r\n"
     return data + b".\r\n"

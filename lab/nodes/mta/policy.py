@@ -24,7 +24,6 @@ from lab.nodes.resolver import DnsTemporaryError
 from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 
-_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _RECEIVED = re.compile(rb"(?im)^Received:")
 
 
@@ -115,11 +114,17 @@ def _greylist(mta: Any, client: str, envelope: Envelope, address: str) -> str | 
     return None
 
 
+def has_bare_newline(content: bytes) -> bool:
+    """A CR or LF that is not part of a CRLF pair (counted: far quicker than a search)."""
+    pairs = content.count(b"\r\n")
+    return content.count(b"\r") != pairs or content.count(b"\n") != pairs
+
+
 def check_content(mta: Any, envelope: Envelope, content: bytes) -> str | None:
     policy = mta.node.policy
     if len(content) > policy.max_size:
         return codes.MESSAGE_TOO_BIG
-    if _BARE.search(content):
+    if has_bare_newline(content):
         return codes.BARE_NEWLINE
     declared_8bit = any(o.upper() == "BODY=8BITMIME" for o in envelope.mail_options)
     if not declared_8bit and not content.isascii():

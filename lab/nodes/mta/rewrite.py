@@ -11,6 +11,7 @@ included, stays byte for byte as it was.
 
 from __future__ import annotations
 
+import functools
 import re
 from email.utils import formataddr, getaddresses
 
@@ -23,27 +24,36 @@ _FIELD = re.compile(rb"^([!-9;-~]+):", re.ASCII)
 
 
 def masquerade_address(address: str, m: Masquerade, local_domains: list[str]) -> str:
+    return _masquerade(address, m.as_, tuple(m.domains or local_domains), m.entire_domain)
+
+
+def _masquerade(address: str, as_: str, domains: tuple[str, ...], entire_domain: bool) -> str:
     if not address or address == "<>":
         return address
     local, domain = split_address(address)
-    domains = [d.lower() for d in (m.domains or local_domains)]
+    lowered = [d.lower() for d in domains]
     hit = (
         domain == ""
-        or domain in domains
-        or (m.entire_domain and any(domain.endswith("." + d) for d in domains))
+        or domain in lowered
+        or (entire_domain and any(domain.endswith("." + d) for d in lowered))
     )
     if not hit:
         return address
-    if "@" in m.as_:
-        return m.as_
-    return f"{local}@{m.as_}"
+    if "@" in as_:
+        return as_
+    return f"{local}@{as_}"
 
 
 def _rewrite_value(value: str, m: Masquerade, local_domains: list[str]) -> str:
+    return _rewrite_cached(value, m.as_, tuple(m.domains or local_domains), m.entire_domain)
+
+
+@functools.lru_cache(maxsize=256)  # the same From: line goes by again and again
+def _rewrite_cached(value: str, as_: str, domains: tuple[str, ...], entire_domain: bool) -> str:
     pairs = getaddresses([value])
     if not pairs or any("@" not in addr for _, addr in pairs):
         return value  # not a list of addresses we can rewrite safely ("Your Dad")
-    rewritten = [(name, masquerade_address(addr, m, local_domains)) for name, addr in pairs]
+    rewritten = [(name, _masquerade(addr, as_, domains, entire_domain)) for name, addr in pairs]
     if rewritten == pairs:
         return value
     return ", ".join(formataddr(p) for p in rewritten)

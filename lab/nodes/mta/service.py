@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -141,7 +142,7 @@ class MtaService:
     ) -> bytes:
         """A Received: line in the form sendmail writes (seed nelug's headers)."""
         shown = f"{rdns} [{client}]" if rdns else f"[{client}]"
-        when = email.utils.formatdate(self.host.clock.time(), localtime=True)
+        when = _date(int(self.host.clock.time()))
         lines = [
             f"Received: from {helo or 'unknown'} ({shown})",
             f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}",
@@ -636,7 +637,7 @@ class MtaService:
             server=server,
             envelope_from=envelope_from,
             recipients=[r.address for r in rcpts],
-            message_id=_message_id(content),
+            message_id=message.message_id,
         )
         return await session.send(envelope_from, [r.address for r in rcpts], content, then=then)
 
@@ -860,6 +861,12 @@ class MtaService:
                 }
             )
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _date(seconds: int) -> str:
+    """An RFC 5322 date for a Received: line (the same second comes up many times)."""
+    return email.utils.formatdate(seconds, localtime=True)
 
 
 def _return_path(raw: bytes) -> str:
