@@ -466,3 +466,48 @@ def test_a_bounce_travels_to_a_remote_sender_from_the_null_sender() -> None:
         assert mail == ["FROM:<>"]
         lab.settle()  # the sender lets go of the DSN once the session's results are in
         assert lab.queue("out") == [] and lab.queue("plain") == []
+
+
+def test_answers_are_cached_for_their_ttl_and_edits_show_at_once() -> None:
+    """The MTA's resolver keeps an MX answer for its TTL on the lab clock (300 s here),
+    as the caching resolver beside a real MTA does; an edit of the lab DNS empties it."""
+
+    def mx_queries(since: int) -> int:
+        return len(
+            [
+                e
+                for e in lab.events
+                if e.seq > since
+                and e.kind == "dns.query"
+                and e.get("name") == "example.org"
+                and e.get("type") == "MX"
+            ]
+        )
+
+    with Lab.up(world()) as lab:
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="one")
+        lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
+        assert mx_queries(since) == 1
+
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="two")
+        lab.settle()
+        assert len(lab.mailbox("mx1", "bob")) == 2
+        assert mx_queries(since) == 0  # answered from the cache
+
+        lab.clock.advance("301s")  # past the TTL: asked again
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="three")
+        lab.settle()
+        assert len(lab.mailbox("mx1", "bob")) == 3
+        assert mx_queries(since) == 1
+
+        # an edit within the TTL is seen by the very next lookup
+        lab.set_dns("example.org", "MX", [[10, "mx2.example.org"]])
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="four")
+        lab.assert_delivered("bob@example.org", node="mx2", mailbox="bob")
+        lab.set_dns_fault("example.org", "servfail")
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="five")
+        entry = lab.assert_queued(on="out", to="bob@example.org")
+        assert "SERVFAIL" in entry["last_reply"]

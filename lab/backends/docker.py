@@ -787,13 +787,15 @@ class DockerBackend(BackendCommon):
     async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
         self.records.set(name, rtype, values)
         values = [str(v) for v in values]
-        for node in self._dns_nodes():
+        # every host: the DNS servers answer from their copy, and the others' resolvers
+        # drop what they had cached when theirs changes
+        for node in self.controls:
             await self.controls[node].call("dns.set", name=name, type=rtype, values=values)
         self.events.emit("lab", "dns.changed", name=name, type=rtype, values=values)
 
     async def set_dns_fault(self, name: str, fault: str | None) -> None:
         self.records.set_fault(name, fault)
-        for node in self._dns_nodes():
+        for node in self.controls:  # (as set_dns)
             await self.controls[node].call("dns.fault", name=name, fault=fault)
         self.events.emit("lab", "dns.fault", name=name, fault=fault or "none")
 

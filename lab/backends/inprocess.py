@@ -164,6 +164,7 @@ class InProcessBackend(BackendCommon):
             self.events.emit(spec.node, "link.unchanged", link=link, state="up" if up else "down")
             return
         cut = self.vnet.set_link(spec.node, spec.network, up)
+        self.services[spec.node].dns_cache.clear()  # its resolver finds the link changed
         self.events.emit(
             spec.node, "link.up" if up else "link.down", link=link, network=spec.network, cut=cut
         )

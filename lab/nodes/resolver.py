@@ -9,6 +9,7 @@ down cannot resolve, as on a real machine.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import dns.exception
@@ -34,13 +35,49 @@ class MxHost:
     host: str
 
 
+class DnsCache:
+    """A host's cache of positive answers, as the caching resolver an MTA sits behind:
+    each kept for its TTL on the lab clock (advancing the clock expires it). Emptied
+    when the lab's DNS data is edited (`version` changes) and when one of the host's
+    links goes up or down, so an edit or a fault shows at once and a hub whose link is
+    down cannot resolve. Failures and "no such name" are not kept."""
+
+    def __init__(self, now: Callable[[], float], version: Callable[[], int]):
+        self._now = now
+        self._version = version
+        self._seen = version()
+        self._answers: dict[tuple[str, str], tuple[float, list[str]]] = {}
+
+    def get(self, name: str, rtype: str) -> list[str] | None:
+        if self._version() != self._seen:
+            self.clear()
+        hit = self._answers.get((name.lower(), rtype))
+        if hit is None:
+            return None
+        if hit[0] <= self._now():
+            del self._answers[(name.lower(), rtype)]
+            return None
+        return list(hit[1])
+
+    def put(self, name: str, rtype: str, texts: list[str], ttl: int) -> None:
+        if texts and ttl > 0:
+            self._answers[(name.lower(), rtype)] = (self._now() + ttl, list(texts))
+
+    def clear(self) -> None:
+        self._answers.clear()
+        self._seen = self._version()
+
+
 class Resolver:
-    def __init__(self, net: HostNet, *, timeout: float = 2.0):
+    def __init__(self, net: HostNet, *, timeout: float = 2.0, cache: DnsCache | None = None):
         self.net = net
         self.timeout = timeout
+        self.cache = cache
 
     async def query(self, name: str, rtype: str) -> list[str]:
         """Record texts of one type (through CNAMEs); [] for no data; raises for failures."""
+        if self.cache is not None and (hit := self.cache.get(name, rtype)) is not None:
+            return hit
         q = dns.message.make_query(name, rtype)
         try:
             response = await self.net.dns_query(q, timeout=self.timeout)
@@ -56,7 +93,10 @@ class Resolver:
         if rcode != dns.rcode.NOERROR:
             raise DnsTemporaryError(f"{name} {rtype}: {dns.rcode.to_text(rcode)}")
         want = dns.rdatatype.from_text(rtype)
-        return [rd.to_text() for rrset in response.answer if rrset.rdtype == want for rd in rrset]
+        texts = [rd.to_text() for rrset in response.answer if rrset.rdtype == want for rd in rrset]
+        if self.cache is not None and response.answer:
+            self.cache.put(name, rtype, texts, min(rrset.ttl for rrset in response.answer))
+        return texts
 
     async def addresses(self, host: str) -> list[str]:
         try:

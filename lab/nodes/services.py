@@ -14,7 +14,7 @@ from lab.nodes.host import Host
 from lab.nodes.maildir import MailStore
 from lab.nodes.mta.service import SMTP_PORT, MtaService
 from lab.nodes.pop3 import Pop3Service
-from lab.nodes.resolver import Resolver
+from lab.nodes.resolver import DnsCache, Resolver
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Fault, Service, Topology
 from lab.topology.records import RecordTable
@@ -42,6 +42,7 @@ class HostServices:
         self.durable = durable
         self.link_up = link_up
         self.dns: DnsServer | None = None
+        self.dns_cache = DnsCache(host.clock.time, lambda: records.version)
         self.mta: MtaService | None = None
         self.pop3: Pop3Service | None = None
         self.fetcher: FetchService | None = None
@@ -60,7 +61,7 @@ class HostServices:
         if Service.smtp in self.services:
             self.mta = MtaService(
                 host,
-                Resolver(host.net, timeout=self.dns_timeout),
+                Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),
                 connect_timeout=self.connect_timeout,
                 durable=self.durable,
             )
@@ -71,7 +72,7 @@ class HostServices:
         if Service.fetch in self.services:
             self.fetcher = FetchService(
                 host,
-                Resolver(host.net, timeout=self.dns_timeout),
+                Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),
                 self.mta,
                 link_up=self.link_up,
             )
@@ -105,6 +106,7 @@ class HostServices:
         return count
 
     def link_changed(self) -> None:
+        self.dns_cache.clear()
         if self.fetcher is not None:
             self.fetcher.link_changed()
 

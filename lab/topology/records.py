@@ -74,6 +74,7 @@ class RecordTable:
         self.names: dict[str, Records] = {}
         self.zones: set[str] = set()
         self.ttl = ttl
+        self.version = 0  # goes up with every edit: resolvers' caches are stale then
 
     # building -----------------------------------------------------------------------
 
@@ -122,6 +123,7 @@ class RecordTable:
     # editing ------------------------------------------------------------------------
 
     def set(self, name: str, rtype: str, values: list[Any]) -> None:
+        self.version += 1
         rec = self.names.setdefault(normalise(name), Records())
         if rtype == "CNAME":
             rec.CNAME = normalise(str(values[0])) if values else None
@@ -133,9 +135,11 @@ class RecordTable:
             setattr(rec, rtype, [str(v) for v in values])
 
     def set_fault(self, name: str, fault: str | None) -> None:
+        self.version += 1
         self.names.setdefault(normalise(name), Records()).fault = fault
 
     def remove(self, name: str) -> None:
+        self.version += 1
         self.names.pop(normalise(name), None)
 
     # looking up ---------------------------------------------------------------------
