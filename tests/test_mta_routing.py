@@ -511,3 +511,38 @@ def test_answers_are_cached_for_their_ttl_and_edits_show_at_once() -> None:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="five")
         entry = lab.assert_queued(on="out", to="bob@example.org")
         assert "SERVFAIL" in entry["last_reply"]
+
+
+def test_a_session_left_open_is_used_by_the_next_run_and_replaced_when_cut() -> None:
+    with Lab.up(world()) as lab:
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="one")
+        lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
+        lab.settle()
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="two")
+        lab.settle()
+        assert len(lab.mailbox("mx1", "bob")) == 2
+        kinds = [e.kind for e in lab.events if e.seq > since and e.node == "out"]
+        assert "delivery.reuse" in kinds and "delivery.connect" not in kinds
+        connects_mx1 = [e for e in lab.events if e.seq > since and e.kind == "smtp.connect"]
+        assert [e.node for e in connects_mx1] == ["out"]  # the submission only
+
+        # the link goes down and up: the waiting session is cut, and the next message
+        # goes over a new connection, not deferred
+        lab.link("uplink").down()
+        lab.link("uplink").up()
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="three")
+        lab.settle()
+        assert len(lab.mailbox("mx1", "bob")) == 3
+        new = [e for e in lab.events if e.seq > since and e.node == "out"]
+        assert [e.kind for e in new].count("delivery.connect") == 1
+        assert not [e for e in new if e.kind == "queue.deferred"]
+
+        # past the idle limit in lab time, a session is not used again
+        lab.clock.advance("10s")
+        since = lab.events[-1].seq
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="four")
+        lab.settle()
+        new = [e for e in lab.events if e.seq > since and e.node == "out"]
+        assert [e.kind for e in new].count("delivery.connect") == 1
