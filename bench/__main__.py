@@ -392,8 +392,10 @@ def report(results: dict[str, Any], command: str) -> str:
         " in one thread per host (group commit of file and directory fsyncs).",
         "- Where the time goes: per message and hop, aiosmtpd and the SMTP clients parse"
         " each command and reply, asyncio's TLS layer wraps each record, and about a dozen"
-        " events are recorded; the hub also looks up each client's PTR. These are spread"
-        " thin: no single function takes more than a few percent of the loop's time.",
+        " events are recorded. In the rate run every submission is a new connection to the"
+        " hub (a new aiosmtpd session, greeting and EHLO), where relay sessions are reused."
+        " These are spread thin: no single function takes more than a few percent of the"
+        " loop's time.",
         "- The big lab's sample message (last client to last domain) was"
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
