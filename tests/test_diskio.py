@@ -28,8 +28,33 @@ def test_commits_and_later_work_run_in_order_off_the_loop_thread(tmp_path: Path)
 
     assert asyncio.run(run()) == ["a", "c"]
     disk.close()
-    assert [name for name, _ in seen] == ["a", "b", "c"]
+    names = [name for name, _ in seen]
+    assert names[0] == "a" and sorted(names) == ["a", "b", "c"]  # b after what came before
     assert {thread for _, thread in seen} == {"disk:t"}
+
+
+def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
+    """A removal queued before a write does not hold up that write's 250."""
+    disk = DiskWorker("t")
+    seen: list[str] = []
+    gate = threading.Event()
+
+    def held() -> None:
+        gate.wait()
+        seen.append("a")
+
+    async def run() -> None:
+        first = asyncio.ensure_future(disk.commit(held, None))
+        await asyncio.sleep(0)  # the thread is busy with it: what follows queues up
+        disk.later(lambda: seen.append("b"))
+        second = asyncio.ensure_future(disk.commit(lambda: seen.append("c"), None))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(run())
+    disk.close()
+    assert seen == ["a", "c", "b"]
 
 
 def test_a_failed_write_reaches_whoever_waits_and_the_thread_goes_on(tmp_path: Path) -> None:

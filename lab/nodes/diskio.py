@@ -9,7 +9,8 @@ databases and busy MTAs do), and the loop is woken once for the group. Nobody's 
 comes before its own file and directory are durable.
 
 Work that nobody waits for (removing a delivered message, recording a deferred attempt)
-goes through the same thread with `later`, so it keeps its order with the writes.
+goes through the same thread with `later`: it runs after every write asked for before
+it, and after the writes of its own group have been woken, so it never delays a 250.
 """
 
 from __future__ import annotations
@@ -124,6 +125,16 @@ class DiskWorker:
                 return
 
     def _do(self, group: list[_Job]) -> None:
+        """The group's waited-for writes, their directories' fsyncs, the wake-up; then the
+        work nobody waits for (removals, state updates), so that it never delays a 250.
+        Each kind keeps its order; the files they touch are never the same ones."""
+        waited = [job for job in group if job.future is not None]
+        self._run_jobs(waited)
+        for job in group:
+            if job.future is None:
+                self._run_jobs([job])
+
+    def _run_jobs(self, group: list[_Job]) -> None:
         for job in group:
             try:
                 job.result = job.work()

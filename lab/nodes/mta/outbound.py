@@ -120,13 +120,16 @@ class OutboundSession:
         assert self.reader is not None
         lines: list[bytes] = []
         try:
-            while True:
-                line = await asyncio.wait_for(self.reader.readline(), self.timeout)
-                if not line.endswith(b"\n"):
-                    raise _Lost("connection closed by the server")
-                lines.append(line.rstrip(b"\r\n"))
-                if line[3:4] != b"-" or len(lines) >= MAX_REPLY_LINES:
-                    break
+            # (a timeout scope, not wait_for: a reply already buffered, as pipelined
+            # replies are, is read without a task and a turn of the loop per line)
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    line = await self.reader.readline()
+                    if not line.endswith(b"\n"):
+                        raise _Lost("connection closed by the server")
+                    lines.append(line.rstrip(b"\r\n"))
+                    if line[3:4] != b"-" or len(lines) >= MAX_REPLY_LINES:
+                        break
         except TimeoutError as exc:
             raise _Lost(f"no reply within {self.timeout:g} s") from exc
         except (ConnectionError, OSError, ssl.SSLError) as exc:
