@@ -37,15 +37,17 @@ def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
     """A removal queued before a write does not hold up that write's 250."""
     disk = DiskWorker("t")
     seen: list[str] = []
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
 
     def held() -> None:
+        entered.set()
         gate.wait()
         seen.append("a")
 
     async def run() -> None:
         first = asyncio.ensure_future(disk.commit(held, None))
-        await asyncio.sleep(0)  # the thread is busy with it: what follows queues up
+        await asyncio.to_thread(entered.wait)  # the thread is busy with it: what follows
+        # queues up and goes as one group
         disk.later(lambda: seen.append("b"))
         second = asyncio.ensure_future(disk.commit(lambda: seen.append("c"), None))
         await asyncio.sleep(0)
