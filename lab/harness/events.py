@@ -62,6 +62,7 @@ class EventBus:
         self._log: IO[bytes] | None = None
         self._listeners: list[Callable[[Event], None]] = []
         self._flush_pending = False
+        self._unwritten: list[Event] = []  # recorded, not yet in the log file
         if log_path is not None:
             log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log = log_path.open("ab")
@@ -70,24 +71,26 @@ class EventBus:
         """Kept for backends that attach the bus to their loop before use."""
 
     def _schedule_flush(self) -> None:
-        """Flush the log file a moment later, once for a burst of events."""
-        if self._flush_pending or self._log is None:
-            return
+        """Write the events recorded since the last time to the log a moment later, once
+        for a burst of events (a busy lab records dozens per message)."""
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._log.flush()
+            self.flush()
             return
         self._flush_pending = True
+        loop.call_later(0.1, self.flush)
 
-        def flush() -> None:
-            self._flush_pending = False
-            if self._log is not None:
-                self._log.flush()
-
-        loop.call_later(0.1, flush)
+    def flush(self) -> None:
+        """Write the events not yet in the log file, and flush it."""
+        self._flush_pending = False
+        pending, self._unwritten = self._unwritten, []
+        if self._log is not None and pending:
+            self._log.write(b"".join([json_line(e.to_json()) for e in pending]))
+            self._log.flush()
 
     def close(self) -> None:
+        self.flush()
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -98,13 +101,18 @@ class EventBus:
     def emit(self, node: str, kind: str, **data: Any) -> Event:
         return self.record(self._clock(), node, kind, data)
 
+    def emit_data(self, node: str, kind: str, data: dict[str, Any]) -> Event:
+        """`emit` with the data as a dict (a host's own emit passes its keywords on)."""
+        return self.record(self._clock(), node, kind, data)
+
     def record(self, time: float, node: str, kind: str, data: dict[str, Any]) -> Event:
         """Add an event that happened at lab time `time` (a host in a container saw it)."""
         event = Event(next(self._seq), time, node, kind, data)
         self.events.append(event)
         if self._log is not None:
-            self._log.write(json_line(event.to_json()))
-            self._schedule_flush()
+            self._unwritten.append(event)
+            if not self._flush_pending:
+                self._schedule_flush()
         for listener in self._listeners:
             listener(event)
         if self._waiters:

@@ -74,7 +74,7 @@ class Host:
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
     def emit(self, kind: str, **data: Any) -> None:
-        self.events.emit(self.name, kind, **data)
+        self.events.emit_data(self.name, kind, data)
 
     def spawn(self, coro: Any, name: str = "") -> asyncio.Task[Any]:
         """Start background work that the lab waits for when it settles."""
