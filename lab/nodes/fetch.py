@@ -347,10 +347,8 @@ class FetchService:
             return
         now = self.host.clock.time()
         when = max(now, (now if after is None else after) + job.poll)
-        self.timers[index] = self.host.clock.call_at(
-            when,
-            lambda: self.host.spawn(self._poll(index, when), "fetch"),  # settling waits for it
-            name=f"{self.host.name}:fetch:{job_label(job)}",
+        self.timers[index] = self.host.call_at(
+            when, lambda: self._poll(index, when), f"fetch:{job_label(job)}"
         )
 
     def _disarm_all(self) -> None:

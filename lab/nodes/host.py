@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import dns.message
 
-from lab.harness.clock import LabClock
+from lab.harness.clock import LabClock, Timer
 from lab.harness.events import EventBus
 from lab.topology.model import Node, Topology
 
@@ -82,6 +82,13 @@ class Host:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
         return task
+
+    def call_at(self, when: float, work: Callable[[], Any], name: str) -> Timer:
+        """Start `work()` (a coroutine) as background work at lab time `when`: a host
+        task, so that settling the lab waits for it even when the clock started it."""
+        return self.clock.call_at(
+            when, lambda: self.spawn(work(), name), name=f"{self.name}:{name}"
+        )
 
 
 async def settle_tasks(hosts: Iterable[Host], timeout: float = 60.0) -> None:

@@ -225,8 +225,12 @@ class MtaService:
         if message.done:  # every recipient failed at once (an alias loop): nothing to run
             self._finish(message)
         else:
-            self._fresh[message.id] = content
-            self._kick(message.id)
+            self._start(message, content)
+
+    def _start(self, message: QueuedMessage, content: bytes) -> None:
+        """Deliver a message now in the queue, from the content in memory."""
+        self._fresh[message.id] = content
+        self._kick(message.id)
 
     def _accepted(self, message: QueuedMessage, content: bytes, original: list[str]) -> None:
         self.host.emit(
@@ -287,8 +291,7 @@ class MtaService:
         if message.pending:
             await self.queue.put_async(content, message)
             self.queue.messages[message.id] = message
-            self._fresh[message.id] = content
-            self._kick(message.id)
+            self._start(message, content)
         else:
             self.host.emit("queue.removed", id=message.id)
 
@@ -759,11 +762,8 @@ class MtaService:
         old = self.timers.pop(message.id, None)
         if old:
             old.cancel()
-        self.timers[message.id] = self.host.clock.call_at(
-            when,
-            # a host task, so that settling the lab waits for a retry the clock started
-            lambda: self.host.spawn(self.run([message.id]), "retry"),
-            name=f"{self.host.name}:retry:{message.id}",
+        self.timers[message.id] = self.host.call_at(
+            when, lambda: self.run([message.id]), f"retry:{message.id}"
         )
 
     # bounces ---------------------------------------------------------------------------
