@@ -41,10 +41,11 @@ test: setup lint ## Run the whole test suite (pytest-xdist) and the linters.
 unit: $(STAMP) ## Run the tests without the linters.
 	$(BIN)/python -m pytest -n $(WORKERS)
 
-lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/.
+lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/, lint-imports (the layers).
 	$(BIN)/ruff check lab tests
 	$(BIN)/ruff format --check lab tests
 	$(BIN)/mypy lab
+	$(BIN)/lint-imports
 
 format: $(STAMP) ## Format the code with ruff.
 	$(BIN)/ruff format lab tests

@@ -27,9 +27,9 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
-from lab.backends.inprocess import InProcessBackend
-from lab.backends.virtualnet import Endpoint
-from lab.nodes.client import build_message, submit
+from lab.backends.inprocess.backend import InProcessBackend
+from lab.backends.inprocess.net import Endpoint
+from lab.services.client import build_message, submit
 from lab.topology import load, load_text
 from lab.topology.model import StartTls, Topology
 
@@ -121,7 +121,7 @@ class _SinkHandler:
 
 async def _sink_rate(backend: InProcessBackend, count: int, concurrency: int, tls: bool) -> float:
     """A bare aiosmtpd sink on the hub's LAN address, fed by the same client code
-    (lab.nodes.client.submit) from the same client host; with `tls` it offers STARTTLS
+    (lab.services.client.submit) from the same client host; with `tls` it offers STARTTLS
     with a lab certificate, as the lab's MTAs do."""
     handler = _SinkHandler()
     loop = asyncio.get_running_loop()

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from lab import images
-from lab.images import BASE_IMAGE, NODE_REPO, Progress
+from lab.backends.docker import image as images
+from lab.backends.docker.image import BASE_IMAGE, NODE_REPO, Progress
 
 
 def _remove_images(client: Any, refs: list[str]) -> None:

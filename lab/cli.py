@@ -423,7 +423,7 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     options: dict[str, Any] = {}
     progress = None
     if backend == "docker":
-        from lab.images import Progress
+        from lab.backends.docker.image import Progress
 
         progress = options["progress"] = Progress(quiet=as_json)
     lab = Lab.up(topology, backend=backend, **options)
@@ -494,7 +494,7 @@ def gc(dry_run: bool, all_hosts: bool, as_json: bool) -> None:
     import docker.errors
     import requests
 
-    from lab.backends import dockergc
+    from lab.backends.docker import gc as dockergc
 
     try:
         client = docker.from_env()
@@ -872,7 +872,7 @@ def images_build(force: bool, quiet: bool, as_json: bool) -> None:
     registry answers (needs root), and downloads maillab's dependencies as wheels on this
     machine. Prints the image's tag.
     """
-    from lab import images as lab_images
+    from lab.backends.docker import image as lab_images
 
     client = lab_images.docker_client()
     try:
@@ -891,7 +891,7 @@ def images_build(force: bool, quiet: bool, as_json: bool) -> None:
 @friendly
 def images_list(as_json: bool) -> None:
     """List maillab's images in the Docker engine: tag, id, size and creation time."""
-    from lab import images as lab_images
+    from lab.backends.docker import image as lab_images
 
     client = lab_images.docker_client()
     try:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from lab.errors import LabError
-from lab.harness.events import EventBus
-from lab.nodes.client import SubmitResult
+from lab.runtime.events import EventBus
+from lab.services.client import SubmitResult
 from lab.topology.model import Topology
 
 
@@ -137,7 +137,7 @@ class BackendCommon:
         headers: dict[str, str] | None = None,
     ) -> bytes:
         """A message as `node` would write it: its host name, the lab's time."""
-        from lab.nodes.client import build_message
+        from lab.services.client import build_message
         from lab.topology.addressing import hostname_of
 
         self.check_node(node)
@@ -153,8 +153,8 @@ class BackendCommon:
 
 
 BACKENDS: dict[str, str] = {
-    "inprocess": "lab.backends.inprocess:InProcessBackend",
-    "docker": "lab.backends.docker:DockerBackend",
+    "inprocess": "lab.backends.inprocess.backend:InProcessBackend",
+    "docker": "lab.backends.docker.backend:DockerBackend",
 }
 
 

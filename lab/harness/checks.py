@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lab.errors import LabError
-from lab.harness.events import Event, format_events
 from lab.harness.lab import Lab, LabAssertionError
-from lab.nodes.client import SubmitResult
+from lab.runtime.events import Event, format_events
+from lab.services.client import SubmitResult
 from lab.topology.model import (
     BouncedExpect,
     DeliveredExpect,

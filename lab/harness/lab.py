@@ -27,8 +27,8 @@ from typing import Any, TypeVar
 
 from lab.backends.base import backend_class
 from lab.errors import LabError
-from lab.harness.events import Event, format_events
-from lab.nodes.client import SubmitResult
+from lab.runtime.events import Event, format_events
+from lab.services.client import SubmitResult
 from lab.topology import load
 from lab.topology.model import Topology
 from lab.topology.units import parse_duration

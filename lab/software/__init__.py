@@ -1,7 +1,7 @@
 """MTA software a node can run: the built-in MTA everywhere, real MTAs in containers.
 
 A name -> description table, as backends look software up by the node's `software` field.
-The built-in MTA (lab.nodes.mta) runs on every backend. Postfix, Exim and sendmail are
+The built-in MTA (lab.services.mta) runs on every backend. Postfix, Exim and sendmail are
 devices under test that run inside containers: they need the Docker backend, whose
 adapters will render their configuration, flush and list their queues and turn their
 logs into events.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from lab.errors import LabError
 
 SOFTWARE: dict[str, str] = {
-    "builtin": "the built-in MTA (lab.nodes.mta), on every backend",
+    "builtin": "the built-in MTA (lab.services.mta), on every backend",
     "postfix": "Postfix, in a container (Docker backend)",
     "exim": "Exim 4, in a container (Docker backend)",
     "sendmail": "sendmail, in a container (Docker backend)",

@@ -1,0 +1,2 @@
+"""The Docker backend: a container per host running the agent (agent.py) on real
+interfaces (net.py); labels and gc for clean-up; the node image (image.py)."""

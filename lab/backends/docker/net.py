@@ -1,0 +1,153 @@
+"""A host's network when the host is real (a container): lab addresses are its addresses.
+
+The container has one interface per topology network with the topology's own address,
+so nothing is mapped: services bind, connect and see peers as they are. What this adds
+to plain sockets is what the lab needs: the open connections of each interface (to cut
+them when its link goes down), a quick refusal of DNS queries across a link that is down
+here, and the lab DNS server's address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import socket
+from collections.abc import Callable
+
+import dns.message
+
+from lab.services.dnsclient import DnsClient
+from lab.services.host import Unreachable
+
+
+class RealNet:
+    """One container's network (implements lab.services.host.HostNet)."""
+
+    def __init__(
+        self,
+        addresses: dict[str, str],
+        dns_server: str | None,
+        *,
+        subnets: dict[str, str] | None = None,
+        link_state: Callable[[str], str] = lambda network: "up",
+    ):
+        self.addresses = addresses  # network -> address
+        self.dns_server = dns_server
+        self.subnets = subnets or {}  # network -> CIDR
+        self.link_state = link_state  # network -> "up" | "down-refuse" | "down-blackhole"
+        self.servers: list[asyncio.AbstractServer] = []
+        self.datagram_transports: list[asyncio.BaseTransport] = []
+        self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
+        self.dns = DnsClient()
+
+    def _network_of(self, address: str) -> str | None:
+        return next((n for n, a in self.addresses.items() if a == address), None)
+
+    def _track(self, local: str, close: Callable[[], None], alive: Callable[[], bool]) -> int:
+        key = id(close)
+        self.open[key] = (local, close, alive)
+        if len(self.open) > 256:
+            self.open = {k: v for k, v in self.open.items() if v[2]()}
+        return key
+
+    async def connect(self, address: str, port: int, *, timeout: float) -> socket.socket:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.wait_for(
+                asyncio.get_running_loop().sock_connect(sock, (address, port)), timeout
+            )
+        except TimeoutError:
+            sock.close()
+            raise TimeoutError(f"connect to {address}:{port} timed out") from None
+        except OSError as exc:
+            sock.close()
+            if exc.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH):
+                raise Unreachable(f"{address}:{port}: {exc.strerror}") from None
+            if exc.errno == errno.ECONNREFUSED:
+                raise Unreachable(f"connection refused by {address}:{port}") from None
+            raise
+        except BaseException:
+            sock.close()
+            raise
+
+        def close() -> None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        self._track(sock.getsockname()[0], close, lambda: sock.fileno() != -1)
+        return sock
+
+    async def listen(self, port: int, factory: Callable[[], asyncio.Protocol]) -> None:
+        server = await asyncio.get_running_loop().create_server(
+            factory, host="0.0.0.0", port=port, reuse_address=True
+        )
+        self.servers.append(server)
+
+    async def listen_udp(self, port: int, factory: Callable[[], asyncio.DatagramProtocol]) -> None:
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            factory, local_addr=("0.0.0.0", port)
+        )
+        self.datagram_transports.append(transport)
+
+    def accepted(self, transport: asyncio.BaseTransport) -> tuple[str, int, str]:
+        local = transport.get_extra_info("sockname")[0]
+        peer, peer_port = transport.get_extra_info("peername")[:2]
+
+        def close() -> None:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()
+            else:
+                transport.close()
+
+        self._track(local, close, lambda: not transport.is_closing())
+        return peer, peer_port, local
+
+    def peer_of(self, sockaddr: tuple[str, int]) -> tuple[str, int]:
+        return sockaddr[0], sockaddr[1]
+
+    def cut(self, network: str) -> int:
+        """Close every open connection of the interface on `network` (its link went down)."""
+        address = self.addresses.get(network)
+        cut = [(k, v) for k, v in self.open.items() if v[0] == address and v[2]()]
+        for key, (_, close, _) in cut:
+            self.open.pop(key, None)
+            close()
+        return len(cut)
+
+    def _route_to_dns(self) -> str | None:
+        """The network this host reaches the DNS server through, if it is one of the lab's."""
+        import ipaddress
+
+        if self.dns_server is None:
+            return None
+        target = ipaddress.ip_address(self.dns_server)
+        for network, subnet in self.subnets.items():
+            with contextlib.suppress(ValueError):
+                if target in ipaddress.ip_network(subnet, strict=False):
+                    return network
+        return None
+
+    async def dns_query(self, query: dns.message.Message, *, timeout: float) -> dns.message.Message:
+        if self.dns_server is None:
+            raise Unreachable("this lab has no DNS server")
+        network = self._route_to_dns()
+        state = self.link_state(network) if network else "up"
+        if state == "down-refuse":
+            raise Unreachable(
+                f"DNS server {self.dns_server} unreachable: the link to {network} is down"
+            )
+        return await self.dns.query(query, self.dns_server, 53, timeout=timeout)
+
+    async def close(self) -> None:
+        self.dns.close()
+        for server in self.servers:
+            server.close()
+        for transport in self.datagram_transports:
+            transport.close()
+        for _, close, alive in list(self.open.values()):
+            if alive():
+                close()
+        for _ in range(3):
+            await asyncio.sleep(0)

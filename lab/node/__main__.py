@@ -1,5 +1,0 @@
-import sys
-
-from lab.node.agent import main
-
-sys.exit(main())

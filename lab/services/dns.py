@@ -1,0 +1,145 @@
+"""The lab DNS: answers over UDP and TCP from the lab's record table (dnslib on the wire).
+
+Faults are entries of the table: SERVFAIL, REFUSED and NXDOMAIN are answered as such, and
+`timeout` is answered with silence. Every query and answer is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Any
+
+from dnslib import CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+
+from lab.services.host import Host
+from lab.topology.records import Answer, Rcode, RecordTable
+
+DNS_PORT = 53
+
+_RDATA = {
+    "A": lambda v: A(str(v)),
+    "MX": lambda v: MX(v[1] if v[1] != "." else ".", v[0]),
+    "CNAME": lambda v: CNAME(v),
+    "TXT": lambda v: TXT(_txt_chunks(v)),
+    "NS": lambda v: NS(v),
+    "PTR": lambda v: PTR(v),
+}
+
+
+def _txt_chunks(text: str) -> list[bytes]:
+    raw = text.encode()
+    return [raw[i : i + 255] for i in range(0, len(raw), 255)] or [b""]
+
+
+class DnsServer:
+    """One node's DNS service."""
+
+    def __init__(self, host: Host, table: RecordTable):
+        self.host = host
+        self.table = table
+
+    async def start(self) -> None:
+        await self.host.net.listen_udp(DNS_PORT, lambda: _Udp(self))
+        await self.host.net.listen(DNS_PORT, lambda: _Tcp(self))
+
+    def answer(self, wire: bytes, peer: str, transport: str) -> bytes | None:
+        """The reply for one query, or None to stay silent (a timeout fault)."""
+        try:
+            request = DNSRecord.parse(wire)
+        except Exception:  # dnslib raises several kinds on garbage
+            self.host.emit("dns.malformed", peer=peer, size=len(wire))
+            return None
+        reply = request.reply()
+        if not request.questions:
+            reply.header.rcode = RCODE.FORMERR
+            return bytes(reply.pack())
+        question = request.q
+        name = str(question.qname).rstrip(".")
+        rtype = QTYPE.get(question.qtype)
+        self.host.emit("dns.query", peer=peer, name=name, type=rtype, transport=transport)
+        if rtype not in _RDATA and rtype != "ANY":
+            result = Answer(Rcode.noerror if self.table.exists(name) else Rcode.nxdomain)
+        elif rtype == "ANY":
+            result = Answer(Rcode.noerror)
+            for kind in _RDATA:
+                result.records += self.table.lookup(name, kind).records
+        else:
+            result = self.table.lookup(name, rtype)
+        if result.rcode is Rcode.timeout:
+            self.host.emit(
+                "dns.answer", peer=peer, name=name, type=rtype, rcode="TIMEOUT", answers=[]
+            )
+            return None
+        reply.header.aa = 1
+        reply.header.rcode = getattr(RCODE, result.rcode.value)
+        ttl = self.table.ttl
+        for owner, kind, data in result.records:
+            rec = self.table.names.get(owner)
+            reply.add_answer(
+                RR(
+                    owner + ".",
+                    getattr(QTYPE, kind),
+                    rdata=_RDATA[kind](data),
+                    ttl=rec.ttl if rec and rec.ttl is not None else ttl,
+                )
+            )
+        self.host.emit(
+            "dns.answer",
+            peer=peer,
+            name=name,
+            type=rtype,
+            rcode=result.rcode.value,
+            answers=[_show(k, d) for _, k, d in result.records],
+        )
+        packed = reply.pack()
+        if transport == "udp" and len(packed) > 512:
+            reply = request.reply()
+            reply.header.tc = 1
+            packed = reply.pack()
+        return bytes(packed)
+
+
+def _show(kind: str, data: Any) -> str:
+    if kind == "MX":
+        return f"MX {data[0]} {data[1]}"
+    return f"{kind} {data}"
+
+
+class _Udp(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer):
+        self.server = server
+        self.transport: Any = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        peer, _ = self.server.host.net.peer_of(addr)
+        reply = self.server.answer(data, peer, "udp")
+        if reply is not None and self.transport is not None:
+            self.transport.sendto(reply, addr)
+
+
+class _Tcp(asyncio.Protocol):
+    def __init__(self, server: DnsServer):
+        self.server = server
+        self.buffer = b""
+        self.transport: asyncio.Transport | None = None
+        self.peer = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer, _, _ = self.server.host.net.accepted(transport)
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while len(self.buffer) >= 2:
+            (size,) = struct.unpack("!H", self.buffer[:2])
+            if len(self.buffer) < 2 + size:
+                return
+            wire, self.buffer = self.buffer[2 : 2 + size], self.buffer[2 + size :]
+            reply = self.server.answer(wire, self.peer, "tcp")
+            if reply is not None and self.transport is not None:
+                self.transport.write(struct.pack("!H", len(reply)) + reply)

@@ -1,0 +1,123 @@
+"""Mailboxes on disk in Maildir form, written durably.
+
+Python's `mailbox.Maildir` reads and writes this format but never calls fsync; a local
+delivery must be on disk before the queue lets go of its copy, so writing is done here
+(tmp/, fsync, rename into new/, fsync the directory; from the event loop in the host's
+disk thread, lab.services.diskio, with new/ committed once for a group) and reading goes through
+`mailbox.Maildir`. The POP3 server reads and deletes through the same class.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import time
+from pathlib import Path
+
+from lab.services.diskio import DiskWorker, fsync_directory
+
+_counter = itertools.count()
+
+
+class MailStore:
+    """The Maildirs of one host: STATE/mail/USER/{tmp,new,cur}."""
+
+    def __init__(self, root: Path, *, durable: bool = True):
+        self.root = root
+        self.durable = durable
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
+        self._new: dict[str, Path] = {}  # user -> their new/ directory
+
+    def path(self, user: str) -> Path:
+        safe = user.replace("/", "_")
+        return self.root / safe
+
+    def _ensure(self, user: str) -> Path:
+        box = self.path(user)
+        if box not in self._made:
+            for sub in ("tmp", "new", "cur"):
+                (box / sub).mkdir(parents=True, exist_ok=True)
+            self._made.add(box)
+        return box
+
+    def deliver(self, user: str, content: bytes) -> str:
+        """Store a message; returns its Maildir key once it is durably in new/."""
+        key = self.deliver_file(user, content)
+        if self.durable:
+            fsync_directory(self.path(user) / "new")
+        return key
+
+    async def deliver_async(self, disk: DiskWorker, user: str, content: bytes) -> str:
+        """`deliver` for the event loop: the file is written in the disk thread, and new/
+        fsync'd there with the other deliveries of its group."""
+        new = self._new.get(user)
+        if new is None:
+            new = self._new[user] = self.path(user) / "new"
+        return await disk.commit(
+            lambda: self.deliver_file(user, content), new if self.durable else None
+        )
+
+    def deliver_file(self, user: str, content: bytes) -> str:
+        """Write a message to tmp/, fsync it, rename it into new/ (whose entry is the
+        caller's to make durable); returns its key."""
+        box = self._ensure(user)
+        key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
+        tmp = box / "tmp" / key
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:  # the Maildir was removed behind our back: make it again
+            self._made.discard(box)
+            box = self._ensure(user)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(content)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, box / "new" / key)
+        return key
+
+    def keys(self, user: str) -> list[str]:
+        """Message keys in arrival order (new/ and cur/)."""
+        box = self.path(user)
+        found: list[tuple[float, str]] = []
+        for sub in ("new", "cur"):
+            folder = box / sub
+            if folder.is_dir():
+                for entry in folder.iterdir():
+                    found.append((entry.stat().st_mtime, entry.name))
+        return [name for _, name in sorted(found, key=lambda item: (item[0], item[1]))]
+
+    def file(self, user: str, key: str) -> Path:
+        box = self.path(user)
+        for sub in ("new", "cur"):
+            candidate = box / sub / key
+            if candidate.exists():
+                return candidate
+        # Maildir readers may have renamed it with an info suffix
+        for sub in ("cur",):
+            for entry in (box / sub).glob(key + ":*"):
+                return entry
+        raise KeyError(f"{user}: no message {key}")
+
+    def read(self, user: str, key: str) -> bytes:
+        return self.file(user, key).read_bytes()
+
+    def remove(self, user: str, key: str) -> None:
+        self.file(user, key).unlink()
+        if self.durable:
+            for sub in ("new", "cur"):
+                folder = self.path(user) / sub
+                dfd = os.open(folder, os.O_RDONLY)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+
+    def users(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir())

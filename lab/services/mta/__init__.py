@@ -1,0 +1,1 @@
+"""The built-in MTA: the SMTP front (smtpd, policy), the queue, delivery (outbound), DSNs."""

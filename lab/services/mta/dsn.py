@@ -1,0 +1,110 @@
+"""Delivery status notifications (RFC 3464): the bounce, and the delay warning.
+
+A DSN is a multipart/report message from the null sender <> to the envelope sender:
+a human-readable part, a message/delivery-status part with a block per recipient
+(Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code), and the returned
+headers (text/rfc822-headers). The MTA queues it like any other message; a DSN that
+cannot be delivered is not bounced again but goes to the local postmaster.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from email.utils import format_datetime, make_msgid
+
+from lab.services.mta.queue import QueuedMessage, Recipient
+
+
+def _date(ts: float) -> str:
+    return format_datetime(datetime.fromtimestamp(ts, UTC))
+
+
+def _headers_of(content: bytes) -> bytes:
+    end = content.find(b"\r\n\r\n")
+    return content if end < 0 else content[: end + 2]
+
+
+def build_dsn(
+    *,
+    hostname: str,
+    message: QueuedMessage,
+    content: bytes,
+    recipients: list[Recipient],
+    action: str,
+    now: float,
+    to: str,
+    subject: str | None = None,
+) -> bytes:
+    """The DSN as bytes with CRLF line ends, ready to queue."""
+    boundary = f"maillab-dsn-{message.id}-{int(now)}"
+    failed = action == "failed"
+    subject = subject or (
+        "Undelivered Mail Returned to Sender" if failed else "Delayed Mail (still being retried)"
+    )
+    human = []
+    if failed:
+        human.append(f"This is the mail system at host {hostname}.")
+        human.append("")
+        human.append("I'm sorry to have to inform you that your message could not")
+        human.append("be delivered to one or more recipients.")
+    else:
+        human.append(f"This is the mail system at host {hostname}.")
+        human.append("")
+        human.append("Your message could not be delivered yet; the mail system will keep")
+        human.append("trying. You do not need to send it again.")
+    human.append("")
+    for r in recipients:
+        human.append(f"<{r.original or r.address}>: {r.reply or r.status}")
+    status = [
+        f"Reporting-MTA: dns; {hostname}",
+        f"X-Maillab-Queue-ID: {message.id}",
+        f"Arrival-Date: {_date(message.received)}",
+    ]
+    if message.envid:
+        status.insert(0, f"Original-Envelope-Id: {message.envid}")
+    blocks = ["\r\n".join(status)]
+    for r in recipients:
+        block = [f"Final-Recipient: rfc822; {r.address}"]
+        if r.original and r.original != r.address:
+            block.append(f"Original-Recipient: rfc822; {r.original}")
+        block.append(f"Action: {action}")
+        block.append(f"Status: {r.status or ('5.0.0' if failed else '4.0.0')}")
+        if r.remote_mta:
+            block.append(f"Remote-MTA: dns; {r.remote_mta}")
+        if r.reply:
+            block.append(f"Diagnostic-Code: smtp; {r.reply}")
+        block.append(f"Last-Attempt-Date: {_date(now)}")
+        blocks.append("\r\n".join(block))
+    parts = [
+        f"From: Mail Delivery System <MAILER-DAEMON@{hostname}>",
+        f"To: <{to}>",
+        f"Subject: {subject}",
+        f"Date: {_date(now)}",
+        f"Message-ID: {make_msgid(domain=hostname)}",
+        "Auto-Submitted: auto-replied",
+        "MIME-Version: 1.0",
+        f'Content-Type: multipart/report; report-type=delivery-status;\r\n\tboundary="{boundary}"',
+        "",
+        "This is a MIME-encapsulated message.",
+        "",
+        f"--{boundary}",
+        "Content-Description: Notification",
+        "Content-Type: text/plain; charset=us-ascii",
+        "",
+        "\r\n".join(human),
+        "",
+        f"--{boundary}",
+        "Content-Description: Delivery report",
+        "Content-Type: message/delivery-status",
+        "",
+        "\r\n\r\n".join(blocks),
+        "",
+        f"--{boundary}",
+        "Content-Description: Undelivered Message Headers",
+        "Content-Type: text/rfc822-headers",
+        "",
+    ]
+    head = "\r\n".join(parts).encode()
+    returned = _headers_of(content)
+    tail = f"\r\n--{boundary}--\r\n".encode()
+    return head + b"\r\n" + returned + tail

@@ -1,0 +1,274 @@
+"""The MTA's queue: every message it has said 250 for, until it is delivered or bounced.
+
+What it owns: a directory per node. Each message is one file, `ID.msg`: a first line
+holding the envelope as JSON (sender, each recipient with its state and last reply, the
+result of every delivery attempt), then the message as received, with our Received
+header. It is written under its final name (its first line records the length, so a
+file cut short by a crash is known on `load`), fsync'd, and the directory fsync'd before
+the SMTP server answers 250: a crash after 250 loses nothing, and a restarted node finds
+its queue as it was (`load`). The host's disk thread (lab.services.diskio) does the writing
+and commits the directory once for the messages that arrive together. Later changes of
+state (an attempt that deferred, a bounce sent) go to `ID.json` beside it, written to a
+temporary name and renamed, which overrides the first line; they and the removal of a
+delivered message go through the same thread in order, and nobody waits for them: if a
+crash forgets one, the message is tried again, never lost.
+
+The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
+default), warn the sender after 4 hours, give up after 5 days. The schedule is the
+node's `retry` setting, run on the lab clock.
+
+A message leaves the queue (both files removed) only when every recipient is final:
+delivered, or bounced with a DSN queued to the sender.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from lab.services.diskio import DiskWorker
+
+PENDING = "pending"
+DELIVERED = "delivered"
+FAILED = "failed"
+
+
+@dataclass
+class Recipient:
+    address: str  # where it goes now (after alias expansion)
+    original: str  # what the envelope said
+    kind: str = "remote"  # local | mailbox | remote
+    target: str = ""  # local user or maildrop, for local kinds
+    state: str = PENDING
+    reply: str = ""  # last reply (or local result)
+    status: str = ""  # enhanced status code of the last result
+    remote_mta: str = ""
+    notify: list[str] = field(default_factory=list)  # DSN NOTIFY
+    dsn_sent: bool = False
+
+    @property
+    def pending(self) -> bool:
+        return self.state == PENDING
+
+    @property
+    def local(self) -> bool:
+        """Delivered into a mailbox on this host, not handed to another."""
+        return self.kind in ("local", "mailbox")
+
+
+@dataclass
+class Attempt:
+    time: float
+    hop: str
+    result: str  # delivered | deferred | failed
+    reply: str
+    recipients: list[str]
+
+
+@dataclass
+class QueuedMessage:
+    id: str
+    envelope_from: str  # '' for the null sender
+    recipients: list[Recipient]
+    received: float  # lab time of acceptance
+    client: str = ""  # lab address of the client that handed it over
+    helo: str = ""
+    size: int = 0
+    attempts: list[Attempt] = field(default_factory=list)
+    next_attempt: float = 0.0
+    warned: bool = False
+    dsn_ret: str = ""  # DSN RET=FULL|HDRS
+    envid: str = ""
+    message_id: str = ""  # the Message-ID header, for following it across hosts
+
+    @property
+    def pending(self) -> list[Recipient]:
+        return [r for r in self.recipients if r.pending]
+
+    @property
+    def done(self) -> bool:
+        return not self.pending
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> QueuedMessage:
+        data = dict(data)
+        data["recipients"] = [Recipient(**r) for r in data["recipients"]]
+        data["attempts"] = [Attempt(**a) for a in data["attempts"]]
+        return cls(**data)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "envelope_from": self.envelope_from,
+            "recipients": [r.address for r in self.pending],
+            "attempts": len(self.attempts),
+            "received": self.received,
+            "next_attempt": self.next_attempt,
+            "last_reply": self.attempts[-1].reply if self.attempts else "",
+        }
+
+
+def _state(message: QueuedMessage, *, length: int | None = None) -> bytes:
+    """The message's state as one line of JSON (orjson writes dataclasses directly), with
+    the content's length added for the head of a `.msg` file."""
+    data = orjson.dumps(message)
+    if length is None:
+        return data
+    return data[:-1] + b',"length":%d}' % length
+
+
+def _unlink(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
+
+
+def new_id() -> str:
+    return secrets.token_hex(5).upper()
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+class Queue:
+    def __init__(self, directory: Path, *, durable: bool = True, disk: DiskWorker | None = None):
+        self.dir = directory
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.durable = durable
+        self.messages: dict[str, QueuedMessage] = {}
+        self._dir_fd: int | None = None
+        self._saved: set[str] = set()  # ids with a state file beside them
+        # the disk thread: durable writes in groups, removals and state updates in order
+        self.disk = disk or DiskWorker(f"queue:{directory}")
+
+    def load(self) -> list[QueuedMessage]:
+        """Read the queue from disk (after a restart); drop half-written leftovers."""
+        for tmp in self.dir.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+        for path in sorted(self.dir.glob("*.msg")):
+            with path.open("rb") as f:
+                first = f.readline()
+                try:
+                    head = json.loads(first)
+                except ValueError:
+                    head = None
+            if head is None or path.stat().st_size != len(first) + head.pop("length", -1):
+                path.unlink()  # cut short by a crash before it was acknowledged
+                continue
+            state = path.with_suffix(".json")
+            if state.exists():
+                self._saved.add(path.stem)
+            data = json.loads(state.read_bytes()) if state.exists() else head
+            data.pop("length", None)
+            qm = QueuedMessage.from_json(data)
+            self.messages[qm.id] = qm
+        for state in self.dir.glob("*.json"):
+            if state.stem not in self.messages:
+                state.unlink()  # the message itself is gone: a removal half done
+        return list(self.messages.values())
+
+    def put(self, content: bytes, message: QueuedMessage) -> None:
+        """Store a new message durably. Only after this returns may the server say 250."""
+        self.write(content, message)
+        self.messages[message.id] = message
+
+    async def put_async(self, content: bytes, message: QueuedMessage) -> None:
+        """`put` for the event loop: the file is written and fsync'd in the disk thread,
+        and the directory fsync'd there with the others of its group. Returns (and the
+        server may say 250) once both are on disk."""
+        await self.disk.commit(
+            lambda: self.write_file(content, message), self.dir if self.durable else None
+        )
+        self.messages[message.id] = message
+
+    def write(self, content: bytes, message: QueuedMessage) -> None:
+        """The disk part of `put`: the message file, then the directory, fsync'd."""
+        self.write_file(content, message)
+        if self.durable:
+            self._sync_dir()
+
+    def write_file(self, content: bytes, message: QueuedMessage) -> None:
+        """One new file, written under its final name and fsync'd (the directory is the
+        caller's). The first line records the content's length, so a file cut short by
+        a crash is recognised on `load` (and was never acknowledged)."""
+        head = _state(message, length=len(content)) + b"\n"
+        path = self.dir / f"{message.id}.msg"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(head + content)
+            while view:
+                view = view[os.write(fd, view) :]
+            if self.durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _sync_dir(self) -> None:
+        if self._dir_fd is None:
+            self._dir_fd = os.open(self.dir, os.O_RDONLY)
+        os.fsync(self._dir_fd)
+
+    def close(self) -> None:
+        """Finish the disk work asked for so far (removals, state updates)."""
+        self.disk.close()
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd = None
+
+    def save(self, message: QueuedMessage) -> None:
+        """Record a change of state (an attempt deferred, a bounce sent). The state is
+        taken now and written by the disk thread, in order with the other writes; if a
+        crash comes first, the message itself is still there and is tried again."""
+        data = _state(message)
+        path = self.dir / f"{message.id}.json"
+        self._saved.add(message.id)
+        self.disk.later(lambda: self._write_state(path, data))
+
+    def _write_state(self, path: Path, data: bytes) -> None:
+        if self.durable:
+            _write_durably(path, data)
+            self._sync_dir()
+        else:
+            path.write_bytes(data)
+
+    def content(self, message_id: str) -> bytes:
+        data = (self.dir / f"{message_id}.msg").read_bytes()
+        return data[data.index(b"\n") + 1 :]
+
+    def remove(self, message_id: str) -> None:
+        """The message is finished: it leaves the queue now, its files a moment later (in
+        the disk thread; a crash before that delivers it again, it never loses it)."""
+        self._doom(self.dir / f"{message_id}.msg")  # first: a state file left alone is
+        if message_id in self._saved:  # dropped by `load`, a message left alone is sent
+            self._doom(self.dir / f"{message_id}.json")
+            self._saved.discard(message_id)
+        self.messages.pop(message_id, None)
+
+    def _doom(self, path: Path) -> None:
+        self.disk.later(lambda: _unlink(path))
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def list(self) -> list[QueuedMessage]:
+        return sorted(self.messages.values(), key=lambda m: (m.received, m.id))

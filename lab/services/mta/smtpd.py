@@ -1,0 +1,573 @@
+"""The SMTP front of the built-in MTA: aiosmtpd speaks the protocol, our handler decides.
+
+What it adds to aiosmtpd: the lab's view of the peer (virtual addresses), the dialogue
+of the seed articles (a `214` HELP, VRFY 252 / EXPN 502 by default, ESMTP extensions
+ENHANCEDSTATUSCODES, PIPELINING, DSN, STARTTLS with the lab CA), every policy with the
+reply code real MTAs use, scripted faults, and 250 after DATA only once the message is
+durably queued. Every command and reply is an event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Callable
+from typing import Any
+
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+
+from lab.protocols import smtp as codes
+from lab.protocols.smtp import split_address
+from lab.services.mta import policy
+from lab.services.resolver import DnsNotFound, DnsTemporaryError
+from lab.topology.model import Fault, StartTls
+
+HELP_LINES = [
+    "214-2.0.0 Commands supported:",
+    "214-2.0.0     HELO EHLO MAIL RCPT DATA",
+    "214-2.0.0     RSET NOOP QUIT HELP VRFY",
+    "214 2.0.0     EXPN STARTTLS",
+]
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_IN_LINE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # a bare CR, NUL, ...: not TAB
+_SIMPLE_ADDR = re.compile(r"^\s*<([A-Za-z0-9._+=-]+@[A-Za-z0-9.-]+)>(\s.*)?$")
+_DSN_MAIL = ("RET", "ENVID")
+_DSN_RCPT = ("NOTIFY", "ORCPT")
+
+
+def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, dict[str, str]]:
+    """Remove ESMTP parameters aiosmtpd does not know (DSN's) from a MAIL/RCPT argument."""
+    if not arg:
+        return arg, {}
+    parts = arg.split(" ")
+    kept, taken = [], {}
+    for i, part in enumerate(parts):
+        key, eq, value = part.partition("=")
+        if i > 0 and eq and key.upper() in names:
+            taken[key.upper()] = value
+        else:
+            kept.append(part)
+    return " ".join(kept), taken
+
+
+# aiosmtpd's own replies, given the RFC 3463 enhanced status codes that the server
+# advertises with ENHANCEDSTATUSCODES; the second item names the stage of a refusal
+# that a policy of ours would otherwise have reported.
+_AIOSMTPD_REPLIES: dict[str, tuple[str, str | None]] = {
+    "552 Error: message size exceeds fixed maximum message size": (codes.MESSAGE_TOO_BIG, "mail"),
+    "552 Error: Too much mail data": (codes.MESSAGE_TOO_BIG, "data"),
+    "500 Line too long (see RFC5321 4.5.3.1.6)": (
+        "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)",
+        "data",
+    ),
+    "500 Command line too long": ("500 5.5.2 Command line too long", None),
+    "221 Bye": ("221 2.0.0 Bye", None),
+    "250 OK": ("250 2.0.0 OK", None),
+    "220 Ready to start TLS": ("220 2.0.0 Ready to start TLS", None),
+}
+_ERROR_REPLY = re.compile(r"^(5\d\d) ((?:Error|Syntax)\b.*)$")
+_ERROR_STATUS = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "555": "5.5.4"}
+
+
+def enhance(text: str) -> tuple[str, str | None]:
+    """An aiosmtpd reply with its enhanced status code, and the refusal's stage if any."""
+    if text in _AIOSMTPD_REPLIES:
+        return _AIOSMTPD_REPLIES[text]
+    match = _ERROR_REPLY.match(text)
+    if match:
+        status = _ERROR_STATUS.get(match.group(1), "5.5.0")
+        return f"{match.group(1)} {status} {match.group(2)}", None
+    return text, None
+
+
+_SEND_AT_ONCE = {"220", "221", "354", "421"}
+_DATA_END = b"\r\n.\r\n"
+_DOT_LINE = b".\r\n"
+_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
+_HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
+_HOOK_NAMES: dict[type, list[str]] = {}
+
+
+class _HookNames:
+    """aiosmtpd finds the server's smtp_*/auth_* and the handler's handle_*/auth_* methods
+    with dir() and inspect.getmembers() anew for every connection; answering dir() with
+    just those names (listed once per class) keeps a connection's setup cheap."""
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        names = _HOOK_NAMES.get(cls)
+        if names is None:
+            names = _HOOK_NAMES[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
+        return names
+
+
+class LabSMTP(_HookNames, SMTP):
+    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
+
+    __ident__ = "ESMTP maillab"
+
+    def __init__(self, handler: Handler, **kwargs: Any):
+        super().__init__(handler, **kwargs)
+        self.lab = handler
+        self.lab_peer: tuple[str, int] | None = None
+        self.lab_local = ""
+        self.rdns: str | None = None
+        self._rcpt_params: dict[str, str] = {}
+        self._reply_lines: list[str] = []
+        self._held: list[str] = []  # replies to pipelined commands, not yet sent
+
+    # connection ---------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.lab_peer is None:
+            peer, port, local = self.lab.mta.host.net.accepted(transport)
+            self.lab_peer, self.lab_local = (peer, port), local
+            fault = self.lab.fault("connect", None)
+            if fault is not None:
+                self.lab.emit("smtp.connect", peer=peer, fault=fault.reply or "disconnect")
+                if fault.reply:
+                    assert isinstance(transport, asyncio.WriteTransport)
+                    transport.write(f"{fault.reply}\r\n".encode())
+                transport.close()
+                return
+            self.lab.emit("smtp.connect", peer=peer, local=local)
+        super().connection_made(transport)
+        assert self.session is not None
+        # aiosmtpd annotates Session.peer as `str | None` but keeps the peername tuple there
+        self.session.peer = self.lab_peer  # type: ignore[assignment]
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.session is None:  # turned away by a connect fault: aiosmtpd never started
+            return
+        super().connection_lost(error)
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, bytes):
+            status = status.decode("utf-8", "replace")
+        text, stage = enhance(str(status))
+        status = text
+        if stage is not None:
+            self.lab.emit("policy.reject", stage=stage, reply=text)
+        if text[3:4] == "-":
+            # a multi-line reply is one event and one write, when its last line comes
+            # (as real MTAs send it: an EHLO reply line by line costs a segment each)
+            self._reply_lines.append(text)
+            return
+        lines = [*self._reply_lines, text]
+        self._reply_lines = []
+        self.lab.emit(
+            "smtp.reply",
+            peer=self.lab_peer[0] if self.lab_peer else "?",
+            reply=lines[0] if len(lines) == 1 else "\n".join(lines),
+        )
+        # PIPELINING (RFC 2920): while the client's next commands are already here, hold
+        # the replies and send them together when the input runs dry; a reply after
+        # which the connection changes (220 to STARTTLS, 221, 421) or data follows (354)
+        # goes at once, with what was held.
+        if text[:3] not in _SEND_AT_ONCE and self._input_waiting():
+            self._held.extend(lines)
+            return
+        if self._held:
+            lines = [*self._held, *lines]
+            self._held = []
+        await super().push("\r\n".join(lines))
+
+    def _input_waiting(self) -> bool:
+        """A whole command line is already buffered (the client pipelines)."""
+        buffered: bytearray | None = getattr(self._reader, "_buffer", None)  # StreamReader's
+        return buffered is not None and b"\n" in buffered
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
+        match = _SIMPLE_ADDR.match(arg)
+        if match:
+            return match.group(1), (match.group(2) or "").strip()
+        return super()._getaddr(arg)
+
+    async def smtp_HELP(self, arg: str) -> None:
+        for line in HELP_LINES:
+            await self.push(line)
+
+    async def smtp_EXPN(self, arg: str) -> None:
+        self.lab.command("EXPN", arg)
+        if self.lab.policy.expn == 502 or not arg:
+            await self.push(codes.EXPN_DISABLED if arg else "501 5.5.4 Syntax: EXPN <list>")
+            return
+        name = arg.strip("<> ")
+        book = self.lab.mta.book
+        if name.split("@")[0].lower() not in book.aliases:
+            await self.push(f"550 5.1.1 {name}... User unknown")
+            return
+        members = book.expand(name)
+        for i, dest in enumerate(members):
+            sep = " " if i == len(members) - 1 else "-"
+            await self.push(f"250{sep}2.1.5 <{dest.address}>")
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.lab.command("MAIL", arg)
+        if arg and _CONTROL_IN_LINE.search(arg):  # aiosmtpd's parser would fold a CR away
+            await self.push("501 5.1.7 Bad sender address syntax")
+            return
+        arg, params = _take_params(arg, _DSN_MAIL)
+        if self.envelope is not None:
+            self.envelope.dsn = params  # type: ignore[attr-defined]
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.lab.command("RCPT", arg)
+        if arg and _CONTROL_IN_LINE.search(arg):
+            await self.push("501 5.1.3 Bad recipient address syntax")
+            return
+        arg, self._rcpt_params = _take_params(arg, _DSN_RCPT)
+        await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message by whole buffered blocks instead of a
+        line at a time; the limits, the end of data and the replies are the same."""
+        self.lab.command("DATA", arg)
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, error = await read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection was lost during DATA
+            self._writer.close()
+            raise
+        if error is not None:
+            await self.push(error)
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        self.lab.command("HELO", hostname)
+        await super().smtp_HELO(hostname)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        self.lab.command("EHLO", hostname)
+        await super().smtp_EHLO(hostname)
+
+    async def smtp_VRFY(self, arg: str) -> None:
+        self.lab.command("VRFY", arg)
+        await super().smtp_VRFY(arg)
+
+    async def smtp_QUIT(self, arg: str) -> None:
+        self.lab.command("QUIT", arg)
+        await super().smtp_QUIT(arg)
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self.lab.command("RSET", arg)
+        await super().smtp_RSET(arg)
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        self.lab.command("STARTTLS", arg)
+        await super().smtp_STARTTLS(arg)
+
+
+class Handler(_HookNames):
+    """aiosmtpd handler hooks: the built-in MTA's policies."""
+
+    def __init__(self, mta: Any):
+        self.mta = mta
+        self.policy = mta.node.policy
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.mta.host.emit(kind, **data)
+
+    def command(self, verb: str, arg: str | None) -> None:
+        self.emit("smtp.command", command=verb, arg=arg or "")
+
+    def fault(self, stage: str, address: str | None) -> Fault | None:
+        if self.mta.probing:  # a readiness probe neither triggers nor uses up a fault
+            return None
+        for index, fault in enumerate([*self.mta.node.faults, *self.mta.runtime_faults]):
+            if fault.on.value != stage:
+                continue
+            if fault.match and (address or "").lower() != fault.match.lower():
+                continue
+            if fault.times is not None and self.mta.fault_hits[index] >= fault.times:
+                continue
+            self.mta.fault_hits[index] += 1
+            self.emit(
+                "fault.triggered",
+                stage=stage,
+                reply=fault.reply or "",
+                disconnect=fault.disconnect,
+                address=address or "",
+            )
+            return fault
+        return None
+
+    async def _apply_fault(self, server: LabSMTP, stage: str, address: str | None) -> str | None:
+        fault = self.fault(stage, address)
+        if fault is None:
+            return None
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.disconnect:
+            if server.transport is not None:
+                server.transport.close()
+            return "421 4.4.2 connection dropped (lab fault)"
+        return fault.reply
+
+    # HELO / EHLO --------------------------------------------------------------------
+
+    async def _helo_check(self, server: LabSMTP, hostname: str) -> str | None:
+        peer = server.lab_peer[0] if server.lab_peer else ""
+        if server.rdns is None:
+            try:
+                names = await self.mta.resolver.ptr(peer)
+                server.rdns = names[0] if names else ""
+            except (DnsNotFound, DnsTemporaryError, ValueError):
+                server.rdns = ""
+        if self.policy.helo_rdns.value == "off":
+            return None
+        if hostname.lower().rstrip(".") != (server.rdns or "").lower():
+            self.emit("policy.helo_mismatch", helo=hostname, rdns=server.rdns or "", peer=peer)
+            if self.policy.helo_rdns.value == "reject":
+                return codes.HELO_MISMATCH.format(helo=hostname, rdns=server.rdns or "(none)")
+        return None
+
+    async def handle_HELO(
+        self, server: LabSMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        if (reply := await self._apply_fault(server, "helo", None)) is not None:
+            return reply
+        if (reply := await self._helo_check(server, hostname)) is not None:
+            return reply
+        session.host_name = hostname
+        return (
+            f"250 {self.mta.host.hostname} Hello {hostname} [{policy.peer_address(session)}],"
+            " pleased to meet you"
+        )
+
+    async def handle_EHLO(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        if (reply := await self._apply_fault(server, "helo", None)) is not None:
+            return [reply]
+        if (reply := await self._helo_check(server, hostname)) is not None:
+            return [reply]
+        session.host_name = hostname
+        lines = [
+            f"250-{self.mta.host.hostname} Hello {hostname} [{policy.peer_address(session)}],"
+            " pleased to meet you"
+        ]
+        for line in responses[1:-1]:
+            if line.startswith("250-AUTH"):
+                continue
+            lines.append(line)
+        lines += ["250-ENHANCEDSTATUSCODES", "250-PIPELINING", "250-DSN", "250 HELP"]
+        return lines
+
+    # MAIL ---------------------------------------------------------------------------
+
+    async def handle_MAIL(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        if self.policy.starttls is StartTls.require and not session.ssl:
+            return codes.TLS_FIRST
+        if _CONTROL.search(address):
+            return "501 5.1.7 Bad sender address syntax"
+        if (reply := await self._apply_fault(server, "mail", address)) is not None:
+            return reply
+        sender = "" if address == "<>" else address
+        if sender and "@" not in sender:
+            sender = self.mta.book.qualify(sender)
+        reply = await policy.check_sender(self.mta, session, sender)
+        if reply is not None:
+            self.emit("policy.reject", stage="mail", address=address, reply=reply)
+            return reply
+        envelope.mail_from = sender or "<>"
+        envelope.mail_options.extend(mail_options)
+        return f"250 2.1.0 <{sender}>... Sender ok"
+
+    # RCPT ---------------------------------------------------------------------------
+
+    async def handle_RCPT(
+        self,
+        server: LabSMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if _CONTROL.search(address):
+            return "501 5.1.3 Bad recipient address syntax"
+        if (reply := await self._apply_fault(server, "rcpt", address)) is not None:
+            return reply
+        if len(envelope.rcpt_tos) >= self.policy.max_recipients:
+            return codes.TOO_MANY_RECIPIENTS
+        reply = await policy.check_recipient(self.mta, session, envelope, address)
+        if reply is not None:
+            self.emit("policy.reject", stage="rcpt", address=address, reply=reply)
+            return reply
+        envelope.rcpt_tos.append(address)
+        notify = server._rcpt_params.get("NOTIFY", "")
+        options = getattr(envelope, "rcpt_notify", [])
+        options.append([n.upper() for n in notify.split(",") if n])
+        envelope.rcpt_notify = options  # type: ignore[attr-defined]
+        return f"250 2.1.5 <{address}>... Recipient ok"
+
+    async def handle_VRFY(
+        self, server: LabSMTP, session: Session, envelope: Envelope, address: str
+    ) -> str:
+        if self.policy.vrfy == 502:
+            return codes.VRFY_DISABLED
+        if self.policy.vrfy == 252:
+            return codes.VRFY_CANNOT
+        local, domain = split_address(address)
+        book = self.mta.book
+        if book.is_local_domain(domain) and book.knows(address):
+            return f"250 2.1.5 <{book.qualify(local) if not domain else address}>"
+        return f"550 5.1.1 <{address}>... User unknown"
+
+    # DATA ---------------------------------------------------------------------------
+
+    async def handle_DATA(self, server: LabSMTP, session: Session, envelope: Envelope) -> str:
+        if (reply := await self._apply_fault(server, "data", None)) is not None:
+            return reply
+        content = envelope.original_content or b""
+        if isinstance(content, str):  # pragma: no cover - decode_data is off
+            content = content.encode()
+        reply = policy.check_content(self.mta, envelope, content)
+        if reply is not None:
+            self.emit("policy.reject", stage="data", reply=reply)
+            return reply
+        if (reply := await self._apply_fault(server, "dot", None)) is not None:
+            return reply
+        notify = getattr(envelope, "rcpt_notify", [[] for _ in envelope.rcpt_tos])
+        dsn = getattr(envelope, "dsn", {})
+        try:
+            message = await self.mta.accept_async(
+                content,
+                envelope_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
+                recipients=list(zip(envelope.rcpt_tos, notify, strict=False)),
+                client=policy.peer_address(session),
+                helo=session.host_name or "",
+                rdns=server.rdns,
+                protocol="ESMTPS"
+                if session.ssl
+                else ("ESMTP" if session.extended_smtp else "SMTP"),
+                tls=_tls_text(session),
+                dsn_ret=dsn.get("RET", ""),
+                envid=dsn.get("ENVID", ""),
+            )
+        except OSError as exc:
+            self.emit("queue.write_failed", error=str(exc))
+            return "451 4.3.0 Error: queue file write error"
+        return f"250 2.0.0 {message.id} Message accepted for delivery"
+
+
+async def read_data(
+    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+) -> tuple[bytes, str | None]:
+    """The message up to the line holding a lone dot, dot-unstuffed (RFC 5321 4.5.2),
+    or the error reply it earned: a line longer than `line_limit` with its CRLF (500) or
+    more than `size_limit` octets (552), replied to only once the data has ended (4.2.5).
+    Lines end with CRLF only: a bare CR or LF neither ends a line nor the data.
+
+    It reads whole buffered blocks, not a line at a time. What the client sent after the
+    end of data (pipelined commands) stays in the reader for the command loop."""
+    blocks: list[bytes] = []
+    size = 0
+    error: str | None = None
+    at_line_start = True
+    while True:
+        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # a peek
+        if at_line_start and buffered.startswith(_DOT_LINE):
+            end = 0
+        else:
+            found = buffered.find(_DATA_END)
+            end = found + 2 if found >= 0 else -1
+        try:
+            if end >= 0:  # the end of data is here: take exactly up to it
+                block = (await reader.readexactly(end + 3))[:-3]
+                last = True
+            else:
+                last = False
+                cut = buffered.rfind(b"\r\n")
+                if cut >= 0:  # the whole lines buffered
+                    block = await reader.readexactly(cut + 2)
+                else:  # no whole line here yet: wait for one
+                    block = await reader.readuntil(b"\r\n")
+                    if at_line_start and block == _DOT_LINE:
+                        block, last = b"", True
+        except asyncio.LimitOverrunError as exc:  # a line longer than the limit
+            block = await reader.read(exc.consumed)
+            error = error or _LINE_TOO_LONG
+            blocks.clear()
+            last = False
+        except asyncio.IncompleteReadError:  # the client closed mid-data: nothing to keep
+            return b"", "421 4.4.2 Connection closed during DATA"
+        at_line_start = block.endswith(b"\r\n")
+        size += len(block)
+        if error is None and size_limit and size > size_limit:
+            error = "552 Error: Too much mail data"
+            blocks.clear()
+        if error is None and block:
+            if max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
+                error = _LINE_TOO_LONG
+                blocks.clear()
+            else:
+                blocks.append(block)
+        if last:
+            break
+    content = b"".join(blocks)
+    if content[:1] == b".":
+        content = content[1:]
+    return content.replace(b"\r\n.", b"\r\n"), error
+
+
+def _tls_text(session: Session) -> str | None:
+    if not session.ssl:
+        return None
+    cipher = session.ssl.get("cipher") if isinstance(session.ssl, dict) else None
+    if cipher:
+        return f"{cipher[1]} with cipher {cipher[0]} ({cipher[2]}/{cipher[2]} bits)"
+    return "TLS"
+
+
+def make_smtp_factory(mta: Any) -> Callable[[], LabSMTP]:
+    handler = Handler(mta)
+    node = mta.node
+    tls_context = None
+    if node.policy.starttls is not StartTls.off and mta.host.tls is not None:
+        tls_context = mta.host.tls.server_context(mta.host.hostname)
+
+    def factory() -> LabSMTP:
+        return LabSMTP(
+            handler,
+            hostname=mta.host.hostname,
+            data_size_limit=node.policy.max_size,
+            tls_context=tls_context,
+            require_starttls=False,
+            decode_data=False,
+            enable_SMTPUTF8=False,
+            ident="ESMTP maillab",
+            loop=asyncio.get_running_loop(),
+        )
+
+    return factory

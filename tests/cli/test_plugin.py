@@ -1,0 +1,56 @@
+"""The pytest plugin: marker, fixture and option, used as a user would."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.mark.topology("home-dialup")
+def test_lab_fixture_brings_up_the_marked_topology(lab, lab_backend):
+    status = lab.status()
+    assert status["name"] == "home-dialup"
+    assert status["backend"] == lab_backend
+    assert status["links"]["dialup"]["state"] == "down"
+    assert set(status["nodes"]) >= {"hub", "isp", "pc1", "dns"}
+
+
+@pytest.mark.topology("home-dialup")
+def test_queued_while_down_then_flushed(lab):
+    result = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
+    assert result.accepted, result.to_json()
+    entry = lab.assert_queued(on="hub", to="paulmidgley@freeuk.com")
+    assert entry["envelope_from"] == "eddy@shofar.org.uk"
+    lab.link("dialup").up()
+    message = lab.assert_delivered(
+        "paulmidgley@freeuk.com", node="freeuk", envelope_from="eddy@shofar.uklinux.net"
+    )
+    assert message["From"] == "eddy@shofar.uklinux.net"
+    assert lab.queue("hub") == []
+
+
+def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
+    """A user's suite: the marker resolves topologies/NAME.yaml and the fixture runs it."""
+    from pathlib import Path
+
+    source = Path(__file__).resolve().parents[2] / "topologies" / "lg45-envelope.yaml"
+    pytester.mkdir("topologies")
+    (pytester.path / "topologies" / "lg45-envelope.yaml").write_text(source.read_text())
+    test_file = pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.topology("lg45-envelope")
+        def test_bounce(lab):
+            lab.send("pc", mail_from="joe@home", to=["friend@picky.org"])
+            lab.assert_bounced(recipient="friend@picky.org", by="isp", status="5.1.8")
+
+        def test_marker_missing(lab):
+            pass
+        """
+    )
+    # the file alone: the checks in topologies/*.yaml would be collected too
+    result = pytester.runpytest_subprocess("--lab-backend", "inprocess", test_file.name)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*needs @pytest.mark.topology*"])
