@@ -17,7 +17,8 @@ HOME_DIALUP = Path(__file__).resolve().parent.parent / "topologies" / "home-dial
 def bench_docker_up_down(rounds: int) -> dict[str, Any]:
     """Median seconds of Lab.up / Lab.down on the Docker backend (images already built:
     the first round builds them if needed and is not counted)."""
-    from lab.backends.docker.image import docker_client, ensure_node_image
+    from lab.backends.docker.engine import docker_client
+    from lab.backends.docker.image import ensure_node_image
 
     client = docker_client()
     ensure_node_image(client)

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from lab.backends.docker import image as images
-from lab.backends.docker.image import BASE_IMAGE, NODE_REPO, Progress
+from lab.backends.docker.baseimage import BASE_IMAGE
+from lab.backends.docker.image import NODE_REPO
+from lab.progress import Progress
 
 
 def _remove_images(client: Any, refs: list[str]) -> None:

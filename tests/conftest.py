@@ -108,7 +108,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def docker_client() -> Iterator[Any]:
     """A Docker SDK client for the engine of this machine. Without an engine the test is
     skipped, except when CI=true: CI machines must have one, so there it fails."""
-    from lab.backends.docker.image import docker_client as connect
+    from lab.backends.docker.engine import docker_client as connect
     from lab.errors import LabError
 
     try:

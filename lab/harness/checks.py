@@ -27,7 +27,7 @@ from lab.errors import LabError
 from lab.harness.lab import Lab, LabAssertionError
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult
-from lab.topology.model import (
+from lab.topology.checks import (
     BouncedExpect,
     DeliveredExpect,
     Expect,
@@ -35,8 +35,8 @@ from lab.topology.model import (
     RejectedExpect,
     SendStep,
     Step,
-    Topology,
 )
+from lab.topology.model import Topology
 from lab.topology.units import format_duration
 
 Status = Literal["passed", "failed", "not run"]

@@ -1,4 +1,5 @@
-"""The topology layer: a mail world as pure data (model, loader, schema, addressing).
+"""The topology layer: a mail world as pure data (model, checks, loader,
+schema, addressing).
 
 Nothing here opens a socket or talks to Docker; a Lab (lab.harness) brings a topology
 to life on a backend.

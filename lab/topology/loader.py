@@ -23,7 +23,8 @@ from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from lab.errors import Problem, TopologyError
-from lab.topology.model import EXCHANGE_PATTERN, HOSTNAME_PATTERN, Topology
+from lab.topology.fields import EXCHANGE_PATTERN, HOSTNAME_PATTERN
+from lab.topology.model import Topology
 from lab.topology.positions import PathT, Positions, format_path
 from lab.topology.validate import semantic_problems
 

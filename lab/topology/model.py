@@ -6,6 +6,7 @@ data: nothing here opens a socket or starts a container (that is the Lab's job).
 
 Every model forbids unknown keys, so a typo is an error with a suggestion rather than a
 silently ignored setting. Field descriptions become the JSON Schema that editors use.
+The small value types the models share are in fields.py, the checks' steps in checks.py.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    BaseModel,
     BeforeValidator,
     ConfigDict,
     Field,
@@ -25,80 +25,20 @@ from pydantic import (
     model_validator,
 )
 
+from lab.topology.checks import Step
+from lab.topology.fields import (
+    EXCHANGE_PATTERN,
+    HOSTNAME_RE,
+    AddressOrAuto,
+    Base,
+    Hostname,
+    check_address,
+    check_hostname,
+    check_name,
+    listify,
+    one_or_many,
+)
 from lab.topology.units import Duration, Size
-
-# ---------------------------------------------------------------------------------------
-# Small value types
-
-_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
-HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")
-NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-LOCAL_PART_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+$")
-
-
-def check_hostname(value: str) -> str:
-    if not isinstance(value, str) or not HOSTNAME_RE.match(value):
-        raise ValueError(f"expected a host name such as mail.example.org, got {value!r}")
-    return value.rstrip(".").lower()
-
-
-def check_address(value: str) -> str:
-    """A mail address: user@domain, or a bare local name (qualified by the MTA)."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}")
-    local, at, domain = value.rpartition("@")
-    if not at:
-        local, domain = value, ""
-    if not local or not LOCAL_PART_RE.match(local) or (at and not HOSTNAME_RE.match(domain)):
-        raise ValueError(f"expected a mail address such as user@example.org, got {value!r}")
-    return value
-
-
-def check_name(value: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ValueError(
-            f"expected a name of letters, digits, '-' and '_' starting with a letter, got {value!r}"
-        )
-    return value
-
-
-HOSTNAME_PATTERN = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?$"
-EXCHANGE_PATTERN = r"^(\.|[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?)$"
-
-Hostname = Annotated[
-    str,
-    Field(
-        pattern=HOSTNAME_PATTERN,
-        description="a DNS host name such as mail.example.org",
-    ),
-]
-
-
-def _address_or_auto(value: Any) -> str:
-    if value is None or value == "auto":
-        return "auto"
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except (ValueError, TypeError):
-        raise ValueError(
-            f"expected an IPv4 address on that network, or 'auto', got {value!r}"
-        ) from None
-
-
-AddressOrAuto = Annotated[
-    str,
-    BeforeValidator(_address_or_auto),
-    WithJsonSchema(
-        {
-            "anyOf": [{"type": "string", "format": "ipv4"}, {"const": "auto"}, {"type": "null"}],
-            "description": "an IPv4 address, or 'auto' (or empty) to allocate one",
-        }
-    ),
-]
-
-MailAddress = Annotated[
-    str, Field(description="a mail address such as user@example.org, or a bare local name")
-]
 
 
 class Service(StrEnum):
@@ -122,10 +62,6 @@ ROLES: dict[str, tuple[Service, ...]] = {
     "pop3": (Service.pop3,),
     "client": (Service.client,),
 }
-
-
-class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
 
 
 # ---------------------------------------------------------------------------------------
@@ -245,17 +181,6 @@ _MX_ITEM_SCHEMA: dict[str, Any] = {
 }
 
 
-def one_or_many(item: dict[str, Any], description: str) -> Any:
-    """JSON Schema for a field that takes one item or a list of them."""
-    return WithJsonSchema(
-        {"anyOf": [item, {"type": "array", "items": item}], "description": description}
-    )
-
-
-def _one_or_many(value: Any) -> Any:
-    return [value] if isinstance(value, str | int | float | dict) or value is None else value
-
-
 class RecordSet(Base):
     """The records of one name. A value may be one item or a list."""
 
@@ -287,7 +212,7 @@ class RecordSet(Base):
     @field_validator("A", "MX", "TXT", "NS", "PTR", mode="before")
     @classmethod
     def _listify(cls, value: Any) -> Any:
-        return _one_or_many(value)
+        return listify(value)
 
     @model_validator(mode="after")
     def _cname_alone(self) -> RecordSet:
@@ -620,106 +545,6 @@ class Node(Base):
         if self.mailboxes:
             result.add(Service.pop3)
         return result
-
-
-# ---------------------------------------------------------------------------------------
-# Checks: named, declarative steps
-
-
-class SendStep(Base):
-    """Submit a message as a node would."""
-
-    from_: str = Field(alias="from", description="the node that submits (a client or an MTA)")
-    mail_from: str = Field(description="the envelope sender ('' for the null sender)")
-    to: Annotated[list[str], one_or_many({"type": "string"}, "envelope recipients")]
-    subject: str = "maillab test"
-    body: str = "Hello from maillab.\n"
-    headers: dict[str, str] = Field(
-        default_factory=dict, description="header fields (From: defaults to mail_from)"
-    )
-    via: str | None = Field(
-        None, description="the MTA to submit to (default: the client's submit_to)"
-    )
-
-    @field_validator("to", mode="before")
-    @classmethod
-    def _to(cls, value: Any) -> Any:
-        return _one_or_many(value)
-
-
-class DeliveredExpect(Base):
-    to: str = Field(description="the recipient address the message reached")
-    node: str | None = Field(None, description="the host whose mailbox holds it")
-    mailbox: str | None = Field(None, description="the local user whose mailbox holds it")
-    envelope_from: str | None = Field(None, description="Return-Path as delivered")
-    headers: dict[str, str] = Field(default_factory=dict, description="header values expected")
-
-
-class QueuedExpect(Base):
-    on: str = Field(description="the MTA whose queue holds it")
-    to: str | None = None
-
-
-class BouncedExpect(Base):
-    recipient: str | None = Field(None, description="the original recipient that failed")
-    to: str | None = Field(None, description="where the DSN went (the envelope sender)")
-    status: str | None = Field(None, description="the DSN status, e.g. 5.1.8")
-    by: str | None = Field(None, description="the MTA that generated the DSN")
-    lands: DeliveredExpect | None = Field(None, description="where the DSN was finally delivered")
-
-
-class RejectedExpect(Base):
-    code: int | None = Field(None, ge=200, le=599)
-    stage: Literal["connect", "helo", "mail", "rcpt", "data"] | None = None
-
-
-class Expect(Base):
-    """What must have happened: exactly one of delivered, queued, bounced, rejected."""
-
-    delivered: DeliveredExpect | None = None
-    not_delivered: DeliveredExpect | None = None
-    queued: QueuedExpect | None = None
-    bounced: BouncedExpect | None = None
-    rejected: RejectedExpect | None = None
-    within: Duration = Field(10.0, description="how long to wait (real time)")
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Expect:
-        given = [
-            k
-            for k in ("delivered", "not_delivered", "queued", "bounced", "rejected")
-            if getattr(self, k) is not None
-        ]
-        if len(given) != 1:
-            raise ValueError(
-                "expected exactly one of delivered, not_delivered, queued, bounced, rejected"
-                + (f", got {', '.join(given)}" if given else "")
-            )
-        return self
-
-
-class Step(Base):
-    """One step of a check: exactly one action."""
-
-    send: SendStep | None = None
-    link: dict[str, Literal["up", "down"]] | None = Field(
-        None, description="link name -> up or down"
-    )
-    advance: Duration | None = Field(None, description="move the lab clock forward")
-    flush: str | None = Field(None, description="run the queue of this MTA now (sendmail -q)")
-    fetch: str | None = Field(None, description="run this host's fetch jobs now")
-    expect: Expect | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_action(cls, value: Any) -> Any:
-        if isinstance(value, dict) and len(value) != 1:
-            keys = ", ".join(map(str, value)) or "nothing"
-            raise ValueError(
-                "a step has exactly one action (send, link, advance, flush, fetch, expect),"
-                f" got {keys}"
-            )
-        return value
 
 
 # ---------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from lab.errors import Problem
 from lab.topology.addressing import AddressPoolExhausted, assign_addresses, hostname_of
-from lab.topology.model import NAME_RE, Node, Service, Topology
+from lab.topology.fields import NAME_RE
+from lab.topology.model import Node, Service, Topology
 from lab.topology.positions import PathT, Positions
 from lab.topology.records import RecordTable, normalise
 

@@ -14,9 +14,11 @@ from typing import Any
 
 import pytest
 
+from lab.backends.docker import baseimage, engine
 from lab.backends.docker import image as images
-from lab.backends.docker.image import NodeImage, Progress, node_image_tag, read_requirements
+from lab.backends.docker.image import NodeImage, node_image_tag, read_requirements
 from lab.errors import LabError
+from lab.progress import Progress, as_progress
 
 TAG = re.compile(r"^maillab-node:[0-9a-f]{12}$")
 
@@ -197,7 +199,7 @@ def test_cached_wheels_are_not_downloaded_again(
         staging = Path(cmd[cmd.index("-d") + 1])
         (staging / "pydantic-2.9.0-py3-none-any.whl").write_bytes(b"wheel")
 
-    monkeypatch.setattr(images, "_run", fake_run)
+    monkeypatch.setattr(images, "run_command", fake_run)
     quiet = Progress(quiet=True)
     reqs = ["pydantic>=2.6"]
     first = images.prepare_wheels(reqs, quiet, arch="x86_64", cache=tmp_path)
@@ -279,17 +281,17 @@ def test_progress_on_a_terminal_updates_one_line() -> None:
 
 def test_a_function_can_stand_for_the_progress_display() -> None:
     seen: list[str] = []
-    progress = images.as_progress(seen.append)
+    progress = as_progress(seen.append)
     progress.step("one")
     progress.status("detail")
     progress.done("two")
     assert seen == ["one", "two"]
-    assert isinstance(images.as_progress(None), Progress)
+    assert isinstance(as_progress(None), Progress)
 
 
 def test_debootstrap_progress_counts_packages() -> None:
     out, clock = io.StringIO(), FakeClock()
-    counter = images._DebootstrapCounter(Progress(out, clock=clock))
+    counter = baseimage._DebootstrapCounter(Progress(out, clock=clock))
     lines = [
         "I: Retrieving InRelease",
         "I: Retrieving Packages",
@@ -324,7 +326,7 @@ def test_no_engine_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     where = f"unix://{tmp_path}/no-docker.sock"
     monkeypatch.setenv("DOCKER_HOST", where)
     with pytest.raises(LabError, match=re.escape(where)) as info:
-        images.docker_client(timeout=2)
+        engine.docker_client(timeout=2)
     assert "start dockerd or use --backend inprocess" in str(info.value)
 
 

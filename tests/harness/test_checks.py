@@ -20,7 +20,8 @@ from lab.harness.checks import (
     select_checks,
 )
 from lab.topology import load_text
-from lab.topology.model import Step, Topology
+from lab.topology.checks import Step
+from lab.topology.model import Topology
 
 pytest_plugins = ["pytester"]
 

@@ -20,9 +20,8 @@ import pytest
 
 from lab.harness.lab import Lab, MailboxMessage
 from lab.protocols.pop3 import Pop3Server, uid_for_key
-from lab.services.fetch import (
-    FetchService,
-    UidJournal,
+from lab.services.fetch import FetchService, UidJournal
+from lab.services.fetch.message import (
     envelope_sender,
     map_names,
     multidrop_names,

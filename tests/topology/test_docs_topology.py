@@ -9,6 +9,8 @@ import pytest
 from pydantic import BaseModel
 
 from lab.topology import ROLES, Service, load_text
+from lab.topology import checks as checks_module
+from lab.topology import fields as fields_module
 from lab.topology import model as model_module
 from lab.topology.loader import field_names, parse_yaml
 
@@ -18,11 +20,12 @@ YAML_BLOCKS = re.findall(r"^```yaml\n(.*?)^```$", TEXT, flags=re.M | re.S)
 MODELS = sorted(
     (
         cls
-        for cls in vars(model_module).values()
+        for module in (fields_module, model_module, checks_module)
+        for cls in vars(module).values()
         if isinstance(cls, type)
         and issubclass(cls, BaseModel)
-        and cls.__module__ == model_module.__name__
-        and cls is not model_module.Base
+        and cls.__module__ == module.__name__
+        and cls is not fields_module.Base
     ),
     key=lambda cls: cls.__name__,
 )

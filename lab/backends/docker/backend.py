@@ -306,7 +306,8 @@ class DockerBackend(BackendCommon):
     async def up(self) -> None:
         for name, node in self.topology.nodes.items():
             check_supported(name, node.software.value, self.name)
-        from lab.backends.docker.image import docker_client, ensure_node_image
+        from lab.backends.docker.engine import docker_client
+        from lab.backends.docker.image import ensure_node_image
 
         self.client = await asyncio.to_thread(docker_client)
         await self._reap()

@@ -1,52 +1,31 @@
-"""POP3 as a sans-IO state machine: the server and the client, no sockets.
-
-RFC 1939 (with CAPA and response codes from RFC 2449, the AUTH code from RFC 3206 and
-STLS from RFC 2595), in the manner of h11: bytes in, events out, bytes to send.
-
-The server core (`Pop3Server`) answers almost everything itself from the maildrop it is
-given at login. It stops and hands an event to the application only for what it cannot
-decide: a login (`LoginRequest` -> `accept_login` / `reject_login`), the switch to TLS
-(`StartTls` -> `tls_started`) and the UPDATE state's deletions (`UpdateRequest` ->
-`update_done`). It also reports what happened (`MessageRetrieved`, `MessageDeleted`,
-`CommandRefused`, `Closed`, `ConnectionLost`) so the shell can log it. Its three states
-and the commands each one accepts are the table `TRANSITIONS`.
-
-The client core (`Pop3Client`) is the mirror image: commands in, bytes out; replies
-(single-line, or multi-line for CAPA, LIST, UIDL, RETR and TOP) out as `Ok` / `Err`
-events, multi-line data with the byte-stuffing undone.
-
-Rules kept here, so every shell gets them:
-- DELE only marks; marked messages are removed in the UPDATE state, after QUIT. A
-  session that ends any other way (`receive_data(b"")`) removes nothing.
-- A marked message is refused by RETR, TOP, LIST n, UIDL n and DELE.
-- Sizes count CRLF line ends (messages are sent with CRLF whatever they are stored with).
-- Lines starting with "." are byte-stuffed; a multi-line reply ends with ".".
-- A command line longer than 255 octets is answered -ERR and skipped, whatever its
-  length; so is an unknown command, a command in the wrong state, or a bad argument.
-"""
+"""The server side of a POP3 session (`Pop3Server`): its replies, the state table
+`TRANSITIONS`, and the events it hands to the application."""
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import re
 from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
-from typing import Protocol
 
-POP3_PORT = 110
-MAX_COMMAND = 255  # RFC 2449 section 4: a command line, CRLF included
-MAX_ARGUMENT = 40  # RFC 2449 section 4: one argument
-MAX_UID = 70  # RFC 1939 section 7: a unique-id is 1 to 70 characters 0x21..0x7E
-
-# Extended response codes (RFC 2449 section 8, RFC 3206).
-IN_USE = "IN-USE"
-LOGIN_DELAY = "LOGIN-DELAY"
-SYS_TEMP = "SYS/TEMP"
-SYS_PERM = "SYS/PERM"
-AUTH = "AUTH"
+from lab.protocols.pop3.common import (
+    AUTH,
+    MAX_ARGUMENT,
+    MAX_COMMAND,
+    NEED_DATA,
+    PAUSED,
+    SYS_TEMP,
+    ConnectionLost,
+    Maildrop,
+    MessageInfo,
+    Pop3UsageError,
+    Signal,
+    State,
+    apop_digest,
+    stuff,
+    to_crlf,
+    top,
+)
 
 # Replies the server gives, named for what they mean.
 OK_USER = "+OK send PASS"
@@ -109,15 +88,6 @@ ARITY = {
 COMMANDS = frozenset(USAGE)
 
 
-class State(Enum):
-    """The states of a POP3 session (RFC 1939 section 3), and CLOSED after it."""
-
-    AUTHORIZATION = "AUTHORIZATION"
-    TRANSACTION = "TRANSACTION"
-    UPDATE = "UPDATE"
-    CLOSED = "CLOSED"
-
-
 # Triggers that are not commands: the application's answers, and the connection dropping.
 LOGIN_ACCEPTED = "login-accepted"
 UPDATE_DONE = "update-done"
@@ -152,106 +122,6 @@ TRANSITIONS: dict[State, dict[str, State]] = {
     State.UPDATE: {UPDATE_DONE: State.CLOSED, DROPPED: State.CLOSED},
     State.CLOSED: {DROPPED: State.CLOSED},
 }
-
-
-class Signal(Enum):
-    """What `next_event` returns when it has no event."""
-
-    NEED_DATA = "NEED_DATA"  # feed more bytes with receive_data
-    PAUSED = "PAUSED"  # answer the last request event first
-
-
-NEED_DATA = Signal.NEED_DATA
-PAUSED = Signal.PAUSED
-
-
-class Pop3UsageError(Exception):
-    """The application called the core out of turn (a bug in the shell, not the peer)."""
-
-
-# ---------------------------------------------------------------------------------------
-# Messages and maildrops
-
-
-@dataclass(frozen=True)
-class MessageInfo:
-    """One message of a maildrop as the session sees it."""
-
-    uid: str  # stable across sessions
-    size: int  # octets with CRLF line ends
-    key: str = ""  # the store's name for it (a Maildir key)
-
-
-class Maildrop(Protocol):
-    """What the server core needs of a maildrop: a listing fixed at login, and contents."""
-
-    def messages(self) -> Sequence[MessageInfo]: ...
-
-    def read(self, message: MessageInfo) -> bytes: ...
-
-
-class MemoryMaildrop:
-    """A maildrop held in memory (tests, and anything that is not a Maildir)."""
-
-    def __init__(self, contents: Sequence[bytes], uids: Sequence[str] | None = None):
-        uids = list(uids) if uids is not None else [f"m{i}" for i in range(1, len(contents) + 1)]
-        self.contents = {uid: data for uid, data in zip(uids, contents, strict=True)}
-        self._infos = [
-            MessageInfo(uid, len(to_crlf(data)), uid) for uid, data in self.contents.items()
-        ]
-
-    def messages(self) -> Sequence[MessageInfo]:
-        return list(self._infos)
-
-    def read(self, message: MessageInfo) -> bytes:
-        return self.contents[message.key]
-
-
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-_STUFF = re.compile(rb"(?m)^\.")
-_UID_OK = re.compile(r"^[\x21-\x7e]{1,70}$")
-
-
-def to_crlf(data: bytes) -> bytes:
-    """The message as POP3 sends it: every line ending in CRLF, the last one too."""
-    data = _LINE_END.sub(b"\r\n", data)
-    if data and not data.endswith(b"\r\n"):
-        data += b"\r\n"
-    return data
-
-
-def stuff(data: bytes) -> bytes:
-    """Multi-line reply data: byte-stuffed and terminated (data must be CRLF-ended)."""
-    return _STUFF.sub(b"..", data) + b".\r\n"
-
-
-def unstuff(data: bytes) -> bytes:
-    return _STUFF.sub(b"", data)
-
-
-def uid_for_key(key: str) -> str:
-    """A UIDL unique-id from a Maildir key: the key itself when it fits, else its digest."""
-    base = key.split(":", 1)[0]
-    if _UID_OK.match(base):
-        return base
-    return hashlib.md5(base.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def apop_digest(timestamp: str, secret: str) -> str:
-    """MD5 of the banner's timestamp (angle brackets included) and the shared secret."""
-    return hashlib.md5((timestamp + secret).encode("utf-8")).hexdigest()
-
-
-def top(data: bytes, lines: int) -> bytes:
-    """The header, the blank line and the first `lines` lines of the body (CRLF data)."""
-    split = data.find(b"\r\n\r\n")
-    if split < 0:
-        return data
-    head, body = data[: split + 4], data[split + 4 :]
-    if lines == 0 or not body:
-        return head
-    kept = body[:-2].split(b"\r\n", lines)[:lines]  # body ends with CRLF (to_crlf)
-    return head + b"\r\n".join(kept) + b"\r\n"
 
 
 # ---------------------------------------------------------------------------------------
@@ -315,14 +185,6 @@ class Closed:
     """The session ended with QUIT; `deleted` messages were removed."""
 
     deleted: int
-
-
-@dataclass(frozen=True)
-class ConnectionLost:
-    """The peer went away before QUIT: nothing was removed."""
-
-    state: State
-    marked: int  # messages marked deleted and left in place
 
 
 ServerEvent = (
@@ -682,173 +544,3 @@ class Pop3Server:
         self._waiting = None
         self._transition(DROPPED)
         self._events.append(ConnectionLost(state, marked))
-
-
-# ---------------------------------------------------------------------------------------
-# Client events
-
-
-@dataclass(frozen=True)
-class Greeting:
-    text: str
-    timestamp: str | None  # the APOP timestamp <...@...>, if the banner has one
-
-
-@dataclass(frozen=True)
-class Ok:
-    command: str
-    text: str
-    data: bytes | None = None  # a multi-line reply's data, un-stuffed, CRLF line ends
-
-    @property
-    def lines(self) -> list[bytes]:
-        if not self.data:
-            return []
-        return self.data[:-2].split(b"\r\n") if self.data.endswith(b"\r\n") else [self.data]
-
-
-@dataclass(frozen=True)
-class Err:
-    command: str
-    text: str
-    code: str | None = None  # an extended response code: IN-USE, AUTH, SYS/TEMP ...
-
-
-ClientEvent = Greeting | Ok | Err | ConnectionLost
-
-_TIMESTAMP = re.compile(r"<[^<>\s]*@[^<>\s]*>")
-_CODE = re.compile(r"^\[([A-Za-z0-9/-]+)\]\s*")
-
-
-# ---------------------------------------------------------------------------------------
-# The client
-
-
-class Pop3Client:
-    """One client-side POP3 session: `send` commands, feed replies, read events."""
-
-    def __init__(self) -> None:
-        self.state = State.AUTHORIZATION
-        self.timestamp: str | None = None
-        self._buffer = bytearray()
-        self._eof = False
-        self._expect: deque[tuple[str, bool]] = deque([("GREETING", False)])
-        self._status: str | None = None  # the +OK line of a multi-line reply being read
-        self._data_start = 0
-        self._scan = 0
-
-    def send(self, command: str, *args: str | int) -> bytes:
-        verb = command.upper()
-        words = [verb, *(str(a) for a in args)]
-        line = " ".join(words)
-        if "\r" in line or "\n" in line:
-            raise Pop3UsageError("a POP3 command cannot contain CR or LF")
-        data = line.encode("utf-8") + b"\r\n"
-        if len(data) > MAX_COMMAND:
-            raise Pop3UsageError(f"{verb}: command line longer than {MAX_COMMAND} octets")
-        multiline = verb in ("CAPA", "RETR", "TOP") or (verb in ("LIST", "UIDL") and not args)
-        self._expect.append((verb, multiline))
-        return data
-
-    def apop(self, user: str, secret: str) -> bytes:
-        if self.timestamp is None:
-            raise Pop3UsageError("the server's banner has no APOP timestamp")
-        return self.send("APOP", user, apop_digest(self.timestamp, secret))
-
-    def receive_data(self, data: bytes) -> None:
-        if not data:
-            self._eof = True
-        self._buffer += data
-
-    @property
-    def waiting(self) -> int:
-        """Replies still expected."""
-        return len(self._expect)
-
-    def next_event(self) -> ClientEvent | Signal:
-        if not self._expect:
-            if self._eof and self.state is not State.CLOSED:
-                state, self.state = self.state, State.CLOSED
-                return ConnectionLost(state, 0)
-            return NEED_DATA
-        command, multiline = self._expect[0]
-        if self._status is None:
-            end = self._buffer.find(b"\r\n")
-            if end < 0:
-                if self._eof:
-                    return self._lose()
-                return NEED_DATA
-            status = bytes(self._buffer[:end]).decode("utf-8", "replace")
-            if not status.startswith("+OK") or not multiline:
-                del self._buffer[: end + 2]
-                self._expect.popleft()
-                return self._single(command, status)
-            self._status = status
-            self._data_start = end + 2
-            self._scan = end  # the terminator may start with this line's CRLF
-        # multi-line data: ends at CRLF "." CRLF (the status line's CRLF counts)
-        found = self._buffer.find(b"\r\n.\r\n", self._scan)
-        if found < 0:
-            self._scan = max(self._scan, len(self._buffer) - 4)
-            if self._eof:
-                return self._lose()
-            return NEED_DATA
-        start = self._data_start
-        data = unstuff(bytes(self._buffer[start : found + 2])) if found + 2 > start else b""
-        del self._buffer[: found + 5]
-        status, self._status = self._status, None
-        self._expect.popleft()
-        return Ok(command, status[3:].strip(), data)
-
-    def _lose(self) -> ConnectionLost:
-        state, self.state = self.state, State.CLOSED
-        self._expect.clear()
-        return ConnectionLost(state, 0)
-
-    def _single(self, command: str, status: str) -> Greeting | Ok | Err:
-        ok = status.startswith("+OK")
-        text = status[3:].strip() if ok else status[4:].strip()
-        if command == "GREETING":
-            if not ok:
-                return Err(command, _CODE.sub("", text), _code(text))
-            match = _TIMESTAMP.search(text)
-            self.timestamp = match.group(0) if match else None
-            return Greeting(text, self.timestamp)
-        if not ok:
-            return Err(command, _CODE.sub("", text), _code(text))
-        if command in ("PASS", "APOP"):
-            self.state = State.TRANSACTION
-        elif command == "QUIT":
-            self.state = State.CLOSED
-        elif command == "STLS":
-            # what came after +OK arrived in clear text: it is not the server speaking
-            self._buffer.clear()
-        return Ok(command, text)
-
-
-def _code(text: str) -> str | None:
-    match = _CODE.match(text)
-    return match.group(1).upper() if match else None
-
-
-# ---------------------------------------------------------------------------------------
-# Reading replies
-
-
-def parse_stat(reply: Ok) -> tuple[int, int]:
-    """(messages, octets) from a STAT reply."""
-    count, size = reply.text.split()[:2]
-    return int(count), int(size)
-
-
-def parse_listing(reply: Ok) -> dict[int, str]:
-    """message number -> the rest of the line, from LIST or UIDL (multi-line or one)."""
-    lines = [line.decode("utf-8", "replace") for line in reply.lines] if reply.data else []
-    if reply.data is None:
-        lines = [reply.text]
-    result: dict[int, str] = {}
-    for line in lines:
-        number, _, rest = line.strip().partition(" ")
-        if number.isdigit():
-            result[int(number)] = rest.strip().split(" ")[0]
-    return result

@@ -1,280 +1,33 @@
-"""The fetch service: fetchmail for the lab. It collects POP3 maildrops and hands every
-message to the host's own MTA over SMTP, as fetchmail does to port 25.
-
-For each job of the node (`fetch:` in the topology, one `poll` line of a .fetchmailrc):
-
-1. resolve the server (a node name, or a name in the lab DNS) and connect to it over
-   the host's network; STLS when the job says so; USER/PASS;
-2. UIDL and LIST; every message whose UID is not in the job's journal is retrieved;
-3. its recipients: single-drop, the job's `to` user; multidrop, the names found in the
-   envelope headers (Delivered-To, X-Envelope-To: one per recipient, as the ISP writes
-   them) or, when there are none, in To, Cc, Resent-To and Resent-Cc - only addresses in
-   the job's `aka` domains or the server's own name count - mapped through the job's
-   `multidrop` table (case-insensitive; an unlisted name goes to the job's postmaster);
-4. a Received line for the POP3 hop is put on top (seed nelug's "with POP3 (fetchmail)"),
-   the Return-Path is taken off and used as the envelope sender, and the message is
-   submitted to the local MTA;
-5. only when the local MTA said 250 is the UID written to the journal (fsync), and only
-   then is the message deleted on the server (DELE, then QUIT) - or, with `keep`, left
-   there and never fetched again. A local 4xx leaves the message on the server untouched
-   for the next run; a 5xx leaves it too (fetchmail's softbounce).
-
-The journal is STATE/fetch/USER@SERVER.uidl: one UID per line for a message handed over
-whole, or "UID ADDRESS" for a recipient that already has it when others were deferred.
-Because it is written before DELE, a run that dies between the local 250 and QUIT does
-not deliver the message twice: the next run finds the UID, skips the delivery and
-deletes it. After a clean QUIT the journal keeps only the UIDs still on the server.
-
-Polling: every job's `poll` interval on the lab clock, while the host's links are up
-(fetchmail's daemon mode, started from ip-up). `link_changed()` re-arms or stops it.
-Events: fetch.start, fetch.message, fetch.deleted, fetch.kept, fetch.error, fetch.done.
-"""
+"""The fetch service: polls a node's fetch jobs and runs each one's POP3 session, handing
+every message to the host's own MTA (see lab.services.fetch for the rules)."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import email.utils
-import os
 import re
-import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from pathlib import Path
 from typing import Any
 
-from lab.protocols.pop3 import (
-    ConnectionLost,
-    Err,
-    Greeting,
-    Ok,
-    Pop3Client,
-    Signal,
-    parse_listing,
-)
+from lab.protocols.pop3 import Err, Ok, parse_listing
 from lab.runtime.clock import Timer
 from lab.services.client import submit
+from lab.services.fetch.journal import UidJournal
+from lab.services.fetch.message import (
+    envelope_sender,
+    map_names,
+    multidrop_names,
+    received_header,
+    strip_return_path,
+)
+from lab.services.fetch.session import PopError, PopSession
 from lab.services.host import Host, Unreachable
 from lab.services.resolver import DnsNotFound, DnsTemporaryError, Resolver
 from lab.topology.addressing import hostname_of
 from lab.topology.model import FetchJob
 
 SMTP_PORT = 25
-READ_SIZE = 65536
-ENVELOPE_HEADERS = ("Delivered-To", "X-Envelope-To")
-RECIPIENT_HEADERS = ("To", "Cc", "Resent-To", "Resent-Cc")
-AGENT = "maillab-fetch"
-
-
-class PopError(Exception):
-    """The POP3 session failed at `stage`."""
-
-    def __init__(self, stage: str, text: str):
-        super().__init__(f"{stage}: {text}")
-        self.stage, self.text = stage, text
-
-
-# ---------------------------------------------------------------------------------------
-# The POP3 client over asyncio streams
-
-
-class PopSession:
-    """An asyncio shell around lab.protocols.pop3.Pop3Client: one command, one reply."""
-
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, timeout: float
-    ):
-        self.reader, self.writer, self.timeout = reader, writer, timeout
-        self.core = Pop3Client()
-
-    @classmethod
-    async def open(cls, sock: socket.socket, *, timeout: float) -> tuple[PopSession, Greeting]:
-        reader, writer = await asyncio.open_connection(sock=sock)
-        session = cls(reader, writer, timeout=timeout)
-        event = await session._event("greeting")
-        if not isinstance(event, Greeting):
-            await session.close()
-            raise PopError("greeting", getattr(event, "text", "the server said no"))
-        return session, event
-
-    async def _event(self, stage: str) -> Greeting | Ok | Err:
-        while True:
-            event = self.core.next_event()
-            if isinstance(event, Signal):  # NEED_DATA
-                data = await asyncio.wait_for(self.reader.read(READ_SIZE), self.timeout)
-                self.core.receive_data(data)
-                continue
-            if isinstance(event, ConnectionLost):
-                raise PopError(stage, "the server closed the connection")
-            return event
-
-    async def call(self, command: str, *args: str | int) -> Ok | Err:
-        self.writer.write(self.core.send(command, *args))
-        await self.writer.drain()
-        event = await self._event(command)
-        assert not isinstance(event, Greeting)
-        return event
-
-    async def starttls(self, context: ssl.SSLContext, server_hostname: str) -> None:
-        await self.writer.start_tls(context, server_hostname=server_hostname)
-
-    async def close(self) -> None:
-        with contextlib.suppress(RuntimeError):  # the lab's loop is closing
-            self.writer.close()
-
-
-# ---------------------------------------------------------------------------------------
-# Reading and rewriting the fetched message
-
-
-def _head(content: bytes) -> bytes:
-    end = content.find(b"\r\n\r\n")
-    return content if end < 0 else content[: end + 2]
-
-
-def envelope_sender(content: bytes) -> str:
-    """The Return-Path of a message as stored by the POP server ('' for <>), else From."""
-    head = BytesHeaderParser(policy=compat32).parsebytes(_head(content))
-    path = head.get("Return-Path")
-    if path is not None:
-        value = str(path).strip()
-        if value in ("<>", ""):
-            return ""
-        return email.utils.parseaddr(value)[1] or value.strip("<>")
-    sender = head.get("From")
-    return email.utils.parseaddr(str(sender))[1] if sender is not None else ""
-
-
-_RETURN_PATH = re.compile(rb"(?im)^Return-Path:[^\r\n]*\r\n(?:[ \t][^\r\n]*\r\n)*")
-
-
-def strip_return_path(content: bytes) -> bytes:
-    """Take the Return-Path lines out of the header: the local MTA writes its own."""
-    end = content.find(b"\r\n\r\n")
-    if end < 0:
-        return _RETURN_PATH.sub(b"", content)
-    return _RETURN_PATH.sub(b"", content[: end + 2]) + content[end + 2 :]
-
-
-def _addresses(content: bytes, names: tuple[str, ...]) -> list[str]:
-    head = BytesHeaderParser(policy=compat32).parsebytes(_head(content))
-    values: list[str] = []
-    for name in names:
-        values += [str(v) for v in head.get_all(name, [])]
-    return [addr for _, addr in email.utils.getaddresses(values) if addr]
-
-
-def multidrop_names(content: bytes, domains: set[str]) -> list[str]:
-    """The local parts this message was addressed to in our domains: from the envelope
-    headers if the server wrote any, else from the recipient headers."""
-    for headers in (ENVELOPE_HEADERS, RECIPIENT_HEADERS):
-        names = []
-        for address in _addresses(content, headers):
-            local, at, domain = address.rpartition("@")
-            if at and local and domain.lower().rstrip(".") in domains:
-                names.append(local)
-        if names:
-            return names
-    return []
-
-
-def map_names(names: list[str], table: dict[str, str | None], postmaster: str) -> list[str]:
-    """fetchmail's 'to eddy nelug=eddy ... here': remote name -> local user, unmatched to
-    the postmaster; case-insensitive, each local user once, in order."""
-    lookup = {remote.lower(): (local or remote) for remote, local in table.items()}
-    mapped = [lookup.get(name.lower(), postmaster) for name in names] or [postmaster]
-    seen: set[str] = set()
-    result = []
-    for user in mapped:
-        if user.lower() not in seen:
-            seen.add(user.lower())
-            result.append(user)
-    return result
-
-
-def received_header(*, server: str, by: str, recipient: str, mode: str, when: float) -> bytes:
-    date = email.utils.format_datetime(datetime.fromtimestamp(when).astimezone())
-    return (
-        f"Received: from {server}\r\n"
-        f"\tby {by} with POP3 ({AGENT})\r\n"
-        f"\tfor {recipient} ({mode}); {date}\r\n"
-    ).encode()
-
-
-# ---------------------------------------------------------------------------------------
-# The journal of UIDs handed over
-
-
-class UidJournal:
-    """STATE/fetch/USER@SERVER.uidl: what has been handed to the local MTA, durably."""
-
-    def __init__(self, path: Path, *, durable: bool = True):
-        self.path = path
-        self.durable = durable
-        self.done: set[str] = set()
-        self.partial: dict[str, set[str]] = {}
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                uid, _, address = line.strip().partition(" ")
-                if not uid:
-                    continue
-                if address:
-                    self.partial.setdefault(uid, set()).add(address.lower())
-                else:
-                    self.done.add(uid)
-            for uid in self.done:
-                self.partial.pop(uid, None)
-
-    def _append(self, lines: list[str]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, "".join(f"{line}\n" for line in lines).encode("utf-8"))
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-
-    def mark_done(self, uid: str) -> None:
-        self._append([uid])
-        self.done.add(uid)
-        self.partial.pop(uid, None)
-
-    def mark_partial(self, uid: str, addresses: list[str]) -> None:
-        self._append([f"{uid} {a}" for a in addresses])
-        self.partial.setdefault(uid, set()).update(a.lower() for a in addresses)
-
-    def compact(self, keep: set[str]) -> None:
-        """Forget every UID not in `keep` (those no longer on the server)."""
-        done = self.done & keep
-        partial = {u: a for u, a in self.partial.items() if u in keep}
-        if done == self.done and partial == self.partial:
-            return
-        lines = sorted(done) + [f"{u} {a}" for u in sorted(partial) for a in sorted(partial[u])]
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, "".join(f"{line}\n" for line in lines).encode("utf-8"))
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        if self.durable:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        self.done, self.partial = done, partial
-
-
-# ---------------------------------------------------------------------------------------
-# The service
 
 
 @dataclass
@@ -636,4 +389,4 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9@._+-]", "_", name)
 
 
-__all__ = ["FetchService", "PopSession", "UidJournal", "job_label"]
+__all__ = ["FetchService", "JobResult", "job_label"]
