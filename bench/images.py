@@ -24,6 +24,7 @@ from typing import Any
 
 from lab.backends.docker import image as images
 from lab.backends.docker.baseimage import BASE_IMAGE
+from lab.backends.docker.engine import docker_client
 from lab.backends.docker.image import NODE_REPO
 from lab.progress import Progress
 
@@ -70,7 +71,7 @@ def bench_images(cold: bool, progress: Progress | None = None) -> dict[str, Any]
     """Seconds for a cold build (only when cold: it removes the images first), a warm
     no-op and a rebuild after a code change."""
     progress = progress if progress is not None else Progress(quiet=True)
-    client = images.docker_client()
+    client = docker_client()
     out: dict[str, Any] = {}
     try:
         if cold:

@@ -24,8 +24,8 @@ from typing import Any
 
 import pytest
 
-from lab.backends.base import BACKENDS
 from lab.errors import TopologyError
+from lab.harness import backend_names
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,11 +47,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def lab_backends(config: pytest.Config) -> list[str]:
     """The backends of --lab-backend, in order."""
     value = str(config.getoption("--lab-backend"))
-    names = list(BACKENDS) if value == "all" else [v.strip() for v in value.split(",") if v]
-    unknown = [n for n in names if n not in BACKENDS]
+    known = backend_names()
+    names = known if value == "all" else [v.strip() for v in value.split(",") if v]
+    unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise pytest.UsageError(
-            f"--lab-backend {value!r}: expected one or more of {', '.join(BACKENDS)}, or all"
+            f"--lab-backend {value!r}: expected one or more of {', '.join(known)}, or all"
         )
     return names
 

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-__all__ = ["Lab", "LabAssertionError"]
+__all__ = ["Lab", "LabAssertionError", "backend_names"]
 
 
 def __getattr__(name: str) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.units import parse_duration
 
 
@@ -185,7 +186,7 @@ class ControlServer:
         from_node: str,
         mail_from: str,
         to: list[str],
-        subject: str = "maillab test",
+        subject: str = DEFAULT_SUBJECT,
         body: str | None = None,
         raw: str | None = None,
         via: str | None = None,
@@ -200,7 +201,7 @@ class ControlServer:
                 mail_from=mail_from,
                 to=to,
                 subject=subject,
-                body=body if body is not None else "Hello from maillab.\n",
+                body=body if body is not None else DEFAULT_BODY,
             )
         result = await self.backend.send(
             from_node, mail_from=mail_from, to=to, content=content, via=via

@@ -25,15 +25,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.backends.base import backend_class
+from lab.backends.base import BACKENDS, backend_class
 from lab.errors import LabError
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult
 from lab.topology import load
+from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.model import Topology
 from lab.topology.units import parse_duration
 
 T = TypeVar("T")
+
+
+def backend_names() -> list[str]:
+    """The backends a Lab can run on, by the names `Lab.up(backend=...)` takes."""
+    return list(BACKENDS)
 
 
 class LabAssertionError(AssertionError):
@@ -144,9 +150,14 @@ class Lab:
 
     @classmethod
     def up(
-        cls, topology: str | Path | Topology, *, backend: str = "inprocess", **options: Any
+        cls,
+        topology: str | Path | Topology,
+        *,
+        backend: str = "inprocess",
+        source: Path | None = None,
+        **options: Any,
     ) -> Lab:
-        source = None
+        """Bring `topology` (a file, or a model loaded from `source`) up on `backend`."""
         if not isinstance(topology, Topology):
             source = Path(topology)
             topology = load(source).model
@@ -176,8 +187,12 @@ class Lab:
     def __exit__(self, *exc: object) -> None:
         self.down()
 
-    def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
+        """Run `coro` on the lab's event loop and return its result (timeout None: wait
+        as long as it takes); what works with the backend directly runs this way."""
         return self._thread.run(coro, timeout)
+
+    _run = run
 
     def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
         return self._thread.call(func, *args, **kwargs)
@@ -190,8 +205,8 @@ class Lab:
         *,
         mail_from: str,
         to: str | list[str],
-        subject: str = "maillab test",
-        body: str = "Hello from maillab.\n",
+        subject: str = DEFAULT_SUBJECT,
+        body: str = DEFAULT_BODY,
         headers: dict[str, str] | None = None,
         via: str | None = None,
         raw: bytes | None = None,

@@ -48,6 +48,11 @@ class Event:
             "data": self.data,
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Event:
+        """The event `to_json` made (as the control channel and the events log carry it)."""
+        return cls(data["seq"], data["time"], data["node"], data["kind"], data.get("data", {}))
+
     def __str__(self) -> str:
         detail = " ".join(f"{k}={v}" for k, v in self.data.items() if k not in ("raw",))
         return f"#{self.seq} {self.node:<10} {self.kind:<22} {detail}"
@@ -184,4 +189,5 @@ def _matches(
 
 
 def format_events(events: Iterable[Event]) -> str:
+    """One line per event (str(Event)): how assertions, checks and `maillab events` show them."""
     return "\n".join(str(e) for e in events)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.fields import Base, listify, one_or_many
 from lab.topology.units import Duration
 
@@ -17,8 +18,8 @@ class SendStep(Base):
     from_: str = Field(alias="from", description="the node that submits (a client or an MTA)")
     mail_from: str = Field(description="the envelope sender ('' for the null sender)")
     to: Annotated[list[str], one_or_many({"type": "string"}, "envelope recipients")]
-    subject: str = "maillab test"
-    body: str = "Hello from maillab.\n"
+    subject: str = DEFAULT_SUBJECT
+    body: str = DEFAULT_BODY
     headers: dict[str, str] = Field(
         default_factory=dict, description="header fields (From: defaults to mail_from)"
     )

@@ -1,0 +1,113 @@
+"""`maillab check`: run the checks of topology files, each on a fresh lab."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from lab.cli.output import emit_json, friendly
+from lab.errors import TopologyError
+
+
+def _is_topology_file(arg: str) -> bool:
+    return arg.endswith((".yaml", ".yml")) or Path(arg).is_file()
+
+
+@click.command()
+@click.argument("args", nargs=-1, required=True, metavar="FILE... [NAME...]")
+@click.option(
+    "--backend",
+    type=click.Choice(["inprocess", "docker"]),
+    default="inprocess",
+    show_default=True,
+    help="Where the hosts run.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+@friendly
+def check(args: tuple[str, ...], backend: str, as_json: bool) -> None:
+    """Run the checks of topology FILEs: all of them, or only those NAMEd.
+
+    Each check runs on a fresh lab of its own, step by step, and stops at its first
+    failing step. Arguments ending in .yaml or .yml (or naming a file) are topology
+    files; the others are check names. Exits 0 when every check passes, 1 when any
+    fails, 2 for an invalid topology or an unknown check name.
+    """
+    import time
+
+    from lab.harness.checks import (
+        CheckResult,
+        StepResult,
+        UnknownCheckError,
+        check_header,
+        run_check,
+        select_checks,
+    )
+    from lab.topology import load
+
+    files = [a for a in args if _is_topology_file(a)]
+    names = list(dict.fromkeys(a for a in args if not _is_topology_file(a)))
+    if not files:
+        raise click.UsageError("give at least one topology FILE (ending in .yaml or .yml)")
+    loaded = []
+    problems = []
+    for file in files:
+        try:
+            loaded.append((file, load(file).model))
+        except TopologyError as exc:
+            problems += exc.problems
+    if problems:
+        raise TopologyError(problems)
+    if not as_json and not names:
+        for file, topology in loaded:
+            if not topology.checks:
+                click.echo(f"{file}: no checks")
+    plan: list[tuple[str, Any, list[str]]] = []
+    if len(loaded) == 1:
+        file, topology = loaded[0]
+        plan.append((file, topology, select_checks(topology, names, file)))
+    else:
+        unknown = [n for n in names if not any(n in t.checks for _, t in loaded)]
+        if unknown:
+            known = "; ".join(f"{f}: {', '.join(t.checks) or '(none)'}" for f, t in loaded)
+            raise UnknownCheckError(
+                f"unknown check{'s' if len(unknown) > 1 else ''}"
+                f" {', '.join(repr(n) for n in unknown)}; known checks: {known}"
+            )
+        for file, topology in loaded:
+            chosen = [n for n in names if n in topology.checks] if names else list(topology.checks)
+            if chosen:
+                plan.append((file, topology, chosen))
+
+    def show(step: StepResult) -> None:
+        click.echo(step.report())
+
+    started = time.monotonic()
+    results: list[CheckResult] = []
+    for file, topology, chosen in plan:
+        for name in chosen:
+            if not as_json:
+                if results:
+                    click.echo()
+                click.echo(check_header(name, file, backend))
+            result = run_check(
+                topology, name, backend=backend, file=file, on_step=None if as_json else show
+            )
+            results.append(result)
+            if not as_json:
+                if result.error:
+                    click.echo("\n".join("  " + line for line in result.error.splitlines()))
+                click.echo(result.summary())
+    failed = sum(1 for r in results if not r.ok)
+    if as_json:
+        emit_json([r.to_json() for r in results])
+    else:
+        took = time.monotonic() - started
+        click.echo(
+            f"\n{len(results)} check{'s' if len(results) != 1 else ''}:"
+            f" {len(results) - failed} passed, {failed} failed ({took:.2f}s)"
+        )
+    if failed:
+        sys.exit(1)

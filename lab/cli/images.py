@@ -1,0 +1,68 @@
+"""`maillab images`: the Docker images of the Docker backend."""
+
+from __future__ import annotations
+
+import click
+
+from lab.cli.output import emit_json, friendly, json_option, print_table
+
+
+@click.group("images")
+def images_group() -> None:
+    """The Docker images of the Docker backend (see images/README.md)."""
+
+
+@images_group.command("build")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Rebuild even if the image is there: no Docker layer cache, fresh dependency wheels.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
+@json_option
+@friendly
+def images_build(force: bool, quiet: bool, as_json: bool) -> None:
+    """Build the node image (maillab-node:<content hash>) unless it is already there.
+
+    Makes the base image debian:bookworm-slim with debootstrap when it is missing and no
+    registry answers (needs root), and downloads maillab's dependencies as wheels on this
+    machine. Prints the image's tag.
+    """
+    from lab.backends.docker import image as lab_images
+    from lab.backends.docker.engine import docker_client
+    from lab.progress import Progress
+
+    client = docker_client()
+    try:
+        with Progress(quiet=quiet) as progress:
+            result = lab_images.make_node_image(client, progress=progress, force=force)
+    finally:
+        client.close()
+    if as_json:
+        emit_json(result.to_json())
+    else:
+        click.echo(result.tag)
+
+
+@images_group.command("list")
+@json_option
+@friendly
+def images_list(as_json: bool) -> None:
+    """List maillab's images in the Docker engine: tag, id, size and creation time."""
+    from lab.backends.docker import image as lab_images
+    from lab.backends.docker.engine import docker_client
+
+    client = docker_client()
+    try:
+        rows = lab_images.list_images(client)
+    finally:
+        client.close()
+    if as_json:
+        emit_json(rows)
+        return
+    if not rows:
+        click.echo("no maillab images (build one with `maillab images build`)")
+        return
+    table = [("TAG", "IMAGE ID", "SIZE", "CREATED")]
+    table += [(r["tag"], r["id"], f"{r['size'] / 1e6:.0f} MB", r["created"]) for r in rows]
+    print_table(table)
