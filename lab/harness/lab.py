@@ -18,17 +18,16 @@ import contextlib
 import email
 import email.message
 import email.policy
-import inspect
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.backends.base import backend_class
+from lab.backends.base import Backend, backend_class
 from lab.errors import LabError
+from lab.protocols.smtp import SubmitResult
 from lab.runtime.events import Event, format_events
-from lab.services.client import SubmitResult
 from lab.topology import load
 from lab.topology.model import Topology
 from lab.topology.units import parse_duration
@@ -55,17 +54,6 @@ class _LoopThread:
         except BaseException:  # a timeout, or Ctrl-C while waiting: stop the work too
             future.cancel()
             raise
-
-    def call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call a backend method on the loop: plain (in-process) or a coroutine (Docker)."""
-
-        async def wrapper() -> Any:
-            result = func(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
-        return self.run(wrapper())
 
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
@@ -106,7 +94,7 @@ class LinkHandle:
 
     @property
     def state(self) -> str:
-        return str(self.lab._call(self.lab.backend.link_state, self.name))
+        return str(self.lab._run(self.lab.backend.link_state(self.name)))
 
 
 class ClockHandle:
@@ -118,7 +106,7 @@ class ClockHandle:
         return int(self.lab._run(self.lab.backend.advance(seconds), timeout=600))
 
     def now(self) -> float:
-        return float(self.lab._call(self.lab.backend.now))
+        return float(self.lab._run(self.lab.backend.now()))
 
 
 class Lab:
@@ -136,7 +124,7 @@ class Lab:
         self.source = source
         self._thread = _LoopThread(topology.name)
         cls = backend_class(backend)
-        self.backend = cls(topology, **options)
+        self.backend: Backend = cls(topology, **options)
         self.clock = ClockHandle(self)
         self._running = False
 
@@ -179,9 +167,6 @@ class Lab:
     def _run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
         return self._thread.run(coro, timeout)
 
-    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._thread.call(func, *args, **kwargs)
-
     # acting ----------------------------------------------------------------------------
 
     def send(
@@ -201,14 +186,10 @@ class Lab:
         content = (
             raw
             if raw is not None
-            else self._call(
-                self.backend.message,
-                node,
-                mail_from=mail_from,
-                to=rcpts,
-                subject=subject,
-                body=body,
-                headers=headers,
+            else self._run(
+                self.backend.message(
+                    node, mail_from=mail_from, to=rcpts, subject=subject, body=body, headers=headers
+                )
             )
         )
         return self._run(
@@ -235,17 +216,15 @@ class Lab:
         """A node's queue once the work under way has finished (settle=False: right now)."""
         if settle:
             self._run(self.backend.settle(timeout=30.0), timeout=60)
-        result: list[dict[str, Any]] = self._call(self.backend.queue, node)
-        return result
+        return [dict(entry) for entry in self._run(self.backend.queue(node))]
 
     def capture_queued(self, node: str) -> dict[str, bytes]:
         """Queue id -> content of every message `node` queues from now on (filled in as
         they are queued, DSNs included), for looking at what a hop really sent."""
-        captured: dict[str, bytes] = self._call(self.backend.capture_queued, node)
-        return captured
+        return self._run(self.backend.capture_queued(node))
 
     def mailbox(self, node: str, user: str) -> list[MailboxMessage]:
-        items = self._call(self.backend.mailbox, node, user)
+        items = self._run(self.backend.mailbox(node, user))
         return [
             MailboxMessage(
                 i["id"],
@@ -257,17 +236,16 @@ class Lab:
         ]
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(self.backend.status)
-        return result
+        return self._run(self.backend.status())
 
     def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
-        self._call(self.backend.set_dns, name, rtype, values)
+        self._run(self.backend.set_dns(name, rtype, values))
 
     def set_dns_fault(self, name: str, fault: str | None) -> None:
-        self._call(self.backend.set_dns_fault, name, fault)
+        self._run(self.backend.set_dns_fault(name, fault))
 
     def add_fault(self, node: str, **fault: Any) -> None:
-        self._call(self.backend.add_fault, node, fault)
+        self._run(self.backend.add_fault(node, fault))
 
     # events and traces -----------------------------------------------------------------
 
