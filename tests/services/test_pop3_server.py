@@ -329,7 +329,8 @@ def test_a_client_that_drops_mid_retr(lab: Lab):
 
 def test_a_second_session_gets_the_lock_error(lab: Lab):
     put(lab, ONE)
-    lab.backend.services["isp"].pop3.auth_delay = 3.0  # a lock refusal must not wait like a bad password
+    # a lock refusal must not wait like a bad password
+    lab.backend.services["isp"].pop3.auth_delay = 3.0
     first = login(lab)
     second = connect(lab)
     second.user(USER)
