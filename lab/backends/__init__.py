@@ -1,5 +1,5 @@
 """Backends bring a topology to life: `inprocess` (asyncio) and `docker` (containers)."""
 
-from lab.backends.base import BACKENDS, Backend, backend_class
+from lab.backends.base import BACKENDS, Backend, HostHandle, LabBackend, backend_class
 
-__all__ = ["BACKENDS", "Backend", "backend_class"]
+__all__ = ["BACKENDS", "Backend", "HostHandle", "LabBackend", "backend_class"]

@@ -1,21 +1,74 @@
 """The backend contract: what a Lab needs from whatever brings a topology to life.
 
 Two implementations keep to it, with the same file names' roles: `inprocess` (asyncio,
-one process, loopback addresses) and `docker` (a container per host). Every method is a
-coroutine run on the lab's event loop; the Lab (lab.harness) wraps them for synchronous
-callers and pytest.
+one process, loopback addresses) and `docker` (a container per host).
+
+Every method of the contract is a coroutine, on both backends. Async rather than sync
+because the Docker backend's answers come over sockets: listing a queue, reading a
+mailbox or editing the DNS is a request to an agent, so a synchronous contract would
+hide a blocking round trip (or a hop to another thread) in every call, and could not be
+called on the lab's own loop, where the control server runs. The in-process backend
+has its answers at hand; a coroutine that returns at once costs it nothing. So nobody
+asks which kind of answer a backend gives: the Lab (lab.harness) runs them on its loop
+thread for synchronous callers and pytest, the control server awaits them.
+
+What both backends do alike is written once, in `LabBackend`, over a handle per host
+with the same coroutines (`HostHandle`): in process the host's `HostServices` itself,
+in Docker a proxy over the agent's control socket (lab.backends.docker.control), which
+the agent answers with its own `HostServices`. A backend adds what is its own: bringing
+hosts up and down, settling, the clock, and where its endpoints are.
 """
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from lab.errors import LabError
+from lab.protocols.smtp import SubmitResult
+from lab.protocols.wire import LinkState, MailboxEntry, QueueEntry
 from lab.runtime.events import EventBus
-from lab.services.client import SubmitResult
-from lab.topology.model import Topology
+from lab.topology.model import Hook, Service, Topology
+
+
+class HostHandle(Protocol):
+    """One host, as the common code of the backends acts on it."""
+
+    @property
+    def name(self) -> str: ...
+
+    async def submit(
+        self, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
+        """Submit a message from this host over SMTP, to its submission target."""
+        ...
+
+    async def set_link(self, link: str, state: str) -> int:
+        """Raise or drop one of the host's links (the host hears of it at once: its
+        resolver cache is dropped, its fetch jobs re-armed or stopped); the number of
+        connections cut."""
+        ...
+
+    async def flush(self) -> int: ...
+
+    async def fetch(self) -> int: ...
+
+    async def queue(self) -> list[QueueEntry]: ...
+
+    async def queue_content(self, queue_id: str) -> bytes: ...
+
+    async def capture(self) -> dict[str, bytes]: ...
+
+    async def mailbox(self, user: str) -> list[MailboxEntry]: ...
+
+    async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None: ...
+
+    async def set_dns_fault(self, name: str, fault: str | None) -> None: ...
+
+    async def add_fault(self, fault: dict[str, Any]) -> None: ...
 
 
 @runtime_checkable
@@ -23,6 +76,7 @@ class Backend(Protocol):
     name: str
     topology: Topology
     events: EventBus
+    state_dir: Path
 
     async def up(self) -> None:
         """Start every host and service; return when all of them answer."""
@@ -32,8 +86,21 @@ class Backend(Protocol):
         """Stop everything and release what `up` took."""
         ...
 
-    async def settle(self) -> None:
+    async def settle(self, timeout: float = 60.0) -> None:
         """Wait until no delivery, bounce or fetch is under way."""
+        ...
+
+    async def message(
+        self,
+        node: str,
+        *,
+        mail_from: str,
+        to: list[str],
+        subject: str,
+        body: str,
+        headers: dict[str, str] | None = None,
+    ) -> bytes:
+        """A message as `node` would write it: its host name, the lab's time."""
         ...
 
     async def send(
@@ -46,13 +113,13 @@ class Backend(Protocol):
         """Raise or drop a link; raising runs its on_up hooks in order."""
         ...
 
-    def link_state(self, link: str) -> str: ...
+    async def link_state(self, link: str) -> LinkState: ...
 
     async def advance(self, seconds: float) -> int:
         """Move the lab clock; returns the number of timers that ran."""
         ...
 
-    def now(self) -> float: ...
+    async def now(self) -> float: ...
 
     async def flush(self, node: str) -> int:
         """Run a node's queue now (sendmail -q)."""
@@ -62,28 +129,43 @@ class Backend(Protocol):
         """Run a node's fetch jobs now; returns how many messages were fetched."""
         ...
 
-    def queue(self, node: str) -> list[dict[str, Any]]:
-        """A node's queue: dicts with id, envelope_from, recipients, attempts."""
+    async def queue(self, node: str) -> list[QueueEntry]:
+        """A node's queue: id, envelope_from, recipients, attempts, ..."""
         ...
 
-    def mailbox(self, node: str, user: str) -> list[dict[str, Any]]:
-        """Messages in a user's mailbox: dicts with id, envelope_from, raw."""
+    async def queue_content(self, node: str, queue_id: str) -> bytes: ...
+
+    async def capture_queued(self, node: str) -> dict[str, bytes]:
+        """Queue id -> content of every message `node` queues from now on, filled in as
+        they are queued (DSNs included: they may be gone from the queue a moment later)."""
         ...
 
-    def status(self) -> dict[str, Any]:
+    async def mailbox(self, node: str, user: str) -> list[MailboxEntry]:
+        """Messages in a user's mailbox: id, envelope_from, raw."""
+        ...
+
+    async def status(self) -> dict[str, Any]:
         """Nodes with hostnames, addresses and endpoints; links with states."""
         ...
 
-    def set_dns(self, name: str, rtype: str, values: list[Any]) -> None: ...
+    async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None: ...
 
-    def set_dns_fault(self, name: str, fault: str | None) -> None: ...
+    async def set_dns_fault(self, name: str, fault: str | None) -> None: ...
 
-    def add_fault(self, node: str, fault: dict[str, Any]) -> None: ...
+    async def add_fault(self, node: str, fault: dict[str, Any]) -> None: ...
 
 
-class BackendCommon:
-    """What both backends do the same way: their options, the topology's addresses and DNS
-    records, the operator, checking names, and composing a node's message."""
+H = TypeVar("H", bound=HostHandle)
+
+
+class LabBackend(Generic[H]):
+    """What both backends do the same way, over their hosts' handles (`self.handles`):
+    their options, the topology's addresses and DNS records, the operator, checking
+    names, composing a node's message, submitting, links and their on_up hooks, flush
+    and fetch, queues and mailboxes, DNS and fault edits, and the status."""
+
+    name = ""
+    events: EventBus
 
     def __init__(
         self,
@@ -95,7 +177,6 @@ class BackendCommon:
         durable: bool = True,
     ):
         from lab.topology.addressing import assign_addresses
-        from lab.topology.model import Service
         from lab.topology.records import RecordTable
 
         self.topology = topology
@@ -110,9 +191,54 @@ class BackendCommon:
         self.operator: str | None = topology.operator or next(
             (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
         )
+        self.handles: dict[str, H] = {}
+        self.link_states: dict[str, LinkState] = {
+            name: LinkState(link.state) for name, link in topology.links.items()
+        }
 
-    def now(self) -> float:
+    # what each backend does its own way ----------------------------------------------------
+
+    async def up(self) -> None:
         raise NotImplementedError
+
+    async def down(self) -> None:
+        raise NotImplementedError
+
+    async def settle(self, timeout: float = 60.0) -> None:
+        raise NotImplementedError
+
+    async def advance(self, seconds: float) -> int:
+        raise NotImplementedError
+
+    def clock_time(self) -> float:
+        """Lab time now."""
+        raise NotImplementedError
+
+    def clock_offset(self) -> float:
+        """How far lab time is ahead of real time."""
+        raise NotImplementedError
+
+    def endpoints(self, node: str) -> dict[str, str]:
+        """Where a person on this machine reaches the node's services."""
+        raise NotImplementedError
+
+    def operator_address(self) -> str:
+        """The lab address a person on this machine is seen from."""
+        raise NotImplementedError
+
+    def dns_copies(self) -> Iterable[H]:
+        """The hosts that keep a copy of the lab's DNS records, to be told of an edit."""
+        return self.handles.values()
+
+    def node_status(self, node: str) -> dict[str, Any]:
+        """What the backend adds to a node's status."""
+        return {}
+
+    def lab_status(self) -> dict[str, Any]:
+        """What the backend adds to the lab's status."""
+        return {}
+
+    # names -------------------------------------------------------------------------------
 
     def check_node(self, node: str) -> None:
         if node not in self.topology.nodes:
@@ -126,7 +252,26 @@ class BackendCommon:
                 f"unknown link {link!r}; expected one of: {', '.join(self.topology.links)}"
             )
 
-    def message(
+    def runs(self, node: str, service: Service) -> bool:
+        return service in self.topology.nodes[node].service_set()
+
+    def handle(self, node: str, service: Service | None = None) -> H:
+        """The node's handle; a LabError when the node does not run `service`."""
+        self.check_node(node)
+        if service is Service.smtp and not self.runs(node, service):
+            raise LabError(f"node {node!r} runs no MTA (smtp service)")
+        if service is Service.fetch and not self.runs(node, service):
+            raise LabError(f"node {node!r} has no fetch jobs")
+        if node not in self.handles:
+            raise LabError(f"node {node!r} is not running")
+        return self.handles[node]
+
+    # the contract, written once ------------------------------------------------------------
+
+    async def now(self) -> float:
+        return self.clock_time()
+
+    async def message(
         self,
         node: str,
         *,
@@ -136,7 +281,6 @@ class BackendCommon:
         body: str,
         headers: dict[str, str] | None = None,
     ) -> bytes:
-        """A message as `node` would write it: its host name, the lab's time."""
         from lab.services.client import build_message
         from lab.topology.addressing import hostname_of
 
@@ -148,8 +292,114 @@ class BackendCommon:
             body=body,
             headers=headers,
             hostname=hostname_of(self.topology, node),
-            date=self.now(),
+            date=self.clock_time(),
         )
+
+    async def send(
+        self, node: str, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
+        return await self.handle(node).submit(
+            mail_from=mail_from, to=list(to), content=content, via=via
+        )
+
+    async def set_link(self, link: str, up: bool) -> None:
+        """The link's host changes its attachment and hears of it (its resolver cache is
+        dropped; its fetch jobs, which poll while its links are up, re-armed or stopped);
+        then, when it came up, its on_up hooks run in order, each settled."""
+        self.check_link(link)
+        spec = self.topology.links[link]
+        state = LinkState.of(up)
+        if self.link_states[link] == state:
+            self.events.emit(spec.node, "link.unchanged", link=link, state=state.value)
+            return
+        self.link_states[link] = state
+        host = self.handle(spec.node)
+        cut = await host.set_link(link, state.value)
+        kind = "link.up" if up else "link.down"
+        self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
+        if not up:
+            return
+        for hook in spec.on_up:
+            self.events.emit(spec.node, "link.hook", link=link, hook=hook.value)
+            if hook is Hook.flush and self.runs(spec.node, Service.smtp):
+                await host.flush()
+            elif hook is Hook.fetch and self.runs(spec.node, Service.fetch):
+                await host.fetch()
+            await self.settle()
+
+    async def link_state(self, link: str) -> LinkState:
+        self.check_link(link)
+        return self.link_states[link]
+
+    async def flush(self, node: str) -> int:
+        count = await self.handle(node, Service.smtp).flush()
+        await self.settle()
+        return count
+
+    async def fetch(self, node: str) -> int:
+        count = await self.handle(node, Service.fetch).fetch()
+        await self.settle()
+        return count
+
+    async def queue(self, node: str) -> list[QueueEntry]:
+        return await self.handle(node, Service.smtp).queue()
+
+    async def queue_content(self, node: str, queue_id: str) -> bytes:
+        return await self.handle(node, Service.smtp).queue_content(queue_id)
+
+    async def capture_queued(self, node: str) -> dict[str, bytes]:
+        return await self.handle(node, Service.smtp).capture()
+
+    async def mailbox(self, node: str, user: str) -> list[MailboxEntry]:
+        return await self.handle(node).mailbox(user)
+
+    async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
+        self.records.set(name, rtype, values)
+        await asyncio.gather(*(h.set_dns(name, rtype, values) for h in self.dns_copies()))
+        self.events.emit(
+            "lab", "dns.changed", name=name, type=rtype, values=[str(v) for v in values]
+        )
+
+    async def set_dns_fault(self, name: str, fault: str | None) -> None:
+        self.records.set_fault(name, fault)
+        await asyncio.gather(*(h.set_dns_fault(name, fault) for h in self.dns_copies()))
+        self.events.emit("lab", "dns.fault", name=name, fault=fault or "none")
+
+    async def add_fault(self, node: str, fault: dict[str, Any]) -> None:
+        await self.handle(node, Service.smtp).add_fault(dict(fault))
+        self.events.emit(node, "fault.added", **{k: str(v) for k, v in fault.items()})
+
+    async def status(self) -> dict[str, Any]:
+        from lab.topology.addressing import hostname_of
+
+        nodes: dict[str, Any] = {}
+        for name, node in self.topology.nodes.items():
+            nodes[name] = {
+                "hostname": hostname_of(self.topology, name),
+                "services": sorted(s.value for s in node.service_set()),
+                "addresses": {n: str(a) for n, a in self.addresses[name].items()},
+                "endpoints": self.endpoints(name),
+                **self.node_status(name),
+            }
+        links = {
+            name: {
+                "state": self.link_states[name].value,
+                "node": link.node,
+                "network": link.network,
+            }
+            for name, link in self.topology.links.items()
+        }
+        return {
+            "name": self.topology.name,
+            "backend": self.name,
+            **self.lab_status(),
+            "nodes": nodes,
+            "links": links,
+            "operator": {"node": self.operator, "address": self.operator_address()},
+            "clock": {"time": self.clock_time(), "offset": self.clock_offset()},
+            "state_dir": str(self.state_dir),
+            "ca": str(self.state_dir / "lab-ca.pem"),
+        }
 
 
 BACKENDS: dict[str, str] = {
@@ -158,11 +408,11 @@ BACKENDS: dict[str, str] = {
 }
 
 
-def backend_class(name: str) -> type[Any]:
+def backend_class(name: str) -> type[LabBackend[Any]]:
     import importlib
 
     if name not in BACKENDS:
         raise LabError(f"unknown backend {name!r}; expected one of: {', '.join(BACKENDS)}")
     module, _, cls = BACKENDS[name].partition(":")
-    found: type[Any] = getattr(importlib.import_module(module), cls)
+    found: type[LabBackend[Any]] = getattr(importlib.import_module(module), cls)
     return found

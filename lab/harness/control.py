@@ -3,22 +3,23 @@ process that `maillab up` started.
 
 `maillab up` registers the lab in the registry directory ($MAILLAB_HOME, default
 ~/.maillab/labs) as NAME.json (pid, backend, topology, state directory, control socket)
-and serves a Unix socket there. A request is one line of JSON, {"op": ..., "args": {...}};
-the answer is one line, {"ok": true, "result": ...} or {"ok": false, "error": "..."}.
+and serves a Unix socket there, in the wire of lab.protocols.wire: one request per
+connection, {"op": ..., "args": {...}}, and one answer, {"ok": true, "result": ...} or
+{"ok": false, "error": "..."}, each a line of JSON; the ops are `LabOp`s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import json
 import os
 import socket
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
+from lab.protocols import wire
+from lab.protocols.wire import Handler, LabOp
 from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.units import parse_duration
 
@@ -76,7 +77,7 @@ def find_lab(name: str | None) -> dict[str, Any]:
     return next(iter(labs.values()))
 
 
-def request(name: str | None, op: str, timeout: float = 600.0, **args: Any) -> Any:
+def request(name: str | None, op: LabOp | str, timeout: float = 600.0, **args: Any) -> Any:
     """Send one request to a running lab and return its result (LabError on failure)."""
     info = find_lab(name)
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
@@ -87,7 +88,7 @@ def request(name: str | None, op: str, timeout: float = 600.0, **args: Any) -> A
             raise LabError(
                 f"cannot reach lab {info['name']!r} at {info['socket']}: {exc}"
             ) from None
-        sock.sendall((json.dumps({"op": op, "args": args}) + "\n").encode())
+        sock.sendall(wire.request(op, args))
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
@@ -96,10 +97,7 @@ def request(name: str | None, op: str, timeout: float = 600.0, **args: Any) -> A
             data += chunk
     if not data:
         raise LabError(f"lab {info['name']!r} closed the connection without an answer")
-    answer = json.loads(data)
-    if not answer.get("ok"):
-        raise LabError(answer.get("error", "the lab refused the request"))
-    return answer.get("result")
+    return wire.result_of(wire.decode(data))
 
 
 class ControlServer:
@@ -115,19 +113,19 @@ class ControlServer:
         self.source = source
         self.stopped: asyncio.Event | None = None  # created on the loop
         self.server: asyncio.AbstractServer | None = None
-        self.ops: dict[str, Callable[..., Awaitable[Any]]] = {
-            "status": self._status,
-            "send": self._send,
-            "link": self._link,
-            "flush": self._flush,
-            "fetch": self._fetch,
-            "queue": self._queue,
-            "mailbox": self._mailbox,
-            "clock": self._clock,
-            "events": self._events,
-            "trace": self._trace,
-            "down": self._down,
-            "dns": self._dns,
+        self.ops: dict[str, Handler] = {
+            LabOp.STATUS: self._status,
+            LabOp.SEND: self._send,
+            LabOp.LINK: self._link,
+            LabOp.FLUSH: self._flush,
+            LabOp.FETCH: self._fetch,
+            LabOp.QUEUE: self._queue,
+            LabOp.MAILBOX: self._mailbox,
+            LabOp.CLOCK: self._clock,
+            LabOp.EVENTS: self._events,
+            LabOp.TRACE: self._trace,
+            LabOp.DOWN: self._down,
+            LabOp.DNS: self._dns,
         }
 
     async def start(self) -> None:
@@ -156,18 +154,10 @@ class ControlServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            line = await reader.readline()
-            request = json.loads(line or b"{}")
-            op = self.ops.get(request.get("op", ""))
-            if op is None:
-                answer = {"ok": False, "error": f"unknown operation {request.get('op')!r}"}
-            else:
-                answer = {"ok": True, "result": await op(**request.get("args", {}))}
-        except LabError as exc:
-            answer = {"ok": False, "error": str(exc)}
-        except (ValueError, TypeError, KeyError) as exc:
-            answer = {"ok": False, "error": f"bad request: {exc}"}
-        writer.write((json.dumps(answer, default=str) + "\n").encode())
+            answer = await wire.answer(self.ops, wire.decode(await reader.readline() or b"{}"))
+        except LabError as exc:  # not a request of this wire
+            answer = wire.error(str(exc))
+        writer.write(wire.encode(answer))
         try:
             await writer.drain()
         finally:
@@ -176,7 +166,7 @@ class ControlServer:
     # operations ------------------------------------------------------------------------
 
     async def _status(self) -> Any:
-        status = self.backend.status()
+        status = await self.backend.status()
         status["topology"] = status["name"]
         status["name"] = self.name  # the name the lab runs under (--name)
         return status
@@ -196,7 +186,7 @@ class ControlServer:
                 raw.replace("\r\n", "\n").replace("\n", "\r\n").encode("utf-8", "surrogateescape")
             )
         else:
-            content = self.backend.message(
+            content = await self.backend.message(
                 from_node,
                 mail_from=mail_from,
                 to=to,
@@ -206,39 +196,39 @@ class ControlServer:
         result = await self.backend.send(
             from_node, mail_from=mail_from, to=to, content=content, via=via
         )
-        return result.to_json()
+        return wire.encode_submit(result)
 
     async def _link(self, link: str, state: str) -> Any:
         await self.backend.set_link(link, state == "up")
         await self.backend.settle()
-        return {"link": link, "state": self.backend.link_state(link)}
+        return {"link": link, "state": (await self.backend.link_state(link)).value}
 
     async def _flush(self, node: str) -> Any:
         return {
             "node": node,
             "tried": await self.backend.flush(node),
-            "queue": await _maybe(self.backend.queue(node)),
+            "queue": await self.backend.queue(node),
         }
 
     async def _fetch(self, node: str) -> Any:
         return {"node": node, "fetched": await self.backend.fetch(node)}
 
     async def _queue(self, node: str) -> Any:
-        return await _maybe(self.backend.queue(node))
+        return await self.backend.queue(node)
 
     async def _mailbox(self, node: str, user: str) -> Any:
-        return await _maybe(self.backend.mailbox(node, user))
+        return await self.backend.mailbox(node, user)
 
     async def _clock(self, advance: str) -> Any:
         ran = await self.backend.advance(parse_duration(advance))
-        return {"advanced": advance, "timers": ran, "now": self.backend.now()}
+        return {"advanced": advance, "timers": ran, "now": await self.backend.now()}
 
     async def _events(self, since: int = 0) -> Any:
-        return [e.to_json() for e in self.backend.events.events if e.seq > since]
+        return [wire.encode_event(e) for e in self.backend.events.events if e.seq > since]
 
     async def _trace(self, ref: str) -> Any:
         # Lab.trace works on the event list only; safe to call on the loop
-        return [e.to_json() for e in self.lab.trace(ref)]
+        return [wire.encode_event(e) for e in self.lab.trace(ref)]
 
     async def _dns(
         self,
@@ -248,19 +238,12 @@ class ControlServer:
         fault: str | None = None,
     ) -> Any:
         if type:
-            await _maybe(self.backend.set_dns(name, type, values or []))
+            await self.backend.set_dns(name, type, values or [])
         else:
-            await _maybe(self.backend.set_dns_fault(name, fault))
+            await self.backend.set_dns_fault(name, fault)
         return {"name": name}
 
     async def _down(self) -> Any:
         assert self.stopped is not None
         self.stopped.set()
         return {"name": self.name, "stopping": True}
-
-
-async def _maybe(result: Any) -> Any:
-    """A backend's answer: plain (in-process) or awaited (Docker, over its control sockets)."""
-    if inspect.isawaitable(result):
-        return await result
-    return result

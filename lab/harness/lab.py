@@ -18,17 +18,16 @@ import contextlib
 import email
 import email.message
 import email.policy
-import inspect
 import threading
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from lab.backends.base import BACKENDS, backend_class
+from lab.backends.base import BACKENDS, Backend, backend_class
 from lab.errors import LabError
+from lab.protocols.smtp import SubmitResult
 from lab.runtime.events import Event, format_events
-from lab.services.client import SubmitResult
 from lab.topology import load
 from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.model import Topology
@@ -62,17 +61,6 @@ class _LoopThread:
             future.cancel()
             raise
 
-    def call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        """Call a backend method on the loop: plain (in-process) or a coroutine (Docker)."""
-
-        async def wrapper() -> Any:
-            result = func(*args, **kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            return result
-
-        return self.run(wrapper())
-
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
@@ -105,14 +93,14 @@ class LinkHandle:
         self.lab, self.name = lab, name
 
     def up(self) -> None:
-        self.lab._run(self.lab.backend.set_link(self.name, True))
+        self.lab.run(self.lab.backend.set_link(self.name, True))
 
     def down(self) -> None:
-        self.lab._run(self.lab.backend.set_link(self.name, False))
+        self.lab.run(self.lab.backend.set_link(self.name, False))
 
     @property
     def state(self) -> str:
-        return str(self.lab._call(self.lab.backend.link_state, self.name))
+        return str(self.lab.run(self.lab.backend.link_state(self.name)))
 
 
 class ClockHandle:
@@ -121,10 +109,10 @@ class ClockHandle:
 
     def advance(self, duration: str | float) -> int:
         seconds = parse_duration(duration)
-        return int(self.lab._run(self.lab.backend.advance(seconds), timeout=600))
+        return int(self.lab.run(self.lab.backend.advance(seconds), timeout=600))
 
     def now(self) -> float:
-        return float(self.lab._call(self.lab.backend.now))
+        return float(self.lab.run(self.lab.backend.now()))
 
 
 class Lab:
@@ -142,7 +130,7 @@ class Lab:
         self.source = source
         self._thread = _LoopThread(topology.name)
         cls = backend_class(backend)
-        self.backend = cls(topology, **options)
+        self.backend: Backend = cls(topology, **options)
         self.clock = ClockHandle(self)
         self._running = False
 
@@ -163,11 +151,11 @@ class Lab:
             topology = load(source).model
         lab = cls(topology, backend=backend, source=source, **options)
         try:
-            lab._run(lab.backend.up(), timeout=300)
+            lab.run(lab.backend.up(), timeout=300)
         except BaseException:
             # release what the backend took before it failed (state directory, files)
             with contextlib.suppress(Exception):
-                lab._run(lab.backend.down(), timeout=60)
+                lab.run(lab.backend.down(), timeout=60)
             lab._thread.stop()
             raise
         lab._running = True
@@ -177,7 +165,7 @@ class Lab:
         if self._running:
             self._running = False
             try:
-                self._run(self.backend.down(), timeout=120)
+                self.run(self.backend.down(), timeout=120)
             finally:
                 self._thread.stop()
 
@@ -191,11 +179,6 @@ class Lab:
         """Run `coro` on the lab's event loop and return its result (timeout None: wait
         as long as it takes); what works with the backend directly runs this way."""
         return self._thread.run(coro, timeout)
-
-    _run = run
-
-    def _call(self, func: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._thread.call(func, *args, **kwargs)
 
     # acting ----------------------------------------------------------------------------
 
@@ -216,17 +199,13 @@ class Lab:
         content = (
             raw
             if raw is not None
-            else self._call(
-                self.backend.message,
-                node,
-                mail_from=mail_from,
-                to=rcpts,
-                subject=subject,
-                body=body,
-                headers=headers,
+            else self.run(
+                self.backend.message(
+                    node, mail_from=mail_from, to=rcpts, subject=subject, body=body, headers=headers
+                )
             )
         )
-        return self._run(
+        return self.run(
             self.backend.send(node, mail_from=mail_from, to=rcpts, content=content, via=via)
         )
 
@@ -238,29 +217,27 @@ class Lab:
         return LinkHandle(self, name)
 
     def flush(self, node: str) -> int:
-        return int(self._run(self.backend.flush(node), timeout=600))
+        return int(self.run(self.backend.flush(node), timeout=600))
 
     def fetch(self, node: str) -> int:
-        return int(self._run(self.backend.fetch(node), timeout=600))
+        return int(self.run(self.backend.fetch(node), timeout=600))
 
     def settle(self) -> None:
-        self._run(self.backend.settle(), timeout=600)
+        self.run(self.backend.settle(), timeout=600)
 
     def queue(self, node: str, *, settle: bool = True) -> list[dict[str, Any]]:
         """A node's queue once the work under way has finished (settle=False: right now)."""
         if settle:
-            self._run(self.backend.settle(timeout=30.0), timeout=60)
-        result: list[dict[str, Any]] = self._call(self.backend.queue, node)
-        return result
+            self.run(self.backend.settle(timeout=30.0), timeout=60)
+        return [dict(entry) for entry in self.run(self.backend.queue(node))]
 
     def capture_queued(self, node: str) -> dict[str, bytes]:
         """Queue id -> content of every message `node` queues from now on (filled in as
         they are queued, DSNs included), for looking at what a hop really sent."""
-        captured: dict[str, bytes] = self._call(self.backend.capture_queued, node)
-        return captured
+        return self.run(self.backend.capture_queued(node))
 
     def mailbox(self, node: str, user: str) -> list[MailboxMessage]:
-        items = self._call(self.backend.mailbox, node, user)
+        items = self.run(self.backend.mailbox(node, user))
         return [
             MailboxMessage(
                 i["id"],
@@ -272,17 +249,16 @@ class Lab:
         ]
 
     def status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._call(self.backend.status)
-        return result
+        return self.run(self.backend.status())
 
     def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
-        self._call(self.backend.set_dns, name, rtype, values)
+        self.run(self.backend.set_dns(name, rtype, values))
 
     def set_dns_fault(self, name: str, fault: str | None) -> None:
-        self._call(self.backend.set_dns_fault, name, fault)
+        self.run(self.backend.set_dns_fault(name, fault))
 
     def add_fault(self, node: str, **fault: Any) -> None:
-        self._call(self.backend.add_fault, node, fault)
+        self.run(self.backend.add_fault(node, fault))
 
     # events and traces -----------------------------------------------------------------
 
@@ -301,7 +277,7 @@ class Lab:
         **data: Any,
     ) -> Event:
         try:
-            return self._run(
+            return self.run(
                 self.backend.events.wait_for(
                     predicate, kind=kind, node=node, since=since, timeout=timeout, **data
                 ),
@@ -388,7 +364,7 @@ class Lab:
             return envelope_from is None or e.get("envelope_from") == envelope_from
 
         try:
-            event = self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+            event = self.run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
         except TimeoutError:
             want = (
                 f"a delivery to {to}"
@@ -445,7 +421,7 @@ class Lab:
             )
 
         with contextlib.suppress(TimeoutError):
-            self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+            self.run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
         entries = [q for q in self.queue(on) if to is None or to in q["recipients"]]
         if not entries:
             raise LabAssertionError(
@@ -480,7 +456,7 @@ class Lab:
             return status is None or status in e.get("status", [])
 
         try:
-            return self._run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
+            return self.run(self.backend.events.wait_for(match, timeout=timeout), timeout + 5)
         except TimeoutError:
             want = (
                 "a bounce"

@@ -6,7 +6,7 @@ status codes, so the lab's transcripts look like the ones in the seed articles.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 # 2xx
 HELP = 214
@@ -61,6 +61,68 @@ class Reply:
     def parse(cls, text: str) -> Reply:
         code, _, rest = text.strip().partition(" ")
         return cls(int(code[:3]), rest)
+
+
+@dataclass
+class SubmitResult:
+    """What the receiving MTA said to one submission."""
+
+    server: str
+    greeting: Reply | None = None
+    helo_reply: Reply | None = None
+    mail_reply: Reply | None = None
+    rcpt_replies: dict[str, Reply] = field(default_factory=dict)
+    data_reply: Reply | None = None
+    error: str = ""
+
+    @property
+    def accepted(self) -> bool:
+        return self.data_reply is not None and self.data_reply.code == 250
+
+    @property
+    def queue_id(self) -> str:
+        """The receiving MTA's queue id ('250 2.0.0 ID Message accepted...')."""
+        if not self.accepted or self.data_reply is None:
+            return ""
+        words = self.data_reply.text.split()
+        return words[1] if len(words) > 1 and "." in words[0] else (words[0] if words else "")
+
+    @property
+    def rejected(self) -> Reply | None:
+        """The first refusal, if the message was not accepted."""
+        if self.accepted:
+            return None
+        replies = (
+            self.greeting,
+            self.helo_reply,
+            self.mail_reply,
+            *self.rcpt_replies.values(),
+            self.data_reply,
+        )
+        for reply in replies:
+            if reply is not None and reply.code >= 400:
+                return reply
+        return None
+
+    def stage(self) -> str:
+        """Where the submission ended: connect, helo, mail, rcpt or data."""
+        if self.greeting is None or self.greeting.code >= 400:
+            return "connect"
+        if self.mail_reply is None:
+            return (
+                "helo" if self.helo_reply is not None and self.helo_reply.code >= 400 else "connect"
+            )
+        if self.mail_reply.code >= 400:
+            return "mail"
+        if not any(r.code < 400 for r in self.rcpt_replies.values()):
+            return "rcpt"
+        return "data"
+
+    def to_json(self) -> dict[str, object]:
+        """What `maillab send --json` prints: the wire's encoding (lab.protocols.wire)."""
+        from lab.protocols.wire import encode_submit
+
+        return encode_submit(self)
 
 
 def reply(code: int, status: str, text: str) -> str:

@@ -63,6 +63,14 @@ class LabClock:
         """How far lab time has been pushed ahead of real time, in seconds."""
         return self._offset
 
+    def catch_up(self, offset: float) -> None:
+        """Put lab time `offset` seconds ahead of real time, as a clock that has already
+        been pushed that far (a host joining a lab whose time has moved). The clock only
+        moves forward: a smaller offset than the present one is a ValueError."""
+        if offset < self._offset:
+            raise ValueError("the lab clock only moves forward")
+        self._offset = offset
+
     # timers ---------------------------------------------------------------------------
 
     def call_at(self, when: float, callback: Callback, name: str = "") -> Timer:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import dns.message
 
+from lab.protocols.wire import LinkState
 from lab.runtime.clock import LabClock, Timer
 from lab.runtime.events import EventBus
 from lab.topology.model import Node, Topology
@@ -53,6 +54,20 @@ class HostNet(Protocol):
 
     async def dns_query(self, query: dns.message.Message, *, timeout: float) -> dns.message.Message:
         """Ask the lab DNS (over UDP, TCP on truncation)."""
+        ...
+
+    def link_state(self, network: str) -> LinkState:
+        """The state of this host's attachment to `network` (up unless a link is down)."""
+        ...
+
+    async def set_link(self, network: str, state: LinkState) -> int:
+        """Raise or drop this host's attachment to `network` (a link of the topology, which
+        says how a link that is down behaves); dropping it cuts the connections across it.
+        Returns how many were cut."""
+        ...
+
+    async def close(self) -> None:
+        """Stop listening and close what is open."""
         ...
 
 

@@ -1,13 +1,27 @@
 """The services one host runs, assembled from its topology node: the same code in-process
 (one `HostServices` per host in the lab's loop) and in a container (one per agent).
+
+`HostServices` is also what a backend acts on for one host (lab.backends.base.HostHandle):
+in process the backend calls it directly, in Docker the agent answers the lab's requests
+with it. Every acting method is a coroutine, so a proxy over a socket has the same face.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
 from typing import Any
 
 from lab.errors import LabError
+from lab.protocols.smtp import SubmitResult
+from lab.protocols.wire import (
+    LinkState,
+    MailboxEntry,
+    QueueEntry,
+    encode_mailbox,
+    encode_queue,
+)
+from lab.runtime.events import Event
+from lab.services.client import submit
 from lab.services.dns import DnsServer
 from lab.services.fetch import FetchService
 from lab.services.host import Host
@@ -15,7 +29,7 @@ from lab.services.maildir import MailStore
 from lab.services.mta.service import SMTP_PORT, MtaService
 from lab.services.pop3 import Pop3Service
 from lab.services.resolver import DnsCache, Resolver
-from lab.topology.addressing import Addresses, hostname_of
+from lab.topology.addressing import Addresses, assign_addresses, hostname_of
 from lab.topology.model import Fault, Service, Topology
 from lab.topology.records import RecordTable
 
@@ -33,19 +47,24 @@ class HostServices:
         connect_timeout: float = 3.0,
         dns_timeout: float = 1.0,
         durable: bool = True,
-        link_up: Callable[[], bool] = lambda: True,
+        addresses: Addresses | None = None,
     ):
         self.host = host
         self.records = records
         self.connect_timeout = connect_timeout
         self.dns_timeout = dns_timeout
         self.durable = durable
-        self.link_up = link_up
+        self.addresses = addresses if addresses is not None else assign_addresses(host.topology)
         self.dns: DnsServer | None = None
         self.dns_cache = DnsCache(host.clock.time, lambda: records.version)
         self.mta: MtaService | None = None
         self.pop3: Pop3Service | None = None
         self.fetcher: FetchService | None = None
+        self.captured: dict[str, bytes] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.host.name
 
     @property
     def services(self) -> set[Service]:
@@ -89,12 +108,56 @@ class HostServices:
         for task in list(self.host.tasks):
             task.cancel()
 
+    # the links ---------------------------------------------------------------------------
+
+    def link_up(self) -> bool:
+        """True when every link of this host is up (its fetch jobs poll only then)."""
+        return all(
+            self.host.net.link_state(link.network) == LinkState.UP
+            for link in self.host.topology.links.values()
+            if link.node == self.host.name
+        )
+
+    async def set_link(self, link: str, state: str) -> int:
+        """Raise or drop one of this host's links; returns the connections cut. The host
+        hears of it at once: its resolver forgets what it cached, its fetch jobs poll
+        again (up) or stop polling (down)."""
+        spec = self.host.topology.links.get(link)
+        if spec is None or spec.node != self.host.name:
+            raise LabError(f"{link!r} is not a link of node {self.host.name!r}")
+        cut = await self.host.net.set_link(spec.network, LinkState(state))
+        self.link_changed()
+        return cut
+
+    def link_changed(self) -> None:
+        self.dns_cache.clear()
+        if self.fetcher is not None:
+            self.fetcher.link_changed()
+
     # acting ----------------------------------------------------------------------------
 
     def need_mta(self) -> MtaService:
         if self.mta is None:
             raise LabError(f"node {self.host.name!r} runs no MTA (smtp service)")
         return self.mta
+
+    async def submit(
+        self, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
+        """Submit a message from this host over SMTP, to its submission target."""
+        address, name, port = submission_target(
+            self.host.topology, self.addresses, self.records, self.host.name, via
+        )
+        return await submit(
+            self.host,
+            address,
+            server_name=name,
+            port=port,
+            mail_from=mail_from,
+            recipients=list(to),
+            content=content,
+            timeout=self.connect_timeout + 10,
+        )
 
     async def flush(self) -> int:
         return await self.need_mta().flush()
@@ -105,27 +168,43 @@ class HostServices:
         count: int = await self.fetcher.run_all()
         return count
 
-    def link_changed(self) -> None:
-        self.dns_cache.clear()
-        if self.fetcher is not None:
-            self.fetcher.link_changed()
+    async def queue(self) -> list[QueueEntry]:
+        return encode_queue(self.need_mta().list_queue())
 
-    def queue(self) -> list[dict[str, Any]]:
-        return self.need_mta().list_queue()
-
-    def queue_content(self, queue_id: str) -> bytes:
+    async def queue_content(self, queue_id: str) -> bytes:
         return self.need_mta().content(queue_id)
 
-    def mailbox(self, user: str) -> list[dict[str, Any]]:
+    async def capture(self) -> dict[str, bytes]:
+        """Queue id -> content of every message this host queues from now on, read as it
+        is queued (DSNs included: they may be gone from the queue a moment later)."""
+        mta = self.need_mta()
+        if self.captured is None:
+            self.captured = captured = {}
+
+            def listener(event: Event) -> None:
+                if event.node == self.host.name and event.kind == "queue.queued":
+                    with contextlib.suppress(KeyError, OSError):
+                        captured[str(event.get("id"))] = mta.content(str(event.get("id")))
+
+            self.host.events.listen(listener)
+        return self.captured
+
+    async def mailbox(self, user: str) -> list[MailboxEntry]:
         if self.mta is not None:
-            return self.mta.mailbox(user)
+            return encode_mailbox(self.mta.mailbox(user))
         store = MailStore(self.host.state_dir / "mail", durable=False)
         return [
-            {"id": k, "envelope_from": "", "raw": store.read(user, k).decode("utf-8", "replace")}
+            MailboxEntry(id=k, envelope_from="", raw=store.read(user, k).decode("utf-8", "replace"))
             for k in store.keys(user)
         ]
 
-    def add_fault(self, fault: dict[str, Any]) -> None:
+    async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
+        self.records.set(name, rtype, values)
+
+    async def set_dns_fault(self, name: str, fault: str | None) -> None:
+        self.records.set_fault(name, fault)
+
+    async def add_fault(self, fault: dict[str, Any]) -> None:
         self.need_mta().runtime_faults.append(Fault.model_validate(fault))
 
 

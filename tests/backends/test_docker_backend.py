@@ -296,17 +296,17 @@ def test_ctrl_c_during_up_removes_what_was_created(docker_client: Any, tmp_path:
 def test_a_host_that_does_not_come_up_fails_with_its_log(
     docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from lab.backends.docker.backend import DockerBackend
+    from lab.backends.docker.provision import Provision
     from lab.errors import LabError
 
-    plan = DockerBackend._plan
+    plan = Provision._plan
 
-    def broken_plan(self: DockerBackend) -> dict[str, Any]:
+    def broken_plan(self: Provision) -> dict[str, Any]:
         spec = plan(self)
         spec["dns_timeout"] = "soon"  # the agents cannot start their services with this
         return spec
 
-    monkeypatch.setattr(DockerBackend, "_plan", broken_plan)
+    monkeypatch.setattr(Provision, "_plan", broken_plan)
     with pytest.raises(LabError) as excinfo:
         Lab.up(LG45, backend="docker", state_dir=tmp_path / "lab")
     text = str(excinfo.value)

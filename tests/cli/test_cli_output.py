@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from lab.cli import main
 from lab.cli.output import print_events, print_table
 from lab.runtime.events import Event
-from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.checks import SendStep
+from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 
 ROOT = Path(__file__).resolve().parents[2]
 

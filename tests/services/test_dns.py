@@ -269,7 +269,7 @@ def test_lookups_from_a_node_go_over_its_link() -> None:
                 await resolver.ptr("10.60.1.25"),
             )
 
-        mx, addresses, txt, ptr = lab._run(lookups())
+        mx, addresses, txt, ptr = lab.run(lookups())
         assert mx == [MxHost(10, "scrabble.freeuk.net"), MxHost(20, "backup.freeuk.net")]
         assert addresses == ["10.60.1.25"]
         assert txt == ["v=spf1 ip4:10.60.1.25 -all"]
@@ -278,22 +278,22 @@ def test_lookups_from_a_node_go_over_its_link() -> None:
         assert query.get("peer") == "10.60.9.1"  # the hub's address on that network
 
         with pytest.raises(DnsNotFound):
-            lab._run(resolver.mx("nosuch.freeuk.com"))
+            lab.run(resolver.mx("nosuch.freeuk.com"))
         with pytest.raises(DnsTemporaryError, match="SERVFAIL"):
-            lab._run(resolver.addresses("broken.freeuk.com"))
+            lab.run(resolver.addresses("broken.freeuk.com"))
         with pytest.raises(DnsTemporaryError, match="timeout"):
-            lab._run(resolver.addresses("silent.freeuk.com"))
-        assert lab._run(resolver.domain_exists("freeuk.com")) is True
-        assert lab._run(resolver.domain_exists("home")) is False
+            lab.run(resolver.addresses("silent.freeuk.com"))
+        assert lab.run(resolver.domain_exists("freeuk.com")) is True
+        assert lab.run(resolver.domain_exists("home")) is False
 
         lab.link("dialup").down()
         since = lab.events[-1].seq
         with pytest.raises(DnsTemporaryError, match="link to net is down"):
-            lab._run(resolver.mx("freeuk.com"))
+            lab.run(resolver.mx("freeuk.com"))
         assert not lab.backend.events.find(kind="dns.query", since=since)
 
         lab.link("dialup").up()
-        assert lab._run(resolver.mx("freeuk.com"))[0] == MxHost(10, "scrabble.freeuk.net")
+        assert lab.run(resolver.mx("freeuk.com"))[0] == MxHost(10, "scrabble.freeuk.net")
 
 
 def test_udp_and_tcp_share_the_printed_port() -> None:

@@ -66,8 +66,9 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
     def make(change: Callable[[Topology], Any] | None = None) -> Lab:
         lab = Lab.up(topology(change), state_dir=tmp_path / f"lab{len(labs)}")
         labs.append(lab)
-        for service in lab.backend.pop3.values():
-            service.auth_delay = 0.05
+        for services in lab.backend.services.values():
+            if services.pop3 is not None:
+                services.pop3.auth_delay = 0.05
         return lab
 
     yield make
@@ -77,8 +78,9 @@ def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
 
 @pytest.fixture
 def lab(lab: Lab) -> Lab:
-    for service in lab.backend.pop3.values():
-        service.auth_delay = 0.05
+    for services in lab.backend.services.values():
+        if services.pop3 is not None:
+            services.pop3.auth_delay = 0.05
     return lab
 
 
@@ -176,12 +178,10 @@ def test_keep_mode_fetches_nothing_twice(make_lab: Callable[..., Lab]):
     # the UIDs are on disk: a restarted fetcher does not fetch them again either
     state = Path(lab.status()["state_dir"]) / "nodes" / "hub"
     journal = state / "fetch" / "shofar@mail.uklinux.net.uidl"
-    keys = [m["id"] for m in lab.backend.mailbox("isp", "shofar")]
+    keys = [m.id for m in lab.mailbox("isp", "shofar")]
     assert set(journal.read_text().split()) == {uid_for_key(k) for k in keys}
-    host = lab.backend.hosts["hub"]
-    lab.backend.fetchers["hub"] = FetchService(
-        host, Resolver(host.net, timeout=1.0), lab.backend.mtas["hub"]
-    )
+    hub = lab.backend.services["hub"]
+    hub.fetcher = FetchService(hub.host, Resolver(hub.host.net, timeout=1.0), hub.mta)
     assert lab.fetch("hub") == 0
     assert len(lab.mailbox("hub", "eddy")) == 2
 
@@ -204,7 +204,7 @@ def test_a_local_4xx_leaves_the_message_on_the_server(lab: Lab):
 
 
 def test_a_crash_between_the_local_250_and_quit_does_not_deliver_twice(lab: Lab):
-    fetcher = lab.backend.fetchers["hub"]
+    fetcher = lab.backend.services["hub"].fetcher
 
     async def crash(*args: Any, **kwargs: Any) -> bool:
         raise ConnectionResetError("the hub went down before DELE")

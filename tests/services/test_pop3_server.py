@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inpr
 @pytest.fixture
 def lab(lab: Lab) -> Iterator[Lab]:
     """The plugin's lab, with a short delay after failed logins; no session may hit a bug."""
-    lab.backend.pop3["isp"].auth_delay = AUTH_DELAY
+    lab.backend.services["isp"].pop3.auth_delay = AUTH_DELAY
     yield lab
     bugs = [e for e in lab.events if e.kind == "pop3.internal_error"]
     assert not bugs, bugs
@@ -329,7 +329,8 @@ def test_a_client_that_drops_mid_retr(lab: Lab):
 
 def test_a_second_session_gets_the_lock_error(lab: Lab):
     put(lab, ONE)
-    lab.backend.pop3["isp"].auth_delay = 3.0  # a lock refusal must not wait like a bad password
+    # a lock refusal must not wait like a bad password
+    lab.backend.services["isp"].pop3.auth_delay = 3.0
     first = login(lab)
     second = connect(lab)
     second.user(USER)
@@ -347,7 +348,7 @@ def test_a_second_session_gets_the_lock_error(lab: Lab):
 
 def test_idle_sessions_are_logged_out(lab: Lab):
     put(lab, ONE)
-    lab.backend.pop3["isp"].idle_timeout = 0.3
+    lab.backend.services["isp"].pop3.idle_timeout = 0.3
     raw = Raw(endpoint(lab))
     raw.login()
     raw.cmd(b"DELE 1")

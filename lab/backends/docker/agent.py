@@ -2,10 +2,11 @@
 
 It runs the host's built-in services (the same `HostServices` as in-process) on the
 container's real interfaces, and answers the lab on a control socket (a Unix socket in a
-directory the lab shares with the container): JSON lines, one request `{"id", "op", ...}`
-and one reply `{"id", "ok", "result"|"error"}` each; every event the host emits is pushed
-on the same connection as `{"event": {...}}`, so the lab's event log and traces hold the
-containers' events in the order they happened.
+directory the lab shares with the container), in the wire of lab.protocols.wire: one
+request and one reply per line, matched by id, answered from a table of `AgentOp`s (most
+of them the host's `HostServices` itself); every event the host emits is pushed on the
+same connection, so the lab's event log and traces hold the containers' events in the
+order they happened.
 
 The agent lives as long as the lab that started it: when the lab's connection closes
 (the lab stopped, or its process was killed), the agent stops and the container ends.
@@ -14,7 +15,6 @@ The agent lives as long as the lab that started it: when the lab's connection cl
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import json
@@ -22,7 +22,6 @@ import logging
 import os
 import signal
 import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,11 +30,12 @@ import dns.message
 
 from lab.backends.docker.net import RealNet
 from lab.errors import LabError
+from lab.protocols import wire
+from lab.protocols.wire import AgentOp, Handler, LinkState
 from lab.runtime.clock import LabClock
-from lab.runtime.events import Event, EventBus, json_line
-from lab.services.client import submit
+from lab.runtime.events import Event, EventBus
 from lab.services.host import Host, settle_tasks
-from lab.services.hostservices import HostServices, submission_target
+from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Topology
@@ -56,10 +56,6 @@ class Agent:
         self.records = RecordTable.from_topology(self.topology, self.addresses)
         self.state_dir = state_dir
         self.runtime_dir = runtime_dir
-        self.link_states: dict[str, str] = {net: "up" for net in self.addresses[node]}
-        for link in self.topology.links.values():
-            if link.node == node and link.state == "down":
-                self.link_states[link.network] = f"down-{link.when_down.value}"
         self.clock = LabClock(settle=self.settle)
         self.events = EventBus(self.clock.time)
         self.events.listen(self._forward)
@@ -71,20 +67,39 @@ class Agent:
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
         self.forwarders: list[asyncio.AbstractServer] = []
+        self.ops: dict[str, Handler] = {
+            AgentOp.START: self.start,
+            AgentOp.PING: self.ping,
+            AgentOp.SETTLE: self.settled,
+            AgentOp.CLOCK_NEXT: self.next_timer,
+            AgentOp.CLOCK_ADVANCE_TO: self.advance_to,
+            AgentOp.CLOCK_TIME: self.clock_time,
+            AgentOp.SUBMIT: self.submit,
+            AgentOp.LINK: self._services("set_link"),
+            AgentOp.FLUSH: self._services("flush"),
+            AgentOp.FETCH: self._services("fetch"),
+            AgentOp.QUEUE: self._services("queue"),
+            AgentOp.QUEUE_CONTENT: self.queue_content,
+            AgentOp.CAPTURE: self.capture_queued,
+            AgentOp.MAILBOX: self._services("mailbox"),
+            AgentOp.DNS_SET: self._services("set_dns"),
+            AgentOp.DNS_FAULT: self._services("set_dns_fault"),
+            AgentOp.FAULT_ADD: self._services("add_fault"),
+            AgentOp.STOP: self.stop,
+        }
 
     # events ------------------------------------------------------------------------------
 
     def _forward(self, event: Event) -> None:
         if self.quiet or self.writer is None or self.writer.is_closing():
             return
-        data = event.data
         if self.capture and event.kind == "queue.queued" and self.services is not None:
-            with contextlib.suppress(Exception):
-                content = self.services.queue_content(str(event.get("id")))
-                data = {**data, "content_b64": base64.b64encode(content).decode()}
-        line = {"event": {"time": event.time, "node": event.node, "kind": event.kind}}
-        line["event"]["data"] = data
-        self.writer.write(json_line(line))
+            with contextlib.suppress(Exception):  # the content first: it is read on the event
+                mta = self.services.need_mta()
+                content = wire.encode_bytes(mta.content(str(event.get("id"))))
+                captured = {"id": str(event.get("id")), "content": content}
+                self.writer.write(wire.encode({"captured": captured}))
+        self.writer.write(wire.encode({"event": wire.encode_event(event)}))
 
     # the host ----------------------------------------------------------------------------
 
@@ -105,21 +120,24 @@ class Agent:
             except OSError as exc:  # not fatal: the services do not read them
                 log.warning("cannot write %s: %s", path, exc)
 
-    async def start(self, offset: float) -> dict[str, Any]:
+    async def start(self, offset: float = 0.0) -> dict[str, Any]:
         if self.services is not None:
             raise LabError("already started")
-        self.clock._offset = offset
+        self.clock.catch_up(float(offset))
         self.clock.start()
         self.clock.on_error = lambda timer, exc: self.events.emit(
             self.name, "clock.error", timer=timer, error=f"{type(exc).__name__}: {exc}"
         )
         self._write_system_files()
         subnets = {n: str(self.topology.networks[n].subnet) for n in self.addresses[self.name]}
+        links = [link for link in self.topology.links.values() if link.node == self.name]
         net = RealNet(
             {n: str(a) for n, a in self.addresses[self.name].items()},
             self.me.get("dns_server"),
             subnets=subnets,
-            link_state=lambda network: self.link_states.get(network, "up"),
+            interfaces=self.me["interfaces"],
+            when_down={link.network: link.when_down.value for link in links},
+            down={link.network for link in links if link.state == LinkState.DOWN},
         )
         self.host = Host(
             name=self.name,
@@ -139,9 +157,9 @@ class Agent:
             connect_timeout=float(self.spec.get("connect_timeout", 3.0)),
             dns_timeout=float(self.spec.get("dns_timeout", 1.0)),
             durable=bool(self.spec.get("durable", True)),
-            link_up=self.link_is_up,
+            addresses=self.addresses,
         )
-        await self._apply_links()
+        await net.apply_links()
         await self.services.start_dns()
         await self.services.start_others()
         for port, address, target_port in self.me.get("forwards", []):
@@ -214,46 +232,6 @@ class Agent:
         for w in (writer, up_writer):
             w.close()
 
-    def link_is_up(self) -> bool:
-        return all(
-            self.link_states.get(link.network) == "up"
-            for link in self.topology.links.values()
-            if link.node == self.name
-        )
-
-    async def _apply_links(self) -> None:
-        """The filter rules for the links that are down: refuse (resets and ICMP port
-        unreachable, at once) or blackhole (nothing comes back), both ways."""
-        rules = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
-        for network, state in self.link_states.items():
-            if state == "up":
-                continue
-            iface = self.me["interfaces"][network]
-            for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
-                if state == "down-refuse":
-                    if chain == "OUTPUT":  # the refusals themselves go out
-                        rules += [
-                            f"-A OUTPUT -o {iface} -p tcp --tcp-flags RST RST -j ACCEPT",
-                            f"-A OUTPUT -o {iface} -p icmp --icmp-type destination-unreachable"
-                            " -j ACCEPT",
-                        ]
-                    rules += [
-                        f"-A {chain} {flag} {iface} -p tcp -j REJECT --reject-with tcp-reset",
-                        f"-A {chain} {flag} {iface} -p udp -j REJECT"
-                        " --reject-with icmp-port-unreachable",
-                    ]
-                rules.append(f"-A {chain} {flag} {iface} -j DROP")
-        rules.append("COMMIT")
-        proc = await asyncio.create_subprocess_exec(
-            "iptables-restore",
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-        )
-        out, _ = await proc.communicate(("\n".join(rules) + "\n").encode())
-        if proc.returncode != 0:
-            raise LabError(f"iptables-restore failed: {out.decode(errors='replace').strip()}")
-
     async def settle(self, timeout: float = 60.0) -> None:
         if self.host is not None:
             await settle_tasks([self.host], timeout)
@@ -265,86 +243,53 @@ class Agent:
             raise LabError("the node has not been started")
         return self.services
 
-    async def handle(self, op: str, args: dict[str, Any]) -> Any:
-        if op == "start":
-            return await self.start(float(args.get("offset", 0.0)))
-        if op == "ping":
-            return {"node": self.name, "pid": os.getpid()}
-        services = self._need()
-        if op == "settle":
-            await self.settle(float(args.get("timeout", 60.0)))
-            return {"events": len(self.events.events), "idle": not self._busy()}
-        if op == "clock.next":
-            pending = self.clock.pending()
-            return pending[0].when if pending else None
-        if op == "clock.advance_to":
-            return await self.clock.advance(max(0.0, float(args["when"]) - self.clock.time()))
-        if op == "clock.time":
-            return {"time": self.clock.time(), "offset": self.clock.offset}
-        if op == "flush":
-            count = await services.flush()
-            await self.settle()
-            return count
-        if op == "fetch":
-            count = await services.fetch()
-            await self.settle()
-            return count
-        if op == "queue":
-            return services.queue()
-        if op == "capture":
-            self.capture = True
-            return None
-        if op == "queue.content":
-            return base64.b64encode(services.queue_content(args["id"])).decode()
-        if op == "mailbox":
-            return services.mailbox(args["user"])
-        if op == "send":
-            return await self.send(args)
-        if op == "link":
-            return await self.set_link(args["network"], args["state"])
-        if op == "dns.set":
-            self.records.set(args["name"], args["type"], args["values"])
-            return None
-        if op == "dns.fault":
-            self.records.set_fault(args["name"], args.get("fault"))
-            return None
-        if op == "fault.add":
-            services.add_fault(args["fault"])
-            return None
-        if op == "stop":
-            await self.stop()
-            return None
-        raise LabError(f"unknown request {op!r}")
+    def _services(self, method: str) -> Handler:
+        """A request answered by the host's services themselves (once started)."""
+
+        async def handler(**args: Any) -> Any:
+            return await getattr(self._need(), method)(**args)
+
+        handler.__name__ = method
+        return handler
+
+    async def ping(self) -> dict[str, Any]:
+        return {"node": self.name, "pid": os.getpid()}
+
+    async def settled(self, timeout: float = 60.0) -> dict[str, Any]:
+        self._need()
+        await self.settle(float(timeout))
+        return {"events": len(self.events.events), "idle": not self._busy()}
 
     def _busy(self) -> bool:
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
-    async def send(self, args: dict[str, Any]) -> dict[str, Any]:
-        assert self.host is not None
-        address, name, port = submission_target(
-            self.topology, self.addresses, self.records, self.name, args.get("via")
-        )
-        result = await submit(
-            self.host,
-            address,
-            server_name=name,
-            port=port,
-            mail_from=args["mail_from"],
-            recipients=list(args["to"]),
-            content=base64.b64decode(args["content"]),
-            timeout=float(self.spec.get("connect_timeout", 3.0)) + 10,
-        )
-        return asdict(result)
+    async def next_timer(self) -> float | None:
+        self._need()
+        pending = self.clock.pending()
+        return pending[0].when if pending else None
 
-    async def set_link(self, network: str, state: str) -> dict[str, Any]:
-        assert self.host is not None
-        self.link_states[network] = state
-        cut = 0
-        if state != "up":
-            cut = self.host.net.cut(network)  # type: ignore[attr-defined]
-        await self._apply_links()
-        self._need().link_changed()
-        return {"cut": cut}
+    async def advance_to(self, when: float) -> int:
+        self._need()
+        return await self.clock.advance(max(0.0, float(when) - self.clock.time()))
+
+    async def clock_time(self) -> dict[str, float]:
+        return {"time": self.clock.time(), "offset": self.clock.offset}
+
+    async def submit(
+        self, mail_from: str, to: list[str], content: str, via: str | None = None
+    ) -> dict[str, Any]:
+        result = await self._need().submit(
+            mail_from=mail_from, to=list(to), content=wire.decode_bytes(content), via=via
+        )
+        return wire.encode_submit(result)
+
+    async def queue_content(self, queue_id: str) -> str:
+        return wire.encode_bytes(await self._need().queue_content(queue_id))
+
+    async def capture_queued(self) -> None:
+        """Send the content of every message queued from now on, before its event."""
+        self._need().need_mta()
+        self.capture = True
 
     async def stop(self) -> None:
         if self.services is not None:
@@ -352,7 +297,7 @@ class Agent:
             await self.clock.stop()
             await self.services.stop()
             if self.host is not None:
-                await self.host.net.close()  # type: ignore[attr-defined]
+                await self.host.net.close()
         for server in self.forwarders:
             server.close()
         self._hand_back()
@@ -391,7 +336,7 @@ class Agent:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.writer is not None:  # one lab per agent
-            writer.write(b'{"ok":false,"error":"another lab is connected"}\n')
+            writer.write(wire.encode(wire.error("another lab is connected")))
             writer.close()
             return
         self.writer = writer
@@ -399,29 +344,23 @@ class Agent:
         tasks: set[asyncio.Task[None]] = set()
         try:
             while line := await reader.readline():
-                request = json.loads(line)
+                request = wire.decode(line)
                 task = asyncio.get_running_loop().create_task(self._answer(request))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
-        except (OSError, ValueError) as exc:
+        except (OSError, LabError) as exc:
             log.error("control connection: %s", exc)
         finally:
             self.writer = None
             self.done.set()  # the lab is gone: so is this host
 
     async def _answer(self, request: dict[str, Any]) -> None:
-        rid = request.get("id")
-        op = str(request.get("op", ""))
-        try:
-            result = await self.handle(op, request)
-            reply: dict[str, Any] = {"id": rid, "ok": True, "result": result}
-        except LabError as exc:
-            reply = {"id": rid, "ok": False, "error": str(exc)}
-        except Exception as exc:  # the lab shows it with the node's name; the agent goes on
-            log.exception("%s failed", op)
-            reply = {"id": rid, "ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        def failed(op: str, exc: Exception) -> None:  # the lab shows it; the agent goes on
+            log.error("%s failed", op, exc_info=exc)
+
+        reply = await wire.answer(self.ops, request, on_error=failed)
         if self.writer is not None and not self.writer.is_closing():
-            self.writer.write(json_line(reply))
+            self.writer.write(wire.encode(reply))
 
 
 def main(argv: list[str] | None = None) -> int:

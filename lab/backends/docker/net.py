@@ -3,8 +3,12 @@
 The container has one interface per topology network with the topology's own address,
 so nothing is mapped: services bind, connect and see peers as they are. What this adds
 to plain sockets is what the lab needs: the open connections of each interface (to cut
-them when its link goes down), a quick refusal of DNS queries across a link that is down
-here, and the lab DNS server's address.
+them when its link goes down), the links' filter rules, a quick refusal of DNS queries
+across a link that is down here, and the lab DNS server's address.
+
+A link that is down is, on its interface, filter rules both ways: `refuse` rejects (TCP
+resets, ICMP port unreachable: both ends fail at once), `blackhole` drops (both ends
+time out). The interface keeps its address, so raising the link only removes the rules.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable
 
 import dns.message
 
+from lab.errors import LabError
+from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
 
@@ -30,12 +36,16 @@ class RealNet:
         dns_server: str | None,
         *,
         subnets: dict[str, str] | None = None,
-        link_state: Callable[[str], str] = lambda network: "up",
+        interfaces: dict[str, str] | None = None,
+        when_down: dict[str, str] | None = None,
+        down: set[str] | None = None,
     ):
         self.addresses = addresses  # network -> address
         self.dns_server = dns_server
         self.subnets = subnets or {}  # network -> CIDR
-        self.link_state = link_state  # network -> "up" | "down-refuse" | "down-blackhole"
+        self.interfaces = interfaces or {}  # network -> interface name
+        self.when_down = when_down or {}  # network -> "refuse" | "blackhole" (its link's)
+        self.links = {n: LinkState.DOWN if n in (down or ()) else LinkState.UP for n in addresses}
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
@@ -107,6 +117,54 @@ class RealNet:
     def peer_of(self, sockaddr: tuple[str, int]) -> tuple[str, int]:
         return sockaddr[0], sockaddr[1]
 
+    # links ---------------------------------------------------------------------------------
+
+    def link_state(self, network: str) -> LinkState:
+        return self.links.get(network, LinkState.UP)
+
+    async def set_link(self, network: str, state: LinkState) -> int:
+        self.links[network] = state
+        cut = self.cut(network) if state == LinkState.DOWN else 0
+        await self.apply_links()
+        return cut
+
+    def rules(self) -> list[str]:
+        """iptables-restore input: the filter rules of the links that are down."""
+        rules = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        for network, state in self.links.items():
+            if state == LinkState.UP:
+                continue
+            iface = self.interfaces[network]
+            refuse = self.when_down.get(network, "refuse") == "refuse"
+            for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+                if refuse:
+                    if chain == "OUTPUT":  # the refusals themselves go out
+                        rules += [
+                            f"-A OUTPUT -o {iface} -p tcp --tcp-flags RST RST -j ACCEPT",
+                            f"-A OUTPUT -o {iface} -p icmp --icmp-type destination-unreachable"
+                            " -j ACCEPT",
+                        ]
+                    rules += [
+                        f"-A {chain} {flag} {iface} -p tcp -j REJECT --reject-with tcp-reset",
+                        f"-A {chain} {flag} {iface} -p udp -j REJECT"
+                        " --reject-with icmp-port-unreachable",
+                    ]
+                rules.append(f"-A {chain} {flag} {iface} -j DROP")
+        rules.append("COMMIT")
+        return rules
+
+    async def apply_links(self) -> None:
+        """Make the interfaces' filter rules those of the links' present states."""
+        proc = await asyncio.create_subprocess_exec(
+            "iptables-restore",
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate(("\n".join(self.rules()) + "\n").encode())
+        if proc.returncode != 0:
+            raise LabError(f"iptables-restore failed: {out.decode(errors='replace').strip()}")
+
     def cut(self, network: str) -> int:
         """Close every open connection of the interface on `network` (its link went down)."""
         address = self.addresses.get(network)
@@ -133,8 +191,12 @@ class RealNet:
         if self.dns_server is None:
             raise Unreachable("this lab has no DNS server")
         network = self._route_to_dns()
-        state = self.link_state(network) if network else "up"
-        if state == "down-refuse":
+        refused = (
+            network is not None
+            and self.link_state(network) == LinkState.DOWN
+            and self.when_down.get(network, "refuse") == "refuse"
+        )
+        if refused:
             raise Unreachable(
                 f"DNS server {self.dns_server} unreachable: the link to {network} is down"
             )

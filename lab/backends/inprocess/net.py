@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import dns.message
 
+from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
 from lab.topology.addressing import Addresses
@@ -318,6 +319,12 @@ class NodeNet:
             timeout=timeout,
             tcp_port=tcp.real_port if tcp else None,
         )
+
+    def link_state(self, network: str) -> LinkState:
+        return LinkState.of(self.vnet.interfaces[(self.node, network)].up)
+
+    async def set_link(self, network: str, state: LinkState) -> int:
+        return self.vnet.set_link(self.node, network, state == LinkState.UP)
 
     async def close(self) -> None:
         self.dns.close()

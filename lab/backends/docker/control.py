@@ -1,0 +1,184 @@
+"""The lab's end of one agent's control socket: a host of a Docker lab, as the common code
+of lab.backends.base acts on it (`HostHandle`), plus what only the Docker backend asks
+an agent (start, settle, the clock, stop).
+
+One connection per host carries requests and their replies, matched by id, and every
+event the host emits (lab.protocols.wire), so the lab's event log and traces hold the
+containers' events in the order they happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.protocols import wire
+from lab.protocols.smtp import SubmitResult
+from lab.protocols.wire import AgentOp, MailboxEntry, QueueEntry
+from lab.runtime.events import EventBus
+
+LONG = 600.0  # seconds: a flush or fetch may have much to do
+
+
+class HostProxy:
+    """One agent's host: requests, replies and events over its control socket."""
+
+    def __init__(self, name: str, path: Path, events: EventBus):
+        self.name = name
+        self.path = path
+        self.events = events
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+        self.pending: dict[int, asyncio.Future[Any]] = {}
+        self.ids = 0
+        self.task: asyncio.Task[None] | None = None
+        self.closed = False
+        self.captured: dict[str, bytes] = {}
+
+    # the connection ------------------------------------------------------------------------
+
+    async def connect(self, timeout: float, alive: Callable[[], Awaitable[bool]]) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                self.reader, self.writer = await asyncio.open_unix_connection(
+                    str(self.path), limit=wire.LINE_LIMIT
+                )
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                if loop.time() > deadline or not await alive():
+                    raise LabError(
+                        f"node {self.name}: its agent did not open {self.path}"
+                    ) from None
+                await asyncio.sleep(0.05)
+        self.task = loop.create_task(self._read(), name=f"control:{self.name}")
+
+    async def _read(self) -> None:
+        assert self.reader is not None
+        try:
+            while line := await self.reader.readline():
+                message = wire.decode(line)
+                if "event" in message:
+                    event = wire.decode_event(message["event"])
+                    self.events.record(event.time, event.node, event.kind, event.data)
+                elif "captured" in message:
+                    captured = message["captured"]
+                    self.captured[str(captured["id"])] = wire.decode_bytes(captured["content"])
+                else:
+                    self._answered(message)
+        except (OSError, LabError, KeyError, ValueError):
+            pass
+        finally:
+            self.closed = True
+            for future in self.pending.values():
+                if not future.done():
+                    future.set_exception(LabError(f"node {self.name}: its agent went away"))
+            self.pending.clear()
+
+    def _answered(self, reply: Mapping[str, Any]) -> None:
+        future = self.pending.pop(reply.get("id", -1), None)
+        if future is None or future.done():
+            return
+        try:
+            future.set_result(wire.result_of(reply, self.name))
+        except LabError as exc:
+            future.set_exception(exc)
+
+    async def call(
+        self, op: AgentOp, args: Mapping[str, Any] | None = None, *, timeout: float | None = 120.0
+    ) -> Any:
+        if self.writer is None or self.closed:
+            raise LabError(f"node {self.name}: not connected")
+        self.ids += 1
+        rid = self.ids
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[rid] = future
+        self.writer.write(wire.request(op, args, rid))
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError:
+            raise LabError(
+                f"node {self.name}: no answer to {op.value!r} within {timeout}s"
+            ) from None
+        finally:
+            self.pending.pop(rid, None)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.writer.wait_closed(), 2)
+        if self.task is not None:
+            self.task.cancel()
+
+    # what only the Docker backend asks ---------------------------------------------------
+
+    async def start(self, offset: float, timeout: float) -> dict[str, Any]:
+        """Start the host's services at lab time real + `offset`; what they answered."""
+        found: dict[str, Any] = await self.call(AgentOp.START, {"offset": offset}, timeout=timeout)
+        return found
+
+    async def settled(self, timeout: float) -> tuple[int, bool]:
+        """Wait until the host has no work under way (or `timeout`); (events, idle)."""
+        found = await self.call(AgentOp.SETTLE, {"timeout": timeout}, timeout=timeout + 5)
+        return int(found["events"]), bool(found["idle"])
+
+    async def next_timer(self) -> float | None:
+        found = await self.call(AgentOp.CLOCK_NEXT)
+        return None if found is None else float(found)
+
+    async def advance_to(self, when: float, timeout: float | None = 120.0) -> int:
+        return int(await self.call(AgentOp.CLOCK_ADVANCE_TO, {"when": when}, timeout=timeout))
+
+    async def stop(self) -> None:
+        await self.call(AgentOp.STOP, timeout=10)
+
+    # the host's handle (lab.backends.base.HostHandle) ---------------------------------------
+
+    async def submit(
+        self, *, mail_from: str, to: list[str], content: bytes, via: str | None = None
+    ) -> SubmitResult:
+        args = {
+            "mail_from": mail_from,
+            "to": list(to),
+            "content": wire.encode_bytes(content),
+            "via": via,
+        }
+        return wire.decode_submit(await self.call(AgentOp.SUBMIT, args))
+
+    async def set_link(self, link: str, state: str) -> int:
+        return int(await self.call(AgentOp.LINK, {"link": link, "state": state}))
+
+    async def flush(self) -> int:
+        return int(await self.call(AgentOp.FLUSH, timeout=LONG))
+
+    async def fetch(self) -> int:
+        return int(await self.call(AgentOp.FETCH, timeout=LONG))
+
+    async def queue(self) -> list[QueueEntry]:
+        return wire.decode_queue(await self.call(AgentOp.QUEUE))
+
+    async def queue_content(self, queue_id: str) -> bytes:
+        return wire.decode_bytes(await self.call(AgentOp.QUEUE_CONTENT, {"queue_id": queue_id}))
+
+    async def capture(self) -> dict[str, bytes]:
+        """The host sends each message it queues from now on, before its queue.queued."""
+        await self.call(AgentOp.CAPTURE)
+        return self.captured
+
+    async def mailbox(self, user: str) -> list[MailboxEntry]:
+        return wire.decode_mailbox(await self.call(AgentOp.MAILBOX, {"user": user}))
+
+    async def set_dns(self, name: str, rtype: str, values: list[Any]) -> None:
+        await self.call(AgentOp.DNS_SET, {"name": name, "rtype": rtype, "values": values})
+
+    async def set_dns_fault(self, name: str, fault: str | None) -> None:
+        await self.call(AgentOp.DNS_FAULT, {"name": name, "fault": fault})
+
+    async def add_fault(self, fault: dict[str, Any]) -> None:
+        await self.call(AgentOp.FAULT_ADD, {"fault": fault})
