@@ -119,10 +119,24 @@ class SubmitResult:
         return "data"
 
     def to_json(self) -> dict[str, object]:
-        """What `maillab send --json` prints: the wire's encoding (lab.protocols.wire)."""
-        from lab.protocols.wire import encode_submit
+        """The replies as "CODE TEXT" strings, with what they add up to (accepted,
+        queue_id): what `maillab send --json` prints and the control wire carries
+        (lab.protocols.wire decodes it)."""
 
-        return encode_submit(self)
+        def text(reply: Reply | None) -> str | None:
+            return None if reply is None else str(reply)
+
+        return {
+            "server": self.server,
+            "accepted": self.accepted,
+            "queue_id": self.queue_id,
+            "greeting": text(self.greeting),
+            "helo": text(self.helo_reply),
+            "mail": text(self.mail_reply),
+            "rcpt": {k: str(v) for k, v in self.rcpt_replies.items()},
+            "data": text(self.data_reply),
+            "error": self.error,
+        }
 
 
 def reply(code: int, status: str, text: str) -> str:

@@ -195,10 +195,6 @@ def decode_bytes(text: str) -> bytes:
     return base64.b64decode(text)
 
 
-def _reply_text(reply: Reply | None) -> str | None:
-    return None if reply is None else str(reply)
-
-
 def _reply(text: str | None) -> Reply | None:
     if text is None:
         return None
@@ -207,19 +203,8 @@ def _reply(text: str | None) -> Reply | None:
 
 
 def encode_submit(result: SubmitResult) -> dict[str, Any]:
-    """A submission's replies as "CODE TEXT" strings, with what they add up to (accepted,
-    queue_id) for people reading `maillab send --json`."""
-    return {
-        "server": result.server,
-        "accepted": result.accepted,
-        "queue_id": result.queue_id,
-        "greeting": _reply_text(result.greeting),
-        "helo": _reply_text(result.helo_reply),
-        "mail": _reply_text(result.mail_reply),
-        "rcpt": {k: str(v) for k, v in result.rcpt_replies.items()},
-        "data": _reply_text(result.data_reply),
-        "error": result.error,
-    }
+    """A submission result on the wire: SubmitResult.to_json, which decode_submit reads."""
+    return dict(result.to_json())
 
 
 def decode_submit(data: Mapping[str, Any]) -> SubmitResult:
