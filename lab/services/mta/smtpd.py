@@ -6,11 +6,9 @@ ENHANCEDSTATUSCODES, PIPELINING, DSN, STARTTLS with the lab CA), every policy wi
 reply code real MTAs use, scripted faults, and 250 after DATA only once the message is
 durably queued. Every command and reply is an event.
 
-What it relies on of aiosmtpd beyond its public API (private methods and attributes,
-the way it finds hooks) is in one class, `AiosmtpdOverrides`, that `LabSMTP` builds
-on; tests/services/mta/test_aiosmtpd_overrides.py checks it against the installed
-aiosmtpd, which pyproject.toml keeps below 1.5. The handler and the policies see the
-MTA as `frontend.Mta`.
+What it relies on of aiosmtpd beyond its public API is in one class under `LabSMTP`,
+`AiosmtpdOverrides` (aiosmtpd is pinned below 1.5). The handler and the policies see
+the MTA as `frontend.Mta`.
 """
 
 from __future__ import annotations
@@ -94,37 +92,31 @@ _LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 
 class AiosmtpdOverrides(SMTP):
-    """aiosmtpd's SMTP server, where the lab goes beyond aiosmtpd's public API: every
-    override of, or reliance on, its private methods and attributes is here (and the
-    peek into asyncio's StreamReader buffer), so that a new aiosmtpd breaks one class.
-    tests/services/mta/test_aiosmtpd_overrides.py records the signature of each
-    aiosmtpd original used here and fails, naming it, when the installed one differs.
+    """aiosmtpd's SMTP server where the lab goes beyond aiosmtpd's public API: every
+    override of, or reliance on, its private methods and attributes (and the peek into
+    asyncio's StreamReader buffer) is here, so a new aiosmtpd breaks one class; the
+    test test_aiosmtpd_overrides.py names any aiosmtpd original that changed.
 
-    - Hook discovery: aiosmtpd's `SMTP.__init__` finds the server's smtp_*/auth_*
-      methods and the handler's handle_*/auth_* methods with dir() and
-      inspect.getmembers(), anew for every connection (`_smtp_methods`,
-      `_handle_hooks`, `_auth_methods`). Answering dir() with just those names (listed
-      once per class, `hook_names`) keeps a connection's setup cheap; the handler's
-      `__dir__` asks `hook_names` too.
+    - Hook discovery: `SMTP.__init__` finds the server's smtp_*/auth_* and the
+      handler's handle_*/auth_* methods with dir() and inspect.getmembers() for every
+      connection; answering dir() with just those names (`hook_names`, listed once per
+      class; the handler's `__dir__` asks it too) keeps a connection's setup cheap.
     - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>.
-    - `smtp_DATA`: aiosmtpd's DATA, reading the message by whole buffered blocks
-      (`read_data`) instead of a line at a time, with `_reader`, `_writer`,
-      `_call_handler_hook` and `_set_post_data_state` as aiosmtpd's own does.
+    - `smtp_DATA`: aiosmtpd's DATA reading whole buffered blocks (`read_data`), with
+      `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
     - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
     """
 
     HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
-    _hook_names: ClassVar[dict[type, list[str]]] = {}
+    _hook_names: ClassVar[dict[type, list[str]]] = {}  # class -> its hooks' names
 
     @staticmethod
     def hook_names(cls: type) -> list[str]:
         """The names aiosmtpd looks for hooks among, of class `cls` (server or handler)."""
         names = AiosmtpdOverrides._hook_names.get(cls)
         if names is None:
-            prefixes = AiosmtpdOverrides.HOOK_PREFIXES
-            names = AiosmtpdOverrides._hook_names[cls] = [
-                n for n in dir(cls) if n.startswith(prefixes)
-            ]
+            names = [n for n in dir(cls) if n.startswith(AiosmtpdOverrides.HOOK_PREFIXES)]
+            AiosmtpdOverrides._hook_names[cls] = names
         return names
 
     def __dir__(self) -> list[str]:
@@ -143,8 +135,7 @@ class AiosmtpdOverrides(SMTP):
         return buffered is not None and b"\n" in buffered
 
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the message by whole buffered blocks instead of a
-        line at a time; the limits, the end of data and the replies are the same."""
+        """aiosmtpd's DATA: the same limits, end of data and replies, read by blocks."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
@@ -248,8 +239,6 @@ class LabSMTP(AiosmtpdOverrides):
         self._reply_lines: list[str] = []
         self._held: list[str] = []  # replies to pipelined commands, not yet sent
 
-    # connection ---------------------------------------------------------------------
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.lab_peer is None:
             peer, port, local = self.lab.mta.host.net.accepted(transport)
@@ -277,7 +266,6 @@ class LabSMTP(AiosmtpdOverrides):
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         text, stage = enhance(str(status))
-        status = text
         if stage is not None:
             self.lab.emit("policy.reject", stage=stage, reply=text)
         if text[3:4] == "-":
