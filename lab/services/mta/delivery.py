@@ -129,8 +129,10 @@ class Delivery:
         work: list[_Work] = []
         for message_id in ids:
             message = self.queue.messages.get(message_id)
-            if message is None or message_id in self.running or not message.pending:
+            if message is None or message_id in self.running:
                 continue
+            if not message.pending and not any(r.state in OWED_DSN for r in message.recipients):
+                continue  # (one whose DSN could not be written is finished again)
             work.append(self._take(message))
         if not work:
             return
@@ -530,11 +532,16 @@ class Delivery:
             if owed:
                 await self.bounces.bounce(message, content, owed)
             if late:
-                message.warned = True
                 await self.bounces.warn(message, content, message.pending)
-            self._settle(message, now)
+                message.warned = True
+        except OSError as exc:  # the DSN is not on disk: keep all, and try again later
+            self.host.emit("queue.write_failed", id=message.id, error=str(exc))
+            self.schedule(message, self._next_time(message, now))
+            self.queue.save(message)
+            return
         finally:
             self.running.discard(message.id)
+        self._settle(message, now)
 
     def _settle(self, message: QueuedMessage, now: float) -> None:
         """Schedule what is pending and record it, or let the message go."""
