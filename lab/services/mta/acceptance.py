@@ -184,12 +184,16 @@ class Acceptance:
         await self.queue.put_async(content, message)
         self._accepted(message, content, original)
         if failed:  # an alias loop: bounced now, before the 250
-            await self._bounce(message, content, failed)
-            if message.done:  # every recipient failed at once: nothing to deliver
-                notified = self.delivery.finish(message, content)
-                if notified is not None:
-                    await notified
-                return
+            try:
+                await self._bounce(message, content, failed)
+            except OSError as exc:  # no DSN on disk: delivery's `finish` tries it again
+                self.host.emit("queue.write_failed", id=message.id, error=str(exc))
+            else:
+                if message.done:  # every recipient failed at once: nothing to deliver
+                    notified = self.delivery.finish(message, content)
+                    if notified is not None:
+                        await notified
+                    return
         self.delivery.start(message, content)
 
     async def _bounce(

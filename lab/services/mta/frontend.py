@@ -65,7 +65,6 @@ class Mta(Protocol):
         tls: str | None = None,
         dsn_ret: str = "",
         envid: str = "",
-        at_once: bool = True,
     ) -> QueuedMessage:
         """Make a received message the MTA's, durably (the 250 may follow); raises
         OSError when it cannot be written."""

@@ -61,3 +61,36 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
     removed = at(("unlink", f"{original}.msg"))
     assert written < synced < removed, log
     assert {thread for _, _, thread in log} == {"disk:isp"}, log  # never on the loop's
+
+
+@pytest.mark.lab_backend("inprocess")
+@pytest.mark.topology("home-dialup")
+def test_a_bounce_that_cannot_be_written_keeps_the_original_and_is_tried_again(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mta = lab.backend.mtas["isp"]  # type: ignore[attr-defined]
+    write_file = mta.queue.write_file
+    disk_full = True
+
+    def failing(content: bytes, message: QueuedMessage) -> None:
+        if disk_full and message.envelope_from == "":
+            raise OSError(28, "No space left on device")
+        write_file(content, message)
+
+    monkeypatch.setattr(mta.queue, "write_file", failing)
+    lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
+    lab.link("dialup").up()
+    original = lab.wait_for("queue.write_failed", node="isp").get("id")
+    lab.settle()
+    assert [m["id"] for m in lab.queue("isp")] == [original]  # kept, with its DSN owed
+    assert not [e for e in lab.events if e.node == "isp" and e.kind == "dsn.sent"]
+    assert not [e for e in lab.events if e.kind == "queue.removed" and e.get("id") == original]
+
+    disk_full = False
+    lab.clock.advance("31m")
+    bounce: Any = lab.assert_bounced(recipient="nobody@freeuk.com", by="isp")
+    assert bounce.get("original_id") == original
+    lab.wait_for("queue.removed", node="isp", id=original)
+    assert lab.queue("isp") == []
+    sent = [e for e in lab.events if e.node == "isp" and e.kind == "dsn.sent"]
+    assert len(sent) == 1
