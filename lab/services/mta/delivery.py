@@ -536,7 +536,8 @@ class Delivery:
                 message.warned = True
         except OSError as exc:  # the DSN is not on disk: keep all, and try again later
             self.host.emit("queue.write_failed", id=message.id, error=str(exc))
-            self.schedule(message, self._next_time(message, now))
+            later = now + self.node.retry.intervals[0]  # (not at once: the disk is full)
+            self.schedule(message, max(self._next_time(message, now), later))
             self.queue.save(message)
             return
         finally:
