@@ -11,6 +11,10 @@ comes before its own file and directory are durable.
 Work that nobody waits for (removing a delivered message, recording a deferred attempt)
 goes through the same thread with `later`: it runs after every write asked for before
 it, and after the writes of its own group have been woken, so it never delays a 250.
+
+A DSN is written as accepted mail is, with `commit`, and the MTA waits for it before it
+asks for the original's state update or removal (lab/services/mta/dsn.py): so the DSN
+and its directory are durable before the message it reports on can go.
 """
 
 from __future__ import annotations

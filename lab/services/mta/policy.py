@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, cast
+from typing import cast
 
 from aiosmtpd.smtp import Envelope, Session
 
 from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
+from lab.services.mta.frontend import Mta
 from lab.services.resolver import DnsTemporaryError
 
 _RECEIVED = re.compile(rb"(?im)^Received:")
@@ -37,7 +38,7 @@ def peer_address(session: Session) -> str:
     return cast("tuple[str, int]", session.peer)[0]
 
 
-def client_may_relay(mta: Any, client: str) -> bool:
+def client_may_relay(mta: Mta, client: str) -> bool:
     try:
         address = ipaddress.IPv4Address(client)
     except ValueError:
@@ -54,7 +55,7 @@ def client_may_relay(mta: Any, client: str) -> bool:
     return False
 
 
-async def check_sender(mta: Any, session: Session, sender: str) -> str | None:
+async def check_sender(mta: Mta, session: Session, sender: str) -> str | None:
     if not sender:
         return None  # the null sender is always accepted (RFC 5321 section 4.5.5)
     _, domain = split_address(sender)
@@ -81,7 +82,7 @@ async def check_sender(mta: Any, session: Session, sender: str) -> str | None:
 
 
 async def check_recipient(
-    mta: Any, session: Session, envelope: Envelope, address: str
+    mta: Mta, session: Session, envelope: Envelope, address: str
 ) -> str | None:
     local, domain = split_address(address)
     book = mta.book
@@ -95,7 +96,7 @@ async def check_recipient(
     return _greylist(mta, client, envelope, address)
 
 
-def _greylist(mta: Any, client: str, envelope: Envelope, address: str) -> str | None:
+def _greylist(mta: Mta, client: str, envelope: Envelope, address: str) -> str | None:
     grey = mta.node.policy.greylist
     if grey is None or not grey.enabled:
         return None
@@ -120,7 +121,7 @@ def has_bare_newline(content: bytes) -> bool:
     return content.count(b"\r") != pairs or content.count(b"\n") != pairs
 
 
-def check_content(mta: Any, envelope: Envelope, content: bytes) -> str | None:
+def check_content(mta: Mta, envelope: Envelope, content: bytes) -> str | None:
     policy = mta.node.policy
     if len(content) > policy.max_size:
         return codes.MESSAGE_TOO_BIG

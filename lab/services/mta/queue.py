@@ -18,7 +18,8 @@ default), warn the sender after 4 hours, give up after 5 days. The schedule is t
 node's `retry` setting, run on the lab clock.
 
 A message leaves the queue (both files removed) only when every recipient is final:
-delivered, or bounced with a DSN queued to the sender.
+delivered, or bounced with a DSN queued to the sender (the states and their changes are
+the table in transitions.py).
 """
 
 from __future__ import annotations
@@ -34,10 +35,13 @@ from typing import Any
 import orjson
 
 from lab.services.diskio import DiskWorker
-
-PENDING = "pending"
-DELIVERED = "delivered"
-FAILED = "failed"
+from lab.services.mta.transitions import (
+    DELIVERED,
+    DSN_SENT,
+    FAILED,
+    PENDING,
+    WAITING,
+)
 
 
 @dataclass
@@ -46,16 +50,16 @@ class Recipient:
     original: str  # what the envelope said
     kind: str = "remote"  # local | mailbox | remote
     target: str = ""  # local user or maildrop, for local kinds
-    state: str = PENDING
+    state: str = PENDING  # changed only through transitions.move
     reply: str = ""  # last reply (or local result)
     status: str = ""  # enhanced status code of the last result
     remote_mta: str = ""
     notify: list[str] = field(default_factory=list)  # DSN NOTIFY
-    dsn_sent: bool = False
 
     @property
     def pending(self) -> bool:
-        return self.state == PENDING
+        """Still to be tried: pending, or deferred."""
+        return self.state in WAITING
 
     @property
     def local(self) -> bool:
@@ -102,7 +106,7 @@ class QueuedMessage:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> QueuedMessage:
         data = dict(data)
-        data["recipients"] = [Recipient(**r) for r in data["recipients"]]
+        data["recipients"] = [Recipient(**_recipient(r)) for r in data["recipients"]]
         data["attempts"] = [Attempt(**a) for a in data["attempts"]]
         return cls(**data)
 
@@ -116,6 +120,16 @@ class QueuedMessage:
             "next_attempt": self.next_attempt,
             "last_reply": self.attempts[-1].reply if self.attempts else "",
         }
+
+
+def _recipient(data: dict[str, Any]) -> dict[str, Any]:
+    """A recipient as a queue file records it; files written before the DSN was a state
+    of its own say `dsn_sent: true` beside `failed`."""
+    if "dsn_sent" in data:
+        data = dict(data)
+        if data.pop("dsn_sent") and data.get("state") == FAILED:
+            data["state"] = DSN_SENT
+    return data
 
 
 def _state(message: QueuedMessage, *, length: int | None = None) -> bytes:
@@ -272,3 +286,16 @@ class Queue:
 
     def list(self) -> list[QueuedMessage]:
         return sorted(self.messages.values(), key=lambda m: (m.received, m.id))
+
+
+__all__ = [
+    "DELIVERED",
+    "DSN_SENT",
+    "FAILED",
+    "PENDING",
+    "Attempt",
+    "Queue",
+    "QueuedMessage",
+    "Recipient",
+    "new_id",
+]

@@ -5,6 +5,10 @@ of the seed articles (a `214` HELP, VRFY 252 / EXPN 502 by default, ESMTP extens
 ENHANCEDSTATUSCODES, PIPELINING, DSN, STARTTLS with the lab CA), every policy with the
 reply code real MTAs use, scripted faults, and 250 after DATA only once the message is
 durably queued. Every command and reply is an event.
+
+What it relies on of aiosmtpd beyond its public API is in one class under `LabSMTP`,
+`AiosmtpdOverrides` (aiosmtpd is pinned below 1.5). The handler and the policies see
+the MTA as `frontend.Mta`.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 from lab.services.mta import policy
+from lab.services.mta.frontend import Mta
 from lab.services.resolver import DnsNotFound, DnsTemporaryError
 from lab.topology.model import Fault, StartTls
 
@@ -84,27 +89,145 @@ _SEND_AT_ONCE = {"220", "221", "354", "421"}
 _DATA_END = b"\r\n.\r\n"
 _DOT_LINE = b".\r\n"
 _LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
-_HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
-_HOOK_NAMES: dict[type, list[str]] = {}
 
 
-class _HookNames:
-    """aiosmtpd finds the server's smtp_*/auth_* and the handler's handle_*/auth_* methods
-    with dir() and inspect.getmembers() anew for every connection; answering dir() with
-    just those names (listed once per class) keeps a connection's setup cheap."""
+class AiosmtpdOverrides(SMTP):
+    """aiosmtpd's SMTP server where the lab goes beyond aiosmtpd's public API: every
+    override of, or reliance on, its private methods and attributes (and the peek into
+    asyncio's StreamReader buffer) is here, so a new aiosmtpd breaks one class; the
+    test test_aiosmtpd_overrides.py names any aiosmtpd original that changed.
 
-    def __dir__(self) -> list[str]:
-        cls = type(self)
-        names = _HOOK_NAMES.get(cls)
+    - Hook discovery: `SMTP.__init__` finds the server's smtp_*/auth_* and the
+      handler's handle_*/auth_* methods with dir() and inspect.getmembers() for every
+      connection; answering dir() with just those names (`hook_names`, listed once per
+      class; the handler's `__dir__` asks it too) keeps a connection's setup cheap.
+    - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>.
+    - `smtp_DATA`: aiosmtpd's DATA reading whole buffered blocks (`read_data`), with
+      `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
+    - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
+    """
+
+    HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
+    _hook_names: ClassVar[dict[type, list[str]]] = {}  # class -> its hooks' names
+
+    @staticmethod
+    def hook_names(cls: type) -> list[str]:
+        """The names aiosmtpd looks for hooks among, of class `cls` (server or handler)."""
+        names = AiosmtpdOverrides._hook_names.get(cls)
         if names is None:
-            names = _HOOK_NAMES[cls] = [n for n in dir(cls) if n.startswith(_HOOK_PREFIXES)]
+            names = [n for n in dir(cls) if n.startswith(AiosmtpdOverrides.HOOK_PREFIXES)]
+            AiosmtpdOverrides._hook_names[cls] = names
         return names
 
+    def __dir__(self) -> list[str]:
+        return AiosmtpdOverrides.hook_names(type(self))
 
-class LabSMTP(_HookNames, SMTP):
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
+        match = _SIMPLE_ADDR.match(arg)
+        if match:
+            return match.group(1), (match.group(2) or "").strip()
+        return super()._getaddr(arg)
+
+    def input_waiting(self) -> bool:
+        """A whole command line is already buffered (the client pipelines)."""
+        buffered: bytearray | None = getattr(self._reader, "_buffer", None)  # StreamReader's
+        return buffered is not None and b"\n" in buffered
+
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA: the same limits, end of data and replies, read by blocks."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content, error = await self.read_data(
+                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
+            )
+        except asyncio.CancelledError:  # the connection was lost during DATA
+            self._writer.close()
+            raise
+        if error is not None:
+            await self.push(error)
+            self._set_post_data_state()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    @staticmethod
+    async def read_data(
+        reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
+    ) -> tuple[bytes, str | None]:
+        """The message up to the line holding a lone dot, dot-unstuffed (RFC 5321 4.5.2),
+        or the error reply it earned: a line longer than `line_limit` with its CRLF (500) or
+        more than `size_limit` octets (552), replied to only once the data has ended (4.2.5).
+        Lines end with CRLF only: a bare CR or LF neither ends a line nor the data.
+
+        It reads whole buffered blocks, not a line at a time. What the client sent after the
+        end of data (pipelined commands) stays in the reader for the command loop."""
+        blocks: list[bytes] = []
+        size = 0
+        error: str | None = None
+        at_line_start = True
+        while True:
+            buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # a peek
+            if at_line_start and buffered.startswith(_DOT_LINE):
+                end = 0
+            else:
+                found = buffered.find(_DATA_END)
+                end = found + 2 if found >= 0 else -1
+            try:
+                if end >= 0:  # the end of data is here: take exactly up to it
+                    block = (await reader.readexactly(end + 3))[:-3]
+                    last = True
+                else:
+                    last = False
+                    cut = buffered.rfind(b"\r\n")
+                    if cut >= 0:  # the whole lines buffered
+                        block = await reader.readexactly(cut + 2)
+                    else:  # no whole line here yet: wait for one
+                        block = await reader.readuntil(b"\r\n")
+                        if at_line_start and block == _DOT_LINE:
+                            block, last = b"", True
+            except asyncio.LimitOverrunError as exc:  # a line longer than the limit
+                block = await reader.read(exc.consumed)
+                error = error or _LINE_TOO_LONG
+                blocks.clear()
+                last = False
+            except asyncio.IncompleteReadError:  # the client closed mid-data: nothing to keep
+                return b"", "421 4.4.2 Connection closed during DATA"
+            at_line_start = block.endswith(b"\r\n")
+            size += len(block)
+            if error is None and size_limit and size > size_limit:
+                error = "552 Error: Too much mail data"
+                blocks.clear()
+            if error is None and block:
+                if max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
+                    error = _LINE_TOO_LONG
+                    blocks.clear()
+                else:
+                    blocks.append(block)
+            if last:
+                break
+        content = b"".join(blocks)
+        if content[:1] == b".":
+            content = content[1:]
+        return content.replace(b"\r\n.", b"\r\n"), error
+
+
+read_data = AiosmtpdOverrides.read_data
+
+
+class LabSMTP(AiosmtpdOverrides):
     """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
-
-    __ident__ = "ESMTP maillab"
 
     def __init__(self, handler: Handler, **kwargs: Any):
         super().__init__(handler, **kwargs)
@@ -112,11 +235,9 @@ class LabSMTP(_HookNames, SMTP):
         self.lab_peer: tuple[str, int] | None = None
         self.lab_local = ""
         self.rdns: str | None = None
-        self._rcpt_params: dict[str, str] = {}
+        self.rcpt_params: dict[str, str] = {}  # RCPT's DSN parameters
         self._reply_lines: list[str] = []
         self._held: list[str] = []  # replies to pipelined commands, not yet sent
-
-    # connection ---------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.lab_peer is None:
@@ -145,7 +266,6 @@ class LabSMTP(_HookNames, SMTP):
         if isinstance(status, bytes):
             status = status.decode("utf-8", "replace")
         text, stage = enhance(str(status))
-        status = text
         if stage is not None:
             self.lab.emit("policy.reject", stage=stage, reply=text)
         if text[3:4] == "-":
@@ -164,25 +284,13 @@ class LabSMTP(_HookNames, SMTP):
         # the replies and send them together when the input runs dry; a reply after
         # which the connection changes (220 to STARTTLS, 221, 421) or data follows (354)
         # goes at once, with what was held.
-        if text[:3] not in _SEND_AT_ONCE and self._input_waiting():
+        if text[:3] not in _SEND_AT_ONCE and self.input_waiting():
             self._held.extend(lines)
             return
         if self._held:
             lines = [*self._held, *lines]
             self._held = []
         await super().push("\r\n".join(lines))
-
-    def _input_waiting(self) -> bool:
-        """A whole command line is already buffered (the client pipelines)."""
-        buffered: bytearray | None = getattr(self._reader, "_buffer", None)  # StreamReader's
-        return buffered is not None and b"\n" in buffered
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's address parser, with a fast path for the common <local@domain>."""
-        match = _SIMPLE_ADDR.match(arg)
-        if match:
-            return match.group(1), (match.group(2) or "").strip()
-        return super()._getaddr(arg)
 
     async def smtp_HELP(self, arg: str) -> None:
         for line in HELP_LINES:
@@ -218,38 +326,12 @@ class LabSMTP(_HookNames, SMTP):
         if arg and _CONTROL_IN_LINE.search(arg):
             await self.push("501 5.1.3 Bad recipient address syntax")
             return
-        arg, self._rcpt_params = _take_params(arg, _DSN_RCPT)
+        arg, self.rcpt_params = _take_params(arg, _DSN_RCPT)
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the message by whole buffered blocks instead of a
-        line at a time; the limits, the end of data and the replies are the same."""
         self.lab.command("DATA", arg)
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        try:
-            content, error = await read_data(
-                self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
-            )
-        except asyncio.CancelledError:  # the connection was lost during DATA
-            self._writer.close()
-            raise
-        if error is not None:
-            await self.push(error)
-            self._set_post_data_state()
-            return
-        self.envelope.content = self.envelope.original_content = content
-        status = await self._call_handler_hook("DATA")
-        self._set_post_data_state()
-        await self.push("250 OK" if status is MISSING else status)
+        await super().smtp_DATA(arg)
 
     async def smtp_HELO(self, hostname: str) -> None:
         self.lab.command("HELO", hostname)
@@ -276,12 +358,16 @@ class LabSMTP(_HookNames, SMTP):
         await super().smtp_STARTTLS(arg)
 
 
-class Handler(_HookNames):
+class Handler:
     """aiosmtpd handler hooks: the built-in MTA's policies."""
 
-    def __init__(self, mta: Any):
+    def __init__(self, mta: Mta):
         self.mta = mta
         self.policy = mta.node.policy
+
+    def __dir__(self) -> list[str]:
+        # aiosmtpd scans the handler for hooks as it scans the server: AiosmtpdOverrides
+        return AiosmtpdOverrides.hook_names(type(self))
 
     def emit(self, kind: str, **data: Any) -> None:
         self.mta.host.emit(kind, **data)
@@ -425,7 +511,7 @@ class Handler(_HookNames):
             self.emit("policy.reject", stage="rcpt", address=address, reply=reply)
             return reply
         envelope.rcpt_tos.append(address)
-        notify = server._rcpt_params.get("NOTIFY", "")
+        notify = server.rcpt_params.get("NOTIFY", "")
         options = getattr(envelope, "rcpt_notify", [])
         options.append([n.upper() for n in notify.split(",") if n])
         envelope.rcpt_notify = options  # type: ignore[attr-defined]
@@ -461,7 +547,7 @@ class Handler(_HookNames):
         notify = getattr(envelope, "rcpt_notify", [[] for _ in envelope.rcpt_tos])
         dsn = getattr(envelope, "dsn", {})
         try:
-            message = await self.mta.accept_async(
+            message = await self.mta.accept(
                 content,
                 envelope_from="" if envelope.mail_from == "<>" else (envelope.mail_from or ""),
                 recipients=list(zip(envelope.rcpt_tos, notify, strict=False)),
@@ -481,66 +567,6 @@ class Handler(_HookNames):
         return f"250 2.0.0 {message.id} Message accepted for delivery"
 
 
-async def read_data(
-    reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
-) -> tuple[bytes, str | None]:
-    """The message up to the line holding a lone dot, dot-unstuffed (RFC 5321 4.5.2),
-    or the error reply it earned: a line longer than `line_limit` with its CRLF (500) or
-    more than `size_limit` octets (552), replied to only once the data has ended (4.2.5).
-    Lines end with CRLF only: a bare CR or LF neither ends a line nor the data.
-
-    It reads whole buffered blocks, not a line at a time. What the client sent after the
-    end of data (pipelined commands) stays in the reader for the command loop."""
-    blocks: list[bytes] = []
-    size = 0
-    error: str | None = None
-    at_line_start = True
-    while True:
-        buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # a peek
-        if at_line_start and buffered.startswith(_DOT_LINE):
-            end = 0
-        else:
-            found = buffered.find(_DATA_END)
-            end = found + 2 if found >= 0 else -1
-        try:
-            if end >= 0:  # the end of data is here: take exactly up to it
-                block = (await reader.readexactly(end + 3))[:-3]
-                last = True
-            else:
-                last = False
-                cut = buffered.rfind(b"\r\n")
-                if cut >= 0:  # the whole lines buffered
-                    block = await reader.readexactly(cut + 2)
-                else:  # no whole line here yet: wait for one
-                    block = await reader.readuntil(b"\r\n")
-                    if at_line_start and block == _DOT_LINE:
-                        block, last = b"", True
-        except asyncio.LimitOverrunError as exc:  # a line longer than the limit
-            block = await reader.read(exc.consumed)
-            error = error or _LINE_TOO_LONG
-            blocks.clear()
-            last = False
-        except asyncio.IncompleteReadError:  # the client closed mid-data: nothing to keep
-            return b"", "421 4.4.2 Connection closed during DATA"
-        at_line_start = block.endswith(b"\r\n")
-        size += len(block)
-        if error is None and size_limit and size > size_limit:
-            error = "552 Error: Too much mail data"
-            blocks.clear()
-        if error is None and block:
-            if max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
-                error = _LINE_TOO_LONG
-                blocks.clear()
-            else:
-                blocks.append(block)
-        if last:
-            break
-    content = b"".join(blocks)
-    if content[:1] == b".":
-        content = content[1:]
-    return content.replace(b"\r\n.", b"\r\n"), error
-
-
 def _tls_text(session: Session) -> str | None:
     if not session.ssl:
         return None
@@ -550,7 +576,7 @@ def _tls_text(session: Session) -> str | None:
     return "TLS"
 
 
-def make_smtp_factory(mta: Any) -> Callable[[], LabSMTP]:
+def make_smtp_factory(mta: Mta) -> Callable[[], LabSMTP]:
     handler = Handler(mta)
     node = mta.node
     tls_context = None

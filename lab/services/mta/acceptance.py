@@ -1,0 +1,250 @@
+"""Acceptance: the one way a message comes into the MTA, from a client or from itself.
+
+`accept` takes a message the SMTP server received (or a DSN this host wrote, dsn.py)
+and returns only once it is durably this host's: then the server may say 250.
+
+- Its recipients are expanded (aliases, maildrops; an alias loop fails its recipient
+  at once, and is bounced before the 250) and a Received: line is put on top.
+- Mail for local mailboxes only goes into them before the 250, as an LMTP server
+  delivers: each mailbox file is on disk (fsync'd, and its directory) when `accept`
+  returns, so the message needs no queue file of its own. A mailbox that cannot be
+  written leaves its recipient to the queue, and the message is queued for it.
+- Anything else is written to the queue (queue.py) in the host's disk thread, with the
+  others of its group, and handed to delivery (delivery.py) with its content.
+
+Once the message goes to the disk its acceptance runs to the end, even if the client
+hangs up before the reply (it has no 250 then, and may send it again: RFC 1047's race).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import functools
+import re
+from typing import TYPE_CHECKING
+
+from lab.services.host import Host
+from lab.services.mta.delivery import Delivery
+from lab.services.mta.queue import Queue, QueuedMessage, Recipient, new_id
+from lab.services.mta.routing import AddressBook, AliasLoop
+from lab.services.mta.transitions import PERMFAIL, move
+
+if TYPE_CHECKING:
+    from lab.services.mta.dsn import Bounces
+
+
+class Acceptance:
+    bounces: Bounces  # set by MtaService: an alias loop is bounced before the 250
+
+    def __init__(self, host: Host, book: AddressBook, queue: Queue, delivery: Delivery):
+        self.host = host
+        self.book = book
+        self.queue = queue
+        self.delivery = delivery
+        self.accepting: dict[str, bytes] = {}  # going into mailboxes before the 250
+
+    async def accept(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str = "ESMTP",
+        tls: str | None = None,
+        dsn_ret: str = "",
+        envid: str = "",
+        at_once: bool = True,
+    ) -> QueuedMessage:
+        """Make a message this host's, durably; returns it with its queue id.
+        `recipients` are (address, DSN NOTIFY) pairs. `at_once`: mail for local mailboxes
+        only goes into them now, before the 250 (a DSN this host writes is queued)."""
+        message, content, failed = self._prepare(
+            content,
+            envelope_from=envelope_from,
+            recipients=recipients,
+            client=client,
+            helo=helo,
+            rdns=rdns,
+            protocol=protocol,
+            tls=tls,
+            dsn_ret=dsn_ret,
+            envid=envid,
+        )
+        original = [a for a, _ in recipients]
+        # Once the message goes to the disk it is seen through, even if the client hangs
+        # up meanwhile (it has no 250 then, and may send it again: RFC 1047's race).
+        await asyncio.shield(
+            self.host.spawn(self._store(message, content, failed, original, at_once), "accept")
+        )
+        return message
+
+    def received_header(
+        self,
+        *,
+        helo: str,
+        client: str,
+        rdns: str | None,
+        queue_id: str,
+        rcpt: list[str],
+        protocol: str,
+        tls: str | None,
+    ) -> bytes:
+        """A Received: line in the form sendmail writes (seed nelug's headers)."""
+        shown = f"{rdns} [{client}]" if rdns else f"[{client}]"
+        when = _date(int(self.host.clock.time()))
+        lines = [
+            f"Received: from {helo or 'unknown'} ({shown})",
+            f"\tby {self.host.hostname} (maillab) with {protocol} id {queue_id}",
+        ]
+        if tls:
+            lines.append(f"\t(using {tls})")
+        lines.append(f"\tfor <{rcpt[0]}>; {when}" if len(rcpt) == 1 else f"\t; {when}")
+        return ("\r\n".join(lines) + "\r\n").encode()
+
+    def _prepare(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str,
+        tls: str | None,
+        dsn_ret: str,
+        envid: str,
+    ) -> tuple[QueuedMessage, bytes, list[Recipient]]:
+        queue_id = new_id()
+        rcpts: list[Recipient] = []
+        failed: list[Recipient] = []
+        for address, notify in recipients:
+            try:
+                for dest in self.book.expand(address):
+                    rcpts.append(
+                        Recipient(dest.address, address, dest.kind, dest.target, notify=notify)
+                    )
+            except AliasLoop:
+                rcpt = Recipient(
+                    address,
+                    address,
+                    "local",
+                    reply="554 5.4.6 alias loop",
+                    status="5.4.6",
+                    notify=notify,
+                )
+                move(rcpt, PERMFAIL)
+                failed.append(rcpt)
+        header = self.received_header(
+            helo=helo,
+            client=client,
+            rdns=rdns,
+            queue_id=queue_id,
+            rcpt=[a for a, _ in recipients],
+            protocol=protocol,
+            tls=tls,
+        )
+        content = header + content
+        now = self.host.clock.time()
+        message = QueuedMessage(
+            queue_id,
+            "" if envelope_from in ("", "<>") else envelope_from,
+            rcpts + failed,
+            now,
+            client=client,
+            helo=helo,
+            size=len(content),
+            next_attempt=now,
+            dsn_ret=dsn_ret,
+            envid=envid,
+            message_id=_message_id(content),
+        )
+        return message, content, failed
+
+    async def _store(
+        self,
+        message: QueuedMessage,
+        content: bytes,
+        failed: list[Recipient],
+        original: list[str],
+        at_once: bool,
+    ) -> None:
+        if (
+            at_once
+            and message.recipients
+            and not failed
+            and all(r.local for r in message.recipients)
+        ):
+            await self._accept_local(message, content, original)
+            return
+        await self.queue.put_async(content, message)
+        self._accepted(message, content, original)
+        if failed:  # an alias loop: bounced now, before the 250
+            try:
+                await self._bounce(message, content, failed)
+            except OSError as exc:  # no DSN on disk: delivery's `finish` tries it again
+                self.host.emit("queue.write_failed", id=message.id, error=str(exc))
+            else:
+                if message.done:  # every recipient failed at once: nothing to deliver
+                    notified = self.delivery.finish(message, content)
+                    if notified is not None:
+                        await notified
+                    return
+        self.delivery.start(message, content)
+
+    async def _bounce(
+        self, message: QueuedMessage, content: bytes, failed: list[Recipient]
+    ) -> None:
+        running = self.delivery.running
+        running.add(message.id)  # no flush takes it while its DSN is being written
+        try:
+            await self.bounces.bounce(message, content, failed)
+        finally:
+            running.discard(message.id)
+
+    async def _accept_local(
+        self, message: QueuedMessage, content: bytes, original: list[str]
+    ) -> None:
+        """Into the mailboxes before the 250; what cannot be written there is queued."""
+        self.accepting[message.id] = content  # its content, for whoever sees it accepted
+        self._accepted(message, content, original)
+        try:
+            await asyncio.gather(
+                *(self.delivery.deliver_local(message, content, r) for r in message.recipients)
+            )
+        finally:
+            self.accepting.pop(message.id, None)
+        if message.pending:
+            await self.queue.put_async(content, message)
+            self.delivery.start(message, content)
+        else:
+            self.host.emit("queue.removed", id=message.id)
+
+    def _accepted(self, message: QueuedMessage, content: bytes, original: list[str]) -> None:
+        self.host.emit(
+            "queue.queued",
+            id=message.id,
+            envelope_from=message.envelope_from,
+            recipients=[r.address for r in message.recipients],
+            original_recipients=original,
+            client=message.client,
+            size=len(content),
+            message_id=message.message_id,
+        )
+
+
+@functools.lru_cache(maxsize=64)
+def _date(seconds: int) -> str:
+    """An RFC 5322 date for a Received: line (the same second comes up many times)."""
+    return email.utils.formatdate(seconds, localtime=True)
+
+
+def _message_id(content: bytes) -> str:
+    match = re.search(
+        rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: content.find(b"\r\n\r\n") + 2 or None]
+    )
+    return match.group(1).decode("utf-8", "replace") if match else ""

@@ -1,0 +1,71 @@
+"""What the SMTP front end (smtpd.py and the policies of policy.py) needs of the MTA.
+
+The front end is written against this Protocol, never against `MtaService` itself:
+the host it runs on, the node's settings, the address book, the resolver, the state
+the front keeps (greylist, fault counts and faults added at run time), and the one way
+a received message goes in (acceptance.py). `MtaService` provides it; mypy checks that
+it does (make_smtp_factory is given one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Protocol
+
+from lab.services.host import Host
+from lab.services.mta.queue import QueuedMessage
+from lab.services.mta.routing import AddressBook
+from lab.services.resolver import Resolver
+from lab.topology.model import Fault, Node
+
+
+class Mta(Protocol):
+    @property
+    def host(self) -> Host: ...
+
+    @property
+    def node(self) -> Node: ...
+
+    @property
+    def book(self) -> AddressBook: ...
+
+    @property
+    def resolver(self) -> Resolver: ...
+
+    @property
+    def probing(self) -> bool:
+        """A readiness probe is talking: faults neither trigger nor count."""
+        ...
+
+    @property
+    def runtime_faults(self) -> list[Fault]:
+        """Faults added while the lab runs, after the node's own."""
+        ...
+
+    @property
+    def fault_hits(self) -> MutableMapping[int, int]:
+        """How often each fault (by its index among all faults) has triggered."""
+        ...
+
+    @property
+    def greylist(self) -> MutableMapping[tuple[str, str, str], float]:
+        """(client, sender, recipient) -> lab time it was first seen."""
+        ...
+
+    async def accept(
+        self,
+        content: bytes,
+        *,
+        envelope_from: str,
+        recipients: list[tuple[str, list[str]]],
+        client: str,
+        helo: str,
+        rdns: str | None,
+        protocol: str = "ESMTP",
+        tls: str | None = None,
+        dsn_ret: str = "",
+        envid: str = "",
+    ) -> QueuedMessage:
+        """Make a received message the MTA's, durably (the 250 may follow); raises
+        OSError when it cannot be written."""
+        ...

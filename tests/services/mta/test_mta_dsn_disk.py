@@ -1,0 +1,96 @@
+"""A DSN is written like accepted mail, in the host's disk thread, and is durable (its
+file and its directory fsync'd) before the message it reports on leaves the queue."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import lab.services.diskio as diskio
+import lab.services.mta.queue as queue_module
+from lab.harness import Lab
+from lab.services.mta.queue import QueuedMessage
+
+
+@pytest.mark.lab_backend("inprocess")
+@pytest.mark.topology("home-dialup")
+def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mta = lab.backend.mtas["isp"]  # type: ignore[attr-defined]
+    queue_dir = mta.queue.dir
+    log: list[tuple[str, str, str]] = []  # (what, which, thread), in the order done
+    write_file = mta.queue.write_file
+    fsync_directory = diskio.fsync_directory
+    unlink = queue_module._unlink
+
+    def logged_write(content: bytes, message: QueuedMessage) -> None:
+        write_file(content, message)
+        log.append(("write", message.id, threading.current_thread().name))
+
+    def logged_fsync(directory: Path) -> None:
+        fsync_directory(directory)
+        if directory == queue_dir:
+            log.append(("fsync", "", threading.current_thread().name))
+
+    def logged_unlink(path: Path) -> None:
+        if path.parent == queue_dir:
+            log.append(("unlink", path.name, threading.current_thread().name))
+        unlink(path)
+
+    monkeypatch.setattr(mta.queue, "write_file", logged_write)
+    monkeypatch.setattr(diskio, "fsync_directory", logged_fsync)
+    monkeypatch.setattr(queue_module, "_unlink", logged_unlink)
+
+    lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
+    lab.link("dialup").up()
+    bounce: Any = lab.assert_bounced(recipient="nobody@freeuk.com", by="isp")
+    original, dsn = bounce.get("original_id"), bounce.get("id")
+    lab.wait_for("queue.removed", node="isp", id=original)
+    lab.settle()
+    mta.disk.wait()
+
+    def at(entry: tuple[str, str]) -> int:
+        return next(i for i, (what, which, _) in enumerate(log) if (what, which) == entry)
+
+    written = at(("write", dsn))
+    synced = next(i for i, (what, _, _) in enumerate(log) if what == "fsync" and i > written)
+    removed = at(("unlink", f"{original}.msg"))
+    assert written < synced < removed, log
+    assert {thread for _, _, thread in log} == {"disk:isp"}, log  # never on the loop's
+
+
+@pytest.mark.lab_backend("inprocess")
+@pytest.mark.topology("home-dialup")
+def test_a_bounce_that_cannot_be_written_keeps_the_original_and_is_tried_again(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mta = lab.backend.mtas["isp"]  # type: ignore[attr-defined]
+    write_file = mta.queue.write_file
+    disk_full = True
+
+    def failing(content: bytes, message: QueuedMessage) -> None:
+        if disk_full and message.envelope_from == "":
+            raise OSError(28, "No space left on device")
+        write_file(content, message)
+
+    monkeypatch.setattr(mta.queue, "write_file", failing)
+    lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
+    lab.link("dialup").up()
+    original = lab.wait_for("queue.write_failed", node="isp").get("id")
+    lab.settle()
+    assert [m["id"] for m in lab.queue("isp")] == [original]  # kept, with its DSN owed
+    assert not [e for e in lab.events if e.node == "isp" and e.kind == "dsn.sent"]
+    assert not [e for e in lab.events if e.kind == "queue.removed" and e.get("id") == original]
+
+    disk_full = False
+    lab.clock.advance("31m")
+    bounce: Any = lab.assert_bounced(recipient="nobody@freeuk.com", by="isp")
+    assert bounce.get("original_id") == original
+    lab.wait_for("queue.removed", node="isp", id=original)
+    assert lab.queue("isp") == []
+    sent = [e for e in lab.events if e.node == "isp" and e.kind == "dsn.sent"]
+    assert len(sent) == 1
