@@ -22,20 +22,17 @@ import asyncio
 import email.utils
 import functools
 import re
-from typing import TYPE_CHECKING
 
 from lab.services.host import Host
 from lab.services.mta.delivery import Delivery
+from lab.services.mta.parts import Bouncer
 from lab.services.mta.queue import Queue, QueuedMessage, Recipient, new_id
 from lab.services.mta.routing import AddressBook, AliasLoop
 from lab.services.mta.transitions import PERMFAIL, move
 
-if TYPE_CHECKING:
-    from lab.services.mta.dsn import Bounces
-
 
 class Acceptance:
-    bounces: Bounces  # set by MtaService: an alias loop is bounced before the 250
+    bounces: Bouncer  # set by MtaService: an alias loop is bounced before the 250
 
     def __init__(self, host: Host, book: AddressBook, queue: Queue, delivery: Delivery):
         self.host = host

@@ -22,7 +22,7 @@ import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from lab.protocols.smtp import Reply, split_address
 from lab.runtime.clock import Timer
@@ -36,6 +36,7 @@ from lab.services.mta.outbound import (
     SessionError,
     TransactionResult,
 )
+from lab.services.mta.parts import Bouncer
 from lab.services.mta.queue import Attempt, Queue, QueuedMessage, Recipient
 from lab.services.mta.rewrite import masquerade_address, rewrite_headers
 from lab.services.mta.transitions import (
@@ -47,9 +48,6 @@ from lab.services.mta.transitions import (
     move,
 )
 from lab.services.resolver import Resolver
-
-if TYPE_CHECKING:
-    from lab.services.mta.dsn import Bounces
 
 _QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)|id=([A-Za-z0-9-]+)|([A-Z0-9]{8,})")
 
@@ -65,7 +63,7 @@ Claim = Callable[[str], list[tuple[_Work, list[Recipient]]]]
 
 
 class Delivery:
-    bounces: Bounces  # set by MtaService: a bounce goes back through acceptance
+    bounces: Bouncer  # set by MtaService: a bounce goes back through acceptance
 
     def __init__(
         self,

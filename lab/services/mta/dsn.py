@@ -15,15 +15,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from email.utils import format_datetime, make_msgid
-from typing import TYPE_CHECKING
 
 from lab.services.host import Host
+from lab.services.mta.parts import Accepts
 from lab.services.mta.queue import Queue, QueuedMessage, Recipient
 from lab.services.mta.routing import AddressBook
 from lab.services.mta.transitions import NOTIFIED, move
-
-if TYPE_CHECKING:
-    from lab.services.mta.acceptance import Acceptance
 
 
 def _date(ts: float) -> str:
@@ -125,7 +122,7 @@ class Bounces:
     """Tells the sender: a bounce for recipients that failed or expired, a warning for
     those still waiting after `warn_after`. Each DSN is queued from the null sender."""
 
-    def __init__(self, host: Host, book: AddressBook, queue: Queue, acceptance: Acceptance):
+    def __init__(self, host: Host, book: AddressBook, queue: Queue, acceptance: Accepts):
         self.host = host
         self.book = book
         self.queue = queue

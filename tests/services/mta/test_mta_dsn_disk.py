@@ -20,7 +20,7 @@ from lab.services.mta.queue import QueuedMessage
 def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mta = lab.backend.mtas["isp"]  # type: ignore[attr-defined]
+    mta = lab.backend.services["isp"].mta  # type: ignore[attr-defined]
     queue_dir = mta.queue.dir
     log: list[tuple[str, str, str]] = []  # (what, which, thread), in the order done
     write_file = mta.queue.write_file
@@ -68,7 +68,7 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
 def test_a_bounce_that_cannot_be_written_keeps_the_original_and_is_tried_again(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mta = lab.backend.mtas["isp"]  # type: ignore[attr-defined]
+    mta = lab.backend.services["isp"].mta  # type: ignore[attr-defined]
     write_file = mta.queue.write_file
     disk_full = True
 
