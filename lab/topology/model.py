@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,23 +33,30 @@ from lab.topology.fields import (
     AddressOrAuto,
     Base,
     Hostname,
+    Service,
     check_address,
     check_hostname,
     check_name,
     listify,
     one_or_many,
 )
+from lab.topology.software import (
+    SERVICE_CONFIG_SCHEMA,
+    SERVICE_SETTINGS_SCHEMA,
+    SERVICE_SOFTWARE_SCHEMA,
+    ServiceConfig,
+    ServiceSettings,
+    ServiceSoftware,
+    Setting,
+    Software,
+    config_shorthand,
+    settings_shorthand,
+    software_shorthand,
+)
 from lab.topology.units import Duration, Size
 
-
-class Service(StrEnum):
-    """What a host runs."""
-
-    smtp = "smtp"
-    pop3 = "pop3"
-    dns = "dns"
-    fetch = "fetch"
-    client = "client"
+# Service (fields.py) and Software (software.py) are defined beside what they share, and
+# read from here as before.
 
 
 SERVICE_ALIASES = {"mta": Service.smtp}
@@ -371,13 +379,6 @@ class Retry(Base):
         return value
 
 
-class Software(StrEnum):
-    builtin = "builtin"
-    postfix = "postfix"
-    exim = "exim"
-    sendmail = "sendmail"
-
-
 # ---------------------------------------------------------------------------------------
 # POP3 and fetching
 
@@ -461,11 +462,33 @@ class Node(Base):
         description="network name -> address on it ('auto' or empty: allocated from the subnet);"
         " a list of network names allocates every address"
     )
-    software: Software = Field(
-        Software.builtin, description="the MTA: builtin, or a real one (Docker)"
+    software: Annotated[
+        ServiceSoftware,
+        BeforeValidator(software_shorthand),
+        WithJsonSchema(SERVICE_SOFTWARE_SCHEMA),
+    ] = Field(
+        default_factory=ServiceSoftware,
+        description="the software of each service (smtp, pop3, fetch); one name is the smtp"
+        " service's. Default: builtin",
     )
-    config: str | None = Field(None, description="a config file for a real MTA")
-    settings: dict[str, Any] = Field(default_factory=dict, description="settings for a real MTA")
+    config: Annotated[
+        ServiceConfig,
+        BeforeValidator(config_shorthand),
+        WithJsonSchema(SERVICE_CONFIG_SCHEMA),
+    ] = Field(
+        default_factory=ServiceConfig,
+        description="the user's own configuration of real software, per service (one path is"
+        " the smtp service's), relative to the topology file",
+    )
+    settings: Annotated[
+        ServiceSettings,
+        BeforeValidator(settings_shorthand),
+        WithJsonSchema(SERVICE_SETTINGS_SCHEMA),
+    ] = Field(
+        default_factory=ServiceSettings,
+        description="raw settings for real software, per service (key: value alone is the"
+        " smtp service's), passed through as they are",
+    )
     # MTA
     local_domains: list[Hostname] = Field(
         default_factory=list, description="domains delivered here"
@@ -535,6 +558,18 @@ class Node(Base):
         if self.role is None and not self.services:
             raise ValueError("a node needs a role or a list of services")
         return self
+
+    def software_for(self, service: Service) -> Software:
+        """The software that runs `service` on this node (builtin unless one is named)."""
+        return self.software.of(service) or Software.builtin
+
+    def config_for(self, service: Service) -> Path | None:
+        """The user's own configuration for `service`'s software (an absolute path), if any."""
+        return self.config.of(service)
+
+    def settings_for(self, service: Service) -> dict[str, Setting]:
+        """The raw settings for `service`'s software (empty unless some are given)."""
+        return dict(self.settings.of(service) or {})
 
     def service_set(self) -> set[Service]:
         result: set[Service] = set(ROLES.get(self.role or "", ()))
