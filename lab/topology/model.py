@@ -41,22 +41,19 @@ from lab.topology.fields import (
     one_or_many,
 )
 from lab.topology.software import (
-    SERVICE_CONFIG_SCHEMA,
-    SERVICE_SETTINGS_SCHEMA,
-    SERVICE_SOFTWARE_SCHEMA,
+    ConfigField,
     ServiceConfig,
     ServiceSettings,
     ServiceSoftware,
     Setting,
+    SettingsField,
     Software,
-    config_shorthand,
-    settings_shorthand,
-    software_shorthand,
+    SoftwareField,
 )
 from lab.topology.units import Duration, Size
 
-# Service (fields.py) and Software (software.py) are defined beside what they share, and
-# read from here as before.
+# Service (in fields.py) and Software (in software.py) are imported here too, so that code
+# keeps reading them from lab.topology.model.
 
 
 SERVICE_ALIASES = {"mta": Service.smtp}
@@ -462,32 +459,22 @@ class Node(Base):
         description="network name -> address on it ('auto' or empty: allocated from the subnet);"
         " a list of network names allocates every address"
     )
-    software: Annotated[
-        ServiceSoftware,
-        BeforeValidator(software_shorthand),
-        WithJsonSchema(SERVICE_SOFTWARE_SCHEMA),
-    ] = Field(
+    software: SoftwareField = Field(
         default_factory=ServiceSoftware,
-        description="the software of each service (smtp, pop3, fetch); one name is the smtp"
-        " service's. Default: builtin",
+        description="what runs each service: one name for smtp (builtin, postfix, exim,"
+        " sendmail), or service -> software (smtp; pop3: builtin, dovecot; fetch: builtin,"
+        " fetchmail). Default: builtin",
     )
-    config: Annotated[
-        ServiceConfig,
-        BeforeValidator(config_shorthand),
-        WithJsonSchema(SERVICE_CONFIG_SCHEMA),
-    ] = Field(
+    config: ConfigField = Field(
         default_factory=ServiceConfig,
-        description="the user's own configuration of real software, per service (one path is"
-        " the smtp service's), relative to the topology file",
+        description="the user's own configuration of real software, relative to the topology"
+        " file: one path for smtp, or service -> path (postfix: a directory with main.cf"
+        " and/or master.cf; dovecot: a dovecot.conf; fetchmail: a .fetchmailrc)",
     )
-    settings: Annotated[
-        ServiceSettings,
-        BeforeValidator(settings_shorthand),
-        WithJsonSchema(SERVICE_SETTINGS_SCHEMA),
-    ] = Field(
+    settings: SettingsField = Field(
         default_factory=ServiceSettings,
-        description="raw settings for real software, per service (key: value alone is the"
-        " smtp service's), passed through as they are",
+        description="raw settings passed to real software as they are (postconf key=value"
+        " for postfix): key: value for smtp, or service -> key: value",
     )
     # MTA
     local_domains: list[Hostname] = Field(

@@ -22,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, WithJsonSchema, field_validator
 
 from lab.topology.fields import Base, Service
 
@@ -268,7 +268,8 @@ def settings_shorthand(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------
-# JSON Schema (scalar or mapping, the names each service takes)
+# JSON Schema (scalar or mapping, the names each service takes); each field's description
+# is the Node field's.
 
 
 def _software_enum(service: Service) -> dict[str, Any]:
@@ -287,9 +288,6 @@ SERVICE_SOFTWARE_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
         },
     ],
-    "description": "the software of each service: one name for smtp (builtin, postfix, exim,"
-    " sendmail), or service -> software (smtp; pop3: builtin, dovecot; fetch: builtin,"
-    " fetchmail). Default: builtin",
 }
 
 _PATH: dict[str, Any] = {"type": "string", "minLength": 1}
@@ -306,9 +304,6 @@ SERVICE_CONFIG_SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
         },
     ],
-    "description": "the user's own configuration, relative to the topology file: for postfix a"
-    " directory with main.cf and/or master.cf, for dovecot a dovecot.conf, for fetchmail a"
-    " .fetchmailrc; one path for smtp, or service -> path",
 }
 
 _SETTINGS: dict[str, Any] = {
@@ -328,6 +323,16 @@ SERVICE_SETTINGS_SCHEMA: dict[str, Any] = {
         },
         {**_SETTINGS, "description": "settings for the smtp software"},
     ],
-    "description": "raw settings passed to real software (postconf key=value for postfix):"
-    " key: value for smtp, or service -> key: value",
 }
+
+
+# The node's three fields: the short form for smtp read first, the schema written out.
+SoftwareField = Annotated[
+    ServiceSoftware, BeforeValidator(software_shorthand), WithJsonSchema(SERVICE_SOFTWARE_SCHEMA)
+]
+ConfigField = Annotated[
+    ServiceConfig, BeforeValidator(config_shorthand), WithJsonSchema(SERVICE_CONFIG_SCHEMA)
+]
+SettingsField = Annotated[
+    ServiceSettings, BeforeValidator(settings_shorthand), WithJsonSchema(SERVICE_SETTINGS_SCHEMA)
+]
