@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from lab.cli.output import emit_json, friendly, json_option, lab_option, print_table
 from lab.errors import LabError
+
+if TYPE_CHECKING:
+    from lab.topology.model import Topology
 
 
 def print_status(status: dict[str, Any]) -> None:
@@ -46,9 +49,16 @@ def print_status(status: dict[str, Any]) -> None:
         click.echo(f"  Try: telnet {host} {port}")
 
 
-def choose_backend(backend: str) -> str:
-    """`auto`: Docker when an engine answers, in-process otherwise; says which."""
+def choose_backend(backend: str, topology: Topology | None = None) -> str:
+    """`auto`: Docker when an engine answers, in-process otherwise; says which. A topology
+    that names real software (postfix, ...) needs Docker: without an engine that is an
+    error, as is asking for the in-process backend for it."""
+    from lab.software import check_topology, needs_real_hosts
+
+    real = needs_real_hosts(topology) if topology is not None else []
     if backend != "auto":
+        if topology is not None:
+            check_topology(topology, backend)
         return backend
     try:
         import docker
@@ -57,13 +67,24 @@ def choose_backend(backend: str) -> str:
         client.ping()
         client.close()
     except Exception as exc:
+        if real:
+            raise LabError(
+                f"this topology needs the Docker backend ({'; '.join(real)}), but no Docker"
+                f" engine answers ({type(exc).__name__}); start Docker, or use software:"
+                " builtin to run it in this process"
+            ) from None
         click.echo(f"backend: inprocess (no Docker engine answers: {type(exc).__name__})", err=True)
         return "inprocess"
-    click.echo(
-        "backend: docker (a Docker engine answers; --backend inprocess, or make lab-up"
-        " BACKEND=inprocess, to run in this process)",
-        err=True,
-    )
+    if topology is not None:
+        check_topology(topology, "docker")
+    if real:
+        click.echo(f"backend: docker (the topology needs real hosts: {'; '.join(real)})", err=True)
+    else:
+        click.echo(
+            "backend: docker (a Docker engine answers; --backend inprocess, or make lab-up"
+            " BACKEND=inprocess, to run in this process)",
+            err=True,
+        )
     return "docker"
 
 
@@ -91,7 +112,7 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     from lab.topology import load
 
     topology = load(file).model
-    backend = choose_backend(backend)
+    backend = choose_backend(backend, topology)
     name = name or topology.name
     if name in running_labs():
         raise LabError(

@@ -1,31 +1,39 @@
-"""MTA software a node can run: the built-in MTA everywhere, real MTAs in containers.
+"""The software a node's services can run: the built-in software everywhere, real
+programs (Postfix, Exim, sendmail, Dovecot, fetchmail) in containers.
 
-The names are the topology's `Software` enum (lab.topology.model), the one list of them;
-`SOFTWARE` (name -> description, as backends look software up by the node's `software`
-field) is derived from it, and a name without an entry here fails at import.
+The names are the topology's `Software` enum (lab.topology.software), the one list of
+them; which service each can run is its `OFFERED` table, and a node says which runs each
+of its services (`Node.software_for`). `SOFTWARE` (name -> description, for messages) is
+derived from the enum here, and a name without an entry fails at import.
 
-One module per software. lab/software/builtin.py is the built-in MTA's entry: it runs on
-every backend. Postfix, Exim and sendmail are devices under test that run inside
-containers; each will get its module here (postfix.py, exim.py, sendmail.py) holding its
-entry and its adapter for the Docker backend: render its configuration, flush and list
-its queue, turn its logs into events. Until its module exists, a real MTA has only a
-description in `PLANNED` and `check_supported` refuses it on every backend.
+One module per software. lab/software/builtin.py is the built-in software's entry: it runs
+on every backend. The real programs are devices under test that run inside containers;
+each gets its module here (postfix.py, ...) holding its entry and its adapter for the
+Docker backend: render its configuration, drive it, turn its logs into events. A real
+program the Docker backend does not run yet (not in `ON_DOCKER`) is refused there with
+"not available yet"; the in-process backend runs the built-in software only.
+
+`check_node` is what a backend asks before it brings a node up; `real_software` is what
+`--backend auto` reads to choose Docker for a topology that needs it.
 """
 
 from __future__ import annotations
 
 from lab.errors import LabError
 from lab.software import builtin
-from lab.topology.model import Software
+from lab.topology.model import Node, Service, Topology
+from lab.topology.software import OFFERED, SOFTWARE_SERVICES, Software, one_of
 
-# Real MTAs whose module is not written yet: what they are, for messages.
-PLANNED: dict[Software, str] = {
+# Real programs, what they are, for messages.
+REAL: dict[Software, str] = {
     Software.postfix: "Postfix, in a container (Docker backend)",
     Software.exim: "Exim 4, in a container (Docker backend)",
     Software.sendmail: "sendmail, in a container (Docker backend)",
+    Software.dovecot: "Dovecot's POP3 server, in a container (Docker backend)",
+    Software.fetchmail: "fetchmail, in a container (Docker backend)",
 }
 
-_DESCRIPTIONS: dict[Software, str] = {builtin.SOFTWARE: builtin.DESCRIPTION, **PLANNED}
+_DESCRIPTIONS: dict[Software, str] = {builtin.SOFTWARE: builtin.DESCRIPTION, **REAL}
 
 _MISSING = [software.value for software in Software if software not in _DESCRIPTIONS]
 if _MISSING:
@@ -33,23 +41,75 @@ if _MISSING:
 
 SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software in Software}
 
+# The real programs the Docker backend runs in this version (the others are planned).
+ON_DOCKER: frozenset[Software] = frozenset({Software.postfix})
+
+# Backends that run the built-in software only.
 BUILTIN_ONLY_BACKENDS = {"inprocess"}
 
 
-def check_supported(node: str, software: str, backend: str) -> None:
-    """Raise a LabError when a node's software cannot run on this backend."""
+def check_supported(
+    node: str, software: str, backend: str, service: Service | str = Service.smtp
+) -> None:
+    """Raise a LabError when `software` cannot run `service` of `node` on this backend."""
     if software not in SOFTWARE:
         raise LabError(
             f"node {node!r}: unknown software {software!r}; expected one of: {', '.join(SOFTWARE)}"
         )
-    if software != builtin.SOFTWARE and backend not in BUILTIN_ONLY_BACKENDS:
+    name = Software(software)
+    service = Service(service)
+    if name not in OFFERED[service]:
         raise LabError(
-            f"node {node!r}: software {software!r} ({SOFTWARE[software]}) is not available yet:"
-            f" the {backend} backend runs the built-in MTA only in this version; use"
-            " software: builtin"
+            f"node {node!r}: software {software!r} does not run {service.value}; expected"
+            f" {one_of([s.value for s in OFFERED[service]])}"
         )
-    if software != builtin.SOFTWARE and backend in BUILTIN_ONLY_BACKENDS:
+    if name is Software.builtin:
+        return
+    what = f"node {node!r}: {service.value} software {software!r} ({SOFTWARE[software]})"
+    if backend in BUILTIN_ONLY_BACKENDS:
         raise LabError(
-            f"node {node!r}: software {software!r} ({SOFTWARE[software]}) does not run on the"
-            f" {backend} backend; use software: builtin, or the Docker backend"
+            f"{what} does not run on the {backend} backend, which runs the built-in software"
+            " only; use --backend docker (or --backend auto)"
         )
+    if name not in ON_DOCKER:
+        runs = ", ".join(sorted(s.value for s in ON_DOCKER))
+        raise LabError(
+            f"{what} is not available yet in this version: the {backend} backend runs"
+            f" builtin and {runs} only; use software: builtin for {service.value}"
+        )
+
+
+def check_node(name: str, node: Node, backend: str) -> None:
+    """Raise a LabError when some service of node `name` cannot run on this backend."""
+    for service, software in real_software(node).items():
+        check_supported(name, software.value, backend, service)
+
+
+def check_topology(topology: Topology, backend: str) -> None:
+    """Raise one LabError naming every node service that cannot run on this backend."""
+    problems: list[str] = []
+    for name, node in topology.nodes.items():
+        for service, software in real_software(node).items():
+            try:
+                check_supported(name, software.value, backend, service)
+            except LabError as exc:
+                problems.append(str(exc))
+    if problems:
+        raise LabError("\n".join(problems))
+
+
+def real_software(node: Node) -> dict[Service, Software]:
+    """The node's services that run real software (not builtin), in service order."""
+    services = node.service_set()
+    found = {s: node.software_for(s) for s in SOFTWARE_SERVICES if s in services}
+    return {s: software for s, software in found.items() if software is not Software.builtin}
+
+
+def needs_real_hosts(topology: Topology) -> list[str]:
+    """What in the topology needs real hosts (the Docker backend): 'node runs software
+    (service)' for each node service with real software."""
+    return [
+        f"{name} runs {software.value} ({service.value})"
+        for name, node in topology.nodes.items()
+        for service, software in real_software(node).items()
+    ]

@@ -1,14 +1,26 @@
-"""Small value types the topology's models share: host names, mail addresses, addresses
-on a network, fields that take one item or a list, and `Base`, the model every part of the
-format derives from (unknown keys forbidden)."""
+"""Small value types the topology's models share: the services a host runs, host names,
+mail addresses, addresses on a network, fields that take one item or a list, and `Base`,
+the model every part of the format derives from (unknown keys forbidden)."""
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+
+class Service(StrEnum):
+    """What a host runs."""
+
+    smtp = "smtp"
+    pop3 = "pop3"
+    dns = "dns"
+    fetch = "fetch"
+    client = "client"
+
 
 _LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
 HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*\.?$")

@@ -292,11 +292,13 @@ class LoadedTopology:
     source: Path | None
 
 
-def load_text(text: str, file: str = "<topology>") -> LoadedTopology:
-
+def load_text(text: str, file: str = "<topology>", base: Path | None = None) -> LoadedTopology:
+    """Validate a topology's text; `file` names it in problems. Paths in it (a node's
+    `config`) are relative to `base`, by default the directory of `file`."""
     data, positions = parse_yaml(text, file)
+    base = (base or Path(file).parent).absolute()
     try:
-        model = Topology.model_validate(data)
+        model = Topology.model_validate(data, context={"base": base})
     except ValidationError as exc:
         raise TopologyError(problems_from_validation(exc, positions)) from None
     problems = semantic_problems(model, positions)

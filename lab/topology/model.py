@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -32,23 +33,27 @@ from lab.topology.fields import (
     AddressOrAuto,
     Base,
     Hostname,
+    Service,
     check_address,
     check_hostname,
     check_name,
     listify,
     one_or_many,
 )
+from lab.topology.software import (
+    ConfigField,
+    ServiceConfig,
+    ServiceSettings,
+    ServiceSoftware,
+    Setting,
+    SettingsField,
+    Software,
+    SoftwareField,
+)
 from lab.topology.units import Duration, Size
 
-
-class Service(StrEnum):
-    """What a host runs."""
-
-    smtp = "smtp"
-    pop3 = "pop3"
-    dns = "dns"
-    fetch = "fetch"
-    client = "client"
+# Service (in fields.py) and Software (in software.py) are imported here too, so that code
+# keeps reading them from lab.topology.model.
 
 
 SERVICE_ALIASES = {"mta": Service.smtp}
@@ -371,13 +376,6 @@ class Retry(Base):
         return value
 
 
-class Software(StrEnum):
-    builtin = "builtin"
-    postfix = "postfix"
-    exim = "exim"
-    sendmail = "sendmail"
-
-
 # ---------------------------------------------------------------------------------------
 # POP3 and fetching
 
@@ -461,11 +459,23 @@ class Node(Base):
         description="network name -> address on it ('auto' or empty: allocated from the subnet);"
         " a list of network names allocates every address"
     )
-    software: Software = Field(
-        Software.builtin, description="the MTA: builtin, or a real one (Docker)"
+    software: SoftwareField = Field(
+        default_factory=ServiceSoftware,
+        description="what runs each service: one name for smtp (builtin, postfix, exim,"
+        " sendmail), or service -> software (smtp; pop3: builtin, dovecot; fetch: builtin,"
+        " fetchmail). Default: builtin",
     )
-    config: str | None = Field(None, description="a config file for a real MTA")
-    settings: dict[str, Any] = Field(default_factory=dict, description="settings for a real MTA")
+    config: ConfigField = Field(
+        default_factory=ServiceConfig,
+        description="the user's own configuration of real software, relative to the topology"
+        " file: one path for smtp, or service -> path (postfix: a directory with main.cf"
+        " and/or master.cf; dovecot: a dovecot.conf; fetchmail: a .fetchmailrc)",
+    )
+    settings: SettingsField = Field(
+        default_factory=ServiceSettings,
+        description="raw settings passed to real software as they are (postconf key=value"
+        " for postfix): key: value for smtp, or service -> key: value",
+    )
     # MTA
     local_domains: list[Hostname] = Field(
         default_factory=list, description="domains delivered here"
@@ -535,6 +545,18 @@ class Node(Base):
         if self.role is None and not self.services:
             raise ValueError("a node needs a role or a list of services")
         return self
+
+    def software_for(self, service: Service) -> Software:
+        """The software that runs `service` on this node (builtin unless one is named)."""
+        return self.software.of(service) or Software.builtin
+
+    def config_for(self, service: Service) -> Path | None:
+        """The user's own configuration for `service`'s software (an absolute path), if any."""
+        return self.config.of(service)
+
+    def settings_for(self, service: Service) -> dict[str, Setting]:
+        """The raw settings for `service`'s software (empty unless some are given)."""
+        return dict(self.settings.of(service) or {})
 
     def service_set(self) -> set[Service]:
         result: set[Service] = set(ROLES.get(self.role or "", ()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from pathlib import Path
 
 from lab.errors import Problem
 from lab.topology.addressing import AddressPoolExhausted, assign_addresses, hostname_of
@@ -16,6 +17,20 @@ from lab.topology.fields import NAME_RE
 from lab.topology.model import Node, Service, Topology
 from lab.topology.positions import PathT, Positions
 from lab.topology.records import RecordTable, normalise
+from lab.topology.software import (
+    CONFIG_DIRECTORY,
+    CONFIG_WANTED,
+    SOFTWARE_SERVICES,
+    Software,
+    example,
+)
+
+# What gives a node each service, for messages about a service it does not run.
+_SERVICE_HINT = {
+    Service.smtp: "expected role: mta, hub or isp",
+    Service.pop3: "expected mailboxes, or role: isp or pop3",
+    Service.fetch: "expected fetch jobs, or role: hub",
+}
 
 
 def _is_ip(text: str) -> bool:
@@ -224,8 +239,7 @@ class _Checker:
                         " no smtp service; expected role: mta, hub or isp",
                         at_key=True,
                     )
-        if node.software.value != "builtin" and not smtp:
-            self.add((*path, "software"), "software chooses the MTA, but this node runs no smtp")
+        self.software(name, node)
         if node.smarthost and not self.resolvable(node.smarthost, table):
             self.add((*path, "smarthost"), self._unresolved(node.smarthost))
         for i, item in enumerate(node.relay_from):
@@ -285,6 +299,55 @@ class _Checker:
                 self.add((*path, "submit_to"), self._unresolved(node.submit_to))
         if node.mailboxes and Service.pop3 not in services:  # pragma: no cover - implied
             self.add((*path, "mailboxes"), "mailboxes need the pop3 service")
+
+    def software(self, name: str, node: Node) -> None:
+        """Real software for services the node runs; config and settings only beside it."""
+        services = self.services[name]
+        for service in SOFTWARE_SERVICES:
+            software = node.software_for(service)
+            runs = service in services
+            no_service = f"node {name!r} runs no {service.value} service; {_SERVICE_HINT[service]}"
+            if software is not Software.builtin and not runs:
+                self.add(
+                    self._per_service(name, "software", service),
+                    f"{software.value} runs {service.value}, but {no_service}",
+                    at_key=True,
+                )
+            config = node.config_for(service)
+            if config is not None:
+                where = self._per_service(name, "config", service)
+                if not runs:
+                    self.add(where, f"config for {service.value}, but {no_service}", at_key=True)
+                elif software is Software.builtin:
+                    self.add(
+                        where,
+                        f"config is for real software, but {service.value} runs builtin on"
+                        f" node {name!r}; name its software too ({example(service)})",
+                        at_key=True,
+                    )
+                else:
+                    problem = config_problem(software, config)
+                    if problem:
+                        self.add(where, problem)
+            settings = node.settings_for(service)
+            if settings:
+                where = self._per_service(name, "settings", service)
+                if not runs:
+                    self.add(where, f"settings for {service.value}, but {no_service}", at_key=True)
+                elif software is Software.builtin:
+                    self.add(
+                        where,
+                        f"settings are passed to real software, but {service.value} runs builtin"
+                        f" on node {name!r} (the built-in software takes the node's own fields);"
+                        f" name its software too ({example(service)})",
+                        at_key=True,
+                    )
+
+    def _per_service(self, name: str, field: str, service: Service) -> PathT:
+        """Where a service's entry stands: its key in the mapping form, else the field
+        (the short form for smtp)."""
+        path: PathT = ("nodes", name, field, service.value)
+        return path if path in self.pos.keys else ("nodes", name, field)
 
     def operator(self) -> None:
         op = self.t.operator
@@ -349,6 +412,24 @@ class _Checker:
             f"{target!r} does not resolve in the lab: expected a node name, a node's"
             " hostname, an IP address or a name with an A record in dns.zones"
         )
+
+
+def config_problem(software: Software, path: Path) -> str | None:
+    """What is wrong with `path` as `software`'s configuration, or None."""
+    wanted = f"{software.value} takes {CONFIG_WANTED[software]}"
+    files = CONFIG_DIRECTORY.get(software)
+    kind = "directory" if files else "file"
+    if not path.exists():
+        return f"no such {kind} {path} ({wanted})"
+    if files:
+        if not path.is_dir():
+            return f"{path} is not a directory; {wanted}"
+        if not any((path / f).is_file() for f in files):
+            held = files[0] if len(files) == 1 else f"neither {' nor '.join(files)}"
+            return f"{path} holds {held}; {wanted}"
+    elif path.is_dir():
+        return f"{path} is a directory; {wanted}"
+    return None
 
 
 def semantic_problems(topology: Topology, positions: Positions) -> list[Problem]:

@@ -22,6 +22,7 @@ from lab.harness.checks import (
 from lab.topology import load_text
 from lab.topology.checks import Step
 from lab.topology.model import Topology
+from lab.topology.software import ServiceSoftware, Software
 
 pytest_plugins = ["pytester"]
 
@@ -543,17 +544,17 @@ def test_unknown_check_names_list_the_known_ones() -> None:
 
 def test_a_lab_that_cannot_come_up_fails_the_check() -> None:
     topology = world({"c": "- flush: hub"})
-    topology.nodes["hub"].software = type(topology.nodes["hub"].software)("postfix")
+    topology.nodes["hub"].software = ServiceSoftware(smtp=Software.postfix)
     result = run_check(topology, "c", backend="inprocess")
     assert not result.ok
     assert statuses(result) == ["not run"]
-    assert result.error.startswith("the lab could not be brought up: node 'hub': software")
+    assert result.error.startswith("the lab could not be brought up: node 'hub': smtp software")
     assert re.fullmatch(r"FAIL c: the lab did not come up \(\d+\.\d\ds\)", result.summary())
     assert result.report().splitlines()[1:3] == [
         "  ----  1. flush the queue of hub (not run)",
-        "  the lab could not be brought up: node 'hub': software 'postfix' (Postfix, in a"
-        " container (Docker backend)) does not run on the inprocess backend; use software:"
-        " builtin, or the Docker backend",
+        "  the lab could not be brought up: node 'hub': smtp software 'postfix' (Postfix, in a"
+        " container (Docker backend)) does not run on the inprocess backend, which runs the"
+        " built-in software only; use --backend docker (or --backend auto)",
     ]
 
 

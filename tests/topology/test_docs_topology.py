@@ -12,7 +12,9 @@ from lab.topology import ROLES, Service, load_text
 from lab.topology import checks as checks_module
 from lab.topology import fields as fields_module
 from lab.topology import model as model_module
+from lab.topology import software as software_module
 from lab.topology.loader import field_names, parse_yaml
+from lab.topology.software import Software
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "topology.md"
 TEXT = DOC.read_text(encoding="utf-8")
@@ -20,7 +22,7 @@ YAML_BLOCKS = re.findall(r"^```yaml\n(.*?)^```$", TEXT, flags=re.M | re.S)
 MODELS = sorted(
     (
         cls
-        for module in (fields_module, model_module, checks_module)
+        for module in (fields_module, model_module, checks_module, software_module)
         for cls in vars(module).values()
         if isinstance(cls, type)
         and issubclass(cls, BaseModel)
@@ -40,6 +42,11 @@ def test_every_field_is_documented(model: type[BaseModel]) -> None:
 def test_every_role_and_service_is_documented() -> None:
     for name in [*ROLES, *(s.value for s in Service), "mta"]:
         assert f"`{name}`" in TEXT
+
+
+def test_every_software_is_documented() -> None:
+    for software in Software:
+        assert f"`{software.value}`" in TEXT
 
 
 def test_there_are_examples() -> None:

@@ -144,6 +144,29 @@ def with_change(path: tuple[str, ...], value: Any) -> dict[str, Any]:
             with_change(("dns",), {"zones": {"example.org": {"@": {"MX": "mx.example.org"}}}}),
             id="mx-without-preference",
         ),
+        pytest.param(with_change(("nodes", "hub", "software"), "qmail"), id="unknown-software"),
+        pytest.param(
+            with_change(("nodes", "hub", "software"), "dovecot"), id="pop3-software-for-smtp"
+        ),
+        pytest.param(
+            with_change(("nodes", "hub", "software"), {"pop3": "postfix"}),
+            id="software-not-for-that-service",
+        ),
+        pytest.param(
+            with_change(("nodes", "hub", "software"), {"dns": "builtin"}),
+            id="software-for-dns",
+        ),
+        pytest.param(
+            with_change(("nodes", "hub", "config"), {"smtp": ["main.cf"]}), id="config-list"
+        ),
+        pytest.param(
+            with_change(("nodes", "hub", "settings"), {"soft_bounce": True}),
+            id="settings-boolean",
+        ),
+        pytest.param(
+            with_change(("nodes", "hub", "settings"), {"pop3": {"x": [1]}}),
+            id="settings-list-value",
+        ),
         pytest.param({"networks": {}, "nodes": {}}, id="missing-name"),
         pytest.param(["not", "a", "mapping"], id="top-level-list"),
     ],
@@ -152,3 +175,36 @@ def test_schema_rejects_invalid_document(
     document: Any, validator: jsonschema.Draft202012Validator
 ) -> None:
     assert list(validator.iter_errors(document)) != []
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("software", "postfix", id="software-one-name"),
+        pytest.param(
+            "software", {"smtp": "exim", "pop3": "dovecot", "fetch": "fetchmail"}, id="software"
+        ),
+        pytest.param("config", "hub-postfix/", id="config-one-path"),
+        pytest.param("config", {"smtp": "pf", "pop3": "dovecot.conf"}, id="config-per-service"),
+        pytest.param("settings", {"queue_run_delay": "5s", "limit": 10}, id="settings-smtp"),
+        pytest.param(
+            "settings", {"smtp": {"a": 1.5}, "fetch": {"b": "c"}}, id="settings-per-service"
+        ),
+    ],
+)
+def test_schema_accepts_software_config_and_settings(
+    field: str, value: Any, validator: jsonschema.Draft202012Validator
+) -> None:
+    assert list(validator.iter_errors(with_change(("nodes", "hub", field), value))) == []
+
+
+def test_schema_offers_the_software_of_each_service() -> None:
+    node = topology_schema()["$defs"]["Node"]["properties"]
+    scalar, mapping = node["software"]["anyOf"]
+    assert scalar["enum"] == ["builtin", "postfix", "exim", "sendmail"]
+    assert {k: v["enum"] for k, v in mapping["properties"].items()} == {
+        "smtp": ["builtin", "postfix", "exim", "sendmail"],
+        "pop3": ["builtin", "dovecot"],
+        "fetch": ["builtin", "fetchmail"],
+    }
+    assert set(node["config"]["anyOf"][1]["properties"]) == {"smtp", "pop3", "fetch"}

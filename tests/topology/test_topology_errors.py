@@ -910,6 +910,178 @@ CASES = [
         ],
         id="link-step-bad-state",
     ),
+    # software, config and settings per service
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    software: postfx\n"),
+        [
+            "bad.yaml:19:15: nodes.hub.software: unknown software 'postfx'; did you mean"
+            " 'postfix'? (expected one of: builtin, postfix, exim, sendmail, dovecot, fetchmail)",
+        ],
+        id="software-unknown",
+    ),
+    pytest.param(
+        change("    role: isp\n", "    role: isp\n    software: {smtp: courier}\n"),
+        [
+            "bad.yaml:35:22: nodes.isp.software.smtp: unknown software 'courier' (expected one"
+            " of: builtin, postfix, exim, sendmail, dovecot, fetchmail)",
+        ],
+        id="software-unknown-in-mapping",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    software: dovecot\n"),
+        [
+            "bad.yaml:19:15: nodes.hub.software: dovecot does not run smtp (it runs pop3), and"
+            " one name is the smtp software: expected builtin, postfix, exim or sendmail; for"
+            " pop3 write software: {pop3: dovecot}",
+        ],
+        id="software-pop3-name-alone",
+    ),
+    pytest.param(
+        change("    role: isp\n", "    role: isp\n    software: {pop3: postfix}\n"),
+        [
+            "bad.yaml:35:22: nodes.isp.software.pop3: postfix does not run pop3 (it runs smtp);"
+            " expected builtin or dovecot",
+        ],
+        id="software-not-offered-for-service",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    software: {smtp: postfix, pop3: dovecot}\n"),
+        [
+            "bad.yaml:19:31: nodes.hub.software.pop3: dovecot runs pop3, but node 'hub' runs no"
+            " pop3 service; expected mailboxes, or role: isp or pop3",
+        ],
+        id="software-for-a-service-not-run",
+    ),
+    pytest.param(
+        change("  ns: {role: dns,", "  ns: {role: dns, software: exim,"),
+        [
+            "bad.yaml:16:19: nodes.ns.software: exim runs smtp, but node 'ns' runs no smtp"
+            " service; expected role: mta, hub or isp",
+        ],
+        id="software-on-a-node-without-smtp",
+    ),
+    pytest.param(
+        change("    role: isp\n", "    role: isp\n    software: {pop: dovecot}\n"),
+        [
+            "bad.yaml:35:16: nodes.isp.software.pop: unknown field 'pop'; did you mean 'pop3'?"
+            " (expected one of: smtp, pop3, fetch)",
+        ],
+        id="software-unknown-service",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    software:\n"),
+        [
+            "bad.yaml:19:14: nodes.hub.software: expected a software name for smtp (builtin,"
+            " postfix, exim or sendmail) or a mapping of service -> software, got nothing"
+            " (null)",
+        ],
+        id="software-empty",
+    ),
+    pytest.param(
+        change(
+            "    role: hub\n",
+            "    role: hub\n    software: postfix\n    config: /nonexistent/hub-postfix\n",
+        ),
+        [
+            "bad.yaml:20:13: nodes.hub.config: no such directory /nonexistent/hub-postfix"
+            " (postfix takes a directory holding main.cf and/or master.cf)",
+        ],
+        id="config-missing-directory",
+    ),
+    pytest.param(
+        change(
+            "    role: isp\n",
+            "    role: isp\n    software: {pop3: dovecot}\n"
+            "    config: {pop3: /nonexistent/dovecot.conf}\n",
+        ),
+        [
+            "bad.yaml:36:20: nodes.isp.config.pop3: no such file /nonexistent/dovecot.conf"
+            " (dovecot takes a file such as dovecot.conf)",
+        ],
+        id="config-missing-file",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    config: /nonexistent/hub-postfix\n"),
+        [
+            "bad.yaml:19:5: nodes.hub.config: config is for real software, but smtp runs"
+            " builtin on node 'hub'; name its software too (software: postfix)",
+        ],
+        id="config-for-builtin",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    config: {pop3: /nonexistent/dovecot.conf}\n"),
+        [
+            "bad.yaml:19:14: nodes.hub.config.pop3: config for pop3, but node 'hub' runs no"
+            " pop3 service; expected mailboxes, or role: isp or pop3",
+        ],
+        id="config-for-a-service-not-run",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    software: postfix\n    config: ''\n"),
+        [
+            "bad.yaml:20:13: nodes.hub.config: expected a path to a file or directory, relative"
+            " to the topology file, got an empty string",
+        ],
+        id="config-empty",
+    ),
+    pytest.param(
+        change("    role: hub\n", "    role: hub\n    settings: {queue_run_delay: 5s}\n"),
+        [
+            "bad.yaml:19:5: nodes.hub.settings: settings are passed to real software, but smtp"
+            " runs builtin on node 'hub' (the built-in software takes the node's own fields);"
+            " name its software too (software: postfix)",
+        ],
+        id="settings-for-builtin",
+    ),
+    pytest.param(
+        change(
+            "    role: isp\n",
+            "    role: isp\n    software: postfix\n"
+            "    settings: {smtp: {maillog_file: /dev/stdout}, pop3: {mail_debug: 'yes'}}\n",
+        ),
+        [
+            "bad.yaml:36:51: nodes.isp.settings.pop3: settings are passed to real software, but"
+            " pop3 runs builtin on node 'isp' (the built-in software takes the node's own"
+            " fields); name its software too (software: {pop3: dovecot})",
+        ],
+        id="settings-for-builtin-pop3",
+    ),
+    pytest.param(
+        change(
+            "    role: hub\n",
+            "    role: hub\n    software: postfix\n"
+            "    settings: {soft_bounce: true, mynetworks: [127.0.0.0/8], relayhost: }\n",
+        ),
+        [
+            "bad.yaml:20:29: nodes.hub.settings.soft_bounce: expected a string or a number, got"
+            " the boolean true (write it as the software spells it, such as yes or no)",
+            "bad.yaml:20:47: nodes.hub.settings.mynetworks: expected a string or a number, got"
+            " a list",
+            "bad.yaml:20:72: nodes.hub.settings.relayhost: expected a string or a number, got"
+            " nothing (null)",
+        ],
+        id="settings-bad-values",
+    ),
+    pytest.param(
+        change(
+            "    role: hub\n",
+            "    role: hub\n    software: postfix\n"
+            "    settings: {queue_run_delay: 5s, pop3: {mail_debug: 'yes'}}\n",
+        ),
+        [
+            "bad.yaml:20:15: nodes.hub.settings: expected key: value settings (the smtp"
+            " software's) or a mapping of service -> key: value settings, not a mix of both",
+        ],
+        id="settings-mixed-forms",
+    ),
+    pytest.param(
+        change("  ns: {role: dns,", "  ns: {role: dns, settings: {smtp: {a: 1}},"),
+        [
+            "bad.yaml:16:30: nodes.ns.settings.smtp: settings for smtp, but node 'ns' runs no"
+            " smtp service; expected role: mta, hub or isp",
+        ],
+        id="settings-for-a-service-not-run",
+    ),
     # faults
     pytest.param(
         change(
@@ -1054,6 +1226,31 @@ def test_problem_fields() -> None:
         pytest.param("networks: {lan: 192.168.10.11}", "networks: [lan]", id="network-list"),
         pytest.param("  ns: {role: dns,", "  ns: {services: [dns],", id="services-instead-of-role"),
         pytest.param("    role: hub\n", "    services: [mta, fetch]\n", id="mta-alias"),
+        pytest.param(
+            "    role: hub\n", "    role: hub\n    software: postfix\n", id="software-one"
+        ),
+        pytest.param(
+            "    role: hub\n",
+            "    role: hub\n    software: {smtp: exim, fetch: fetchmail}\n",
+            id="software-per-service",
+        ),
+        pytest.param(
+            "    role: isp\n",
+            "    role: isp\n    software: {smtp: builtin, pop3: dovecot}\n",
+            id="software-builtin-named",
+        ),
+        pytest.param(
+            "    role: hub\n",
+            "    role: hub\n    software: postfix\n"
+            "    settings: {queue_run_delay: 5s, smtpd_delay_reject: 'no', process_limit: 10}\n",
+            id="settings-short-form",
+        ),
+        pytest.param(
+            "    role: isp\n",
+            "    role: isp\n    software: {smtp: sendmail, pop3: dovecot}\n"
+            "    settings: {smtp: {confTO_QUEUEWARN: 10s}, pop3: {mail_debug: 'yes', x: 0.5}}\n",
+            id="settings-per-service",
+        ),
     ],
 )
 def test_valid_variants(old: str, new: str) -> None:

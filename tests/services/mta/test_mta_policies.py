@@ -24,7 +24,17 @@ from lab.errors import LabError
 from lab.harness import Lab
 from lab.runtime.events import Event
 from lab.topology import load, load_text
-from lab.topology.model import Greylist, Policy, RecordSet, Retry, SpfCheck, StartTls, Topology
+from lab.topology.model import (
+    Greylist,
+    Policy,
+    RecordSet,
+    Retry,
+    Service,
+    Software,
+    SpfCheck,
+    StartTls,
+    Topology,
+)
 
 if TYPE_CHECKING:
     from conftest import SmtpWire
@@ -661,7 +671,7 @@ def postfix_world() -> Topology:
         "    hostname: mx.dest.test\n", "    hostname: mx.dest.test\n    software: postfix\n"
     )
     topology = load_text(text, "policies.yaml").model
-    assert topology.nodes["mx"].software.value == "postfix"
+    assert topology.nodes["mx"].software_for(Service.smtp) is Software.postfix
     return topology
 
 
@@ -683,8 +693,9 @@ def test_postfix_on_the_inprocess_backend_is_a_clear_error(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     message, _ = failed_up(postfix_world())
     assert message == (
-        "node 'mx': software 'postfix' (Postfix, in a container (Docker backend)) does not run"
-        " on the inprocess backend; use software: builtin, or the Docker backend"
+        "node 'mx': smtp software 'postfix' (Postfix, in a container (Docker backend)) does not"
+        " run on the inprocess backend, which runs the built-in software only; use --backend"
+        " docker (or --backend auto)"
     )
     # nothing was left listening: the builtin world comes up at once
     with Lab.up(world()) as fine:
