@@ -153,13 +153,6 @@ class ServiceSoftware(_PerService):
             return value
         return check_software(value, Service(str(info.field_name)))
 
-    @property
-    def value(self) -> str:
-        """The smtp service's software name, what `node.software.value` meant when a node's
-        software was one name. For callers not yet reading Node.software_for; new code
-        must not use it."""
-        return (self.smtp or Software.builtin).value
-
 
 def _absolute(value: Path, info: ValidationInfo) -> Path:
     """A path relative to the topology file's directory (the loader's `base`) made absolute."""

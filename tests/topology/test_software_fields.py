@@ -10,7 +10,7 @@ import pytest
 from lab.errors import TopologyError
 from lab.topology import Service, Topology, load, load_text
 from lab.topology.model import Software
-from lab.topology.software import OFFERED, SOFTWARE_SERVICES, ServiceSoftware
+from lab.topology.software import OFFERED, SOFTWARE_SERVICES
 
 WORLD = """\
 name: real
@@ -209,10 +209,3 @@ def test_the_model_survives_a_json_round_trip(tmp_path: Path) -> None:
             assert after.config_for(service) == before.config_for(service)
             assert after.settings_for(service) == before.settings_for(service)
     assert again.nodes["hub"].config_for(Service.smtp) == tmp_path / "pf"
-
-
-def test_node_software_value_is_the_smtp_softwares_name() -> None:
-    """What the backends read before software was per service (until they call
-    lab.software.check_node)."""
-    assert ServiceSoftware().value == "builtin"
-    assert ServiceSoftware(smtp=Software.exim, pop3=Software.dovecot).value == "exim"

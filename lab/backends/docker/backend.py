@@ -34,7 +34,7 @@ from lab.backends.docker.provision import Provision
 from lab.errors import LabError
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
-from lab.software import check_supported
+from lab.software import check_topology
 from lab.topology.model import Topology
 
 
@@ -88,8 +88,7 @@ class DockerBackend(LabBackend[HostProxy]):
     # lifecycle ---------------------------------------------------------------------------
 
     async def up(self) -> None:
-        for name, node in self.topology.nodes.items():
-            check_supported(name, node.software.value, self.name)
+        check_topology(self.topology, self.name)
         provision = self.provision
         await provision.create()
         for name in self.topology.nodes:

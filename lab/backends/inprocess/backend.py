@@ -20,7 +20,7 @@ from lab.runtime.events import EventBus
 from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import SERVICE_PORTS, HostServices
 from lab.services.tls import LabCA
-from lab.software import check_supported
+from lab.software import check_topology
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Topology
 
@@ -61,8 +61,7 @@ class InProcessBackend(LabBackend[HostServices]):
     # lifecycle -------------------------------------------------------------------------
 
     async def up(self) -> None:
-        for name, node in self.topology.nodes.items():
-            check_supported(name, node.software.value, self.name)
+        check_topology(self.topology, self.name)
         self.events.bind()
         self.clock.on_error = lambda timer, exc: self.events.emit(
             "lab", "clock.error", timer=timer, error=f"{type(exc).__name__}: {exc}"
