@@ -1,7 +1,12 @@
-"""Hostile and broken SMTP input against a real endpoint, byte for byte.
+"""The built-in SMTP server against hostile and broken clients, byte for byte over a real
+connection: smuggling, bare CR or LF, over-long lines and commands, too much data or too
+many recipients, clients that hang up mid-transaction, talking before the greeting, 8-bit
+data, control characters in addresses, and the lab going down under open sessions.
 
 For every case: the reply code, what was (not) queued or delivered, and that the server
-still answers afterwards on the same connection or a new one.
+still answers afterwards on the same connection or a new one. The data reader's own
+splitting rules are in test_smtpd_reader.py; the limits and refusals a node's policy
+sets are in test_mta_policies.py.
 """
 
 from __future__ import annotations

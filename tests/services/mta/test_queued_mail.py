@@ -1,5 +1,9 @@
-"""The queue's life on the lab clock (seed nelug): retried every 30 minutes, a delay
-warning after 4 hours, returned after 5 days; flushing; a restart; nothing lost."""
+"""Queued mail in a running lab, on the lab clock (seed nelug): retried every 30 minutes,
+a delay warning after 4 hours, returned after 5 days, custom schedules; flushed when the
+link is back; still queued after the lab restarts; none lost or doubled.
+
+The queue's files on their own (lab.services.mta.queue.Queue) are in test_queue.py.
+"""
 
 from __future__ import annotations
 
