@@ -245,7 +245,7 @@ def test_a_killed_lab_is_collected(
         removed = gc(docker_client, runs=[run])
         # [] only when a lab of the other parametrisation, running at the same time on
         # another worker with reap_after=0, collected it first; gc's own cases are in
-        # tests/test_docker_gc.py
+        # tests/backends/test_docker_gc.py
         assert [r.run for r in removed] in ([run], [])
     deadline = time.monotonic() + 20  # a reaper of another worker may still be removing it
     while (runtime_dir(run).exists() or state.exists()) and time.monotonic() < deadline:

@@ -1,5 +1,5 @@
-"""The acceptance stories of the seed articles, end to end on the backend of
-`--lab-backend` (the `lab_backend` fixture of the maillab pytest plugin; in-process by default).
+"""The acceptance stories of the seed articles, end to end on each backend of
+`--lab-backend` (the `lab_factory` fixture of tests/conftest.py; in-process by default).
 
 - lg45: the envelope sender is not rewritten, a picky remote refuses it, and the bounce
   goes nowhere (a double bounce at the ISP postmaster); with the envelope rewritten the
