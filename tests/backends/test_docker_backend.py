@@ -283,8 +283,8 @@ def test_ctrl_c_during_up_removes_what_was_created(docker_client: Any, tmp_path:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # interrupt once the first containers exist
-            found = docker_client.containers.list(
-                all=True, filters={"label": f"{LABEL_LAB}={name}"}
+            found = docker_client.containers.list(  # sparse: one removed meanwhile is no error
+                all=True, sparse=True, filters={"label": f"{LABEL_LAB}={name}"}
             )
             if found:
                 break
