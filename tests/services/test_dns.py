@@ -51,9 +51,7 @@ nodes:
 """
 
 
-# In process only: these tests ask the lab DNS from this machine, over UDP and TCP, and a
-# Docker lab is reachable from here only through the operator's forwarded TCP ports; the
-# last two use the in-process resolver and virtual network themselves.
+# In process: they ask the lab DNS from here (no route to it on Docker) or use the vnet.
 pytestmark = pytest.mark.lab_backend("inprocess")
 
 

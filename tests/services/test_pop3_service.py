@@ -41,8 +41,7 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-# In process only: on Docker no endpoint on this machine reaches the ISP's POP3 port (the
-# operator, pc1, is on the LAN), and these tests set the service's delays in place.
+# In process: they set the service's delays in place; on Docker no endpoint reaches isp's POP3.
 pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inprocess")]
 
 

@@ -344,10 +344,7 @@ def test_spf_envelope_not_masqueraded_is_refused_and_bounced(
 # --- greylisting on the lab clock -----------------------------------------------------------
 
 
-# On Docker each retry is scheduled from the end of the attempt before, a few ms later
-# than in process, and the retry at +6m falls just past the 6 minutes advanced here: in
-# process only until the test no longer advances to the edge.
-@pytest.mark.lab_backend("inprocess")
+@pytest.mark.lab_backend("inprocess")  # Docker: retries drift some ms; +6m misses the advance
 def test_greylisting_defers_until_the_sender_retries_after_the_delay(
     up: Callable[[Topology], Lab],
 ) -> None:
@@ -460,9 +457,7 @@ def test_max_size_bounce_from_a_relay(up: Callable[[Topology], Lab]) -> None:
     assert lab.mailbox("mx", "bob") == []
 
 
-# On Docker a host's events reach the lab over its control socket, after the client has
-# the reply: the data-stage policy.reject is not in lab.events yet when this reads them.
-@pytest.mark.lab_backend("inprocess")
+@pytest.mark.lab_backend("inprocess")  # Docker: the data-stage reject event comes after the reply
 def test_max_size_refusal_has_the_enhanced_status_code(
     up: Callable[[Topology], Lab], wire: Wire
 ) -> None:

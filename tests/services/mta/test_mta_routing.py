@@ -426,9 +426,7 @@ def test_several_messages_share_one_connection_on_flush(lab_factory: Callable[..
         assert lab.queue("out") == []
 
 
-# On Docker the SMTP readiness probe's QUIT can reach the events after the lab is up, so
-# mx1's first command is QUIT there: in process only until the probe is quiet to the end.
-@pytest.mark.lab_backend("inprocess")
+@pytest.mark.lab_backend("inprocess")  # Docker: the readiness probe's QUIT is in mx1's events
 def test_starttls_between_mtas(lab_factory: Callable[..., Lab]) -> None:
     with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
@@ -482,9 +480,7 @@ def test_a_bounce_travels_to_a_remote_sender_from_the_null_sender(
         assert lab.queue("out") == [] and lab.queue("plain") == []
 
 
-# On Docker, set_dns of an MX fails: the backend sends the values to the hosts as strings
-# and the pairs no longer unpack. In process only until it keeps them whole.
-@pytest.mark.lab_backend("inprocess")
+@pytest.mark.lab_backend("inprocess")  # Docker: set_dns MX fails, the pairs are sent as strings
 def test_answers_are_cached_for_their_ttl_and_edits_show_at_once(
     lab_factory: Callable[..., Lab],
 ) -> None:
