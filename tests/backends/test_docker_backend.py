@@ -2,10 +2,10 @@
 filters on real interfaces, labs of the same topology side by side, hands-on commands,
 and clean-up after a lab whose process was killed.
 
-The scenario stories and every topology check run on both backends elsewhere
-(tests/services/mta/test_mta_stories.py and the others that use `lab_factory`, and the
-checks of topologies/*.yaml); these tests need a
-Docker engine (skipped without one, failing under CI=true).
+The scenario stories and every topology check run on both backends elsewhere (the tests
+that use `lab_factory`, such as tests/services/mta/test_mta_stories.py, and the checks
+of topologies/*.yaml); these tests need a Docker engine (skipped without one, failing
+under CI=true).
 """
 
 from __future__ import annotations
@@ -385,25 +385,6 @@ def test_hands_on_commands_against_a_detached_lab(docker_client: Any, tmp_path: 
         all=True, filters={"label": f"{LABEL_RUN}={status['run']}"}
     )
     assert left == []
-
-
-def test_shell_refuses_an_inprocess_lab_clearly(tmp_path: Path) -> None:
-    env = {**os.environ, "MAILLAB_HOME": str(tmp_path / "home")}
-    name = f"inproc-{os.getpid()}"
-    maillab = [sys.executable, "-m", "lab"]
-    up = subprocess.run(
-        [*maillab, "up", str(LG45), "--name", name, "-d"], env=env, capture_output=True, text=True
-    )
-    assert up.returncode == 0, up.stderr
-    try:
-        shell = subprocess.run(
-            [*maillab, "shell", "--lab", name, "pc"], env=env, capture_output=True, text=True
-        )
-        assert shell.returncode != 0
-        assert "Traceback" not in shell.stderr
-        assert "inprocess backend" in shell.stderr + shell.stdout
-    finally:
-        subprocess.run([*maillab, "down", "--lab", name], env=env, capture_output=True)
 
 
 def test_real_mta_software_is_refused_clearly_for_now(lab_factory: Callable[..., Lab]) -> None:
