@@ -35,10 +35,10 @@ lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess) and hol
 lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left running.
 	$(BIN)/maillab down
 
-test: setup lint ## Run the whole test suite (pytest-xdist) and the linters.
-	$(BIN)/python -m pytest -n $(WORKERS)
+test: setup lint ## Run the linters and the whole suite on both backends (what CI runs).
+	$(BIN)/python -m pytest -n $(WORKERS) --lab-backend=inprocess,docker
 
-unit: $(STAMP) ## Run the tests without the linters.
+unit: $(STAMP) ## Run the tests in process only (no Docker, no linters): the quick loop.
 	$(BIN)/python -m pytest -n $(WORKERS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/, lint-imports (the layers).

@@ -1,4 +1,6 @@
-"""Shared helpers: an SMTP session typed byte for byte over a plain socket (telnet)."""
+"""Shared fixtures: `lab_factory` (labs on every --lab-backend backend), an SMTP session
+typed byte for byte over a plain socket (telnet), and the Docker engine; which tests are
+Docker tests (the `docker` marker) and which run at all for the --lab-backend chosen."""
 
 from __future__ import annotations
 
@@ -6,11 +8,17 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from lab.harness import Lab
+from lab.pytest_plugin import lab_backends
+from lab.topology import load_text
+from lab.topology.model import Topology
+
+LabFactory = Callable[..., Lab]
 
 
 class SmtpWire:
@@ -100,8 +108,59 @@ def wire() -> Iterator[Callable[..., SmtpWire]]:
         session.close()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "docker: needs a Docker engine (the docker_client fixture)")
+@pytest.fixture
+def lab_factory(lab_backend: str, tmp_path: Path) -> Iterator[LabFactory]:
+    """lab_factory(topology, **options) brings a lab up on the test's backend and returns it;
+    every lab it started is stopped after the test.
+
+    `topology` is a path, the YAML text of a topology, or a (possibly edited) model. The
+    test runs once per --lab-backend backend (ids [inprocess], [docker]) unless it is
+    pinned with @pytest.mark.lab_backend(NAME); each lab's state directory is under
+    tmp_path unless the test passes state_dir (None: a temporary one of the backend's).
+    """
+    labs: list[Lab] = []
+
+    def up(topology: str | Path | Topology, **options: Any) -> Lab:
+        if isinstance(topology, str) and "\n" in topology:
+            topology = load_text(topology, "lab_factory.yaml").model
+        options.setdefault("state_dir", tmp_path / f"lab{len(labs)}")
+        labs.append(Lab.up(topology, backend=lab_backend, **options))
+        return labs[-1]
+
+    yield up
+    for running in reversed(labs):
+        running.down()
+
+
+def _runs_on_docker(item: pytest.Item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    pinned = item.get_closest_marker("lab_backend")
+    return (
+        "docker_client" in getattr(item, "fixturenames", ())
+        or (callspec is not None and callspec.params.get("lab_backend") == "docker")
+        or (pinned is not None and pinned.args[:1] == ("docker",))
+        or getattr(item, "backend", None) == "docker"  # a topology check
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs a Docker engine carries the `docker` marker (so -m "not docker"
+    leaves it out); without docker in --lab-backend, such tests are deselected."""
+    for item in items:
+        if item.get_closest_marker("docker") is None and _runs_on_docker(item):
+            item.add_marker(pytest.mark.docker)
+    if "docker" in lab_backends(config):
+        return
+    docker = [item for item in items if item.get_closest_marker("docker") is not None]
+    if docker:
+        config.hook.pytest_deselected(items=docker)
+        items[:] = [item for item in items if item.get_closest_marker("docker") is None]
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    backends = lab_backends(config)
+    extra = "" if "docker" in backends else " (Docker tests deselected)"
+    return f"lab backends: {', '.join(backends)}{extra}"
 
 
 @pytest.fixture(scope="session")

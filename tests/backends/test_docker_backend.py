@@ -2,9 +2,10 @@
 filters on real interfaces, labs of the same topology side by side, hands-on commands,
 and clean-up after a lab whose process was killed.
 
-The scenario stories and every topology check run on both backends elsewhere
-(tests/test_mta_stories.py and the checks of topologies/*.yaml); these tests need a
-Docker engine (skipped without one, failing under CI=true).
+The scenario stories and every topology check run on both backends elsewhere (the tests
+that use `lab_factory`, such as tests/services/mta/test_mta_stories.py, and the checks
+of topologies/*.yaml); these tests need a Docker engine (skipped without one, failing
+under CI=true).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOME_DIALUP = ROOT / "topologies" / "home-dialup.yaml"
 LG45 = ROOT / "topologies" / "lg45-envelope.yaml"
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.lab_backend("docker")]
 
 
 def container(lab: Lab, node: str) -> Any:
@@ -63,8 +65,10 @@ def connect_from(lab: Lab, node: str, address: str, port: int = 25, timeout: flo
     return out.split()[0]
 
 
-def test_hosts_have_the_topology_addresses_and_names(docker_client: Any, tmp_path: Path) -> None:
-    with Lab.up(HOME_DIALUP, backend="docker", state_dir=tmp_path / "lab") as lab:
+def test_hosts_have_the_topology_addresses_and_names(
+    lab_factory: Callable[..., Lab], docker_client: Any
+) -> None:
+    with lab_factory(HOME_DIALUP) as lab:
         hub = container(lab, "hub")
         out = hub.exec_run(["ip", "-4", "-o", "addr"]).output.decode()
         assert "192.168.10.1/24" in out and "10.20.9.201/16" in out, out
@@ -91,9 +95,9 @@ def test_hosts_have_the_topology_addresses_and_names(docker_client: Any, tmp_pat
 
 
 def test_a_refusing_link_refuses_both_ways_and_cuts_open_connections(
-    docker_client: Any, tmp_path: Path
+    lab_factory: Callable[..., Lab], docker_client: Any
 ) -> None:
-    with Lab.up(HOME_DIALUP, backend="docker", state_dir=tmp_path / "lab") as lab:
+    with lab_factory(HOME_DIALUP) as lab:
         # down at start (refuse): both ends fail at once
         assert connect_from(lab, "isp", "10.20.9.201") == "refused"
         assert connect_from(lab, "hub", "10.20.0.25") == "refused"
@@ -125,20 +129,22 @@ def test_a_refusing_link_refuses_both_ways_and_cuts_open_connections(
         assert cut and cut[-1].get("cut") >= 1
 
 
-def test_a_blackholed_link_times_out(docker_client: Any, tmp_path: Path) -> None:
+def test_a_blackholed_link_times_out(lab_factory: Callable[..., Lab], docker_client: Any) -> None:
     topology = load(HOME_DIALUP).model
     topology.links["dialup"].when_down = type(topology.links["dialup"].when_down)("blackhole")
-    with Lab.up(topology, backend="docker", state_dir=tmp_path / "lab") as lab:
+    with lab_factory(topology) as lab:
         assert connect_from(lab, "isp", "10.20.9.201", timeout=1.5) == "timeout"
         assert connect_from(lab, "hub", "10.20.0.25", timeout=1.5) == "timeout"
         lab.link("dialup").up()
         assert connect_from(lab, "isp", "10.20.9.201") == "connected"
 
 
-def test_two_labs_of_one_topology_run_side_by_side(docker_client: Any, tmp_path: Path) -> None:
+def test_two_labs_of_one_topology_run_side_by_side(
+    lab_factory: Callable[..., Lab], docker_client: Any
+) -> None:
     with (
-        Lab.up(HOME_DIALUP, backend="docker", state_dir=tmp_path / "a") as a,
-        Lab.up(HOME_DIALUP, backend="docker", state_dir=tmp_path / "b") as b,
+        lab_factory(HOME_DIALUP) as a,
+        lab_factory(HOME_DIALUP) as b,
     ):
         assert a.backend.run != b.backend.run
         # the same addresses in both, each its own world
@@ -157,8 +163,10 @@ def test_two_labs_of_one_topology_run_side_by_side(docker_client: Any, tmp_path:
         assert other.queue_id not in {e.get("id") for e in a.events}
 
 
-def test_the_clock_moves_every_host_in_order(docker_client: Any, tmp_path: Path) -> None:
-    with Lab.up(HOME_DIALUP, backend="docker", state_dir=tmp_path / "lab") as lab:
+def test_the_clock_moves_every_host_in_order(
+    lab_factory: Callable[..., Lab], docker_client: Any
+) -> None:
+    with lab_factory(HOME_DIALUP) as lab:
         lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
         lab.assert_queued(on="hub")
         lab.clock.advance("5d")
@@ -182,7 +190,9 @@ SIGKILLED = textwrap.dedent(
 
 
 @pytest.mark.parametrize("reaper", [False, True], ids=["maillab-gc", "next-lab-reaps"])
-def test_a_killed_lab_is_collected(docker_client: Any, tmp_path: Path, reaper: bool) -> None:
+def test_a_killed_lab_is_collected(
+    lab_factory: Callable[..., Lab], docker_client: Any, tmp_path: Path, reaper: bool
+) -> None:
     from lab.backends.docker.gc import find_runs, gc
 
     script = tmp_path / "hold.py"
@@ -228,14 +238,14 @@ def test_a_killed_lab_is_collected(docker_client: Any, tmp_path: Path, reaper: b
         assert runs[run].owner_alive is False
         assert runtime_dir(run).is_dir()  # its spec and sockets, left by the killed process
     if reaper:  # the next Docker lab on this machine collects it (once it is old enough)
-        with Lab.up(LG45, backend="docker", state_dir=tmp_path / "next", reap_after=0) as lab:
+        with lab_factory(LG45, reap_after=0) as lab:
             reaped = [e for e in lab.events if e.kind.startswith("lab.reap")]
             assert reaped and run in reaped[0].get("runs"), (reaped, find_runs(docker_client))
     else:
         removed = gc(docker_client, runs=[run])
         # [] only when a lab of the other parametrisation, running at the same time on
         # another worker with reap_after=0, collected it first; gc's own cases are in
-        # tests/test_docker_gc.py
+        # tests/backends/test_docker_gc.py
         assert [r.run for r in removed] in ([run], [])
     deadline = time.monotonic() + 20  # a reaper of another worker may still be removing it
     while (runtime_dir(run).exists() or state.exists()) and time.monotonic() < deadline:
@@ -273,8 +283,8 @@ def test_ctrl_c_during_up_removes_what_was_created(docker_client: Any, tmp_path:
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # interrupt once the first containers exist
-            found = docker_client.containers.list(
-                all=True, filters={"label": f"{LABEL_LAB}={name}"}
+            found = docker_client.containers.list(  # sparse: one removed meanwhile is no error
+                all=True, sparse=True, filters={"label": f"{LABEL_LAB}={name}"}
             )
             if found:
                 break
@@ -294,7 +304,9 @@ def test_ctrl_c_during_up_removes_what_was_created(docker_client: Any, tmp_path:
 
 
 def test_a_host_that_does_not_come_up_fails_with_its_log(
-    docker_client: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    lab_factory: Callable[..., Lab],
+    docker_client: Any,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from lab.backends.docker.provision import Provision
     from lab.errors import LabError
@@ -308,7 +320,7 @@ def test_a_host_that_does_not_come_up_fails_with_its_log(
 
     monkeypatch.setattr(Provision, "_plan", broken_plan)
     with pytest.raises(LabError) as excinfo:
-        Lab.up(LG45, backend="docker", state_dir=tmp_path / "lab")
+        lab_factory(LG45)
     text = str(excinfo.value)
     assert "did not come up" in text
     assert "could not convert string to float: 'soon'" in text
@@ -375,33 +387,14 @@ def test_hands_on_commands_against_a_detached_lab(docker_client: Any, tmp_path: 
     assert left == []
 
 
-def test_shell_refuses_an_inprocess_lab_clearly(tmp_path: Path) -> None:
-    env = {**os.environ, "MAILLAB_HOME": str(tmp_path / "home")}
-    name = f"inproc-{os.getpid()}"
-    maillab = [sys.executable, "-m", "lab"]
-    up = subprocess.run(
-        [*maillab, "up", str(LG45), "--name", name, "-d"], env=env, capture_output=True, text=True
-    )
-    assert up.returncode == 0, up.stderr
-    try:
-        shell = subprocess.run(
-            [*maillab, "shell", "--lab", name, "pc"], env=env, capture_output=True, text=True
-        )
-        assert shell.returncode != 0
-        assert "Traceback" not in shell.stderr
-        assert "inprocess backend" in shell.stderr + shell.stdout
-    finally:
-        subprocess.run([*maillab, "down", "--lab", name], env=env, capture_output=True)
-
-
-def test_real_mta_software_is_refused_clearly_for_now(tmp_path: Path) -> None:
+def test_real_mta_software_is_refused_clearly_for_now(lab_factory: Callable[..., Lab]) -> None:
     from lab.errors import LabError
     from lab.topology.software import ServiceSoftware, Software
 
     topology = load(LG45).model
     topology.nodes["heaven"].software = ServiceSoftware(smtp=Software.exim)
     with pytest.raises(LabError) as excinfo:
-        Lab.up(topology, backend="docker", state_dir=tmp_path / "lab")
+        lab_factory(topology)
     assert str(excinfo.value) == (
         "node 'heaven': smtp software 'exim' (Exim 4, in a container (Docker backend)) is not"
         " available yet in this version: the docker backend runs builtin and postfix only;"

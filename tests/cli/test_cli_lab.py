@@ -1,5 +1,6 @@
 """The commands for running labs, as a person types them: `maillab up`, `status`, `send`,
-`queue`, `link`, `mailbox`, `clock`, `events`, `trace`, `down`.
+`queue`, `link`, `mailbox`, `clock`, `events`, `trace`, `down`, and `shell` refusing an
+in-process lab.
 
 Every command runs as its own process (`python -m lab ...`), and every test has its own
 registry of running labs ($MAILLAB_HOME under tmp_path), so parallel test workers never
@@ -573,3 +574,25 @@ def test_clock_takes_lab_before_or_after_advance(maillab: Maillab, dialup: tuple
     maillab.ok("clock", "advance", "--lab", name, "1m")
     after = maillab.ok("status", "--json").json["clock"]["time"]
     assert 120 <= after - before < 180
+
+
+def test_shell_refuses_an_inprocess_lab_clearly(tmp_path: Path) -> None:
+    env = {**os.environ, "MAILLAB_HOME": str(tmp_path / "home")}
+    name = f"inproc-{os.getpid()}"
+    maillab = [sys.executable, "-m", "lab"]
+    up = subprocess.run(
+        [*maillab, "up", str(ROOT / "topologies" / "lg45-envelope.yaml"), "--name", name, "-d"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert up.returncode == 0, up.stderr
+    try:
+        shell = subprocess.run(
+            [*maillab, "shell", "--lab", name, "pc"], env=env, capture_output=True, text=True
+        )
+        assert shell.returncode != 0
+        assert "Traceback" not in shell.stderr
+        assert "inprocess backend" in shell.stderr + shell.stdout
+    finally:
+        subprocess.run([*maillab, "down", "--lab", name], env=env, capture_output=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import dns.exception
 import dns.flags
@@ -19,7 +19,6 @@ import pytest
 
 from lab.harness import Lab
 from lab.services.resolver import DnsNotFound, DnsTemporaryError, MxHost, Resolver
-from lab.topology import load_text
 
 WORLD = """
 name: dnslab
@@ -52,11 +51,13 @@ nodes:
 """
 
 
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    """One lab for the read-only queries (tests that edit records bring up their own)."""
-    with Lab.up(load_text(WORLD, "dnslab.yaml").model) as running:
-        yield running
+# In process: they ask the lab DNS from here (no route to it on Docker) or use the vnet.
+pytestmark = pytest.mark.lab_backend("inprocess")
+
+
+@pytest.fixture
+def lab(lab_factory: Callable[..., Lab]) -> Lab:
+    return lab_factory(WORLD)
 
 
 def endpoint(lab: Lab) -> tuple[str, int]:
@@ -223,8 +224,8 @@ def test_garbage_gets_no_answer_and_the_server_lives_on(lab: Lab) -> None:
 # --- editing while the lab runs -------------------------------------------------------------
 
 
-def test_set_dns_and_faults_change_answers_at_once() -> None:
-    with Lab.up(load_text(WORLD, "dnslab.yaml").model) as lab:
+def test_set_dns_and_faults_change_answers_at_once(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(WORLD) as lab:
         assert texts(ask(lab, "freeuk.com", "MX"), "MX") == [
             "10 scrabble.freeuk.net.",
             "20 backup.freeuk.net.",
@@ -257,8 +258,8 @@ def test_set_dns_and_faults_change_answers_at_once() -> None:
 # --- lookups from a node ----------------------------------------------------------------------
 
 
-def test_lookups_from_a_node_go_over_its_link() -> None:
-    with Lab.up(load_text(WORLD, "dnslab.yaml").model) as lab:
+def test_lookups_from_a_node_go_over_its_link(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(WORLD) as lab:
         resolver = Resolver(lab.backend.hosts["hub"].net, timeout=1.0)
 
         async def lookups() -> tuple[list[MxHost], list[str], list[str], list[str]]:
@@ -296,8 +297,8 @@ def test_lookups_from_a_node_go_over_its_link() -> None:
         assert lab.run(resolver.mx("freeuk.com"))[0] == MxHost(10, "scrabble.freeuk.net")
 
 
-def test_udp_and_tcp_share_the_printed_port() -> None:
-    with Lab.up(load_text(WORLD, "dnslab.yaml").model) as lab:
+def test_udp_and_tcp_share_the_printed_port(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(WORLD) as lab:
         vnet = lab.backend.vnet
         udp = vnet.endpoint("10.60.0.53", 53, "udp")
         tcp = vnet.endpoint("10.60.0.53", 53, "tcp")

@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,35 +53,31 @@ def topology(change: Callable[[Topology], Any] | None = None) -> Topology:
     return model
 
 
-# These tests reach into the in-process fetch and POP3 services (timings, faults, their
-# stores); the fetch scenarios of home-dialup.yaml run on both backends as checks.
-pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inprocess")]
+# Each test runs on every --lab-backend backend, but for those marked in-process only: they
+# reach into the in-process fetch and POP3 services (replace, break or patch them).
+pytestmark = pytest.mark.topology("home-dialup")
+
+
+def quick_logins(lab: Lab) -> Lab:
+    """In process, a failed POP3 login is answered after 0.05 s instead of 1 s."""
+    for service in getattr(lab.backend, "pop3", {}).values():
+        service.auth_delay = 0.05
+    return lab
 
 
 @pytest.fixture
-def make_lab(tmp_path: Path) -> Iterator[Callable[..., Lab]]:
+def make_lab(lab_factory: Callable[..., Lab]) -> Callable[..., Lab]:
     """make_lab(change) brings up home-dialup after `change` edited its model."""
-    labs: list[Lab] = []
 
     def make(change: Callable[[Topology], Any] | None = None) -> Lab:
-        lab = Lab.up(topology(change), state_dir=tmp_path / f"lab{len(labs)}")
-        labs.append(lab)
-        for services in lab.backend.services.values():
-            if services.pop3 is not None:
-                services.pop3.auth_delay = 0.05
-        return lab
+        return quick_logins(lab_factory(topology(change)))
 
-    yield make
-    for lab in labs:
-        lab.down()
+    return make
 
 
 @pytest.fixture
 def lab(lab: Lab) -> Lab:
-    for services in lab.backend.services.values():
-        if services.pop3 is not None:
-            services.pop3.auth_delay = 0.05
-    return lab
+    return quick_logins(lab)
 
 
 def send(lab: Lab, *to: str, subject: str = "Internet access", isp: str = "isp") -> None:
@@ -159,6 +155,7 @@ def test_received_headers_show_the_pop3_hop(lab: Lab):
     assert message.raw.count("Return-Path:") == 1
 
 
+@pytest.mark.lab_backend("inprocess")  # restarts the hub's in-process fetcher
 def test_keep_mode_fetches_nothing_twice(make_lab: Callable[..., Lab]):
     def keep(model: Topology) -> None:
         model.nodes["hub"].fetch[UKLINUX].keep = True
@@ -203,6 +200,7 @@ def test_a_local_4xx_leaves_the_message_on_the_server(lab: Lab):
     assert len(lab.mailbox("hub", "eddy")) == 1  # once
 
 
+@pytest.mark.lab_backend("inprocess")  # breaks the in-process fetcher's DELE
 def test_a_crash_between_the_local_250_and_quit_does_not_deliver_twice(lab: Lab):
     fetcher = lab.backend.services["hub"].fetcher
 
@@ -244,6 +242,7 @@ def test_polling_on_the_lab_clock_while_the_link_is_up(lab: Lab):
     assert len([e for e in lab.events if e.kind == "fetch.start"]) == polls + 2 + 4
 
 
+@pytest.mark.lab_backend("inprocess")  # patches the POP3 server class in this process
 def test_a_server_without_uidl(lab: Lab, monkeypatch: pytest.MonkeyPatch):
     def no_uidl(self: Pop3Server, arg: str | None = None) -> None:
         self._refuse("UIDL", "-ERR unknown command")
@@ -351,6 +350,7 @@ def test_the_journal_is_durable_and_compacts(tmp_path: Path):
 # the real fetchmail --------------------------------------------------------------------
 
 
+@pytest.mark.lab_backend("inprocess")  # on Docker, no endpoint here reaches the ISP's POP3
 def test_the_real_fetchmail_polls_our_pop3_server(lab: Lab, tmp_path: Path):
     program = shutil.which("fetchmail") or "/usr/bin/fetchmail"
     if not os.path.exists(program):

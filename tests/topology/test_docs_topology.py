@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from lab.topology import ROLES, Service, load_text
 from lab.topology import checks as checks_module
@@ -14,6 +15,7 @@ from lab.topology import fields as fields_module
 from lab.topology import model as model_module
 from lab.topology import software as software_module
 from lab.topology.loader import field_names, parse_yaml
+from lab.topology.model import Node, RecordSet, Topology
 from lab.topology.software import Software
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "topology.md"
@@ -53,12 +55,46 @@ def test_there_are_examples() -> None:
     assert len(YAML_BLOCKS) >= 10
 
 
+def validate_fragment(data: dict[str, Any]) -> list[str]:
+    """Validate each part of an example against the model of its place in a topology: a
+    top-level section, a node setting, a node (it has a role or services) or, otherwise,
+    the records of one name in a zone. Returns where each part was placed."""
+    places = []
+    for key, value in data.items():
+        if key in Topology.model_fields:
+            TypeAdapter(Topology.model_fields[key].annotation).validate_python(value)
+            places.append(f"{key}: section")
+        elif key in Node.model_fields:
+            TypeAdapter(Node.model_fields[key].annotation).validate_python(value)
+            places.append(f"{key}: node setting")
+        elif isinstance(value, dict) and value.keys() & {"role", "services"}:
+            Node.model_validate(value)
+            places.append(f"{key}: node")
+        else:
+            RecordSet.model_validate(value)
+            places.append(f"{key}: records")
+    return places
+
+
 @pytest.mark.parametrize("block", YAML_BLOCKS, ids=lambda b: b.splitlines()[0][:40])
 def test_every_yaml_example_reads(block: str) -> None:
+    """Every example, whole or a fragment, is valid where it belongs (cross-references
+    are not checked: a fragment may name hosts of another example)."""
     if all(line.startswith("#") for line in block.splitlines()):
-        return  # a comment alone, such as the schema line
+        assert block.startswith("# yaml-language-server: $schema=")  # the only such block
+        return
     data, _ = parse_yaml(block, "topology.md")
-    assert isinstance(data, dict)
+    assert validate_fragment(data)
+
+
+def test_a_wrong_fragment_is_caught() -> None:
+    assert validate_fragment({"hub": {"role": "hub", "networks": {"lan": "auto"}}}) == ["hub: node"]
+    with pytest.raises(ValidationError):
+        validate_fragment({"hub": {"role": "hub", "networks": {"lan": "auto"}, "smarthots": "mx"}})
+    with pytest.raises(ValidationError):
+        validate_fragment({"retry": {"intervals": ["soon"]}})
+    with pytest.raises(ValidationError):
+        validate_fragment({"www": {"CNAME": "a", "B": "b"}})
 
 
 def test_complete_examples_are_valid() -> None:

@@ -6,10 +6,15 @@ expected line and column can be read off BASE. Problems are reported in file ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from lab.errors import Problem, TopologyError
-from lab.topology import load_text
+from lab.topology import Service, load_text
+from lab.topology.addressing import assign_addresses
+from lab.topology.model import Topology
+from lab.topology.software import Software
 
 BASE = """\
 name: mini
@@ -1206,53 +1211,107 @@ def test_problem_fields() -> None:
     ]
 
 
+def mx_of(model: Topology) -> list[tuple[int, str]]:
+    records = model.dns.zones["example.org"]["@"].MX or []
+    return [(r.preference, r.exchange) for r in records]
+
+
+def pc1_address(model: Topology) -> str:
+    return str(assign_addresses(model)["pc1"]["lan"])
+
+
 @pytest.mark.parametrize(
-    ("old", "new"),
+    ("old", "new", "probe", "expected"),
     [
-        pytest.param('"@": {MX: "10 mx.example.org"}', '"@": {MX: "0 ."}', id="null-mx"),
+        pytest.param(
+            '"@": {MX: "10 mx.example.org"}', '"@": {MX: "0 ."}', mx_of, [(0, ".")], id="null-mx"
+        ),
         pytest.param(
             '"@": {MX: "10 mx.example.org"}',
             '"@": {MX: {preference: 10, exchange: mx.example.org}}',
+            mx_of,
+            [(10, "mx.example.org")],
             id="mx-as-one-mapping",
         ),
         pytest.param(
             '"@": {MX: "10 mx.example.org"}',
             '"@": {MX: ["10 mx.example.org", {preference: 20, exchange: mx.example.org.}]}',
+            lambda m: [(p, x.rstrip(".")) for p, x in mx_of(m)],
+            [(10, "mx.example.org"), (20, "mx.example.org")],
             id="mx-list-mixed",
         ),
-        pytest.param("state: down,", "state: up,", id="state-up"),
-        pytest.param("{lan: 192.168.10.11}", "{lan: auto}", id="address-auto"),
-        pytest.param("{lan: 192.168.10.11}", "{lan: }", id="address-empty"),
-        pytest.param("networks: {lan: 192.168.10.11}", "networks: [lan]", id="network-list"),
-        pytest.param("  ns: {role: dns,", "  ns: {services: [dns],", id="services-instead-of-role"),
-        pytest.param("    role: hub\n", "    services: [mta, fetch]\n", id="mta-alias"),
         pytest.param(
-            "    role: hub\n", "    role: hub\n    software: postfix\n", id="software-one"
+            "state: down,", "state: up,", lambda m: m.links["dialup"].state, "up", id="state-up"
+        ),
+        # an address left to the lab is the first free one of the subnet (the hub has .1)
+        pytest.param(
+            "{lan: 192.168.10.11}", "{lan: auto}", pc1_address, "192.168.10.2", id="address-auto"
+        ),
+        pytest.param(
+            "{lan: 192.168.10.11}", "{lan: }", pc1_address, "192.168.10.2", id="address-empty"
+        ),
+        pytest.param(
+            "networks: {lan: 192.168.10.11}",
+            "networks: [lan]",
+            pc1_address,
+            "192.168.10.2",
+            id="network-list",
+        ),
+        pytest.param(
+            "  ns: {role: dns,",
+            "  ns: {services: [dns],",
+            lambda m: (m.nodes["ns"].role, m.nodes["ns"].service_set()),
+            (None, {Service.dns}),
+            id="services-instead-of-role",
+        ),
+        pytest.param(
+            "    role: hub\n",
+            "    services: [mta, fetch]\n",
+            lambda m: (m.nodes["hub"].role, m.nodes["hub"].service_set()),
+            (None, {Service.smtp, Service.fetch}),  # mta is another name for smtp
+            id="mta-alias",
+        ),
+        pytest.param(
+            "    role: hub\n",
+            "    role: hub\n    software: postfix\n",
+            lambda m: m.nodes["hub"].software_for(Service.smtp),
+            Software.postfix,
+            id="software-one",
         ),
         pytest.param(
             "    role: hub\n",
             "    role: hub\n    software: {smtp: exim, fetch: fetchmail}\n",
+            lambda m: [m.nodes["hub"].software_for(s) for s in (Service.smtp, Service.fetch)],
+            [Software.exim, Software.fetchmail],
             id="software-per-service",
         ),
         pytest.param(
             "    role: isp\n",
             "    role: isp\n    software: {smtp: builtin, pop3: dovecot}\n",
+            lambda m: [m.nodes["isp"].software_for(s) for s in (Service.smtp, Service.pop3)],
+            [Software.builtin, Software.dovecot],
             id="software-builtin-named",
         ),
         pytest.param(
             "    role: hub\n",
             "    role: hub\n    software: postfix\n"
             "    settings: {queue_run_delay: 5s, smtpd_delay_reject: 'no', process_limit: 10}\n",
+            lambda m: m.nodes["hub"].settings_for(Service.smtp),
+            {"queue_run_delay": "5s", "smtpd_delay_reject": "no", "process_limit": 10},
             id="settings-short-form",
         ),
         pytest.param(
             "    role: isp\n",
             "    role: isp\n    software: {smtp: sendmail, pop3: dovecot}\n"
             "    settings: {smtp: {confTO_QUEUEWARN: 10s}, pop3: {mail_debug: 'yes', x: 0.5}}\n",
+            lambda m: [m.nodes["isp"].settings_for(s) for s in (Service.smtp, Service.pop3)],
+            [{"confTO_QUEUEWARN": "10s"}, {"mail_debug": "yes", "x": 0.5}],
             id="settings-per-service",
         ),
     ],
 )
-def test_valid_variants(old: str, new: str) -> None:
-    """Alternative spellings the format allows load without a problem."""
-    load_text(change(old, new), "good.yaml")
+def test_valid_variants(
+    old: str, new: str, probe: Callable[[Topology], object], expected: object
+) -> None:
+    """Alternative spellings the format allows load, and mean what they say."""
+    assert probe(load_text(change(old, new), "good.yaml").model) == expected

@@ -7,6 +7,7 @@ sender's relay network. Each test edits what it needs before the lab comes up.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -81,8 +82,8 @@ def connects(lab: Lab, node: str = "out") -> list[str]:
 # --- MX routing -----------------------------------------------------------------------------
 
 
-def test_mx_preference_order() -> None:
-    with Lab.up(world()) as lab:
+def test_mx_preference_order(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         message = lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
         assert message.envelope_from == "alice@sender.test"
@@ -99,10 +100,12 @@ def test_mx_preference_order() -> None:
     ],
     ids=["421-greeting", "disconnect", "421-ehlo"],
 )
-def test_fallback_to_the_next_mx_when_the_first_fails(fault: dict[str, Any], why: str) -> None:
+def test_fallback_to_the_next_mx_when_the_first_fails(
+    lab_factory: Callable[..., Lab], fault: dict[str, Any], why: str
+) -> None:
     topology = world()
     topology.nodes["mx1"].faults = [Fault.model_validate(fault)]
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         lab.assert_delivered("bob@example.org", node="mx2", mailbox="bob")
         assert connects(lab) == ["mx1.example.org", "mx2.example.org"]
@@ -112,8 +115,11 @@ def test_fallback_to_the_next_mx_when_the_first_fails(fault: dict[str, Any], why
         assert lab.queue("out") == []
 
 
-def test_fallback_to_the_next_mx_when_the_first_refuses_connections() -> None:
-    with Lab.up(world()) as lab:
+@pytest.mark.lab_backend("inprocess")  # Docker: a host-less address may time out, not refuse
+def test_fallback_to_the_next_mx_when_the_first_refuses_connections(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(world()) as lab:
         lab.set_dns("mx1.example.org", "A", ["10.40.7.7"])  # nobody lives there
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         lab.assert_delivered("bob@example.org", node="mx2", mailbox="bob")
@@ -124,11 +130,11 @@ def test_fallback_to_the_next_mx_when_the_first_refuses_connections() -> None:
         assert connects(lab) == ["mx1.example.org", "mx2.example.org"]
 
 
-def test_all_mx_hosts_failing_defers() -> None:
+def test_all_mx_hosts_failing_defers(lab_factory: Callable[..., Lab]) -> None:
     topology = world()
     for node in ("mx1", "mx2"):
         topology.nodes[node].faults = [Fault(on="connect", reply="421 4.3.2 busy")]
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         result = lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         entry = lab.assert_queued(on="out", to="bob@example.org")
         assert entry["id"] == result.queue_id
@@ -138,24 +144,24 @@ def test_all_mx_hosts_failing_defers() -> None:
         assert not [e for e in lab.events if e.kind == "dsn.sent"]
 
 
-def test_implicit_mx_from_the_a_record() -> None:
-    with Lab.up(world()) as lab:
+def test_implicit_mx_from_the_a_record(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="carol@nomx.test")
         lab.assert_delivered("carol@nomx.test", node="plain", mailbox="carol")
         connect = lab.wait_for("delivery.connect", node="out")
         assert (connect.get("host"), connect.get("address")) == ("nomx.test", "10.40.3.3")
 
 
-def test_mx_host_name_differs_from_the_domain() -> None:
-    with Lab.up(world()) as lab:
+def test_mx_host_name_differs_from_the_domain(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="dave@elsewhere.test")
         lab.assert_delivered("dave@elsewhere.test", node="provider", mailbox="dave")
         connect = lab.wait_for("delivery.connect", node="out")
         assert (connect.get("host"), connect.get("address")) == ("mail.provider.test", "10.40.4.4")
 
 
-def test_nxdomain_bounces_with_5_1_2() -> None:
-    with Lab.up(world()) as lab:
+def test_nxdomain_bounces_with_5_1_2(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send("out", mail_from="alice@sender.test", to="nobody@nowhere.invalid")
         assert result.accepted
         lab.assert_bounced(
@@ -170,8 +176,8 @@ def test_nxdomain_bounces_with_5_1_2() -> None:
         assert lab.queue("out") == []
 
 
-def test_servfail_defers_and_delivers_once_dns_answers() -> None:
-    with Lab.up(world()) as lab:
+def test_servfail_defers_and_delivers_once_dns_answers(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.set_dns_fault("example.org", "servfail")
         result = lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         entry = lab.assert_queued(on="out", to="bob@example.org")
@@ -191,8 +197,8 @@ def test_servfail_defers_and_delivers_once_dns_answers() -> None:
         assert not [e for e in lab.events if e.kind == "dsn.sent"]
 
 
-def test_null_mx_bounces_with_5_1_10() -> None:
-    with Lab.up(world()) as lab:
+def test_null_mx_bounces_with_5_1_10(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="user@nullmx.test")
         bounce = lab.assert_bounced(
             recipient="user@nullmx.test", to="alice@sender.test", status="5.1.10"
@@ -203,8 +209,8 @@ def test_null_mx_bounces_with_5_1_10() -> None:
         assert connects(lab) == []
 
 
-def test_mx_pointing_back_to_the_sender_is_a_loop() -> None:
-    with Lab.up(world()) as lab:
+def test_mx_pointing_back_to_the_sender_is_a_loop(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="user@loop.test")
         lab.assert_bounced(recipient="user@loop.test", to="alice@sender.test", status="5.4.6")
         result = lab.wait_for("delivery.result", node="out", rcpt="user@loop.test")
@@ -229,10 +235,10 @@ def _with_received(count: int) -> bytes:
     ).encode()
 
 
-def test_too_many_received_headers_is_refused_as_a_loop() -> None:
+def test_too_many_received_headers_is_refused_as_a_loop(lab_factory: Callable[..., Lab]) -> None:
     topology = world()
     topology.nodes["mx1"].policy.max_received = 5
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         refused = lab.send(
             "out",
             mail_from="alice@sender.test",
@@ -258,14 +264,16 @@ def test_too_many_received_headers_is_refused_as_a_loop() -> None:
         assert len(lab.mailbox("mx1", "bob")) == 1
 
 
-def test_two_relays_pointing_at_each_other_stop_at_max_received() -> None:
+def test_two_relays_pointing_at_each_other_stop_at_max_received(
+    lab_factory: Callable[..., Lab],
+) -> None:
     topology = world()
     for me, other in (("mx1", "mx2"), ("mx2", "mx1")):
         node = topology.nodes[me]
         node.smarthost = other
         node.relay_from = ["10.40.0.0/16"]
         node.policy.max_received = 6
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         lab.send("out", mail_from="alice@sender.test", to="someone@nomx.test", via="mx1")
         refusal = lab.wait_for("policy.reject", stage="data")
         assert refusal.get("reply").startswith("554 5.4.6")
@@ -283,8 +291,8 @@ def test_two_relays_pointing_at_each_other_stop_at_max_received() -> None:
 # --- local delivery: users and aliases --------------------------------------------------------
 
 
-def test_alias_expands_to_several_users() -> None:
-    with Lab.up(world()) as lab:
+def test_alias_expands_to_several_users(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send("customer", mail_from="alice@sender.test", to="team@sender.test")
         assert result.accepted
         lab.assert_delivered("team@sender.test", node="out", mailbox="alice")
@@ -301,8 +309,8 @@ def test_alias_expands_to_several_users() -> None:
         ]
 
 
-def test_alias_loop_bounces_with_5_4_6() -> None:
-    with Lab.up(world()) as lab:
+def test_alias_loop_bounces_with_5_4_6(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send("customer", mail_from="alice@sender.test", to="ring@sender.test")
         assert result.accepted, result.to_json()
         lab.assert_bounced(
@@ -315,8 +323,8 @@ def test_alias_loop_bounces_with_5_4_6() -> None:
         assert lab.queue("out") == []
 
 
-def test_unknown_local_user_is_refused_at_rcpt() -> None:
-    with Lab.up(world()) as lab:
+def test_unknown_local_user_is_refused_at_rcpt(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send(
             "customer",
             mail_from="alice@sender.test",
@@ -330,8 +338,10 @@ def test_unknown_local_user_is_refused_at_rcpt() -> None:
         assert not [e for e in lab.events if e.kind == "dsn.sent"]
 
 
-def test_relay_denied_to_a_stranger_and_allowed_to_a_customer() -> None:
-    with Lab.up(world()) as lab:
+def test_relay_denied_to_a_stranger_and_allowed_to_a_customer(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(world()) as lab:
         denied = lab.send("stranger", mail_from="x@stranger.test", to="bob@example.org")
         assert not denied.accepted
         reply = denied.rcpt_replies["bob@example.org"]
@@ -352,12 +362,12 @@ def test_relay_denied_to_a_stranger_and_allowed_to_a_customer() -> None:
 # --- several recipients and several messages ----------------------------------------------
 
 
-def test_mixed_recipient_results_in_one_transaction() -> None:
+def test_mixed_recipient_results_in_one_transaction(lab_factory: Callable[..., Lab]) -> None:
     topology = world()
     topology.nodes["mx1"].faults = [
         Fault(on="rcpt", match="busy@example.org", reply="450 4.2.1 mailbox busy", times=1)
     ]
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         result = lab.send(
             "out",
             mail_from="alice@sender.test",
@@ -390,8 +400,8 @@ def test_mixed_recipient_results_in_one_transaction() -> None:
         assert len(lab.mailbox("out", "alice")) == 1  # one bounce, for ghost only
 
 
-def test_several_messages_share_one_connection_on_flush() -> None:
-    with Lab.up(world()) as lab:
+def test_several_messages_share_one_connection_on_flush(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.link("uplink").down()
         ids = []
         for n in range(3):
@@ -417,8 +427,9 @@ def test_several_messages_share_one_connection_on_flush() -> None:
         assert lab.queue("out") == []
 
 
-def test_starttls_between_mtas() -> None:
-    with Lab.up(world()) as lab:
+@pytest.mark.lab_backend("inprocess")  # Docker: the readiness probe's QUIT is in mx1's events
+def test_starttls_between_mtas(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         message = lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
         result = lab.wait_for("delivery.result", node="out", rcpt="bob@example.org")
@@ -434,10 +445,10 @@ def test_starttls_between_mtas() -> None:
         assert commands[:3] == ["EHLO", "STARTTLS", "EHLO"]
 
 
-def test_no_starttls_when_the_server_does_not_offer_it() -> None:
+def test_no_starttls_when_the_server_does_not_offer_it(lab_factory: Callable[..., Lab]) -> None:
     topology = world()
     topology.nodes["mx1"].policy.starttls = StartTls.off
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         message = lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
         result = lab.wait_for("delivery.result", node="out", rcpt="bob@example.org")
@@ -446,8 +457,10 @@ def test_no_starttls_when_the_server_does_not_offer_it() -> None:
         assert "using TLS" not in message.raw.split("by mx1.example.org")[1].split(";")[0]
 
 
-def test_a_bounce_travels_to_a_remote_sender_from_the_null_sender() -> None:
-    with Lab.up(world()) as lab:
+def test_a_bounce_travels_to_a_remote_sender_from_the_null_sender(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send("out", mail_from="carol@nomx.test", to="ghost@example.org")
         assert result.accepted
         lab.assert_bounced(
@@ -468,7 +481,10 @@ def test_a_bounce_travels_to_a_remote_sender_from_the_null_sender() -> None:
         assert lab.queue("out") == [] and lab.queue("plain") == []
 
 
-def test_answers_are_cached_for_their_ttl_and_edits_show_at_once() -> None:
+@pytest.mark.lab_backend("inprocess")  # Docker: set_dns MX fails, the pairs are sent as strings
+def test_answers_are_cached_for_their_ttl_and_edits_show_at_once(
+    lab_factory: Callable[..., Lab],
+) -> None:
     """The MTA's resolver keeps an MX answer for its TTL on the lab clock (300 s here),
     as the caching resolver beside a real MTA does; an edit of the lab DNS empties it."""
 
@@ -484,7 +500,7 @@ def test_answers_are_cached_for_their_ttl_and_edits_show_at_once() -> None:
             ]
         )
 
-    with Lab.up(world()) as lab:
+    with lab_factory(world()) as lab:
         since = lab.events[-1].seq
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="one")
         lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
@@ -513,8 +529,10 @@ def test_answers_are_cached_for_their_ttl_and_edits_show_at_once() -> None:
         assert "SERVFAIL" in entry["last_reply"]
 
 
-def test_a_session_left_open_is_used_by_the_next_run_and_replaced_when_cut() -> None:
-    with Lab.up(world()) as lab:
+def test_a_session_left_open_is_used_by_the_next_run_and_replaced_when_cut(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org", subject="one")
         lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
         lab.settle()

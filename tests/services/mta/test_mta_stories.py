@@ -1,5 +1,5 @@
-"""The acceptance stories of the seed articles, end to end on the backend of
-`--lab-backend` (the `lab_backend` fixture of the maillab pytest plugin; in-process by default).
+"""The acceptance stories of the seed articles, end to end on each backend of
+`--lab-backend` (the `lab_factory` fixture of tests/conftest.py; in-process by default).
 
 - lg45: the envelope sender is not rewritten, a picky remote refuses it, and the bounce
   goes nowhere (a double bounce at the ISP postmaster); with the envelope rewritten the
@@ -13,6 +13,7 @@ from __future__ import annotations
 import email
 import email.policy
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,8 +65,10 @@ def received_chain(raw: str) -> list[str]:
 # --- lg45: envelope-not-rewritten ---------------------------------------------------------
 
 
-def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere(lab_backend: str) -> None:
-    with Lab.up(LG45, backend=lab_backend) as lab:
+def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(LG45) as lab:
         at_isp = lab.capture_queued("isp")
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
@@ -123,9 +126,9 @@ def test_lg45_unrewritten_envelope_is_refused_and_the_bounce_goes_nowhere(lab_ba
         assert ("isp", "mailbox.delivered") in kinds
 
 
-def test_lg45_envelope_rewritten_is_delivered(lab_backend: str) -> None:
+def test_lg45_envelope_rewritten_is_delivered(lab_factory: Callable[..., Lab]) -> None:
     topology = lg45(heaven__masquerade__envelope=True)
-    with Lab.up(topology, backend=lab_backend) as lab:
+    with lab_factory(topology) as lab:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
         message = lab.assert_delivered(
@@ -142,9 +145,11 @@ def test_lg45_envelope_rewritten_is_delivered(lab_backend: str) -> None:
         assert lab.mailbox("isp", "postmaster") == []
 
 
-def test_isp_checking_the_sender_makes_the_hub_bounce_locally(lab_backend: str) -> None:
+def test_isp_checking_the_sender_makes_the_hub_bounce_locally(
+    lab_factory: Callable[..., Lab],
+) -> None:
     topology = lg45(isp__policy__verify_sender_domain=True)
-    with Lab.up(topology, backend=lab_backend) as lab:
+    with lab_factory(topology) as lab:
         result = lab.send("pc", mail_from="joe@home", to=["friend@picky.org"], subject="hello")
         assert result.accepted, result.to_json()
         refusal = lab.wait_for("policy.reject", node="isp", stage="mail")
@@ -166,8 +171,8 @@ def test_isp_checking_the_sender_makes_the_hub_bounce_locally(lab_backend: str) 
         assert lab.queue("heaven") == []
 
 
-def test_lg45_local_mail_with_fake_headers(lab_backend: str) -> None:
-    with Lab.up(LG45, backend=lab_backend) as lab:
+def test_lg45_local_mail_with_fake_headers(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(LG45) as lab:
         lab.send(
             "pc",
             mail_from="joe@home",
@@ -186,8 +191,8 @@ def test_lg45_local_mail_with_fake_headers(lab_backend: str) -> None:
 # --- nelug: the dial-up hub ---------------------------------------------------------------
 
 
-def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_backend: str) -> None:
-    with Lab.up(HOME_DIALUP, backend=lab_backend) as lab:
+def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(HOME_DIALUP) as lab:
         assert lab.link("dialup").state == "down"
         result = lab.send(
             "pc1",
@@ -235,8 +240,8 @@ def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_backend: str) -> N
 # --- lg45 / pep: the telnet dialogue --------------------------------------------------------
 
 
-def test_telnet_dialogue_with_the_hub(wire: Any, lab_backend: str) -> None:
-    with Lab.up(LG45, backend=lab_backend) as lab:
+def test_telnet_dialogue_with_the_hub(lab_factory: Callable[..., Lab], wire: Any) -> None:
+    with lab_factory(LG45) as lab:
         operator = lab.status()["operator"]
         assert operator == {"node": "pc", "address": "192.168.1.10"}
         with wire(lab, "heaven") as s:

@@ -1,4 +1,9 @@
-"""The MTA's queue on disk (lab.services.mta.queue.Queue): durable, and whole after a restart."""
+"""The MTA queue's files (lab.services.mta.queue.Queue), with no lab around them: what is
+put is whole after a restart, every state change is saved, removals and half-written
+leftovers, and when each file and its directory are fsync'd.
+
+What the running MTA does with queued mail over time is in test_queued_mail.py.
+"""
 
 from __future__ import annotations
 

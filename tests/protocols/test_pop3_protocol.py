@@ -1,4 +1,10 @@
-"""The sans-IO POP3 core, server and client as a pair in memory: no sockets, no loop."""
+"""The sans-IO POP3 core (lab.protocols.pop3), server and client as a pair in memory: no
+sockets, no loop. Every reply and state change of RFC 1939 (and STLS, CAPA, APOP) is
+checked here, byte for byte.
+
+The service that runs the core on a host (sockets, the Maildir store, delays and
+timeouts, locks, TLS, events) is in tests/services/test_pop3_service.py.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,12 @@
-"""The POP3 service over real sockets: the ISP of home-dialup, driven with Python's poplib
-and with raw bytes, as a mail client (or a person with telnet) would."""
+"""The POP3 service (lab.services.pop3) over real sockets: the ISP of home-dialup, driven
+with Python's poplib and with raw bytes, as a mail client (or a person with telnet) would.
+
+What the asyncio shell adds to the protocol core: the Maildir store behind it, the lock
+between sessions, the delay after a failed login, idle logout, STLS with the lab CA,
+clients that drop, and the events; whole dialogues check the core's replies arrive
+unchanged over TCP. Each reply and state of the protocol on its own is in
+tests/protocols/test_pop3_protocol.py.
+"""
 
 from __future__ import annotations
 
@@ -34,7 +41,7 @@ def crlf(data: bytes) -> bytes:
     return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
 
 
-# The POP3 server's own tests, on its in-process endpoints.
+# In process: they set the service's delays in place; on Docker no endpoint reaches isp's POP3.
 pytestmark = [pytest.mark.topology("home-dialup"), pytest.mark.lab_backend("inprocess")]
 
 

@@ -1,10 +1,15 @@
-"""The DATA reader of the built-in SMTP server, fed as a network would feed it: in every
-possible split, a byte at a time, with pipelined commands behind the end of data.
+"""How the built-in SMTP server reads a message's data (lab.services.mta.smtpd.read_data,
+and the bare CR/LF check of lab.services.mta.policy), in memory, fed as a network would
+feed it: in every possible split, a byte at a time, with pipelined commands behind the
+end of data.
 
 The reader takes whole buffered blocks instead of a line at a time; these tests hold it
 to the line-at-a-time meaning of RFC 5321: the data ends at the first line that is a lone
 dot, lines end with CRLF only, leading dots are unstuffed, and a too-long line or too
 much data is answered only once the data has ended, with what followed left unread.
+
+The server's replies to such input over a real connection are in
+test_smtpd_hostile_input.py.
 """
 
 from __future__ import annotations

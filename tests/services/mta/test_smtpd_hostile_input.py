@@ -1,7 +1,12 @@
-"""Hostile and broken SMTP input against a real endpoint, byte for byte.
+"""The built-in SMTP server against hostile and broken clients, byte for byte over a real
+connection: smuggling, bare CR or LF, over-long lines and commands, too much data or too
+many recipients, clients that hang up mid-transaction, talking before the greeting, 8-bit
+data, control characters in addresses, and the lab going down under open sessions.
 
 For every case: the reply code, what was (not) queued or delivered, and that the server
-still answers afterwards on the same connection or a new one.
+still answers afterwards on the same connection or a new one. The data reader's own
+splitting rules are in test_smtpd_reader.py; the limits and refusals a node's policy
+sets are in test_mta_policies.py.
 """
 
 from __future__ import annotations
@@ -9,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -45,9 +50,8 @@ def world(**policy: object) -> Topology:
 
 
 @pytest.fixture
-def lab() -> Iterator[Lab]:
-    with Lab.up(world()) as running:
-        yield running
+def lab(lab_factory: Callable[..., Lab]) -> Lab:
+    return lab_factory(world())
 
 
 def queued(lab: Lab) -> list[dict[str, object]]:
@@ -191,8 +195,8 @@ def test_command_over_512_octets_is_refused(lab: Lab, wire: Wire) -> None:
 # --- size and recipient limits ----------------------------------------------------------------
 
 
-def test_message_over_max_size_is_refused(wire: Wire) -> None:
-    with Lab.up(world(max_size=2000)) as lab:
+def test_message_over_max_size_is_refused(lab_factory: Callable[..., Lab], wire: Wire) -> None:
+    with lab_factory(world(max_size=2000)) as lab:
         with wire(lab, "mx") as s:
             begin(s)
             s.send(b"Subject: big\r\n\r\n" + (b"x" * 70 + b"\r\n") * 40 + b".\r\n")
@@ -214,10 +218,10 @@ def test_message_over_max_size_is_refused(wire: Wire) -> None:
         assert "Subject: small" in message
 
 
-def test_the_101st_recipient_gets_452(wire: Wire) -> None:
+def test_the_101st_recipient_gets_452(lab_factory: Callable[..., Lab], wire: Wire) -> None:
     topology = world()
     topology.nodes["mx"].users = [f"u{n}" for n in range(101)]
-    with Lab.up(topology, durable=False) as lab:
+    with lab_factory(topology, durable=False) as lab:
         with wire(lab, "mx") as s:
             begin(s, rcpts=(), data=False)
             for n in range(100):
@@ -390,8 +394,10 @@ def test_control_characters_in_a_recipient_are_refused(
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "starttls"])
-def test_lab_down_ends_sessions_still_open(wire: Wire, tls: bool) -> None:
-    lab = Lab.up(world())
+def test_lab_down_ends_sessions_still_open(
+    lab_factory: Callable[..., Lab], wire: Wire, tls: bool
+) -> None:
+    lab = lab_factory(world())
     try:
         idle = wire(lab, "mx")
         assert idle.reply()[0] == 220

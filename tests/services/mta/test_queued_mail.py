@@ -1,9 +1,14 @@
-"""The queue's life on the lab clock (seed nelug): retried every 30 minutes, a delay
-warning after 4 hours, returned after 5 days; flushing; a restart; nothing lost."""
+"""Queued mail in a running lab, on the lab clock (seed nelug): retried every 30 minutes,
+a delay warning after 4 hours, returned after 5 days, custom schedules; flushed when the
+link is back; still queued after the lab restarts; none lost or doubled.
+
+The queue's files on their own (lab.services.mta.queue.Queue) are in test_queue.py.
+"""
 
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,8 +71,8 @@ def dsns(lab: Lab, action: str) -> list[str]:
     return [m.raw for m in lab.mailbox("out", "alice") if f"Action: {action}" in m.raw]
 
 
-def test_default_schedule_retry_warn_and_give_up() -> None:
-    with Lab.up(world()) as lab:
+def test_default_schedule_retry_warn_and_give_up(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         result = lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         queue_id = result.queue_id
         entry = lab.assert_queued(on="out", to="bob@example.org")
@@ -120,12 +125,12 @@ def test_default_schedule_retry_warn_and_give_up() -> None:
         lab.assert_not_delivered("bob@example.org")
 
 
-def test_custom_retry_intervals() -> None:
+def test_custom_retry_intervals(lab_factory: Callable[..., Lab]) -> None:
     topology = world()
     topology.nodes["out"].retry = topology.nodes["out"].retry.model_validate(
         {"intervals": ["10m", "1h"], "warn_after": None, "give_up_after": "3h"}
     )
-    with Lab.up(topology) as lab:
+    with lab_factory(topology) as lab:
         result = lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         lab.assert_queued(on="out")
         lab.clock.advance("4h")
@@ -137,8 +142,8 @@ def test_custom_retry_intervals() -> None:
         assert len(dsns(lab, "failed")) == 1
 
 
-def test_delivered_on_a_retry_once_the_link_is_back() -> None:
-    with Lab.up(world()) as lab:
+def test_delivered_on_a_retry_once_the_link_is_back(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         lab.assert_queued(on="out")
         lab.link("uplink").up()  # no on_up hook: the queue waits for its timer
@@ -151,8 +156,8 @@ def test_delivered_on_a_retry_once_the_link_is_back() -> None:
         assert dsns(lab, "delayed") == [] and dsns(lab, "failed") == []
 
 
-def test_flush_delivers_what_is_queued_now() -> None:
-    with Lab.up(world()) as lab:
+def test_flush_delivers_what_is_queued_now(lab_factory: Callable[..., Lab]) -> None:
+    with lab_factory(world()) as lab:
         ids = [
             lab.send(
                 "out", mail_from="alice@sender.test", to="bob@example.org", subject=f"n{n}"
@@ -171,12 +176,14 @@ def test_flush_delivers_what_is_queued_now() -> None:
         assert lab.flush("out") == 0
 
 
-def test_the_queue_survives_a_restart_of_the_lab(tmp_path: Path) -> None:
+def test_the_queue_survives_a_restart_of_the_lab(
+    lab_factory: Callable[..., Lab], tmp_path: Path
+) -> None:
     state = tmp_path / "state"
-    with Lab.up(world(), state_dir=state) as lab:
+    with lab_factory(world(), state_dir=state) as lab:
         result = lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
         lab.assert_queued(on="out")
-    with Lab.up(world(), state_dir=state) as lab:
+    with lab_factory(world(), state_dir=state) as lab:
         loaded = lab.wait_for("queue.loaded", node="out")
         assert loaded.get("id") == result.queue_id
         assert loaded.get("recipients") == ["bob@example.org"]
@@ -190,8 +197,10 @@ def test_the_queue_survives_a_restart_of_the_lab(tmp_path: Path) -> None:
         assert lab.queue("out") == []
 
 
-def test_nothing_is_lost_fifty_messages_across_the_dialup_link() -> None:
-    with Lab.up(HOME_DIALUP) as lab:
+def test_nothing_is_lost_fifty_messages_across_the_dialup_link(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(HOME_DIALUP) as lab:
         subjects = [f"message {n:02d}" for n in range(50)]
         for subject in subjects:
             result = lab.send(
