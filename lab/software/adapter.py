@@ -86,6 +86,14 @@ class MtaAdapter(Protocol):
 
     def flush_command(self) -> list[str]: ...
 
+    def retry_command(self, queue_id: str) -> list[str]:
+        """Try one deferred message now (its due time has come in lab time)."""
+        ...
+
+    def deferred_path(self) -> str:
+        """The deferred queue: one file per message, its mtime the next try."""
+        ...
+
     def queue_command(self) -> list[str]: ...
 
     def parse_queue(self, output: str, log: LogReader, spool: Path) -> list[dict[str, Any]]:

@@ -239,6 +239,12 @@ class PostfixAdapter:
     def flush_command(self) -> list[str]:
         return ["postqueue", "-f"]
 
+    def retry_command(self, queue_id: str) -> list[str]:
+        return ["postqueue", "-i", queue_id]
+
+    def deferred_path(self) -> str:
+        return f"{SPOOL}/deferred"
+
     def queue_command(self) -> list[str]:
         return ["postqueue", "-j"]
 
@@ -345,6 +351,7 @@ class PostfixLog:
                 "queued": False,
                 "bounced": [],
                 "attempts": 0,
+                "deferred": {},  # recipient -> (dsn, reply) of its last deferral
             },
         )
 
@@ -390,7 +397,25 @@ class PostfixLog:
             return [Event("queue.removed", {"id": qid})]
         fields = _fields(rest)
         if "from" in fields and "status=expired" in rest:
-            return [Event("queue.expired", {"id": qid})]
+            events = [Event("queue.expired", {"id": qid})]
+            for to, (dsn, reply) in m["deferred"].items():
+                status = "4.4.7" if not dsn.startswith(("4", "5")) else dsn
+                text = f"delivery time expired; last error: {reply}"
+                m["bounced"].append((to, status, text))
+                events.append(
+                    Event(
+                        "queue.bounced",
+                        {
+                            "id": qid,
+                            "rcpt": to,
+                            "status": status,
+                            "reply": text,
+                            "envelope_from": fields["from"],
+                        },
+                    )
+                )
+            m["deferred"] = {}
+            return events
         if "from" in fields and not m["queued"]:
             m["queued"] = True
             m["envelope_from"] = fields["from"]
@@ -429,6 +454,8 @@ class PostfixLog:
         if to == first:  # one attempt of the message: counted at its first recipient
             m["attempts"] += 1
         events: list[Event] = []
+        if state != "deferred":
+            m["deferred"].pop(to, None)
         if state == "sent" and prog in ("local", "virtual"):
             user = to.partition("@")[0].lower()
             events.append(
@@ -468,6 +495,7 @@ class PostfixLog:
                 )
             )
         elif state == "deferred":
+            m["deferred"][to] = (dsn, reply)
             events.append(
                 Event(
                     "delivery.result",

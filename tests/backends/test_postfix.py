@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from lab.harness import Lab
+from lab.topology import load
 
 ROOT = Path(__file__).resolve().parents[2]
 HOME_DIALUP_POSTFIX = ROOT / "topologies" / "home-dialup-postfix.yaml"
@@ -93,3 +94,31 @@ def test_postfix_hub_delivers_locally_through_its_aliases(
             )
             assert message.envelope_from == "eddy@shofar.org.uk"
         assert [m.envelope_from for m in lab.mailbox("hub", "eddy")] == ["eddy@shofar.org.uk"]
+
+
+def test_lab_time_drives_postfix_retries_delay_warning_and_bounce(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    """The hub's retry schedule becomes Postfix's backoff, delay_warning_time and
+    maximal_queue_lifetime; `clock advance` moves Postfix's libfaketime offset from one
+    due time to the next and tries what fell due, so the warning and the bounce come in
+    lab time."""
+    from lab.topology.model import Retry
+
+    topology = load(HOME_DIALUP_POSTFIX).model
+    topology.nodes["hub"].retry = Retry(intervals=[600.0], warn_after=1800.0, give_up_after=3600.0)
+    with Lab.up(topology, backend="docker", state_dir=tmp_path / "lab") as lab:
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
+        entry = lab.assert_queued("hub", to="paulmidgley@freeuk.com")
+        # Postfix's next try is 10 minutes on, in lab time
+        assert 590 <= entry["next_attempt"] - entry["received"] <= 610, entry
+        lab.clock.advance("35m")
+        assert lab.queue("hub")[0]["attempts"] >= 3
+        warning = [e for e in lab.trace(sent) if e.kind == "dsn.sent"]
+        assert [e.get("action") for e in warning] == ["delayed"], lab.format_trace(sent)
+        lab.clock.advance("40m")
+        bounce = lab.assert_bounced(recipient="paulmidgley@freeuk.com", by="hub", timeout=5)
+        assert bounce.get("to") == "eddy@shofar.org.uk"
+        assert lab.queue("hub") == []
+        subjects = [str(m["Subject"]) for m in lab.mailbox("hub", "eddy")]
+        assert len(subjects) == 2, subjects  # the delay warning, then the bounce

@@ -291,7 +291,7 @@ class Agent:
         pending = self.clock.pending()
         due = [pending[0].when] if pending else []
         if self.real is not None:
-            real_due = await asyncio.to_thread(self.real.next_due)
+            real_due = self.real.next_due()
             if real_due is not None:
                 due.append(max(real_due, self.clock.time()))
         return min(due) if due else None
@@ -302,11 +302,7 @@ class Agent:
         if self.real is not None:
             # the daemon's clock follows the host's; what fell due is tried now
             self.real.set_offset(self.clock.offset)
-            real_due = await asyncio.to_thread(self.real.next_due)
-            if real_due is not None and real_due <= self.clock.time() + 0.5:
-                await self.real.run(self.real.adapter.flush_command(), check=False)
-                ran += 1
-            await self.real.settle(10.0)
+            ran += await self.real.run_due(self.clock.time())
         return ran
 
     async def clock_time(self) -> dict[str, float]:

@@ -30,6 +30,7 @@ log = logging.getLogger("maillab.node")
 
 READY_TIMEOUT = 30.0
 MAX_RESTARTS = 5
+QUIET = 0.05  # seconds without a log line after which the daemon counts as idle
 
 
 class RealMta:
@@ -177,25 +178,43 @@ class RealMta:
         tmp.write_text(faketime_offset(offset))
         tmp.replace(self.offset_file)
 
+    def deferred(self) -> dict[str, float]:
+        """Deferred queue id -> its next try (lab time: the daemon sets its queue file's
+        mtime from its faked clock; stat is not faked)."""
+        found: dict[str, float] = {}
+        root = Path(self.adapter.deferred_path())
+        with contextlib.suppress(OSError):
+            for sub in os.scandir(root):
+                if not sub.is_dir():
+                    continue
+                with contextlib.suppress(OSError):
+                    for entry in os.scandir(sub.path):
+                        with contextlib.suppress(OSError):
+                            found[entry.name] = entry.stat().st_mtime
+        return found
+
     def next_due(self) -> float | None:
-        """The earliest time (lab) the daemon will try a deferred message again."""
-        due = [
-            q["next_attempt"]
-            for q in self._queue_sync()
-            if q.get("queue_name") == "deferred" and q["next_attempt"]
-        ]
+        """The earliest lab time the daemon will try a deferred message again."""
+        due = self.deferred().values()
         return min(due) if due else None
 
-    def _queue_sync(self) -> list[dict[str, Any]]:
-        import subprocess
-
-        try:
-            out = subprocess.run(
-                self.adapter.queue_command(), capture_output=True, text=True, timeout=20
-            ).stdout
-        except (OSError, subprocess.SubprocessError):
-            return []
-        return self.adapter.parse_queue(out, self.reader, Path("/var/spool/postfix"))
+    async def run_due(self, now: float) -> int:
+        """Try each deferred message due by `now` (the offset moved there) and wait until
+        each was tried: gone from the deferred queue, or deferred again to a later time."""
+        due = {qid: when for qid, when in self.deferred().items() if when <= now + 0.001}
+        if not due:
+            return 0
+        for qid in due:
+            await self.run(self.adapter.retry_command(qid), check=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while loop.time() < deadline:
+            current = self.deferred()
+            if all(current.get(qid, when + 1) > when for qid, when in due.items()):
+                break
+            await asyncio.sleep(0.01)
+        await self.settle(10.0)
+        return len(due)
 
     # acting ------------------------------------------------------------------------------
 
@@ -251,9 +270,9 @@ class RealMta:
         return out
 
     def busy(self) -> bool:
-        """Messages under way (incoming, active), or a log line less than 0.3 s ago."""
+        """Messages under way (incoming, active), or a log line less than QUIET s ago."""
         loop = asyncio.get_running_loop()
-        if loop.time() - self.last_line < 0.3:
+        if loop.time() - self.last_line < QUIET:
             return True
         for path in self.adapter.busy_paths():
             with contextlib.suppress(OSError):
@@ -266,4 +285,4 @@ class RealMta:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while self.busy() and loop.time() < deadline:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(0.01)
