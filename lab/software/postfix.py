@@ -558,14 +558,17 @@ class PostfixLog:
         if note is None:
             return []
         action = {"non-delivery": "failed", "delay": "delayed"}.get(note["what"], "delivered")
-        bounced = m["bounced"] if action == "failed" else []
+        if action == "failed":
+            about = [(to, status) for to, status, _ in m["bounced"]]
+        else:  # a delay warning is about the recipients still deferred
+            about = [(to, dsn) for to, (dsn, _) in m["deferred"].items()]
         data = {
             "id": note["new"],
             "original_id": qid,
             "to": m["envelope_from"] or "",
             "action": action,
-            "recipients": [b[0] for b in bounced],
-            "status": [b[1] for b in bounced],
+            "recipients": [to for to, _ in about],
+            "status": [status for _, status in about],
         }
         if action == "failed":
             m["bounced"] = []

@@ -116,6 +116,7 @@ def test_lab_time_drives_postfix_retries_delay_warning_and_bounce(
         assert lab.queue("hub")[0]["attempts"] >= 3
         warning = [e for e in lab.trace(sent) if e.kind == "dsn.sent"]
         assert [e.get("action") for e in warning] == ["delayed"], lab.format_trace(sent)
+        assert warning[0].get("recipients") == ["paulmidgley@freeuk.com"]
         lab.clock.advance("40m")
         bounce = lab.assert_bounced(recipient="paulmidgley@freeuk.com", by="hub", timeout=5)
         assert bounce.get("to") == "eddy@shofar.org.uk"

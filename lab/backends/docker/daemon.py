@@ -142,12 +142,12 @@ class RealMta:
         """The Maildir file a local delivery of `queue_id` wrote (its Received: line names
         the queue id), not one reported before."""
         seen = self.keys.setdefault(user, set())
-        needle = f" id {queue_id}".encode()
+        needle = re.compile(rb"\sid " + re.escape(queue_id.encode()) + rb"\b")
         for key in reversed(self.store.keys(user)):
             if key in seen:
                 continue
             with contextlib.suppress(OSError, KeyError):
-                if needle in self.store.read(user, key)[:4096]:
+                if needle.search(self.store.read(user, key)[:8192]):
                     seen.add(key)
                     return key
         return ""
