@@ -398,11 +398,11 @@ def test_real_mta_software_is_refused_clearly_for_now(tmp_path: Path) -> None:
     from lab.errors import LabError
 
     topology = load(LG45).model
-    topology.nodes["heaven"].software = type(topology.nodes["heaven"].software)("postfix")
+    topology.nodes["heaven"].software = type(topology.nodes["heaven"].software)("exim")
     with pytest.raises(LabError) as excinfo:
         Lab.up(topology, backend="docker", state_dir=tmp_path / "lab")
     assert str(excinfo.value) == (
-        "node 'heaven': software 'postfix' (Postfix, in a container (Docker backend)) is not"
+        "node 'heaven': software 'exim' (Exim 4, in a container (Docker backend)) is not"
         " available yet: the docker backend runs the built-in MTA only in this version; use"
         " software: builtin"
     )
