@@ -180,10 +180,11 @@ class TopologyFile(pytest.File):
             topology = load(self.path).model
         except TopologyError as exc:
             raise self.CollectError(f"invalid topology {self.path}:\n{exc}") from None
-        backends = [b for b in lab_backends(self.config) if runs_on(topology, b)]
+        asked = lab_backends(self.config)
+        backends = [b for b in asked if runs_on(topology, b)]
         for name in topology.checks:
             for backend in backends:
-                label = f"{name}[{backend}]" if len(backends) > 1 else name
+                label = f"{name}[{backend}]" if len(asked) > 1 else name
                 yield CheckItem.from_parent(
                     self, name=label, topology=topology, check=name, backend=backend
                 )

@@ -112,20 +112,3 @@ class MtaAdapter(Protocol):
 def faketime_offset(seconds: float) -> str:
     """The content of a libfaketime timestamp file for a clock `seconds` ahead."""
     return f"+{max(0.0, seconds):.3f}\n"
-
-
-def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter | None:
-    """The adapter of a real MTA; None for the built-in one."""
-    if software is Software.postfix:
-        from lab.software.postfix import PostfixAdapter
-
-        return PostfixAdapter(connect_timeout)
-    if software is Software.builtin:
-        return None
-    raise LookupError(f"no adapter for software {software.value!r} yet")
-
-
-def image_family(software: Software) -> str | None:
-    """The image family a node with this SMTP software runs in (None: the node image)."""
-    adapter = adapter_for(software)
-    return adapter.family if adapter is not None else None

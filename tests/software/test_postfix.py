@@ -8,14 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from lab.software.adapter import (
-    RenderContext,
-    adapter_for,
-    faketime_offset,
-    image_family,
-    smtp_software,
-)
+from lab.software.adapter import RenderContext, faketime_offset, smtp_software
 from lab.software.postfix import PostfixAdapter, PostfixLog, main_cf, parse_postqueue
+from lab.software.registry import adapter_for, image_family
 from lab.topology import load
 from lab.topology.model import Software
 

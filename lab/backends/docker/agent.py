@@ -38,7 +38,8 @@ from lab.runtime.events import Event, EventBus
 from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
-from lab.software.adapter import RenderContext, adapter_for, smtp_software
+from lab.software.adapter import RenderContext, smtp_software
+from lab.software.registry import adapter_for
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable

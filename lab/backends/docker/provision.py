@@ -27,7 +27,8 @@ from lab.errors import LabError
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.services.tls import LabCA
-from lab.software.adapter import image_family, smtp_software
+from lab.software.adapter import smtp_software
+from lab.software.registry import image_family
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Service, Topology
 
