@@ -123,3 +123,16 @@ def test_lab_time_drives_postfix_retries_delay_warning_and_bounce(
         assert lab.queue("hub") == []
         subjects = [str(m["Subject"]) for m in lab.mailbox("hub", "eddy")]
         assert len(subjects) == 2, subjects  # the delay warning, then the bounce
+
+
+def test_a_crashed_postfix_is_restarted_with_an_event(docker_client: Any, tmp_path: Path) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        hub = lab.backend.containers["hub"]
+        killed = hub.exec_run(["sh", "-c", "kill -9 $(cat /var/spool/postfix/pid/master.pid)"])
+        assert killed.exit_code == 0, killed.output
+        exited = lab.wait_for("daemon.exited", node="hub", timeout=10)
+        assert exited.get("software") == "postfix"
+        lab.wait_for("daemon.restarted", node="hub", timeout=30)
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["keith@shofar.org.uk"])
+        assert sent.accepted, sent.to_json()
+        lab.assert_delivered("keith@shofar.org.uk", node="hub", mailbox="keith", timeout=20)
