@@ -15,7 +15,6 @@ environment the daemon needs for it (`environment`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from lab.topology.model import Node, Software, Topology
@@ -96,7 +95,7 @@ class MtaAdapter(Protocol):
 
     def queue_command(self) -> list[str]: ...
 
-    def parse_queue(self, output: str, log: LogReader, spool: Path) -> list[dict[str, Any]]:
+    def parse_queue(self, output: str, log: LogReader) -> list[dict[str, Any]]:
         """The queue listing in the built-in MTA's shape (lab.protocols.wire.QueueEntry)."""
         ...
 

@@ -248,8 +248,8 @@ class PostfixAdapter:
     def queue_command(self) -> list[str]:
         return ["postqueue", "-j"]
 
-    def parse_queue(self, output: str, log: Any, spool: Path = Path(SPOOL)) -> list[dict[str, Any]]:
-        return parse_postqueue(output, log, spool)
+    def parse_queue(self, output: str, log: Any) -> list[dict[str, Any]]:
+        return parse_postqueue(output, log, Path(SPOOL))
 
     def content_command(self, queue_id: str) -> list[str]:
         return ["postcat", "-bh", "-q", queue_id]

@@ -136,3 +136,32 @@ def test_a_crashed_postfix_is_restarted_with_an_event(docker_client: Any, tmp_pa
         sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["keith@shofar.org.uk"])
         assert sent.accepted, sent.to_json()
         lab.assert_delivered("keith@shofar.org.uk", node="hub", mailbox="keith", timeout=20)
+
+
+def test_a_dropped_link_cuts_postfixs_sessions_across_it(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        lab.link("dialup").up()
+        hold = lab.backend.containers["isp"].exec_run(
+            [
+                "python3",
+                "-c",
+                "import socket; s = socket.create_connection(('10.20.9.201', 25), timeout=20)\n"
+                "print(s.recv(100)); print('open', flush=True)\n"
+                "try:\n  d = s.recv(100); print('closed' if not d else d)\n"
+                "except OSError as e: print('cut', e.errno)",
+            ],
+            stream=True,
+        )
+        first = b""
+        for chunk in hold.output:
+            first += chunk
+            if b"open" in first:
+                break
+        assert b"220 moriah.shofar.org.uk ESMTP Postfix" in first, first
+        lab.link("dialup").down()
+        rest = b"".join(hold.output).decode()
+        assert "cut 104" in rest or "closed" in rest, rest  # a reset, not a timeout
+        down = [e for e in lab.events if e.kind == "link.down"]
+        assert down and down[-1].get("cut") >= 1

@@ -79,7 +79,7 @@ class Agent:
             AgentOp.CLOCK_ADVANCE_TO: self.advance_to,
             AgentOp.CLOCK_TIME: self.clock_time,
             AgentOp.SUBMIT: self.submit,
-            AgentOp.LINK: self._services("set_link"),
+            AgentOp.LINK: self.set_link,
             AgentOp.FLUSH: self.flush,
             AgentOp.FETCH: self._services("fetch"),
             AgentOp.QUEUE: self.queue,
@@ -348,6 +348,20 @@ class Agent:
         if self.real is not None:
             return wire.encode_mailbox(self.real.mailbox(user))
         return await self._need().mailbox(user)
+
+    async def set_link(self, link: str, state: str) -> int:
+        """As every host; a real MTA's own TCP connections on the link's address are cut
+        too (ss -K), as the agent cuts its own."""
+        cut = int(await self._need().set_link(link=link, state=state))
+        spec = self.topology.links.get(link)
+        if self.real is not None and spec is not None and state == LinkState.DOWN:
+            address = self.addresses[self.name].get(spec.network)
+            if address is not None:
+                out = await self.real.run(
+                    ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
+                )
+                cut += len([line for line in out.splitlines() if line.strip()])
+        return cut
 
     async def add_fault(self, fault: dict[str, Any]) -> None:
         if self.real is not None:

@@ -118,8 +118,10 @@ class RealMta:
             log.error("%s exited %s times; not restarting", self.adapter.software, self.restarts)
             return
         self.restarts += 1
-        with contextlib.suppress(Exception):  # a stale pid file stops start-fg
-            await self.run(["postfix", "stop"], check=False)
+        stop = self.adapter.stop_command()
+        if stop:  # whatever the dead daemon left (a pid file) must not stop the new one
+            with contextlib.suppress(Exception):
+                await self.run(stop, check=False)
         await self._spawn()
         try:
             await self.ready()
@@ -238,7 +240,7 @@ class RealMta:
 
     async def queue(self) -> list[dict[str, Any]]:
         out = await self.run(self.adapter.queue_command())
-        return self.adapter.parse_queue(out, self.reader, Path("/var/spool/postfix"))
+        return self.adapter.parse_queue(out, self.reader)
 
     async def flush(self) -> int:
         count = len(await self.queue())
