@@ -39,6 +39,8 @@ class RenderContext:
     mail_root: str  # where the per-user Maildirs go: MAIL_ROOT/USER/{tmp,new,cur}
     uid: int = 5000  # the one Unix account local deliveries run as
     gid: int = 5000
+    tls_chain: str = ""  # key and certificate chain (PEM) issued by the lab CA; "": no TLS
+    tls_ca: str = ""  # the lab CA's certificate
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,30 @@ def generic_map(m: Masquerade) -> str:
     return "\n".join(lines) + ("\n" if lines else "")
 
 
+SMTPD_TLS = {"off": "none", "offer": "may", "require": "encrypt"}
+SMTP_TLS = {"off": "none", "opportunistic": "may", "require": "verify"}
+
+
+def tls_params(ctx: RenderContext) -> dict[str, str]:
+    """STARTTLS with a certificate of the lab CA: offered, required or off as the node's
+    policy says (starttls), and used on the way out as tls_outbound says."""
+    policy = ctx.node.policy
+    if not ctx.tls_chain:
+        return {"smtpd_tls_security_level": "none", "smtp_tls_security_level": "none"}
+    params = {
+        "smtpd_tls_security_level": SMTPD_TLS[policy.starttls.value],
+        "smtpd_tls_chain_files": ctx.tls_chain,
+        "smtpd_tls_received_header": "yes",
+        "smtp_tls_security_level": SMTP_TLS[policy.tls_outbound],
+        "smtp_tls_CAfile": ctx.tls_ca,
+        "smtp_tls_verify_cert_match": "hostname",
+        "smtp_tls_loglevel": "1",
+    }
+    if policy.starttls.value == "off":
+        del params["smtpd_tls_chain_files"]
+    return params
+
+
 def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
     """main.cf's parameters, in order."""
     node, topology = ctx.node, ctx.topology
@@ -136,8 +160,6 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         "disable_vrfy_command": "yes" if node.policy.vrfy == 502 else "no",
         "maillog_file": "/dev/stdout",
         "smtp_connect_timeout": seconds(connect_timeout),
-        "smtp_tls_security_level": "none",
-        "smtpd_tls_security_level": "none",
         "queue_run_delay": seconds(first),
         "minimal_backoff_time": seconds(first),
         "maximal_backoff_time": seconds(max(first, last)),
@@ -146,6 +168,7 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         "bounce_queue_lifetime": seconds(retry.give_up_after),
         "import_environment": IMPORT_ENVIRONMENT,
     }
+    params.update(tls_params(ctx))
     m = node.masquerade
     if m is not None:
         params["masquerade_domains"] = ", ".join(str(d) for d in m.domains)

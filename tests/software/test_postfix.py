@@ -234,3 +234,15 @@ def test_postqueue_json_in_the_queue_shape(tmp_path: Path) -> None:
 def test_the_faketime_offset_file() -> None:
     assert faketime_offset(3600) == "+3600.000\n"
     assert faketime_offset(-1) == "+0.000\n"
+
+
+def test_starttls_with_the_lab_ca(ctx: RenderContext) -> None:
+    assert main_cf(ctx)["smtpd_tls_security_level"] == "none"  # no certificate: no TLS
+    import dataclasses
+
+    tls = dataclasses.replace(ctx, tls_chain="/etc/maillab/tls/chain.pem", tls_ca="/ca.pem")
+    params = main_cf(tls)
+    assert params["smtpd_tls_security_level"] == "may"  # policy.starttls: offer
+    assert params["smtpd_tls_chain_files"] == "/etc/maillab/tls/chain.pem"
+    assert params["smtp_tls_security_level"] == "may"  # tls_outbound: opportunistic
+    assert params["smtp_tls_CAfile"] == "/ca.pem"

@@ -169,6 +169,7 @@ class Agent:
         await net.apply_links()
         await self.services.start_dns()
         if adapter is not None:
+            tls_chain, tls_ca = self._tls_files()
             ctx = RenderContext(
                 name=self.name,
                 node=node,
@@ -176,6 +177,8 @@ class Agent:
                 hostname=self.host.hostname,
                 addresses=dict(self.host.addresses),
                 mail_root=str(self.state_dir / "mail"),
+                tls_chain=tls_chain,
+                tls_ca=tls_ca,
             )
             self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
             await self.real.start()
@@ -203,6 +206,18 @@ class Agent:
             if self.real is not None:
                 self.real.probing = False
         return {"probes": probes, "hostname": self.host.hostname}
+
+    def _tls_files(self) -> tuple[str, str]:
+        """A certificate of the lab CA for a real MTA on this host (its names, addresses):
+        (key and chain file, CA file)."""
+        assert self.host is not None
+        if self.host.tls is None:
+            return "", ""
+        names = [self.host.hostname, self.name, *self.host.addresses.values()]
+        chain, ca = self.host.tls.write_server_files(
+            Path("/etc/maillab/tls"), *dict.fromkeys(str(n) for n in names)
+        )
+        return str(chain), str(ca)
 
     async def _probe(self) -> dict[str, str]:
         """Each service answers as a client expects: 220, +OK, a DNS answer."""
