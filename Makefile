@@ -57,8 +57,8 @@ schema: $(STAMP) ## Write topologies/schema.json from the model.
 bench: $(STAMP) ## Run the benchmarks and write docs/benchmarks.md.
 	$(BIN)/python -m bench --write docs/benchmarks.md
 
-images: $(STAMP) ## Build the Docker images (needs a Docker engine).
-	$(BIN)/maillab images build
+images: $(STAMP) ## Build the Docker images, the real-MTA families too (needs a Docker engine).
+	$(BIN)/maillab images build --all
 
 bench-images: $(STAMP) ## Time node image builds: no-op, after a code change (COLD=1: from nothing).
 	$(BIN)/python -m bench.images $(if $(COLD),--cold)

@@ -18,11 +18,22 @@ def images_group() -> None:
     is_flag=True,
     help="Rebuild even if the image is there: no Docker layer cache, fresh dependency wheels.",
 )
+@click.option(
+    "--family",
+    "families",
+    multiple=True,
+    metavar="NAME",
+    help="Also build this real-MTA family image (postfix), FROM the node image; repeatable.",
+)
+@click.option("--all", "all_families", is_flag=True, help="Also build every family image.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @json_option
 @friendly
-def images_build(force: bool, quiet: bool, as_json: bool) -> None:
-    """Build the node image (maillab-node:<content hash>) unless it is already there.
+def images_build(
+    force: bool, families: tuple[str, ...], all_families: bool, quiet: bool, as_json: bool
+) -> None:
+    """Build the node image (maillab-node:<content hash>) unless it is already there;
+    with --family NAME or --all, also the real-MTA images (maillab-postfix:<hash>).
 
     Makes the base image debian:bookworm-slim with debootstrap when it is missing and no
     registry answers (needs root), and downloads maillab's dependencies as wheels on this
@@ -36,12 +47,22 @@ def images_build(force: bool, quiet: bool, as_json: bool) -> None:
     try:
         with Progress(quiet=quiet) as progress:
             result = lab_images.make_node_image(client, progress=progress, force=force)
+            wanted = list(lab_images.FAMILIES) if all_families else list(families)
+            built = {
+                family: lab_images.make_family_image(client, family, progress=progress, force=force)
+                for family in dict.fromkeys(wanted)
+            }
     finally:
         client.close()
     if as_json:
-        emit_json(result.to_json())
+        found = result.to_json()
+        if built:
+            found["families"] = {f: r.to_json() for f, r in built.items()}
+        emit_json(found)
     else:
         click.echo(result.tag)
+        for family_result in built.values():
+            click.echo(family_result.tag)
 
 
 @images_group.command("list")

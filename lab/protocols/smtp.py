@@ -6,6 +6,7 @@ status codes, so the lab's transcripts look like the ones in the seed articles.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 # 2xx
@@ -81,9 +82,13 @@ class SubmitResult:
 
     @property
     def queue_id(self) -> str:
-        """The receiving MTA's queue id ('250 2.0.0 ID Message accepted...')."""
+        """The receiving MTA's queue id: '250 2.0.0 ID Message accepted...' (the built-in
+        MTA, sendmail), '250 2.0.0 Ok: queued as ID' (Postfix), '250 OK id=ID' (Exim)."""
         if not self.accepted or self.data_reply is None:
             return ""
+        named = re.search(r"queued as ([A-Za-z0-9]+)|\bid=([A-Za-z0-9-]+)", self.data_reply.text)
+        if named:
+            return named.group(1) or named.group(2)
         words = self.data_reply.text.split()
         return words[1] if len(words) > 1 and "." in words[0] else (words[0] if words else "")
 

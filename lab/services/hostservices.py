@@ -48,8 +48,10 @@ class HostServices:
         dns_timeout: float = 1.0,
         durable: bool = True,
         addresses: Addresses | None = None,
+        builtin_smtp: bool = True,
     ):
         self.host = host
+        self.builtin_smtp = builtin_smtp  # False: a real MTA is the SMTP service (Docker)
         self.records = records
         self.connect_timeout = connect_timeout
         self.dns_timeout = dns_timeout
@@ -77,7 +79,7 @@ class HostServices:
 
     async def start_others(self) -> None:
         host = self.host
-        if Service.smtp in self.services:
+        if Service.smtp in self.services and self.builtin_smtp:
             self.mta = MtaService(
                 host,
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),

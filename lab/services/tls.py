@@ -44,6 +44,17 @@ class LabCA:
             self._contexts[hostname] = ctx
         return self._contexts[hostname]
 
+    def write_server_files(self, directory: Path, *identities: str) -> tuple[Path, Path]:
+        """A certificate for `identities` (host names, addresses), for a real server on
+        the host: (key + certificate chain in one PEM file, the CA certificate)."""
+        directory.mkdir(parents=True, exist_ok=True)
+        chain = directory / "chain.pem"
+        chain.touch(mode=0o600)
+        self._ca.issue_cert(*identities).private_key_and_cert_chain_pem.write_to_path(str(chain))
+        ca = directory / "ca.pem"
+        self._ca.cert_pem.write_to_path(str(ca))
+        return chain, ca
+
     @cache  # noqa: B019 - one client context per CA for the lab's lifetime
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context()

@@ -28,6 +28,7 @@ from typing import Any
 import dns.asyncquery
 import dns.message
 
+from lab.backends.docker.daemon import RealMta
 from lab.backends.docker.net import RealNet
 from lab.errors import LabError
 from lab.protocols import wire
@@ -37,6 +38,8 @@ from lab.runtime.events import Event, EventBus
 from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
+from lab.software.adapter import RenderContext, smtp_software
+from lab.software.registry import adapter_for
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable
@@ -63,6 +66,7 @@ class Agent:
         self.quiet = False  # readiness probes are not the lab's business
         self.capture = False  # send queued messages' content with their queue.queued events
         self.services: HostServices | None = None
+        self.real: RealMta | None = None  # the node's SMTP service when it is a real MTA
         self.host: Host | None = None
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
@@ -75,16 +79,16 @@ class Agent:
             AgentOp.CLOCK_ADVANCE_TO: self.advance_to,
             AgentOp.CLOCK_TIME: self.clock_time,
             AgentOp.SUBMIT: self.submit,
-            AgentOp.LINK: self._services("set_link"),
-            AgentOp.FLUSH: self._services("flush"),
+            AgentOp.LINK: self.set_link,
+            AgentOp.FLUSH: self.flush,
             AgentOp.FETCH: self._services("fetch"),
-            AgentOp.QUEUE: self._services("queue"),
+            AgentOp.QUEUE: self.queue,
             AgentOp.QUEUE_CONTENT: self.queue_content,
             AgentOp.CAPTURE: self.capture_queued,
-            AgentOp.MAILBOX: self._services("mailbox"),
+            AgentOp.MAILBOX: self.mailbox,
             AgentOp.DNS_SET: self._services("set_dns"),
             AgentOp.DNS_FAULT: self._services("set_dns_fault"),
-            AgentOp.FAULT_ADD: self._services("add_fault"),
+            AgentOp.FAULT_ADD: self.add_fault,
             AgentOp.STOP: self.stop,
         }
 
@@ -151,6 +155,8 @@ class Agent:
             state_dir=self.state_dir,
             tls=LabCA.load(self.runtime_dir),
         )
+        node = self.topology.nodes[self.name]
+        adapter = adapter_for(smtp_software(node), float(self.spec.get("connect_timeout", 3.0)))
         self.services = HostServices(
             self.host,
             self.records,
@@ -158,9 +164,24 @@ class Agent:
             dns_timeout=float(self.spec.get("dns_timeout", 1.0)),
             durable=bool(self.spec.get("durable", True)),
             addresses=self.addresses,
+            builtin_smtp=adapter is None,
         )
         await net.apply_links()
         await self.services.start_dns()
+        if adapter is not None:
+            tls_chain, tls_ca = self._tls_files()
+            ctx = RenderContext(
+                name=self.name,
+                node=node,
+                topology=self.topology,
+                hostname=self.host.hostname,
+                addresses=dict(self.host.addresses),
+                mail_root=str(self.state_dir / "mail"),
+                tls_chain=tls_chain,
+                tls_ca=tls_ca,
+            )
+            self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
+            await self.real.start()
         await self.services.start_others()
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
@@ -174,13 +195,29 @@ class Agent:
         self.quiet = True
         if self.services.mta is not None:
             self.services.mta.probing = True
+        if self.real is not None:
+            self.real.probing = True
         try:
             probes = await self._probe()
         finally:
             self.quiet = False
             if self.services.mta is not None:
                 self.services.mta.probing = False
+            if self.real is not None:
+                self.real.probing = False
         return {"probes": probes, "hostname": self.host.hostname}
+
+    def _tls_files(self) -> tuple[str, str]:
+        """A certificate of the lab CA for a real MTA on this host (its names, addresses):
+        (key and chain file, CA file)."""
+        assert self.host is not None
+        if self.host.tls is None:
+            return "", ""
+        names = [self.host.hostname, self.name, *self.host.addresses.values()]
+        chain, ca = self.host.tls.write_server_files(
+            Path("/etc/maillab/tls"), *dict.fromkeys(str(n) for n in names)
+        )
+        return str(chain), str(ca)
 
     async def _probe(self) -> dict[str, str]:
         """Each service answers as a client expects: 220, +OK, a DNS answer."""
@@ -261,16 +298,28 @@ class Agent:
         return {"events": len(self.events.events), "idle": not self._busy()}
 
     def _busy(self) -> bool:
+        if self.real is not None and self.real.busy():
+            return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
         self._need()
         pending = self.clock.pending()
-        return pending[0].when if pending else None
+        due = [pending[0].when] if pending else []
+        if self.real is not None:
+            real_due = self.real.next_due()
+            if real_due is not None:
+                due.append(max(real_due, self.clock.time()))
+        return min(due) if due else None
 
     async def advance_to(self, when: float) -> int:
         self._need()
-        return await self.clock.advance(max(0.0, float(when) - self.clock.time()))
+        ran = await self.clock.advance(max(0.0, float(when) - self.clock.time()))
+        if self.real is not None:
+            # the daemon's clock follows the host's; what fell due is tried now
+            self.real.set_offset(self.clock.offset)
+            ran += await self.real.run_due(self.clock.time())
+        return ran
 
     async def clock_time(self) -> dict[str, float]:
         return {"time": self.clock.time(), "offset": self.clock.offset}
@@ -284,18 +333,66 @@ class Agent:
         return wire.encode_submit(result)
 
     async def queue_content(self, queue_id: str) -> str:
+        if self.real is not None:
+            return wire.encode_bytes(await self.real.content(queue_id))
         return wire.encode_bytes(await self._need().queue_content(queue_id))
 
     async def capture_queued(self) -> None:
         """Send the content of every message queued from now on, before its event."""
+        if self.real is not None:
+            raise LabError(
+                f"node {self.name!r}: capturing queued content is not offered for"
+                f" {self.real.adapter.software.value} yet"
+            )
         self._need().need_mta()
         self.capture = True
+
+    # a real MTA's host answers these from its daemon --------------------------------------
+
+    async def flush(self) -> int:
+        if self.real is not None:
+            return await self.real.flush()
+        return int(await self._need().flush())
+
+    async def queue(self) -> list[wire.QueueEntry]:
+        if self.real is not None:
+            return wire.encode_queue(await self.real.queue())
+        return await self._need().queue()
+
+    async def mailbox(self, user: str) -> list[wire.MailboxEntry]:
+        if self.real is not None:
+            return wire.encode_mailbox(self.real.mailbox(user))
+        return await self._need().mailbox(user)
+
+    async def set_link(self, link: str, state: str) -> int:
+        """As every host; a real MTA's own TCP connections on the link's address are cut
+        too (ss -K), as the agent cuts its own."""
+        cut = int(await self._need().set_link(link=link, state=state))
+        spec = self.topology.links.get(link)
+        if self.real is not None and spec is not None and state == LinkState.DOWN:
+            address = self.addresses[self.name].get(spec.network)
+            if address is not None:
+                out = await self.real.run(
+                    ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
+                )
+                cut += len([line for line in out.splitlines() if line.strip()])
+        return cut
+
+    async def add_fault(self, fault: dict[str, Any]) -> None:
+        if self.real is not None:
+            raise LabError(
+                f"node {self.name!r}: faults are the built-in MTA's; this node runs"
+                f" {self.real.adapter.software.value}"
+            )
+        await self._need().add_fault(fault)
 
     async def stop(self) -> None:
         if self.services is not None:
             await self.settle(timeout=5.0)
             await self.clock.stop()
             await self.services.stop()
+            if self.real is not None:
+                await self.real.stop()
             if self.host is not None:
                 await self.host.net.close()
         for server in self.forwarders:

@@ -45,14 +45,18 @@ from lab.errors import LabError
 from lab.progress import Progress, ProgressLike, as_progress
 
 __all__ = [
+    "FAMILIES",
     "LABEL_CONTENT",
     "LABEL_IMAGE",
     "NODE_REPO",
     "NodeImage",
     "build_node_image",
     "cache_dir",
+    "ensure_image",
     "ensure_node_image",
+    "family_image_tag",
     "list_images",
+    "make_family_image",
     "make_node_image",
     "node_image_tag",
     "pip_platforms",
@@ -336,7 +340,16 @@ def _build_lock(progress: Progress) -> Iterator[None]:
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-def _docker_build(client: Any, context: Path, tag: str, progress: Progress, nocache: bool) -> None:
+def _docker_build(
+    client: Any,
+    context: Path,
+    tag: str,
+    progress: Progress,
+    nocache: bool,
+    *,
+    what: str = "node image",
+    buildargs: dict[str, str] | None = None,
+) -> None:
     """Build context as tag, the engine's log going to the progress display."""
     tail: deque[str] = deque(maxlen=30)
     cached = steps = 0
@@ -351,6 +364,7 @@ def _docker_build(client: Any, context: Path, tag: str, progress: Progress, noca
             pull=False,
             nocache=nocache,
             labels=labels,
+            buildargs=buildargs or None,
         )
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:
@@ -367,30 +381,31 @@ def _docker_build(client: Any, context: Path, tag: str, progress: Progress, noca
                 step = _STEP.match(line)
                 if step:
                     steps = int(step[1])
-                    progress.step(f"node image: step {step[1]}/{step[2]}: {step[3][:70]}")
+                    progress.step(f"{what}: step {step[1]}/{step[2]}: {step[3][:70]}")
                 elif line.strip() == "---> Using cache":
                     cached += 1
                 else:
-                    progress.status(f"node image: {line}")
+                    progress.status(f"{what}: {line}")
     except docker_errors() as exc:
         progress.clear()
         raise LabError(f"building {tag} failed: the Docker engine said: {exc}") from None
     if not image_exists(client, tag):
         raise LabError(f"building {tag} ended without the image:\n  " + "\n  ".join(tail))
-    progress.step(f"node image: {steps} steps, {cached} from the cache")
+    progress.step(f"{what}: {steps} steps, {cached} from the cache")
 
 
-def _prune_old_tags(client: Any, keep: str) -> None:
-    """Untag older maillab-node:<hash> images beyond the newest few, and remove node
-    images left with no tag; images that a container still uses stay (no force)."""
+def _prune_old_tags(client: Any, keep: str, repo: str = NODE_REPO, kind: str = "node") -> None:
+    """Untag older maillab-node:<hash> (or family) images beyond the newest few, and
+    remove such images left with no tag; images that a container still uses stay (no
+    force)."""
     try:
-        images = client.api.images(name=NODE_REPO)
+        images = client.api.images(name=repo)
     except docker_errors():
         return
     tagged: list[tuple[int, str]] = []
     for image in images:
         for ref in image.get("RepoTags") or []:
-            if ref.startswith(f"{NODE_REPO}:") and ref not in (keep, f"{NODE_REPO}:latest"):
+            if ref.startswith(f"{repo}:") and ref not in (keep, f"{repo}:latest"):
                 tagged.append((int(image.get("Created") or 0), ref))
     tagged.sort(reverse=True)
     for _, ref in tagged[KEEP_OLD_TAGS:]:
@@ -398,7 +413,8 @@ def _prune_old_tags(client: Any, keep: str) -> None:
             client.api.remove_image(ref)
     # node images left without a tag (latest moved on from them)
     with contextlib.suppress(*docker_errors()):
-        for image in client.api.images(filters={"dangling": True, "label": f"{LABEL_IMAGE}=node"}):
+        dangling = {"dangling": True, "label": f"{LABEL_IMAGE}={kind}"}
+        for image in client.api.images(filters=dangling):
             with contextlib.suppress(*docker_errors()):
                 client.api.remove_image(image["Id"])
 
@@ -471,6 +487,84 @@ def ensure_node_image(client: Any = None, progress: ProgressLike = None) -> str:
     finally:
         if own:
             client.close()
+
+
+# ---------------------------------------------------------------------------------------
+# family images: the node image plus one real MTA family (images/FAMILY/Dockerfile)
+
+FAMILIES: dict[str, str] = {"postfix": "images/postfix/Dockerfile"}
+
+
+def family_repo(family: str) -> str:
+    return f"maillab-{family}"
+
+
+def family_image_tag(family: str, node_tag: str, root: Path | str | None = None) -> str:
+    """`maillab-FAMILY:<12 hex>`: a hash of the family's Dockerfile and the node image
+    tag it is built FROM (so a code change gives both new tags)."""
+    root = Path(root) if root is not None else project_root()
+    if family not in FAMILIES:
+        raise LabError(f"no image family {family!r}; expected one of: {', '.join(FAMILIES)}")
+    dockerfile = root / FAMILIES[family]
+    try:
+        text = dockerfile.read_bytes()
+    except OSError as exc:
+        raise LabError(f"the {family} image is built from {dockerfile}: {exc}") from None
+    digest = hashlib.sha256(node_tag.encode() + b"\0" + text).hexdigest()[:12]
+    return f"{family_repo(family)}:{digest}"
+
+
+def make_family_image(
+    client: Any,
+    family: str,
+    *,
+    progress: ProgressLike = None,
+    force: bool = False,
+    root: Path | str | None = None,
+) -> NodeImage:
+    """The family's image (the node image first, built when missing), built when its tag
+    is missing or force; also tagged maillab-FAMILY:latest. Built offline: apt inside
+    the Dockerfile reaches Debian's mirror, nothing else is fetched."""
+    display = as_progress(progress)
+    started = time.monotonic()
+    root = Path(root) if root is not None else project_root()
+    node_tag = make_node_image(client, progress=display, root=root).tag
+    tag = family_image_tag(family, node_tag, root)
+    if not force and image_exists(client, tag):
+        return NodeImage(tag, False, time.monotonic() - started)
+    what = f"{family} image"
+    with _build_lock(display):
+        if not force and image_exists(client, tag):
+            return NodeImage(tag, False, time.monotonic() - started)
+        display.step(f"{what}: building {tag} from {node_tag}")
+        with tempfile.TemporaryDirectory(prefix=f"maillab-{family}-") as tmp:
+            context = Path(tmp)
+            shutil.copy2(root / FAMILIES[family], context / "Dockerfile")
+            _docker_build(
+                client,
+                context,
+                tag,
+                display,
+                nocache=force,
+                what=what,
+                buildargs={"NODE_IMAGE": node_tag},
+            )
+        repo = family_repo(family)
+        try:
+            client.api.tag(tag, repo, "latest")
+        except docker_errors() as exc:
+            raise LabError(f"tagging {tag} as {repo}:latest failed: {exc}") from None
+        _prune_old_tags(client, keep=tag, repo=repo, kind=family)
+    seconds = time.monotonic() - started
+    display.done(f"built {tag} in {seconds:.1f}s")
+    return NodeImage(tag, True, seconds)
+
+
+def ensure_image(client: Any, family: str | None, progress: ProgressLike = None) -> str:
+    """The tag of the image a node runs: the node image (family None) or a family's."""
+    if family is None:
+        return make_node_image(client, progress=progress).tag
+    return make_family_image(client, family, progress=progress).tag
 
 
 def list_images(client: Any) -> list[dict[str, Any]]:

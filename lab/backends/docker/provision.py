@@ -27,6 +27,8 @@ from lab.errors import LabError
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.services.tls import LabCA
+from lab.software.adapter import smtp_software
+from lab.software.registry import image_family
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Service, Topology
 
@@ -84,6 +86,7 @@ class Provision:
         self.runtime = runtime_dir(self.run)
         self.client: Any = None
         self.image = ""
+        self.images: dict[str, str] = {}  # node -> its image, when not the node image
         self.containers: dict[str, Any] = {}  # node (or "_switch") -> Container
         self.network: Any = None  # the management network of the operator
         self.forwards: dict[tuple[str, str], int] = {}  # (node, service) -> operator port
@@ -192,17 +195,31 @@ class Provision:
             "nodes": nodes,
         }
 
+    def families(self) -> dict[str, str]:
+        """node -> the image family it runs in, for nodes whose SMTP software is a real MTA."""
+        found: dict[str, str] = {}
+        for name, node in self.topology.nodes.items():
+            family = image_family(smtp_software(node))
+            if family is not None:
+                found[name] = family
+        return found
+
     # bringing it up ----------------------------------------------------------------------
 
     async def create(self) -> None:
         """The image, the run's directory and spec, the containers, the wiring."""
         from lab.backends.docker.engine import docker_client
-        from lab.backends.docker.image import ensure_node_image
+        from lab.backends.docker.image import ensure_image, ensure_node_image
 
         self.client = await asyncio.to_thread(docker_client)
         await self._reap()
         self.say("checking the node image")
         self.image = await asyncio.to_thread(ensure_node_image, self.client, self.progress)
+        for node, family in self.families().items():
+            self.say(f"checking the {family} image (node {node})")
+            self.images[node] = await asyncio.to_thread(
+                ensure_image, self.client, family, self.progress
+            )
         self.runtime.mkdir(parents=True, exist_ok=True)
         ca = LabCA(self.state_dir)
         ca.save_key(self.runtime)
@@ -337,7 +354,7 @@ class Provision:
             ]
             on_mgmt = node == self.operator and self.network is not None
             return client.containers.run(
-                self.image,
+                self.images.get(node, self.image),
                 command,
                 name=self.container_name(node),
                 hostname=short,

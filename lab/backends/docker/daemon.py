@@ -1,0 +1,290 @@
+"""A real MTA as the child of a node agent: the host's SMTP service when the node's
+software is not the built-in MTA (lab.software.adapter says how to drive it).
+
+The agent stays the host; this runs the daemon: writes its rendered files, runs its
+preparation commands, starts it in the foreground with libfaketime's offset file in its
+environment, waits for its 220 greeting, reads its log from its standard output (each
+line goes on to the container's log, `maillab logs NODE`, and becomes the lab's events
+through the adapter's log reader), restarts it when it dies (a `daemon.exited` event),
+and stops it when the host stops. flush, queue, content and mailbox go to the daemon's
+own tools and Maildirs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from lab.errors import LabError
+from lab.services.host import Host
+from lab.services.maildir import MailStore
+from lab.software.adapter import MtaAdapter, RenderContext, faketime_offset
+
+log = logging.getLogger("maillab.node")
+
+READY_TIMEOUT = 30.0
+MAX_RESTARTS = 5
+QUIET = 0.05  # seconds without a log line after which the daemon counts as idle
+
+
+class RealMta:
+    """One real MTA daemon, supervised."""
+
+    def __init__(self, adapter: MtaAdapter, ctx: RenderContext, host: Host, runtime: Path):
+        self.adapter = adapter
+        self.ctx = ctx
+        self.host = host
+        self.offset_file = runtime / f"{host.name}.faketime"
+        self.store = MailStore(Path(ctx.mail_root), durable=False)
+        self.reader = adapter.log_reader()
+        self.proc: asyncio.subprocess.Process | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.stopping = False
+        self.restarts = 0
+        self.last_line = 0.0  # loop time of the last log line
+        self.probing = False  # readiness probes: their log lines make no events
+        self.keys: dict[str, set[str]] = {}  # user -> Maildir keys already reported
+
+    # lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        for path, text in self.adapter.render(self.ctx).items():
+            target = Path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+        for command in self.adapter.prepare_commands(self.ctx):
+            await self.run(command)
+        self.set_offset(self.host.clock.offset)
+        await self._spawn()
+        await self.ready()
+
+    async def _spawn(self) -> None:
+        env = dict(os.environ)
+        env.update(self.adapter.environment(str(self.offset_file)))
+        self.proc = await asyncio.create_subprocess_exec(
+            *self.adapter.start_command(),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+        )
+        self.watcher = asyncio.get_running_loop().create_task(self._watch(self.proc))
+
+    async def ready(self, timeout: float = READY_TIMEOUT) -> str:
+        """The daemon's 220 greeting on the host's loopback (retried until `timeout`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last: Exception | None = None
+        while loop.time() < deadline:
+            if self.proc is not None and self.proc.returncode is not None:
+                raise LabError(f"{self.adapter.software.value} exited ({self.proc.returncode})")
+            try:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 25), 2)
+                line = await asyncio.wait_for(reader.readline(), 5)
+                writer.write(b"QUIT\r\n")
+                with contextlib.suppress(OSError):
+                    await writer.drain()
+                writer.close()
+                if line.startswith(b"220"):
+                    return line.decode("utf-8", "replace").strip()
+                last = LabError(f"greeted {line!r}")
+            except (OSError, TimeoutError) as exc:
+                last = exc
+            await asyncio.sleep(0.1)
+        raise LabError(f"{self.adapter.software.value} did not greet within {timeout}s: {last}")
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        while line := await proc.stdout.readline():
+            text = line.decode("utf-8", "replace").rstrip("\n")
+            sys.stderr.write(text + "\n")  # the container's log: `maillab logs NODE`
+            self.last_line = loop.time()
+            try:
+                self._events(text)
+            except Exception as exc:  # a line we misread is no reason to stop reading
+                log.error("reading the log line %r: %s", text, exc)
+        code = await proc.wait()
+        if self.stopping:
+            return
+        self.host.emit("daemon.exited", software=self.adapter.software.value, code=code)
+        if self.restarts >= MAX_RESTARTS:
+            log.error("%s exited %s times; not restarting", self.adapter.software, self.restarts)
+            return
+        self.restarts += 1
+        stop = self.adapter.stop_command()
+        if stop:  # whatever the dead daemon left (a pid file) must not stop the new one
+            with contextlib.suppress(Exception):
+                await self.run(stop, check=False)
+        await self._spawn()
+        try:
+            await self.ready()
+            self.host.emit(
+                "daemon.restarted", software=self.adapter.software.value, restarts=self.restarts
+            )
+        except LabError as exc:
+            log.error("restarting %s: %s", self.adapter.software.value, exc)
+
+    def _events(self, line: str) -> None:
+        for event in self.reader.feed(line, self.host.clock.time()):
+            data = dict(event.data)
+            if event.kind == "mailbox.delivered" and not data.get("key"):
+                data["key"] = self._find_key(str(data["user"]), str(data["id"]))
+            if self.probing and event.kind.startswith("policy."):
+                continue
+            self.host.emit(event.kind, **data)
+
+    def _find_key(self, user: str, queue_id: str) -> str:
+        """The Maildir file a local delivery of `queue_id` wrote (its Received: line names
+        the queue id), not one reported before."""
+        seen = self.keys.setdefault(user, set())
+        needle = re.compile(rb"\sid " + re.escape(queue_id.encode()) + rb"\b")
+        for key in reversed(self.store.keys(user)):
+            if key in seen:
+                continue
+            with contextlib.suppress(OSError, KeyError):
+                if needle.search(self.store.read(user, key)[:8192]):
+                    seen.add(key)
+                    return key
+        return ""
+
+    async def stop(self) -> None:
+        self.stopping = True
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        command = self.adapter.stop_command()
+        if command:
+            with contextlib.suppress(Exception):
+                await self.run(command, check=False)
+        else:
+            self.proc.terminate()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 10)
+        except TimeoutError:
+            self.proc.kill()
+        if self.watcher is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.watcher, 2)
+
+    # the clock ---------------------------------------------------------------------------
+
+    def set_offset(self, offset: float) -> None:
+        """Move the daemon's clock: libfaketime reads the file at each call."""
+        tmp = self.offset_file.with_suffix(".tmp")
+        tmp.write_text(faketime_offset(offset))
+        tmp.replace(self.offset_file)
+
+    def deferred(self) -> dict[str, float]:
+        """Deferred queue id -> its next try (lab time: the daemon sets its queue file's
+        mtime from its faked clock; stat is not faked)."""
+        found: dict[str, float] = {}
+        root = Path(self.adapter.deferred_path())
+        with contextlib.suppress(OSError):
+            for sub in os.scandir(root):
+                if not sub.is_dir():
+                    continue
+                with contextlib.suppress(OSError):
+                    for entry in os.scandir(sub.path):
+                        with contextlib.suppress(OSError):
+                            found[entry.name] = entry.stat().st_mtime
+        return found
+
+    def next_due(self) -> float | None:
+        """The earliest lab time the daemon will try a deferred message again."""
+        due = self.deferred().values()
+        return min(due) if due else None
+
+    async def run_due(self, now: float) -> int:
+        """Try each deferred message due by `now` (the offset moved there) and wait until
+        each was tried: gone from the deferred queue, or deferred again to a later time."""
+        due = {qid: when for qid, when in self.deferred().items() if when <= now + 0.001}
+        if not due:
+            return 0
+        for qid in due:
+            await self.run(self.adapter.retry_command(qid), check=False)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30.0
+        while loop.time() < deadline:
+            current = self.deferred()
+            if all(current.get(qid, when + 1) > when for qid, when in due.items()):
+                break
+            await asyncio.sleep(0.01)
+        await self.settle(10.0)
+        return len(due)
+
+    # acting ------------------------------------------------------------------------------
+
+    async def run(self, command: list[str], *, check: bool = True) -> str:
+        env = dict(os.environ)
+        env.update(self.adapter.environment(str(self.offset_file)))
+        proc = await asyncio.create_subprocess_exec(
+            *command,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        out, err = await proc.communicate()
+        if check and proc.returncode != 0:
+            raise LabError(
+                f"{' '.join(command)} failed ({proc.returncode}): "
+                + err.decode("utf-8", "replace").strip()
+            )
+        return out.decode("utf-8", "replace")
+
+    async def queue(self) -> list[dict[str, Any]]:
+        out = await self.run(self.adapter.queue_command())
+        return self.adapter.parse_queue(out, self.reader)
+
+    async def flush(self) -> int:
+        count = len(await self.queue())
+        self.host.emit("queue.flush", count=count)
+        await self.run(self.adapter.flush_command())
+        await self.settle(10.0)
+        return count
+
+    async def content(self, queue_id: str) -> bytes:
+        if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
+            raise LabError(f"no message {queue_id!r} in the queue")
+        out = await self.run(self.adapter.content_command(queue_id), check=False)
+        if not out:
+            raise LabError(f"no message {queue_id!r} in the queue")
+        return out.encode("utf-8", "surrogateescape")
+
+    def mailbox(self, user: str) -> list[dict[str, Any]]:
+        out = []
+        for key in self.store.keys(user):
+            raw = self.store.read(user, key)
+            match = re.match(rb"Return-Path: <([^>]*)>", raw)
+            out.append(
+                {
+                    "id": key,
+                    "envelope_from": match.group(1).decode() if match else "",
+                    "raw": raw.decode("utf-8", "surrogateescape"),
+                }
+            )
+        return out
+
+    def busy(self) -> bool:
+        """Messages under way (incoming, active), or a log line less than QUIET s ago."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self.last_line < QUIET:
+            return True
+        for path in self.adapter.busy_paths():
+            with contextlib.suppress(OSError):
+                for _root, _dirs, files in os.walk(path):
+                    if files:
+                        return True
+        return False
+
+    async def settle(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while self.busy() and loop.time() < deadline:
+            await asyncio.sleep(0.01)

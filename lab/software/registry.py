@@ -1,0 +1,26 @@
+"""Which adapter drives a node's SMTP software, and which image it runs in.
+
+The table of real MTAs that run today: one adapter module each (lab/software/postfix.py).
+The built-in MTA has no adapter: the agent runs it as one of the host's services.
+"""
+
+from __future__ import annotations
+
+from lab.software.adapter import MtaAdapter
+from lab.software.postfix import PostfixAdapter
+from lab.topology.model import Software
+
+
+def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter | None:
+    """The adapter of a real MTA; None for the built-in one."""
+    if software is Software.postfix:
+        return PostfixAdapter(connect_timeout)
+    if software is Software.builtin:
+        return None
+    raise LookupError(f"no adapter for software {software.value!r} yet")
+
+
+def image_family(software: Software) -> str | None:
+    """The image family a node with this SMTP software runs in (None: the node image)."""
+    adapter = adapter_for(software)
+    return adapter.family if adapter is not None else None

@@ -1,0 +1,167 @@
+"""A real Postfix as the hub of home-dialup, on the Docker backend (the user story of the
+first real MTA): pc1 sends through the hub while the modem is down, the message waits in
+Postfix's queue (listed in the built-in MTA's shape), `link dialup up` flushes it
+(`postqueue -f`) to the ISP, and the hub's hops are events read from Postfix's log.
+
+These need a Docker engine (skipped without one, failing under CI=true); the first run
+builds the maillab-postfix image (about half a minute).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab.harness import Lab
+from lab.topology import load
+
+ROOT = Path(__file__).resolve().parents[2]
+HOME_DIALUP_POSTFIX = ROOT / "topologies" / "home-dialup-postfix.yaml"
+
+pytestmark = pytest.mark.docker
+
+
+def test_postfix_hub_queues_while_down_and_delivers_on_link_up(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        hub = lab.backend.containers["hub"]
+        image = hub.image.tags[0] if hub.image.tags else ""
+        assert image.startswith("maillab-postfix:"), image
+
+        sent = lab.send(
+            "pc1",
+            mail_from="eddy@shofar.org.uk",
+            to=["paulmidgley@freeuk.com"],
+            subject="via Postfix",
+        )
+        assert sent.accepted, sent.to_json()
+        assert sent.queue_id, sent.to_json()  # Postfix's "queued as ID"
+
+        # the modem is down: Postfix defers it, and the queue lists it as the built-in does
+        entry = lab.assert_queued("hub", to="paulmidgley@freeuk.com")
+        assert entry["id"] == sent.queue_id
+        assert entry["envelope_from"] == "eddy@shofar.org.uk"
+        assert entry["recipients"] == ["paulmidgley@freeuk.com"]
+        assert entry["attempts"] >= 1
+        assert entry["received"] > 0 and entry["next_attempt"] > entry["received"]
+        assert entry["last_reply"]
+        assert b"Subject: via Postfix" in lab.run(lab.backend.queue_content("hub", sent.queue_id))
+
+        # link up: the on_up flush hook runs `postqueue -f`; the ISP relays it to freeuk
+        lab.link("dialup").up()
+        message = lab.assert_delivered(
+            "paulmidgley@freeuk.com",
+            node="freeuk",
+            mailbox="paulmidgley",
+            envelope_from="eddy@shofar.uklinux.net",  # smtp_generic_maps
+            timeout=30,
+        )
+        assert message["From"] is not None and "eddy@shofar.uklinux.net" in message["From"]
+        assert "(Postfix)" in message.raw and f"id {sent.queue_id}" in message.raw
+        assert lab.queue("hub") == []
+
+        # the hub's hops, from Postfix's log: queued, deferred, delivered to the ISP, removed
+        kinds = [(e.node, e.kind) for e in lab.trace(sent)]
+        assert ("hub", "queue.queued") in kinds
+        assert ("hub", "queue.deferred") in kinds
+        assert ("hub", "queue.removed") in kinds
+        delivered = [
+            e
+            for e in lab.trace(sent)
+            if e.node == "hub" and e.kind == "delivery.result" and e.get("result") == "delivered"
+        ]
+        assert delivered and delivered[0].get("server") == "mail.uklinux.net"
+        assert str(delivered[0].get("reply")).startswith("250")
+        # the ISP's hop is in the same trace (followed by Message-ID)
+        assert any(e.node == "isp" for e in lab.trace(sent))
+
+        # `maillab logs hub` shows Postfix's own log
+        assert "postfix/qmgr" in lab.backend.logs("hub")
+
+
+def test_postfix_hub_delivers_locally_through_its_aliases(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["NELUG-announce@shofar.org.uk"])
+        assert sent.accepted, sent.to_json()
+        for user in ("eddy", "keith"):
+            message = lab.assert_delivered(
+                "NELUG-announce@shofar.org.uk", node="hub", mailbox=user, timeout=20
+            )
+            assert message.envelope_from == "eddy@shofar.org.uk"
+        assert [m.envelope_from for m in lab.mailbox("hub", "eddy")] == ["eddy@shofar.org.uk"]
+
+
+def test_lab_time_drives_postfix_retries_delay_warning_and_bounce(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    """The hub's retry schedule becomes Postfix's backoff, delay_warning_time and
+    maximal_queue_lifetime; `clock advance` moves Postfix's libfaketime offset from one
+    due time to the next and tries what fell due, so the warning and the bounce come in
+    lab time."""
+    from lab.topology.model import Retry
+
+    topology = load(HOME_DIALUP_POSTFIX).model
+    topology.nodes["hub"].retry = Retry(intervals=[600.0], warn_after=1800.0, give_up_after=3600.0)
+    with Lab.up(topology, backend="docker", state_dir=tmp_path / "lab") as lab:
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
+        entry = lab.assert_queued("hub", to="paulmidgley@freeuk.com")
+        # Postfix's next try is 10 minutes on, in lab time
+        assert 590 <= entry["next_attempt"] - entry["received"] <= 610, entry
+        lab.clock.advance("35m")
+        assert lab.queue("hub")[0]["attempts"] >= 3
+        warning = [e for e in lab.trace(sent) if e.kind == "dsn.sent"]
+        assert [e.get("action") for e in warning] == ["delayed"], lab.format_trace(sent)
+        assert warning[0].get("recipients") == ["paulmidgley@freeuk.com"]
+        lab.clock.advance("40m")
+        bounce = lab.assert_bounced(recipient="paulmidgley@freeuk.com", by="hub", timeout=5)
+        assert bounce.get("to") == "eddy@shofar.org.uk"
+        assert lab.queue("hub") == []
+        subjects = [str(m["Subject"]) for m in lab.mailbox("hub", "eddy")]
+        assert len(subjects) == 2, subjects  # the delay warning, then the bounce
+
+
+def test_a_crashed_postfix_is_restarted_with_an_event(docker_client: Any, tmp_path: Path) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        hub = lab.backend.containers["hub"]
+        killed = hub.exec_run(["sh", "-c", "kill -9 $(cat /var/spool/postfix/pid/master.pid)"])
+        assert killed.exit_code == 0, killed.output
+        exited = lab.wait_for("daemon.exited", node="hub", timeout=10)
+        assert exited.get("software") == "postfix"
+        lab.wait_for("daemon.restarted", node="hub", timeout=30)
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["keith@shofar.org.uk"])
+        assert sent.accepted, sent.to_json()
+        lab.assert_delivered("keith@shofar.org.uk", node="hub", mailbox="keith", timeout=20)
+
+
+def test_a_dropped_link_cuts_postfixs_sessions_across_it(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        lab.link("dialup").up()
+        hold = lab.backend.containers["isp"].exec_run(
+            [
+                "python3",
+                "-c",
+                "import socket; s = socket.create_connection(('10.20.9.201', 25), timeout=20)\n"
+                "print(s.recv(100)); print('open', flush=True)\n"
+                "try:\n  d = s.recv(100); print('closed' if not d else d)\n"
+                "except OSError as e: print('cut', e.errno)",
+            ],
+            stream=True,
+        )
+        first = b""
+        for chunk in hold.output:
+            first += chunk
+            if b"open" in first:
+                break
+        assert b"220 moriah.shofar.org.uk ESMTP Postfix" in first, first
+        lab.link("dialup").down()
+        rest = b"".join(hold.output).decode()
+        assert "cut 104" in rest or "closed" in rest, rest  # a reset, not a timeout
+        down = [e for e in lab.events if e.kind == "link.down"]
+        assert down and down[-1].get("cut") >= 1
