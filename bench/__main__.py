@@ -74,7 +74,7 @@ async def _send_many(
 
     async def one(i: int) -> None:
         nonlocal accepted
-        content = backend.message(
+        content = await backend.message(
             node, mail_from=mail_from, to=[to], subject=f"bench {i}", body=BODY_1K
         )
         async with sem:
@@ -191,7 +191,7 @@ async def bench_rate(count: int, concurrency: int, tls: bool, rounds: int = 3) -
     try:
         for _ in range(rounds):
             sink_rates.append(await _sink_rate(backend, count, concurrency, tls))
-            before = len(backend.mailbox("freeuk", "paulmidgley"))
+            before = len(await backend.mailbox("freeuk", "paulmidgley"))
             t0 = time.perf_counter()
             accepted += await _send_many(
                 backend, "pc1", count, concurrency, "paulmidgley@freeuk.com", "eddy@shofar.org.uk"
@@ -199,7 +199,7 @@ async def bench_rate(count: int, concurrency: int, tls: bool, rounds: int = 3) -
             t1 = await _wait_delivered(backend, "freeuk", before + count, timeout=600)
             lab_rates.append(count / (t1 - t0))
             await backend.settle()
-        delivered = len(backend.mailbox("freeuk", "paulmidgley"))
+        delivered = len(await backend.mailbox("freeuk", "paulmidgley"))
     finally:
         await backend.down()
     sink_rate, lab_rate = statistics.median(sink_rates), statistics.median(lab_rates)
@@ -228,16 +228,16 @@ async def bench_flush(count: int, concurrency: int) -> dict[str, Any]:
             backend, "pc1", count, concurrency, "paulmidgley@freeuk.com", "eddy@shofar.org.uk"
         )
         await backend.settle()
-        queued = len(backend.queue("hub"))
+        queued = len(await backend.queue("hub"))
         t1 = time.perf_counter()
         cpu1 = time.thread_time()  # the loop's thread: every host's protocol work
         await backend.set_link("dialup", True)
         t2 = await _wait_delivered(backend, "freeuk", count, timeout=1800)
         busy = (time.thread_time() - cpu1) / (t2 - t1)
         await backend.settle()
-        box = backend.mailbox("freeuk", "paulmidgley")
+        box = await backend.mailbox("freeuk", "paulmidgley")
         ids = [m["raw"].split("Message-ID: ", 1)[1].split("\r\n", 1)[0] for m in box]
-        left = sum(len(backend.queue(n)) for n in ("hub", "isp", "freeuk"))
+        left = sum([len(await backend.queue(n)) for n in ("hub", "isp", "freeuk")])
     finally:
         await backend.down()
     return {
@@ -297,7 +297,7 @@ async def bench_big(clients: int, domains: int) -> dict[str, Any]:
         f"pc{clients - 1}",
         mail_from="u@home.example",
         to=[f"user@remote{domains - 1}.example"],
-        content=backend.message(
+        content=await backend.message(
             f"pc{clients - 1}",
             mail_from="u@home.example",
             to=[f"user@remote{domains - 1}.example"],
@@ -306,7 +306,7 @@ async def bench_big(clients: int, domains: int) -> dict[str, Any]:
         ),
     )
     await backend.settle()
-    delivered = len(backend.mailbox(f"remote{domains - 1}", "user"))
+    delivered = len(await backend.mailbox(f"remote{domains - 1}", "user"))
     t1 = time.perf_counter()
     await backend.down()
     down_s = time.perf_counter() - t1
