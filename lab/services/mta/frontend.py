@@ -13,13 +13,17 @@ from collections.abc import MutableMapping
 from typing import Protocol
 
 from lab.services.host import Host
-from lab.services.mta.queue import QueuedMessage
+from lab.services.mta.parts import Accepts
 from lab.services.mta.routing import AddressBook
 from lab.services.resolver import Resolver
 from lab.topology.model import Fault, Node
 
 
-class Mta(Protocol):
+class Mta(Accepts, Protocol):
+    """The MTA as its SMTP front sees it; `accept` (parts.Accepts) is the one way a
+    received message goes in, durably (the 250 may follow; OSError when it cannot be
+    written)."""
+
     @property
     def host(self) -> Host: ...
 
@@ -50,22 +54,4 @@ class Mta(Protocol):
     @property
     def greylist(self) -> MutableMapping[tuple[str, str, str], float]:
         """(client, sender, recipient) -> lab time it was first seen."""
-        ...
-
-    async def accept(
-        self,
-        content: bytes,
-        *,
-        envelope_from: str,
-        recipients: list[tuple[str, list[str]]],
-        client: str,
-        helo: str,
-        rdns: str | None,
-        protocol: str = "ESMTP",
-        tls: str | None = None,
-        dsn_ret: str = "",
-        envid: str = "",
-    ) -> QueuedMessage:
-        """Make a received message the MTA's, durably (the 250 may follow); raises
-        OSError when it cannot be written."""
         ...
