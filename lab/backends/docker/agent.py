@@ -230,9 +230,13 @@ class Agent:
                 reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 10)
                 line = await asyncio.wait_for(reader.readline(), 10)
                 writer.write(b"QUIT\r\n")
-                with contextlib.suppress(OSError):
+                # the service's answer to QUIT is awaited: its events belong to the probe
+                with contextlib.suppress(OSError, TimeoutError):
                     await writer.drain()
+                    await asyncio.wait_for(reader.read(), 10)
                 writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
                 if not line.startswith(want):
                     raise LabError(f"{service.value} on {address}:{port} greeted {line!r}")
                 found[service.value] = line.decode("utf-8", "replace").strip()
