@@ -58,7 +58,7 @@ bench: $(STAMP) ## Run the benchmarks and write docs/benchmarks.md.
 	$(BIN)/python -m bench --write docs/benchmarks.md
 
 images: $(STAMP) ## Build the Docker images, the real-MTA families too (needs a Docker engine).
-	$(BIN)/maillab images build --all
+	$(BIN)/maillab images build --all $(addprefix --topology ,$(wildcard topologies/*.yaml))
 
 bench-images: $(STAMP) ## Time node image builds: no-op, after a code change (COLD=1: from nothing).
 	$(BIN)/python -m bench.images $(if $(COLD),--cold)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from lab.cli.output import emit_json, friendly, json_option, print_table
@@ -23,14 +25,29 @@ def images_group() -> None:
     "families",
     multiple=True,
     metavar="NAME",
-    help="Also build this real-MTA family image (postfix), FROM the node image; repeatable.",
+    help="Also build this family's image (postfix, dovecot, fetchmail), FROM the node image;"
+    " repeatable.",
+)
+@click.option(
+    "--topology",
+    "topologies",
+    multiple=True,
+    metavar="FILE",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Also build the images this topology's nodes run (Postfix with fetchmail, ...);"
+    " repeatable.",
 )
 @click.option("--all", "all_families", is_flag=True, help="Also build every family image.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress on stderr.")
 @json_option
 @friendly
 def images_build(
-    force: bool, families: tuple[str, ...], all_families: bool, quiet: bool, as_json: bool
+    force: bool,
+    families: tuple[str, ...],
+    topologies: tuple[Path, ...],
+    all_families: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Build the node image (maillab-node:<content hash>) unless it is already there;
     with --family NAME or --all, also the real-MTA images (maillab-postfix:<hash>).
@@ -39,6 +56,7 @@ def images_build(
     registry answers (needs root), and downloads maillab's dependencies as wheels on this
     machine. Prints the image's tag.
     """
+    from lab.backends.docker import families as lab_families
     from lab.backends.docker import image as lab_images
     from lab.backends.docker.engine import docker_client
     from lab.progress import Progress
@@ -47,10 +65,15 @@ def images_build(
     try:
         with Progress(quiet=quiet) as progress:
             result = lab_images.make_node_image(client, progress=progress, force=force)
-            wanted = list(lab_images.FAMILIES) if all_families else list(families)
+            wanted: list[tuple[str, ...]] = [
+                (f,) for f in (lab_families.FAMILIES if all_families else families)
+            ]
+            wanted += topology_families(topologies)
             built = {
-                family: lab_images.make_family_image(client, family, progress=progress, force=force)
-                for family in dict.fromkeys(wanted)
+                "+".join(chain): lab_families.make_family_image(
+                    client, chain, progress=progress, force=force
+                )
+                for chain in dict.fromkeys(lab_families.family_chain(w) for w in wanted)
             }
     finally:
         client.close()
@@ -87,3 +110,17 @@ def images_list(as_json: bool) -> None:
     table = [("TAG", "IMAGE ID", "SIZE", "CREATED")]
     table += [(r["tag"], r["id"], f"{r['size'] / 1e6:.0f} MB", r["created"]) for r in rows]
     print_table(table)
+
+
+def topology_families(files: tuple[Path, ...]) -> list[tuple[str, ...]]:
+    """The family chains the nodes of these topologies run (a LabError for a bad file)."""
+    from lab.software.registry import image_families
+    from lab.topology.loader import load
+
+    found: list[tuple[str, ...]] = []
+    for file in files:
+        for node in load(file).model.nodes.values():
+            chain = image_families(node)
+            if chain:
+                found.append(chain)
+    return found

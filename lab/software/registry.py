@@ -6,9 +6,19 @@ The built-in MTA has no adapter: the agent runs it as one of the host's services
 
 from __future__ import annotations
 
+from lab.software import real_software
 from lab.software.adapter import MtaAdapter
 from lab.software.postfix import PostfixAdapter
-from lab.topology.model import Software
+from lab.topology.model import Node, Software
+
+# The image family (images/FAMILY/Dockerfile) each real program is installed by.
+FAMILY: dict[Software, str] = {
+    Software.postfix: "postfix",
+    Software.exim: "exim",
+    Software.sendmail: "sendmail",
+    Software.dovecot: "dovecot",
+    Software.fetchmail: "fetchmail",
+}
 
 
 def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter | None:
@@ -20,7 +30,6 @@ def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter 
     raise LookupError(f"no adapter for software {software.value!r} yet")
 
 
-def image_family(software: Software) -> str | None:
-    """The image family a node with this SMTP software runs in (None: the node image)."""
-    adapter = adapter_for(software)
-    return adapter.family if adapter is not None else None
+def image_families(node: Node) -> tuple[str, ...]:
+    """The image families of the real programs the node runs (none: the node image)."""
+    return tuple(dict.fromkeys(FAMILY[software] for software in real_software(node).values()))

@@ -10,7 +10,7 @@ import pytest
 
 from lab.software.adapter import RenderContext, faketime_offset, smtp_software
 from lab.software.postfix import PostfixAdapter, PostfixLog, main_cf, parse_postqueue
-from lab.software.registry import adapter_for, image_family
+from lab.software.registry import adapter_for, image_families
 from lab.topology import load
 from lab.topology.model import Software
 from lab.topology.software import ServiceSettings
@@ -33,8 +33,8 @@ def ctx() -> RenderContext:
 
 def test_the_hub_is_on_postfix_and_runs_in_the_postfix_image(ctx: RenderContext) -> None:
     assert smtp_software(ctx.node) is Software.postfix
-    assert image_family(Software.postfix) == "postfix"
-    assert image_family(Software.builtin) is None
+    assert image_families(ctx.node) == ("postfix",)
+    assert image_families(ctx.topology.nodes["pc1"]) == ()
     assert adapter_for(Software.builtin) is None
     assert isinstance(adapter_for(Software.postfix), PostfixAdapter)
 

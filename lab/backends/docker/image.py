@@ -45,18 +45,14 @@ from lab.errors import LabError
 from lab.progress import Progress, ProgressLike, as_progress
 
 __all__ = [
-    "FAMILIES",
     "LABEL_CONTENT",
     "LABEL_IMAGE",
     "NODE_REPO",
     "NodeImage",
     "build_node_image",
     "cache_dir",
-    "ensure_image",
     "ensure_node_image",
-    "family_image_tag",
     "list_images",
-    "make_family_image",
     "make_node_image",
     "node_image_tag",
     "pip_platforms",
@@ -318,7 +314,7 @@ class NodeImage:
 
 
 @contextlib.contextmanager
-def _build_lock(progress: Progress) -> Iterator[None]:
+def build_lock(progress: Progress) -> Iterator[None]:
     """One build at a time on this machine, whatever the cache directory (the engine is
     shared): parallel test workers wait for the first."""
     path = Path(tempfile.gettempdir()) / "maillab-images.lock"
@@ -340,7 +336,7 @@ def _build_lock(progress: Progress) -> Iterator[None]:
 _STEP = re.compile(r"^Step (\d+)/(\d+) : (.*)$")
 
 
-def _docker_build(
+def docker_build(
     client: Any,
     context: Path,
     tag: str,
@@ -394,7 +390,7 @@ def _docker_build(
     progress.step(f"{what}: {steps} steps, {cached} from the cache")
 
 
-def _prune_old_tags(client: Any, keep: str, repo: str = NODE_REPO, kind: str = "node") -> None:
+def prune_old_tags(client: Any, keep: str, repo: str = NODE_REPO, kind: str = "node") -> None:
     """Untag older maillab-node:<hash> (or family) images beyond the newest few, and
     remove such images left with no tag; images that a container still uses stay (no
     force)."""
@@ -435,7 +431,7 @@ def make_node_image(
     tag = node_image_tag(root)
     if not force and image_exists(client, tag):
         return NodeImage(tag, False, time.monotonic() - started)
-    with _build_lock(display):
+    with build_lock(display):
         if not force and image_exists(client, tag):  # another process built it meanwhile
             return NodeImage(tag, False, time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="maillab-image-") as tmp:
@@ -454,12 +450,12 @@ def make_node_image(
                     _link_or_copy(path, context / "deps" / path.name)
             _build_app_wheel(source, context / "app", display)
             shutil.copy2(source / DOCKERFILE, context / "Dockerfile")
-            _docker_build(client, context, tag, display, nocache=force)
+            docker_build(client, context, tag, display, nocache=force)
         try:
             client.api.tag(tag, NODE_REPO, "latest")
         except docker_errors() as exc:
             raise LabError(f"tagging {tag} as {NODE_REPO}:latest failed: {exc}") from None
-        _prune_old_tags(client, keep=tag)
+        prune_old_tags(client, keep=tag)
     seconds = time.monotonic() - started
     display.done(f"built {tag} in {seconds:.1f}s")
     return NodeImage(tag, True, seconds)
@@ -487,84 +483,6 @@ def ensure_node_image(client: Any = None, progress: ProgressLike = None) -> str:
     finally:
         if own:
             client.close()
-
-
-# ---------------------------------------------------------------------------------------
-# family images: the node image plus one real MTA family (images/FAMILY/Dockerfile)
-
-FAMILIES: dict[str, str] = {"postfix": "images/postfix/Dockerfile"}
-
-
-def family_repo(family: str) -> str:
-    return f"maillab-{family}"
-
-
-def family_image_tag(family: str, node_tag: str, root: Path | str | None = None) -> str:
-    """`maillab-FAMILY:<12 hex>`: a hash of the family's Dockerfile and the node image
-    tag it is built FROM (so a code change gives both new tags)."""
-    root = Path(root) if root is not None else project_root()
-    if family not in FAMILIES:
-        raise LabError(f"no image family {family!r}; expected one of: {', '.join(FAMILIES)}")
-    dockerfile = root / FAMILIES[family]
-    try:
-        text = dockerfile.read_bytes()
-    except OSError as exc:
-        raise LabError(f"the {family} image is built from {dockerfile}: {exc}") from None
-    digest = hashlib.sha256(node_tag.encode() + b"\0" + text).hexdigest()[:12]
-    return f"{family_repo(family)}:{digest}"
-
-
-def make_family_image(
-    client: Any,
-    family: str,
-    *,
-    progress: ProgressLike = None,
-    force: bool = False,
-    root: Path | str | None = None,
-) -> NodeImage:
-    """The family's image (the node image first, built when missing), built when its tag
-    is missing or force; also tagged maillab-FAMILY:latest. Built offline: apt inside
-    the Dockerfile reaches Debian's mirror, nothing else is fetched."""
-    display = as_progress(progress)
-    started = time.monotonic()
-    root = Path(root) if root is not None else project_root()
-    node_tag = make_node_image(client, progress=display, root=root).tag
-    tag = family_image_tag(family, node_tag, root)
-    if not force and image_exists(client, tag):
-        return NodeImage(tag, False, time.monotonic() - started)
-    what = f"{family} image"
-    with _build_lock(display):
-        if not force and image_exists(client, tag):
-            return NodeImage(tag, False, time.monotonic() - started)
-        display.step(f"{what}: building {tag} from {node_tag}")
-        with tempfile.TemporaryDirectory(prefix=f"maillab-{family}-") as tmp:
-            context = Path(tmp)
-            shutil.copy2(root / FAMILIES[family], context / "Dockerfile")
-            _docker_build(
-                client,
-                context,
-                tag,
-                display,
-                nocache=force,
-                what=what,
-                buildargs={"NODE_IMAGE": node_tag},
-            )
-        repo = family_repo(family)
-        try:
-            client.api.tag(tag, repo, "latest")
-        except docker_errors() as exc:
-            raise LabError(f"tagging {tag} as {repo}:latest failed: {exc}") from None
-        _prune_old_tags(client, keep=tag, repo=repo, kind=family)
-    seconds = time.monotonic() - started
-    display.done(f"built {tag} in {seconds:.1f}s")
-    return NodeImage(tag, True, seconds)
-
-
-def ensure_image(client: Any, family: str | None, progress: ProgressLike = None) -> str:
-    """The tag of the image a node runs: the node image (family None) or a family's."""
-    if family is None:
-        return make_node_image(client, progress=progress).tag
-    return make_family_image(client, family, progress=progress).tag
 
 
 def list_images(client: Any) -> list[dict[str, Any]]:

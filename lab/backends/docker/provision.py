@@ -27,8 +27,7 @@ from lab.errors import LabError
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.services.tls import LabCA
-from lab.software.adapter import smtp_software
-from lab.software.registry import image_family
+from lab.software.registry import image_families
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Service, Topology
 
@@ -195,13 +194,13 @@ class Provision:
             "nodes": nodes,
         }
 
-    def families(self) -> dict[str, str]:
-        """node -> the image family it runs in, for nodes whose SMTP software is a real MTA."""
-        found: dict[str, str] = {}
+    def families(self) -> dict[str, tuple[str, ...]]:
+        """node -> the image families it runs, for nodes that run real software."""
+        found: dict[str, tuple[str, ...]] = {}
         for name, node in self.topology.nodes.items():
-            family = image_family(smtp_software(node))
-            if family is not None:
-                found[name] = family
+            families = image_families(node)
+            if families:
+                found[name] = families
         return found
 
     # bringing it up ----------------------------------------------------------------------
@@ -209,16 +208,17 @@ class Provision:
     async def create(self) -> None:
         """The image, the run's directory and spec, the containers, the wiring."""
         from lab.backends.docker.engine import docker_client
-        from lab.backends.docker.image import ensure_image, ensure_node_image
+        from lab.backends.docker.families import ensure_image
+        from lab.backends.docker.image import ensure_node_image
 
         self.client = await asyncio.to_thread(docker_client)
         await self._reap()
         self.say("checking the node image")
         self.image = await asyncio.to_thread(ensure_node_image, self.client, self.progress)
-        for node, family in self.families().items():
-            self.say(f"checking the {family} image (node {node})")
+        for node, families in self.families().items():
+            self.say(f"checking the {'+'.join(families)} image (node {node})")
             self.images[node] = await asyncio.to_thread(
-                ensure_image, self.client, family, self.progress
+                ensure_image, self.client, families, self.progress
             )
         self.runtime.mkdir(parents=True, exist_ok=True)
         ca = LabCA(self.state_dir)
