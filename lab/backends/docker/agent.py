@@ -28,7 +28,7 @@ from typing import Any
 import dns.asyncquery
 import dns.message
 
-from lab.backends.docker.daemon import RealMta
+from lab.backends.docker.daemon import QUICK, QUIET, RealMta
 from lab.backends.docker.net import RealNet
 from lab.errors import LabError
 from lab.protocols import wire
@@ -296,13 +296,16 @@ class Agent:
     async def ping(self) -> dict[str, Any]:
         return {"node": self.name, "pid": os.getpid()}
 
-    async def settled(self, timeout: float = 60.0) -> dict[str, Any]:
+    async def settled(self, timeout: float = 60.0, quick: bool = False) -> dict[str, Any]:
         self._need()
+        quiet = QUICK if quick else QUIET
         await self.settle(float(timeout))
-        return {"events": len(self.events.events), "idle": not self._busy()}
+        if self.real is not None:
+            await self.real.settle(float(timeout), quiet)
+        return {"events": len(self.events.events), "idle": not self._busy(quiet)}
 
-    def _busy(self) -> bool:
-        if self.real is not None and self.real.busy():
+    def _busy(self, quiet: float = QUIET) -> bool:
+        if self.real is not None and self.real.busy(quiet):
             return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 

@@ -133,14 +133,15 @@ class DockerBackend(LabBackend[HostProxy]):
         if self._own_dir:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
-    async def settle(self, timeout: float = 60.0) -> None:
-        """Every host idle, and no event anywhere since the last look."""
+    async def settle(self, timeout: float = 60.0, quick: bool = False) -> None:
+        """Every host idle, and no event anywhere since the last look. `quick`: between
+        the steps of a clock advance, where each host awaited what it started."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last: tuple[int, ...] | None = None
         while loop.time() < deadline:
             remaining = max(0.1, deadline - loop.time())
-            results = await asyncio.gather(*(p.settled(remaining) for p in self._live()))
+            results = await asyncio.gather(*(p.settled(remaining, quick) for p in self._live()))
             counts = tuple(events for events, _ in results)
             if counts == last and all(idle for _, idle in results):
                 return
@@ -173,7 +174,7 @@ class DockerBackend(LabBackend[HostProxy]):
             self._offset += max(0.0, when - self.clock_time())
             counts = await asyncio.gather(*(p.advance_to(when, LONG) for p in self._live()))
             ran += sum(counts)
-            await self.settle()
+            await self.settle(quick=True)
         self._offset += max(0.0, target - self.clock_time())
         await asyncio.gather(*(p.advance_to(target) for p in self._live()))
         await self.settle()

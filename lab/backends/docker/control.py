@@ -123,9 +123,11 @@ class HostProxy:
         found: dict[str, Any] = await self.call(AgentOp.START, {"offset": offset}, timeout=timeout)
         return found
 
-    async def settled(self, timeout: float) -> tuple[int, bool]:
-        """Wait until the host has no work under way (or `timeout`); (events, idle)."""
-        found = await self.call(AgentOp.SETTLE, {"timeout": timeout}, timeout=timeout + 5)
+    async def settled(self, timeout: float, quick: bool = False) -> tuple[int, bool]:
+        """Wait until the host has no work under way (or `timeout`); (events, idle).
+        `quick`: a real MTA's log counts as quiet sooner (its awaited lines are in)."""
+        args: dict[str, Any] = {"timeout": timeout, "quick": quick}
+        found = await self.call(AgentOp.SETTLE, args, timeout=timeout + 5)
         return int(found["events"]), bool(found["idle"])
 
     async def next_timer(self) -> float | None:
