@@ -41,6 +41,8 @@ class RenderContext:
     gid: int = 5000
     tls_chain: str = ""  # key and certificate chain (PEM) issued by the lab CA; "": no TLS
     tls_ca: str = ""  # the lab CA's certificate
+    # the user's own files for this software (`config:`): file name -> text; empty: render
+    config_files: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -26,19 +26,19 @@ events have, so trace, assert_delivered/queued/bounced and checks read them unch
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
-from lab.software.adapter import Event, RenderContext
+from lab.software.adapter import RenderContext
+from lab.software.postfix_log import SPOOL, PostfixLog, parse_postqueue
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Masquerade, Node, Service, Software, Topology
 
 SOFTWARE = Software.postfix
 DESCRIPTION = "Postfix, in a container (Docker backend)"
 FAMILY = "postfix"
-SPOOL = "/var/spool/postfix"
+CONFIG_DIR = "/etc/postfix"
 
 IMPORT_ENVIRONMENT = (
     "MAIL_CONFIG MAIL_DEBUG MAIL_LOGTAG TZ XAUTHORITY DISPLAY LANG=C POSTLOG_SERVICE"
@@ -129,12 +129,39 @@ def tls_params(ctx: RenderContext) -> dict[str, str]:
     return params
 
 
+def lab_owned(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
+    """The parameters the lab owns, in a rendered main.cf and over a user's own: the
+    host's name and addresses, where local mail goes (the lab's Maildirs), the log (the
+    agent reads it), lab time (libfaketime's variables), a short connect timeout (a
+    dropped link is refused at once), and the lab CA's certificate and CA file."""
+    params = {
+        "myhostname": ctx.hostname,
+        "inet_interfaces": "all",
+        "inet_protocols": "ipv4",
+        "home_mailbox": "",
+        "mail_spool_directory": ctx.mail_root.rstrip("/") + "/",
+        "maillog_file": "/dev/stdout",
+        "smtp_connect_timeout": seconds(connect_timeout),
+        "import_environment": IMPORT_ENVIRONMENT,
+    }
+    if ctx.tls_chain:
+        params["smtpd_tls_chain_files"] = ctx.tls_chain
+        params["smtp_tls_CAfile"] = ctx.tls_ca
+    return params
+
+
+def settings(node: Node) -> dict[str, str]:
+    """The node's `settings:` for its SMTP software: raw main.cf parameters, applied last."""
+    return {str(k): str(v) for k, v in node.settings_for(Service.smtp).items()}
+
+
 def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
     """main.cf's parameters, in order."""
     node, topology = ctx.node, ctx.topology
     mydestination = ["$myhostname", "localhost", *[str(d) for d in node.local_domains]]
     retry = node.retry
     first, last = retry.intervals[0], max(retry.intervals)
+    owned = lab_owned(ctx, connect_timeout)
     params: dict[str, str] = {
         "compatibility_level": "3.6",
         "myhostname": ctx.hostname,
@@ -143,8 +170,6 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         "mydestination": ", ".join(dict.fromkeys(mydestination)),
         "mynetworks": ", ".join(mynetworks(node, topology)),
         "relayhost": relayhost(node, topology),
-        "inet_interfaces": "all",
-        "inet_protocols": "ipv4",
         "smtpd_banner": "$myhostname ESMTP $mail_name",
         "smtpd_relay_restrictions": "permit_mynetworks, reject_unauth_destination",
         "biff": "no",
@@ -152,21 +177,17 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         "readme_directory": "no",
         "alias_maps": "hash:/etc/aliases",
         "alias_database": "hash:/etc/aliases",
-        "home_mailbox": "",
-        "mail_spool_directory": ctx.mail_root.rstrip("/") + "/",
         "mailbox_size_limit": "0",
         "message_size_limit": str(node.policy.max_size),
         "smtpd_recipient_limit": str(node.policy.max_recipients),
         "disable_vrfy_command": "yes" if node.policy.vrfy == 502 else "no",
-        "maillog_file": "/dev/stdout",
-        "smtp_connect_timeout": seconds(connect_timeout),
         "queue_run_delay": seconds(first),
         "minimal_backoff_time": seconds(first),
         "maximal_backoff_time": seconds(max(first, last)),
         "delay_warning_time": seconds(retry.warn_after) if retry.warn_after else "0h",
         "maximal_queue_lifetime": seconds(retry.give_up_after),
         "bounce_queue_lifetime": seconds(retry.give_up_after),
-        "import_environment": IMPORT_ENVIRONMENT,
+        **owned,
     }
     params.update(tls_params(ctx))
     m = node.masquerade
@@ -175,9 +196,23 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         params["masquerade_classes"] = ", ".join(masquerade_classes(m))
         if generic_map(m):
             params["smtp_generic_maps"] = "regexp:/etc/postfix/generic"
-    for key, value in node.settings_for(Service.smtp).items():
-        params[str(key)] = str(value)
+    params.update(settings(node))
     return params
+
+
+# the indexed tables a user's main.cf names among its files: postmap builds them
+_TABLE = re.compile(r"\b(hash|btree|lmdb|cdb|dbm|sdbm):(/etc/postfix/([^\s,]+))")
+
+
+def user_tables(files: dict[str, str]) -> list[str]:
+    """`type:/etc/postfix/NAME` for each indexed table main.cf or master.cf names whose
+    source NAME is one of the user's files, in order."""
+    found: list[str] = []
+    for name in ("main.cf", "master.cf"):
+        for match in _TABLE.finditer(files.get(name, "")):
+            if match[3] in files:
+                found.append(f"{match[1]}:{match[2]}")
+    return list(dict.fromkeys(found))
 
 
 def render_main_cf(params: dict[str, str]) -> str:
@@ -222,21 +257,27 @@ class PostfixAdapter:
 
     def render(self, ctx: RenderContext) -> dict[str, str]:
         files = {
-            "/etc/postfix/main.cf": render_main_cf(main_cf(ctx, self.connect_timeout)),
             "/etc/aliases": render_aliases(ctx.node),
             "/etc/mailname": ctx.hostname + "\n",
             "/etc/maillab/postfix-users.sh": users_script(ctx),
         }
+        if ctx.config_files:  # the user's own: as they are; postconf applies the lab's part
+            for name, text in ctx.config_files.items():
+                files[f"{CONFIG_DIR}/{name}"] = text
+            return files
+        files["/etc/postfix/main.cf"] = render_main_cf(main_cf(ctx, self.connect_timeout))
         if ctx.node.masquerade is not None and generic_map(ctx.node.masquerade):
             files["/etc/postfix/generic"] = generic_map(ctx.node.masquerade)
         return files
 
     def prepare_commands(self, ctx: RenderContext) -> list[list[str]]:
-        return [
-            ["sh", "/etc/maillab/postfix-users.sh"],
-            ["postconf", "-F", "*/*/chroot = n"],
-            ["postalias", "/etc/aliases"],
-        ]
+        commands = [["sh", "/etc/maillab/postfix-users.sh"]]
+        if ctx.config_files:
+            owned = {**lab_owned(ctx, self.connect_timeout), **settings(ctx.node)}
+            commands.append(["postconf", "-e", *(f"{k}={v}" for k, v in owned.items())])
+            commands += [["postmap", table] for table in user_tables(ctx.config_files)]
+        commands += [["postconf", "-F", "*/*/chroot = n"], ["postalias", "/etc/aliases"]]
+        return commands
 
     def start_command(self) -> list[str]:
         return ["postfix", "start-fg"]
@@ -278,317 +319,3 @@ class PostfixAdapter:
 
     def log_reader(self) -> PostfixLog:
         return PostfixLog()
-
-
-# ---------------------------------------------------------------------------------------
-# the queue listing (postqueue -j)
-
-
-def _next_attempt(spool: Path, queue_name: str, queue_id: str) -> float:
-    """A deferred message's next try: Postfix keeps it as its queue file's mtime."""
-    if queue_name != "deferred":
-        return 0.0
-    for path in (spool / "deferred").glob(f"*/{queue_id}"):
-        try:
-            return path.stat().st_mtime
-        except OSError:
-            return 0.0
-    return 0.0
-
-
-def parse_postqueue(
-    output: str, log: Any = None, spool: Path = Path(SPOOL)
-) -> list[dict[str, Any]]:
-    """`postqueue -j` (one JSON object a line) in the built-in MTA's queue shape."""
-    entries = []
-    for line in output.splitlines():
-        line = line.strip()
-        if not line.startswith("{"):
-            continue
-        item = json.loads(line)
-        qid = str(item.get("queue_id", ""))
-        recipients = item.get("recipients") or []
-        reasons = [str(r.get("delay_reason") or "") for r in recipients]
-        entries.append(
-            {
-                "id": qid,
-                "envelope_from": str(item.get("sender") or ""),
-                "recipients": [str(r.get("address", "")) for r in recipients],
-                "attempts": log.attempts(qid) if log is not None else 0,
-                "received": float(item.get("arrival_time") or 0),
-                "next_attempt": _next_attempt(spool, str(item.get("queue_name")), qid),
-                "last_reply": next((r for r in reasons if r), ""),
-                "queue_name": str(item.get("queue_name") or ""),
-            }
-        )
-    return entries
-
-
-# ---------------------------------------------------------------------------------------
-# log lines -> events
-
-_LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[\d+\]: (?P<msg>.*)$")
-_QID = re.compile(r"^(?P<qid>[0-9A-Za-z]{6,}): (?P<rest>.*)$")
-_FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,]*)")
-_STATUS = re.compile(r"status=(?P<status>\w+) \((?P<text>.*)\)\s*$")
-_RELAY = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<addr>[^\]]*)\](?::(?P<port>\d+))?)?$")
-_DSN_NOTE = re.compile(
-    r"^sender (?P<what>non-delivery|delay|delivery status) notification: (?P<new>\w+)"
-)
-_QUEUED_AS = re.compile(r"queued as (\S+?)\)?$")
-_CLIENT = re.compile(r"^(?P<name>[^\[]*)\[(?P<addr>[^\]]*)\]")
-_REJECT = re.compile(r"^NOQUEUE: reject: (?P<stage>\w+) from (?P<client>\S+): (?P<reply>.*?);")
-
-
-def _fields(rest: str) -> dict[str, str]:
-    head = rest.split(" status=", 1)[0]
-    return {k: v.strip().strip("<>") for k, v in _FIELD.findall(head)}
-
-
-def _reply(text: str) -> str:
-    """The remote reply inside Postfix's parentheses: `host X said: 550 ... (in reply to
-    RCPT TO command)` -> `550 ...`; other texts as they are."""
-    said = re.search(r"said: (.*?)(?: \(in reply to .*\))?$", text)
-    return said.group(1) if said else text
-
-
-class PostfixLog:
-    """Postfix's log lines, in order, as the lab's events (the built-in MTA's kinds and
-    fields). Keeps what it learnt of each queue id (client, Message-ID, sender, bounced
-    recipients, attempts) to fill the events of later lines."""
-
-    def __init__(self) -> None:
-        self.messages: dict[str, dict[str, Any]] = {}
-
-    def _msg(self, qid: str) -> dict[str, Any]:
-        return self.messages.setdefault(
-            qid,
-            {
-                "client": "",
-                "message_id": "",
-                "envelope_from": None,
-                "queued": False,
-                "bounced": [],
-                "attempts": 0,
-                "deferred": {},  # recipient -> (dsn, reply) of its last deferral
-            },
-        )
-
-    def attempts(self, queue_id: str) -> int:
-        found = self.messages.get(queue_id)
-        return int(found["attempts"]) if found else 0
-
-    def feed(self, line: str, now: float) -> list[Event]:
-        match = _LINE.search(line)
-        if match is None:
-            return []
-        prog, msg = match["prog"], match["msg"]
-        reject = _REJECT.match(msg)
-        if reject:
-            stage = reject["stage"].lower()
-            return [Event("policy.reject", {"stage": stage, "reply": reject["reply"]})]
-        qm = _QID.match(msg)
-        if qm is None:
-            return []
-        qid, rest = qm["qid"], qm["rest"]
-        m = self._msg(qid)
-        if prog == "smtpd" and rest.startswith("client="):
-            client = _CLIENT.match(rest[len("client=") :])
-            m["client"] = client["addr"] if client else rest[len("client=") :]
-            return []
-        if prog in ("cleanup", "pickup") and rest.startswith("message-id="):
-            m["message_id"] = rest[len("message-id=") :].strip()
-            return []
-        if prog == "pickup" and rest.startswith("uid="):
-            m["client"] = "localhost"
-            return []
-        if prog == "qmgr":
-            return self._qmgr(qid, m, rest, now)
-        if prog == "bounce":
-            return self._bounce(qid, m, rest)
-        if "status=" in rest and "to=" in rest:
-            return self._delivery(qid, m, prog, rest, now)
-        return []
-
-    def _qmgr(self, qid: str, m: dict[str, Any], rest: str, now: float) -> list[Event]:
-        if rest == "removed":
-            self.messages.pop(qid, None)
-            return [Event("queue.removed", {"id": qid})]
-        fields = _fields(rest)
-        if "from" in fields and "status=expired" in rest:
-            events = [Event("queue.expired", {"id": qid})]
-            for to, (dsn, reply) in m["deferred"].items():
-                status = "4.4.7" if not dsn.startswith(("4", "5")) else dsn
-                text = f"delivery time expired; last error: {reply}"
-                m["bounced"].append((to, status, text))
-                events.append(
-                    Event(
-                        "queue.bounced",
-                        {
-                            "id": qid,
-                            "rcpt": to,
-                            "status": status,
-                            "reply": text,
-                            "envelope_from": fields["from"],
-                        },
-                    )
-                )
-            m["deferred"] = {}
-            return events
-        if "from" in fields and not m["queued"]:
-            m["queued"] = True
-            m["envelope_from"] = fields["from"]
-            return [
-                Event(
-                    "queue.queued",
-                    {
-                        "id": qid,
-                        "envelope_from": fields["from"],
-                        "recipients": [],
-                        "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
-                        "client": m["client"],
-                        "size": int(fields.get("size", "0") or 0),
-                        "message_id": m["message_id"],
-                    },
-                )
-            ]
-        return []
-
-    def _delivery(
-        self, qid: str, m: dict[str, Any], prog: str, rest: str, now: float
-    ) -> list[Event]:
-        fields = _fields(rest)
-        status = _STATUS.search(rest)
-        if status is None:
-            return []
-        state, text = status["status"], status["text"]
-        to = fields.get("to", "")
-        orig = fields.get("orig_to") or to
-        relay = fields.get("relay", "")
-        relay_match = _RELAY.match(relay)
-        server = (relay_match["name"] if relay_match else relay) or relay
-        dsn = fields.get("dsn", "")
-        envelope_from = m["envelope_from"] or ""
-        first = m.setdefault("first_rcpt", to)
-        if to == first:  # one attempt of the message: counted at its first recipient
-            m["attempts"] += 1
-        events: list[Event] = []
-        if state != "deferred":
-            m["deferred"].pop(to, None)
-        if state == "sent" and prog in ("local", "virtual"):
-            user = to.partition("@")[0].lower()
-            events.append(
-                Event(
-                    "mailbox.delivered",
-                    {
-                        "id": qid,
-                        "user": user,
-                        "rcpt": orig,
-                        "address": to,
-                        "envelope_from": envelope_from,
-                        "key": "",  # filled by the agent, which finds the file
-                        "message_id": m["message_id"],
-                        "maildrop": False,
-                        "reply": text,
-                    },
-                )
-            )
-            return events
-        reply = _reply(text)
-        if state == "sent":
-            queued = _QUEUED_AS.search(reply)
-            events.append(
-                Event(
-                    "delivery.result",
-                    {
-                        "id": qid,
-                        "rcpt": to,
-                        "result": "delivered",
-                        "reply": reply,
-                        "server": server,
-                        "relay": relay,
-                        "status": dsn,
-                        "remote_id": queued.group(1) if queued else "",
-                        "tls": False,
-                    },
-                )
-            )
-        elif state == "deferred":
-            m["deferred"][to] = (dsn, reply)
-            events.append(
-                Event(
-                    "delivery.result",
-                    {
-                        "id": qid,
-                        "rcpt": to,
-                        "result": "deferred",
-                        "reply": reply,
-                        "server": server,
-                        "relay": relay,
-                        "status": dsn,
-                    },
-                )
-            )
-            events.append(
-                Event(
-                    "queue.deferred",
-                    {
-                        "id": qid,
-                        "recipients": [to],
-                        "reply": reply,
-                        "status": dsn,
-                        "next_attempt": 0.0,
-                    },
-                )
-            )
-        elif state in ("bounced", "expired"):
-            m["bounced"].append((to, dsn, reply))
-            if state == "bounced":
-                events.append(
-                    Event(
-                        "delivery.result",
-                        {
-                            "id": qid,
-                            "rcpt": to,
-                            "result": "failed",
-                            "reply": reply,
-                            "server": server,
-                            "relay": relay,
-                            "status": dsn,
-                        },
-                    )
-                )
-            events.append(
-                Event(
-                    "queue.bounced",
-                    {
-                        "id": qid,
-                        "rcpt": to,
-                        "status": dsn,
-                        "reply": reply,
-                        "envelope_from": envelope_from,
-                    },
-                )
-            )
-        return events
-
-    def _bounce(self, qid: str, m: dict[str, Any], rest: str) -> list[Event]:
-        note = _DSN_NOTE.match(rest)
-        if note is None:
-            return []
-        action = {"non-delivery": "failed", "delay": "delayed"}.get(note["what"], "delivered")
-        if action == "failed":
-            about = [(to, status) for to, status, _ in m["bounced"]]
-        else:  # a delay warning is about the recipients still deferred
-            about = [(to, dsn) for to, (dsn, _) in m["deferred"].items()]
-        data = {
-            "id": note["new"],
-            "original_id": qid,
-            "to": m["envelope_from"] or "",
-            "action": action,
-            "recipients": [to for to, _ in about],
-            "status": [status for _, status in about],
-        }
-        if action == "failed":
-            m["bounced"] = []
-        return [Event("dsn.sent", data)]

@@ -165,3 +165,43 @@ def test_a_dropped_link_cuts_postfixs_sessions_across_it(
         assert "cut 104" in rest or "closed" in rest, rest  # a reset, not a timeout
         down = [e for e in lab.events if e.kind == "link.down"]
         assert down and down[-1].get("cut") >= 1
+
+
+def test_the_users_own_main_cf_runs_with_only_the_labs_part_set(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    """topologies/office-postfix/: the administrator's main.cf and maps go in as they
+    are (postmap builds the maps); postconf sets only what the lab owns on top."""
+    office = ROOT / "topologies" / "office-postfix.yaml"
+    with Lab.up(office, backend="docker", state_dir=tmp_path / "lab") as lab:
+        hub = lab.backend.containers["hub"]
+
+        def postconf(*names: str) -> dict[str, str]:
+            code, out = hub.exec_run(["postconf", *names])
+            assert code == 0, out
+            pairs = (line.partition(" =") for line in out.decode().splitlines())
+            return {k: v.strip() for k, _, v in pairs}
+
+        mine = postconf("smtpd_banner", "relayhost", "delay_warning_time", "sender_canonical_maps")
+        assert mine == {
+            "smtpd_banner": "$myhostname ESMTP office mail",
+            "relayhost": "[smtp.isp.example]",
+            "delay_warning_time": "2h",
+            "sender_canonical_maps": "hash:/etc/postfix/sender_canonical",
+        }
+        owned = postconf("myhostname", "maillog_file", "mail_spool_directory", "home_mailbox")
+        assert owned["myhostname"] == "hub.office.example"
+        assert owned["maillog_file"] == "/dev/stdout"
+        assert owned["mail_spool_directory"].endswith("/mail/")
+        assert owned["home_mailbox"] == ""
+        code, _ = hub.exec_run(["test", "-s", "/etc/postfix/access.db"])
+        assert code == 0, "postmap built the access map"
+
+        refused = lab.send("pc1", mail_from="sam@office.example", to=["jo@office.example"])
+        assert refused.rejected is not None and refused.rejected.code == 550, refused.to_json()
+        assert "Jo left the office" in refused.rejected.text
+        sent = lab.send("pc1", mail_from="sam@office.example", to=["alex@partner.example"])
+        got = lab.assert_delivered(to="alex@partner.example", node="partner", mailbox="alex")
+        assert got.envelope_from == "sam.taylor@office.example"
+        hops = [e.node for e in lab.trace(sent) if e.kind == "delivery.result"]
+        assert hops[0] == "hub", lab.format_trace(sent)

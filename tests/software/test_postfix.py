@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from lab.software.adapter import RenderContext, faketime_offset, smtp_software
-from lab.software.postfix import PostfixAdapter, PostfixLog, main_cf, parse_postqueue
+from lab.software.postfix import PostfixAdapter, main_cf
+from lab.software.postfix_log import PostfixLog, parse_postqueue
 from lab.software.registry import adapter_for, image_families
 from lab.topology import load
 from lab.topology.model import Software
@@ -249,3 +250,58 @@ def test_starttls_with_the_lab_ca(ctx: RenderContext) -> None:
     assert params["smtpd_tls_chain_files"] == "/etc/maillab/tls/chain.pem"
     assert params["smtp_tls_security_level"] == "may"  # tls_outbound: opportunistic
     assert params["smtp_tls_CAfile"] == "/ca.pem"
+
+
+def test_a_users_own_files_go_in_as_they_are_and_postconf_sets_the_labs_part(
+    ctx: RenderContext,
+) -> None:
+    from dataclasses import replace
+
+    from lab.software.postfix import lab_owned, user_tables
+
+    files = {
+        "main.cf": "relayhost = [smtp.isp.example]\n"
+        "smtpd_recipient_restrictions = check_recipient_access hash:/etc/postfix/access,"
+        " reject_unauth_destination\ntransport_maps = lmdb:/etc/postfix/transport\n"
+        "virtual_alias_maps = hash:/etc/postfix/virtual\n",
+        "access": "jo@office.example 550 gone\n",
+        "transport": "partner.example smtp:[10.0.0.1]\n",
+    }
+    own = replace(ctx, config_files=files)
+    adapter = PostfixAdapter()
+    rendered = adapter.render(own)
+    assert rendered["/etc/postfix/main.cf"] == files["main.cf"]
+    assert rendered["/etc/postfix/access"] == files["access"]
+    assert "/etc/postfix/generic" not in rendered  # nothing of the node's is rendered
+    commands = adapter.prepare_commands(own)
+    postconf = next(c for c in commands if c[:2] == ["postconf", "-e"])
+    assert postconf[2:] == [f"{k}={v}" for k, v in lab_owned(own).items()]
+    assert "myhostname=moriah.shofar.org.uk" in postconf
+    assert "maillog_file=/dev/stdout" in postconf
+    assert not any(arg.startswith("relayhost=") for arg in postconf)
+    # the maps among the user's files are built; a map not among them is the user's affair
+    assert [c for c in commands if c[0] == "postmap"] == [
+        ["postmap", "hash:/etc/postfix/access"],
+        ["postmap", "lmdb:/etc/postfix/transport"],
+    ]
+    assert user_tables({"main.cf": "x = hash:/etc/postfix/virtual"}) == []
+
+
+def test_a_users_config_directory_is_read_for_the_node(tmp_path: Path) -> None:
+    from lab.errors import LabError
+    from lab.software.userconfig import read_config
+
+    (tmp_path / "main.cf").write_text("myorigin = example.com\n")
+    (tmp_path / "access").write_text("a@b REJECT\n")
+    (tmp_path / ".hidden").write_text("x")
+    (tmp_path / "sub").mkdir()
+    assert read_config(tmp_path) == {
+        "access": "a@b REJECT\n",
+        "main.cf": "myorigin = example.com\n",
+    }
+    assert read_config(tmp_path / "main.cf") == {"main.cf": "myorigin = example.com\n"}
+    with pytest.raises(LabError, match="no such file or directory"):
+        read_config(tmp_path / "gone")
+    (tmp_path / "big").write_bytes(b"x" * ((1 << 20) + 1))
+    with pytest.raises(LabError, match="too big"):
+        read_config(tmp_path)

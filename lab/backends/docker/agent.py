@@ -40,6 +40,7 @@ from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
 from lab.software.adapter import RenderContext, smtp_software
 from lab.software.registry import adapter_for
+from lab.software.userconfig import config_files_for
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable
@@ -179,6 +180,7 @@ class Agent:
                 mail_root=str(self.state_dir / "mail"),
                 tls_chain=tls_chain,
                 tls_ca=tls_ca,
+                config_files=config_files_for(self.me.get("config", {}), Service.smtp),
             )
             self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
             await self.real.start()

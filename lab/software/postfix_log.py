@@ -1,0 +1,328 @@
+"""Postfix's own output read into the lab's shapes: its queue listing (`postqueue -j`)
+as the built-in MTA's queue entries, its log lines as the lab's events (`PostfixLog`),
+with the fields the built-in MTA's events have, so trace, assert_delivered/queued/bounced
+and checks read them unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from lab.software.adapter import Event
+
+SPOOL = "/var/spool/postfix"
+# ---------------------------------------------------------------------------------------
+# the queue listing (postqueue -j)
+
+
+def _next_attempt(spool: Path, queue_name: str, queue_id: str) -> float:
+    """A deferred message's next try: Postfix keeps it as its queue file's mtime."""
+    if queue_name != "deferred":
+        return 0.0
+    for path in (spool / "deferred").glob(f"*/{queue_id}"):
+        try:
+            return path.stat().st_mtime
+        except OSError:
+            return 0.0
+    return 0.0
+
+
+def parse_postqueue(
+    output: str, log: Any = None, spool: Path = Path(SPOOL)
+) -> list[dict[str, Any]]:
+    """`postqueue -j` (one JSON object a line) in the built-in MTA's queue shape."""
+    entries = []
+    for line in output.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        item = json.loads(line)
+        qid = str(item.get("queue_id", ""))
+        recipients = item.get("recipients") or []
+        reasons = [str(r.get("delay_reason") or "") for r in recipients]
+        entries.append(
+            {
+                "id": qid,
+                "envelope_from": str(item.get("sender") or ""),
+                "recipients": [str(r.get("address", "")) for r in recipients],
+                "attempts": log.attempts(qid) if log is not None else 0,
+                "received": float(item.get("arrival_time") or 0),
+                "next_attempt": _next_attempt(spool, str(item.get("queue_name")), qid),
+                "last_reply": next((r for r in reasons if r), ""),
+                "queue_name": str(item.get("queue_name") or ""),
+            }
+        )
+    return entries
+
+
+# ---------------------------------------------------------------------------------------
+# log lines -> events
+
+_LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[\d+\]: (?P<msg>.*)$")
+_QID = re.compile(r"^(?P<qid>[0-9A-Za-z]{6,}): (?P<rest>.*)$")
+_FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,]*)")
+_STATUS = re.compile(r"status=(?P<status>\w+) \((?P<text>.*)\)\s*$")
+_RELAY = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<addr>[^\]]*)\](?::(?P<port>\d+))?)?$")
+_DSN_NOTE = re.compile(
+    r"^sender (?P<what>non-delivery|delay|delivery status) notification: (?P<new>\w+)"
+)
+_QUEUED_AS = re.compile(r"queued as (\S+?)\)?$")
+_CLIENT = re.compile(r"^(?P<name>[^\[]*)\[(?P<addr>[^\]]*)\]")
+_REJECT = re.compile(r"^NOQUEUE: reject: (?P<stage>\w+) from (?P<client>\S+): (?P<reply>.*?);")
+
+
+def _fields(rest: str) -> dict[str, str]:
+    head = rest.split(" status=", 1)[0]
+    return {k: v.strip().strip("<>") for k, v in _FIELD.findall(head)}
+
+
+def _reply(text: str) -> str:
+    """The remote reply inside Postfix's parentheses: `host X said: 550 ... (in reply to
+    RCPT TO command)` -> `550 ...`; other texts as they are."""
+    said = re.search(r"said: (.*?)(?: \(in reply to .*\))?$", text)
+    return said.group(1) if said else text
+
+
+class PostfixLog:
+    """Postfix's log lines, in order, as the lab's events (the built-in MTA's kinds and
+    fields). Keeps what it learnt of each queue id (client, Message-ID, sender, bounced
+    recipients, attempts) to fill the events of later lines."""
+
+    def __init__(self) -> None:
+        self.messages: dict[str, dict[str, Any]] = {}
+
+    def _msg(self, qid: str) -> dict[str, Any]:
+        return self.messages.setdefault(
+            qid,
+            {
+                "client": "",
+                "message_id": "",
+                "envelope_from": None,
+                "queued": False,
+                "bounced": [],
+                "attempts": 0,
+                "deferred": {},  # recipient -> (dsn, reply) of its last deferral
+            },
+        )
+
+    def attempts(self, queue_id: str) -> int:
+        found = self.messages.get(queue_id)
+        return int(found["attempts"]) if found else 0
+
+    def feed(self, line: str, now: float) -> list[Event]:
+        match = _LINE.search(line)
+        if match is None:
+            return []
+        prog, msg = match["prog"], match["msg"]
+        reject = _REJECT.match(msg)
+        if reject:
+            stage = reject["stage"].lower()
+            return [Event("policy.reject", {"stage": stage, "reply": reject["reply"]})]
+        qm = _QID.match(msg)
+        if qm is None:
+            return []
+        qid, rest = qm["qid"], qm["rest"]
+        m = self._msg(qid)
+        if prog == "smtpd" and rest.startswith("client="):
+            client = _CLIENT.match(rest[len("client=") :])
+            m["client"] = client["addr"] if client else rest[len("client=") :]
+            return []
+        if prog in ("cleanup", "pickup") and rest.startswith("message-id="):
+            m["message_id"] = rest[len("message-id=") :].strip()
+            return []
+        if prog == "pickup" and rest.startswith("uid="):
+            m["client"] = "localhost"
+            return []
+        if prog == "qmgr":
+            return self._qmgr(qid, m, rest, now)
+        if prog == "bounce":
+            return self._bounce(qid, m, rest)
+        if "status=" in rest and "to=" in rest:
+            return self._delivery(qid, m, prog, rest, now)
+        return []
+
+    def _qmgr(self, qid: str, m: dict[str, Any], rest: str, now: float) -> list[Event]:
+        if rest == "removed":
+            self.messages.pop(qid, None)
+            return [Event("queue.removed", {"id": qid})]
+        fields = _fields(rest)
+        if "from" in fields and "status=expired" in rest:
+            events = [Event("queue.expired", {"id": qid})]
+            for to, (dsn, reply) in m["deferred"].items():
+                status = "4.4.7" if not dsn.startswith(("4", "5")) else dsn
+                text = f"delivery time expired; last error: {reply}"
+                m["bounced"].append((to, status, text))
+                events.append(
+                    Event(
+                        "queue.bounced",
+                        {
+                            "id": qid,
+                            "rcpt": to,
+                            "status": status,
+                            "reply": text,
+                            "envelope_from": fields["from"],
+                        },
+                    )
+                )
+            m["deferred"] = {}
+            return events
+        if "from" in fields and not m["queued"]:
+            m["queued"] = True
+            m["envelope_from"] = fields["from"]
+            return [
+                Event(
+                    "queue.queued",
+                    {
+                        "id": qid,
+                        "envelope_from": fields["from"],
+                        "recipients": [],
+                        "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
+                        "client": m["client"],
+                        "size": int(fields.get("size", "0") or 0),
+                        "message_id": m["message_id"],
+                    },
+                )
+            ]
+        return []
+
+    def _delivery(
+        self, qid: str, m: dict[str, Any], prog: str, rest: str, now: float
+    ) -> list[Event]:
+        fields = _fields(rest)
+        status = _STATUS.search(rest)
+        if status is None:
+            return []
+        state, text = status["status"], status["text"]
+        to = fields.get("to", "")
+        orig = fields.get("orig_to") or to
+        relay = fields.get("relay", "")
+        relay_match = _RELAY.match(relay)
+        server = (relay_match["name"] if relay_match else relay) or relay
+        dsn = fields.get("dsn", "")
+        envelope_from = m["envelope_from"] or ""
+        first = m.setdefault("first_rcpt", to)
+        if to == first:  # one attempt of the message: counted at its first recipient
+            m["attempts"] += 1
+        events: list[Event] = []
+        if state != "deferred":
+            m["deferred"].pop(to, None)
+        if state == "sent" and prog in ("local", "virtual"):
+            user = to.partition("@")[0].lower()
+            events.append(
+                Event(
+                    "mailbox.delivered",
+                    {
+                        "id": qid,
+                        "user": user,
+                        "rcpt": orig,
+                        "address": to,
+                        "envelope_from": envelope_from,
+                        "key": "",  # filled by the agent, which finds the file
+                        "message_id": m["message_id"],
+                        "maildrop": False,
+                        "reply": text,
+                    },
+                )
+            )
+            return events
+        reply = _reply(text)
+        if state == "sent":
+            queued = _QUEUED_AS.search(reply)
+            events.append(
+                Event(
+                    "delivery.result",
+                    {
+                        "id": qid,
+                        "rcpt": to,
+                        "result": "delivered",
+                        "reply": reply,
+                        "server": server,
+                        "relay": relay,
+                        "status": dsn,
+                        "remote_id": queued.group(1) if queued else "",
+                        "tls": False,
+                    },
+                )
+            )
+        elif state == "deferred":
+            m["deferred"][to] = (dsn, reply)
+            events.append(
+                Event(
+                    "delivery.result",
+                    {
+                        "id": qid,
+                        "rcpt": to,
+                        "result": "deferred",
+                        "reply": reply,
+                        "server": server,
+                        "relay": relay,
+                        "status": dsn,
+                    },
+                )
+            )
+            events.append(
+                Event(
+                    "queue.deferred",
+                    {
+                        "id": qid,
+                        "recipients": [to],
+                        "reply": reply,
+                        "status": dsn,
+                        "next_attempt": 0.0,
+                    },
+                )
+            )
+        elif state in ("bounced", "expired"):
+            m["bounced"].append((to, dsn, reply))
+            if state == "bounced":
+                events.append(
+                    Event(
+                        "delivery.result",
+                        {
+                            "id": qid,
+                            "rcpt": to,
+                            "result": "failed",
+                            "reply": reply,
+                            "server": server,
+                            "relay": relay,
+                            "status": dsn,
+                        },
+                    )
+                )
+            events.append(
+                Event(
+                    "queue.bounced",
+                    {
+                        "id": qid,
+                        "rcpt": to,
+                        "status": dsn,
+                        "reply": reply,
+                        "envelope_from": envelope_from,
+                    },
+                )
+            )
+        return events
+
+    def _bounce(self, qid: str, m: dict[str, Any], rest: str) -> list[Event]:
+        note = _DSN_NOTE.match(rest)
+        if note is None:
+            return []
+        action = {"non-delivery": "failed", "delay": "delayed"}.get(note["what"], "delivered")
+        if action == "failed":
+            about = [(to, status) for to, status, _ in m["bounced"]]
+        else:  # a delay warning is about the recipients still deferred
+            about = [(to, dsn) for to, (dsn, _) in m["deferred"].items()]
+        data = {
+            "id": note["new"],
+            "original_id": qid,
+            "to": m["envelope_from"] or "",
+            "action": action,
+            "recipients": [to for to, _ in about],
+            "status": [status for _, status in about],
+        }
+        if action == "failed":
+            m["bounced"] = []
+        return [Event("dsn.sent", data)]
