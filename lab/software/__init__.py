@@ -79,10 +79,28 @@ def check_supported(
         )
 
 
+def check_fields(name: str, node: Node) -> None:
+    """Raise a LabError naming the node's fields its real software cannot honour (a
+    user's own configuration says for itself what it does: nothing is checked then)."""
+    if (
+        node.software_for(Service.smtp) is Software.postfix
+        and node.config_for(Service.smtp) is None
+    ):
+        from lab.software.postfix import unsupported
+
+        problems = unsupported(node)
+        if problems:
+            raise LabError(
+                f"node {name!r} runs postfix, which cannot do what its fields ask:\n  "
+                + "\n  ".join(problems)
+            )
+
+
 def check_node(name: str, node: Node, backend: str) -> None:
     """Raise a LabError when some service of node `name` cannot run on this backend."""
     for service, software in real_software(node).items():
         check_supported(name, software.value, backend, service)
+    check_fields(name, node)
 
 
 def check_topology(topology: Topology, backend: str) -> None:
@@ -92,6 +110,11 @@ def check_topology(topology: Topology, backend: str) -> None:
         for service, software in real_software(node).items():
             try:
                 check_supported(name, software.value, backend, service)
+            except LabError as exc:
+                problems.append(str(exc))
+        if backend not in BUILTIN_ONLY_BACKENDS:
+            try:
+                check_fields(name, node)
             except LabError as exc:
                 problems.append(str(exc))
     if problems:

@@ -150,6 +150,30 @@ def lab_owned(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str
     return params
 
 
+def unsupported(node: Node) -> list[str]:
+    """The node's fields a rendered Postfix cannot honour, as 'field: why'."""
+    policy = node.policy
+    found = []
+    if policy.expn == 250:
+        found.append("policy.expn: 250: Postfix has no EXPN command (it answers 502)")
+    if policy.helo_rdns.value != "off":
+        found.append(
+            f"policy.helo_rdns: {policy.helo_rdns.value}: Postfix has no HELO-against-rDNS"
+            " check; set it with settings: (smtpd_helo_restrictions) instead"
+        )
+    if policy.spf.value != "off":
+        found.append(
+            f"policy.spf: {policy.spf.value}: Postfix checks SPF through a policy"
+            " service, which the postfix image does not have"
+        )
+    if policy.greylist is not None and policy.greylist.enabled:
+        found.append(
+            "policy.greylist: Postfix greylists through a policy service (postgrey),"
+            " which the postfix image does not have"
+        )
+    return found
+
+
 def settings(node: Node) -> dict[str, str]:
     """The node's `settings:` for its SMTP software: raw main.cf parameters, applied last."""
     return {str(k): str(v) for k, v in node.settings_for(Service.smtp).items()}
@@ -181,6 +205,7 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         "message_size_limit": str(node.policy.max_size),
         "smtpd_recipient_limit": str(node.policy.max_recipients),
         "disable_vrfy_command": "yes" if node.policy.vrfy == 502 else "no",
+        "hopcount_limit": str(node.policy.max_received),
         "queue_run_delay": seconds(first),
         "minimal_backoff_time": seconds(first),
         "maximal_backoff_time": seconds(max(first, last)),
@@ -190,6 +215,9 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         **owned,
     }
     params.update(tls_params(ctx))
+    if node.policy.verify_sender_domain:  # as the built-in MTA: 553 5.1.8, 450 on DNS failure
+        params["smtpd_sender_restrictions"] = "reject_unknown_sender_domain"
+        params["unknown_address_reject_code"] = "553"
     m = node.masquerade
     if m is not None:
         params["masquerade_domains"] = ", ".join(str(d) for d in m.domains)

@@ -61,7 +61,8 @@ def parse_postqueue(
 # ---------------------------------------------------------------------------------------
 # log lines -> events
 
-_LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[\d+\]: (?P<msg>.*)$")
+_LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[(?P<pid>\d+)\]: (?P<msg>.*)$")
+_TLS = re.compile(r"^\w+ TLS connection established to (?P<relay>\S+?):? ")
 _QID = re.compile(r"^(?P<qid>[0-9A-Za-z]{6,}): (?P<rest>.*)$")
 _FIELD = re.compile(r"(\w+)=(<[^>]*>|[^,]*)")
 _STATUS = re.compile(r"status=(?P<status>\w+) \((?P<text>.*)\)\s*$")
@@ -93,6 +94,7 @@ class PostfixLog:
 
     def __init__(self) -> None:
         self.messages: dict[str, dict[str, Any]] = {}
+        self.tls: dict[str, str] = {}  # smtp process id -> the relay it speaks TLS with
 
     def _msg(self, qid: str) -> dict[str, Any]:
         return self.messages.setdefault(
@@ -117,6 +119,10 @@ class PostfixLog:
         if match is None:
             return []
         prog, msg = match["prog"], match["msg"]
+        tls = _TLS.match(msg)
+        if tls and prog == "smtp":  # this smtp process's connection to relay is encrypted
+            self.tls[match["pid"]] = tls["relay"]
+            return []
         reject = _REJECT.match(msg)
         if reject:
             stage = reject["stage"].lower()
@@ -141,6 +147,7 @@ class PostfixLog:
         if prog == "bounce":
             return self._bounce(qid, m, rest)
         if "status=" in rest and "to=" in rest:
+            m["tls"] = self.tls.get(match["pid"]) == _fields(rest).get("relay") != ""
             return self._delivery(qid, m, prog, rest, now)
         return []
 
@@ -243,7 +250,7 @@ class PostfixLog:
                         "relay": relay,
                         "status": dsn,
                         "remote_id": queued.group(1) if queued else "",
-                        "tls": False,
+                        "tls": bool(m.get("tls")),
                     },
                 )
             )

@@ -305,3 +305,50 @@ def test_a_users_config_directory_is_read_for_the_node(tmp_path: Path) -> None:
     (tmp_path / "big").write_bytes(b"x" * ((1 << 20) + 1))
     with pytest.raises(LabError, match="too big"):
         read_config(tmp_path)
+
+
+def test_sender_checks_and_the_hop_limit_are_rendered(ctx: RenderContext) -> None:
+    from dataclasses import replace
+
+    node = ctx.node.model_copy(deep=True)
+    node.policy.verify_sender_domain = True
+    node.policy.max_received = 12
+    params = main_cf(replace(ctx, node=node))
+    assert params["smtpd_sender_restrictions"] == "reject_unknown_sender_domain"
+    assert params["unknown_address_reject_code"] == "553"
+    assert params["hopcount_limit"] == "12"
+    assert "smtpd_sender_restrictions" not in main_cf(ctx)
+
+
+def test_fields_postfix_cannot_honour_are_refused_with_the_node_named() -> None:
+    from lab.errors import LabError
+    from lab.software import check_topology
+
+    topology = load(ROOT / "topologies" / "home-dialup-postfix.yaml").model.model_copy(deep=True)
+    hub = topology.nodes["hub"]
+    hub.policy.expn = 250
+    hub.policy.spf = type(hub.policy.spf)("reject")
+    with pytest.raises(LabError) as caught:
+        check_topology(topology, "docker")
+    text = str(caught.value)
+    assert "node 'hub' runs postfix" in text
+    assert "policy.expn: 250: Postfix has no EXPN command" in text
+    assert "policy.spf: reject" in text
+    # a user's own main.cf says for itself what it does
+    hub.config.smtp = ROOT / "topologies" / "office-postfix"
+    check_topology(topology, "docker")
+
+
+def test_a_delivery_over_tls_says_so() -> None:
+    """smtp_tls_loglevel 1 logs the TLS handshake of each smtp process before its
+    deliveries: a delivery by that process to that relay went over TLS."""
+    lines = LOG.replace(
+        "Dec 04 19:15:00 moriah postfix/smtp[217]: BE0E218C096",
+        "Dec 04 19:15:00 moriah postfix/smtp[217]: Verified TLS connection established to"
+        " mail.uklinux.net[10.20.0.25]:25: TLSv1.3 with cipher TLS_AES_256_GCM_SHA384"
+        " (256/256 bits)\nDec 04 19:15:00 moriah postfix/smtp[217]: BE0E218C096",
+    )
+    results = [data for kind, data in feed(lines) if kind == "delivery.result"]
+    assert [r.get("tls") for r in results] == [None, True]  # deferred: no tls field
+    plain = [data for kind, data in feed(LOG) if kind == "delivery.result"]
+    assert plain[-1]["tls"] is False
