@@ -400,6 +400,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
         *docker_report(results),
+        *real_report(results),
     ]
     return "\n".join(lines)
 
@@ -433,6 +434,14 @@ def docker_report(results: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def real_report(results: dict[str, Any]) -> list[str]:
+    from bench.realmta import report as real_software_report
+
+    if "real" not in results:
+        return []
+    return real_software_report(results["real"])
 
 
 def python_speed() -> float:
@@ -472,6 +481,7 @@ def run_docker(quick: bool, cold: bool) -> dict[str, Any]:
     """The Docker figures, when an engine answers (outside the asyncio loop: Lab runs its own)."""
     from bench.docker import bench_docker_up_down
     from bench.images import bench_images
+    from bench.realmta import run_all as run_real
     from lab.errors import LabError
 
     results: dict[str, Any] = {}
@@ -484,6 +494,11 @@ def run_docker(quick: bool, cold: bool) -> dict[str, Any]:
         print(results["docker"], file=sys.stderr)
     except LabError as exc:
         results["docker_error"] = str(exc)
+        return results
+    try:
+        results["real"] = run_real(3 if quick else 5, 150 if quick else 500)
+    except LabError as exc:
+        results["real"] = {"error": str(exc)}
     return results
 
 
@@ -504,6 +519,7 @@ def main() -> None:
     if args.docker_only:
         results = run_docker(args.quick, cold=not args.no_cold)
         print("\n".join(docker_report(results)))
+        print("\n".join(real_report(results)))
         return
     results = asyncio.run(run_all(args.quick))
     results.update(run_docker(args.quick, cold=not args.no_cold))
