@@ -75,19 +75,19 @@ def bench_advance_5d(topology: Path = REAL_STORY) -> dict[str, Any]:
     `clock advance 5d` steps Postfix's lab time through its retries: the delay warning,
     then the return to the sender. The real time of the advance."""
     warm_images(topology)
-    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as tmp:
-        with Lab.up(topology, backend="docker", state_dir=Path(tmp) / "lab") as lab:
-            sent = lab.send("pc1", mail_from=SENDER, to=[REMOTE], subject="five days")
-            assert sent.accepted, sent.to_json()
-            lab.assert_queued("hub", to=REMOTE)
-            started = time.perf_counter()
-            steps = lab.clock.advance("5d")
-            seconds = time.perf_counter() - started
-            dsns = [e.get("action") for e in lab.trace(sent) if e.kind == "dsn.sent"]
-            tries = sum(
-                1 for e in lab.trace(sent) if e.kind == "delivery.result" and e.node == "hub"
-            )
-            returned = bool(lab.mailbox("hub", "eddy")) and lab.queue("hub") == []
+    with (
+        tempfile.TemporaryDirectory(prefix="maillab-bench-") as tmp,
+        Lab.up(topology, backend="docker", state_dir=Path(tmp) / "lab") as lab,
+    ):
+        sent = lab.send("pc1", mail_from=SENDER, to=[REMOTE], subject="five days")
+        assert sent.accepted, sent.to_json()
+        lab.assert_queued("hub", to=REMOTE)
+        started = time.perf_counter()
+        steps = lab.clock.advance("5d")
+        seconds = time.perf_counter() - started
+        dsns = [e.get("action") for e in lab.trace(sent) if e.kind == "dsn.sent"]
+        tries = sum(1 for e in lab.trace(sent) if e.kind == "delivery.result" and e.node == "hub")
+        returned = bool(lab.mailbox("hub", "eddy")) and lab.queue("hub") == []
     return {
         "seconds": seconds,
         "steps": steps,
@@ -103,46 +103,48 @@ def bench_nothing_lost(count: int, topology: Path = REAL_STORY) -> dict[str, Any
     cut), the second third queued, the link raised (on_up flushes), the last third with
     it up. Every message is delivered exactly once."""
     warm_images(topology)
-    with tempfile.TemporaryDirectory(prefix="maillab-bench-") as tmp:
-        with Lab.up(topology, backend="docker", state_dir=Path(tmp) / "lab") as lab:
-            lab.link("dialup").up()
-            started = time.perf_counter()
-            accepted: list[str] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="maillab-bench-") as tmp,
+        Lab.up(topology, backend="docker", state_dir=Path(tmp) / "lab") as lab,
+    ):
+        lab.link("dialup").up()
+        started = time.perf_counter()
+        accepted: list[str] = []
 
-            async def send_range(numbers: range) -> None:
-                gate = asyncio.Semaphore(8)
+        async def send_range(numbers: range) -> None:
+            gate = asyncio.Semaphore(8)
 
-                async def one(n: int) -> None:
-                    subject = f"message {n:04d} of {count}"
-                    async with gate:
-                        content = await lab.backend.message(
-                            "pc1", mail_from=SENDER, to=[REMOTE], subject=subject, body=subject
-                        )
-                        result = await lab.backend.send(
-                            "pc1", mail_from=SENDER, to=[REMOTE], content=content
-                        )
-                    if result.accepted:
-                        accepted.append(subject)
+            async def one(n: int) -> None:
+                subject = f"message {n:04d} of {count}"
+                async with gate:
+                    content = await lab.backend.message(
+                        "pc1", mail_from=SENDER, to=[REMOTE], subject=subject, body=subject
+                    )
+                    result = await lab.backend.send(
+                        "pc1", mail_from=SENDER, to=[REMOTE], content=content
+                    )
+                if result.accepted:
+                    accepted.append(subject)
 
-                await asyncio.gather(*(one(n) for n in numbers))
+            await asyncio.gather(*(one(n) for n in numbers))
 
-            third = count // 3
-            lab.run(send_range(range(0, third)), 600)
-            lab.link("dialup").down()
-            lab.run(send_range(range(third, 2 * third)), 600)
-            lab.link("dialup").up()
-            lab.run(send_range(range(2 * third, count)), 600)
-            deadline = time.monotonic() + 300
-            subjects: Counter[str] = Counter()
-            while time.monotonic() < deadline:
-                lab.flush("hub")
-                lab.settle()
-                subjects = Counter(str(m["Subject"]) for m in lab.mailbox("freeuk", "paulmidgley"))
-                if sum(subjects.values()) >= len(accepted) and not lab.queue("hub"):
-                    break
-                time.sleep(1)
-            seconds = time.perf_counter() - started
-            left = len(lab.queue("hub"))
+        third = count // 3
+        lab.run(send_range(range(0, third)), 600)
+        lab.link("dialup").down()
+        lab.run(send_range(range(third, 2 * third)), 600)
+        lab.link("dialup").up()
+        lab.run(send_range(range(2 * third, count)), 600)
+        deadline = time.monotonic() + 300
+        subjects: Counter[str] = Counter()
+        while time.monotonic() < deadline:
+            lab.flush("hub")
+            lab.settle()
+            subjects = Counter(str(m["Subject"]) for m in lab.mailbox("freeuk", "paulmidgley"))
+            if sum(subjects.values()) >= len(accepted) and not lab.queue("hub"):
+                break
+            time.sleep(1)
+        seconds = time.perf_counter() - started
+        left = len(lab.queue("hub"))
     once = sum(1 for s in accepted if subjects[s] == 1)
     return {
         "messages": count,
