@@ -205,3 +205,25 @@ def test_the_users_own_main_cf_runs_with_only_the_labs_part_set(
         assert got.envelope_from == "sam.taylor@office.example"
         hops = [e.node for e in lab.trace(sent) if e.kind == "delivery.result"]
         assert hops[0] == "hub", lab.format_trace(sent)
+
+
+def test_a_built_in_hosts_bounce_reaches_the_postfix_hubs_user(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    """The other way from Postfix's own DSNs: the ISP's built-in MTA accepts from the
+    Postfix hub, the remote refuses the recipient, the ISP returns the message to the
+    (masqueraded) sender, whose MX is the ISP's multidrop box; the hub fetches it and
+    Postfix delivers it to eddy."""
+    with Lab.up(HOME_DIALUP_POSTFIX, backend="docker", state_dir=tmp_path / "lab") as lab:
+        lab.link("dialup").up()
+        sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"])
+        assert sent.accepted, sent.to_json()
+        bounce = lab.assert_bounced(recipient="nobody@freeuk.com", by="isp", timeout=10)
+        assert bounce.get("to") == "eddy@shofar.uklinux.net", lab.format_trace(sent)
+        lab.fetch("hub")
+        lab.settle()
+        got = [m for m in lab.mailbox("hub", "eddy") if "nobody@freeuk.com" in m.raw]
+        assert len(got) == 1, lab.format_trace(sent)
+        assert got[0].envelope_from == ""  # a DSN has the null sender
+        delivered = [e for e in lab.events if e.kind == "mailbox.delivered" and e.node == "hub"]
+        assert delivered and delivered[-1].get("user") == "eddy"
