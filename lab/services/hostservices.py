@@ -49,9 +49,11 @@ class HostServices:
         durable: bool = True,
         addresses: Addresses | None = None,
         builtin_smtp: bool = True,
+        builtin_fetch: bool = True,
     ):
         self.host = host
         self.builtin_smtp = builtin_smtp  # False: a real MTA is the SMTP service (Docker)
+        self.builtin_fetch = builtin_fetch  # False: fetchmail is the fetch service (Docker)
         self.records = records
         self.connect_timeout = connect_timeout
         self.dns_timeout = dns_timeout
@@ -90,7 +92,7 @@ class HostServices:
         if Service.pop3 in self.services:
             self.pop3 = Pop3Service(host, self.mta)
             await self.pop3.start()
-        if Service.fetch in self.services:
+        if Service.fetch in self.services and self.builtin_fetch:
             self.fetcher = FetchService(
                 host,
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),

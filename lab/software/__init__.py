@@ -42,7 +42,7 @@ if _MISSING:
 SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software in Software}
 
 # The real programs the Docker backend runs in this version (the others are planned).
-ON_DOCKER: frozenset[Software] = frozenset({Software.postfix})
+ON_DOCKER: frozenset[Software] = frozenset({Software.postfix, Software.fetchmail})
 
 # Backends that run the built-in software only.
 BUILTIN_ONLY_BACKENDS = {"inprocess"}

@@ -29,6 +29,7 @@ import dns.asyncquery
 import dns.message
 
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
+from lab.backends.docker.fetchrun import Fetchmail
 from lab.backends.docker.net import RealNet
 from lab.errors import LabError
 from lab.protocols import wire
@@ -42,7 +43,7 @@ from lab.software.adapter import RenderContext, smtp_software
 from lab.software.registry import adapter_for
 from lab.software.userconfig import config_files_for
 from lab.topology.addressing import assign_addresses, hostname_of
-from lab.topology.model import Service, Topology
+from lab.topology.model import Service, Software, Topology
 from lab.topology.records import RecordTable
 
 log = logging.getLogger("maillab.node")
@@ -68,6 +69,7 @@ class Agent:
         self.capture = False  # send queued messages' content with their queue.queued events
         self.services: HostServices | None = None
         self.real: RealMta | None = None  # the node's SMTP service when it is a real MTA
+        self.fetchmail: Fetchmail | None = None  # the node's fetch service when fetchmail
         self.host: Host | None = None
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
@@ -82,7 +84,7 @@ class Agent:
             AgentOp.SUBMIT: self.submit,
             AgentOp.LINK: self.set_link,
             AgentOp.FLUSH: self.flush,
-            AgentOp.FETCH: self._services("fetch"),
+            AgentOp.FETCH: self.fetch,
             AgentOp.QUEUE: self.queue,
             AgentOp.QUEUE_CONTENT: self.queue_content,
             AgentOp.CAPTURE: self.capture_queued,
@@ -166,6 +168,7 @@ class Agent:
             durable=bool(self.spec.get("durable", True)),
             addresses=self.addresses,
             builtin_smtp=adapter is None,
+            builtin_fetch=node.software_for(Service.fetch) is not Software.fetchmail,
         )
         await net.apply_links()
         await self.services.start_dns()
@@ -185,6 +188,9 @@ class Agent:
             self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
             await self.real.start()
         await self.services.start_others()
+        self.fetchmail = await Fetchmail.start_for(
+            self.host, self.records, self.runtime_dir, self.services.link_up
+        )
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
                 await asyncio.start_server(
@@ -309,6 +315,8 @@ class Agent:
     def _busy(self, quiet: float = QUIET) -> bool:
         if self.real is not None and self.real.busy(quiet):
             return True
+        if self.fetchmail is not None and self.fetchmail.busy():
+            return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
@@ -358,6 +366,11 @@ class Agent:
 
     # a real MTA's host answers these from its daemon --------------------------------------
 
+    async def fetch(self) -> int:
+        if self.fetchmail is not None:
+            return await self.fetchmail.run_all()
+        return int(await self._need().fetch())
+
     async def flush(self) -> int:
         if self.real is not None:
             return await self.real.flush()
@@ -377,6 +390,8 @@ class Agent:
         """As every host; a real MTA's own TCP connections on the link's address are cut
         too (ss -K), as the agent cuts its own."""
         cut = int(await self._need().set_link(link=link, state=state))
+        if self.fetchmail is not None:  # fetchmail polls while the links are up
+            self.fetchmail.link_changed()
         spec = self.topology.links.get(link)
         if self.real is not None and spec is not None and state == LinkState.DOWN:
             address = self.addresses[self.name].get(spec.network)
@@ -400,6 +415,8 @@ class Agent:
             await self.settle(timeout=5.0)
             await self.clock.stop()
             await self.services.stop()
+            if self.fetchmail is not None:
+                await self.fetchmail.stop()
             if self.real is not None:
                 await self.real.stop()
             if self.host is not None:
