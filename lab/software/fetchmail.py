@@ -226,7 +226,8 @@ def render_job(ctx: FetchContext, job: FetchJob) -> str:
         *_settings(ctx),
         "",
     ]
-    server = [f"poll {quote(name)} with proto POP3 service {job.port} auth password"]
+    uidl = " uidl" if job.keep else ""  # remember what was fetched (a server option)
+    server = [f"poll {quote(name)} with proto POP3 service {job.port} auth password{uidl}"]
     if job.multidrop is not None:
         aka = list(dict.fromkeys([*job.aka, *([job.server] if job.server != name else [])]))
         domains = " ".join(quote(a) for a in aka if "." in a)
@@ -245,7 +246,7 @@ def render_job(ctx: FetchContext, job: FetchJob) -> str:
         to = f"is {word(job.to or 'postmaster')} here"
     lines.append(f"  user {quote(job.user)} there with password {quote(job.password)}")
     lines.append(f"    {to}")
-    options = ["keep", "uidl"] if job.keep else ["flush"]
+    options = ["keep"] if job.keep else ["flush"]
     if job.stls or _offers_stls(ctx, node):
         options += ["sslcertck", "sslcertfile", quote(ctx.ca_file)]
         if canonical != name.lower():
@@ -353,7 +354,7 @@ _COUNT = re.compile(r"(\d+) messages? (?:\((\d+) seen\) )?for (\S+) at (\S+)")
 _READING = re.compile(r"reading message (\S+)@(\S+?):(\d+) of (\d+) \((\d+)(?: header)? octets\)")
 _MAIL_FROM = re.compile(r"^SMTP> MAIL FROM:<([^>]*)>")
 _RCPT_TO = re.compile(r"^SMTP> RCPT TO:<([^>]*)>")
-_SMTP_REPLY = re.compile(r"^SMTP< (\d{3})[ -](.*)$")
+_SMTP_REPLY = re.compile(r"^SMTP< (\d{3})([ -]?)(.*)$")
 _POP_CMD = re.compile(r"^(?:POP3|IMAP)> (\S+)(?: (\S+))?")
 _POP_REPLY = re.compile(r"^(?:POP3|IMAP)< (.*)$")
 _QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)|\bid=([A-Za-z0-9-]+)")
@@ -474,9 +475,9 @@ class FetchmailLog:
             message.in_data = True
             return []
         if match := _SMTP_REPLY.match(text):
-            code, said = int(match.group(1)), match.group(2)
+            code, said = int(match.group(1)), match.group(3)
             reply = f"{code} {said}"
-            if text[8:9] == "-":  # a multi-line reply goes on
+            if match.group(2) == "-":  # a multi-line reply goes on
                 return []
             if message.rcpt is not None:
                 (message.accepted if code < 400 else message.refused).append(message.rcpt)

@@ -54,9 +54,14 @@ def test_the_builtin_software_runs_on_every_backend() -> None:
 
 
 def test_postfix_is_accepted_for_smtp_on_docker() -> None:
-    assert {Software.postfix} == ON_DOCKER
+    assert Software.postfix in ON_DOCKER
     check_supported("hub", "postfix", "docker")
     check_supported("hub", "postfix", "docker", Service.smtp)
+
+
+def test_fetchmail_is_accepted_for_fetch_on_docker() -> None:
+    assert Software.fetchmail in ON_DOCKER
+    check_supported("hub", "fetchmail", "docker", Service.fetch)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +105,8 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             "smtp",
             "docker",
             "node 'mx': smtp software 'exim' (Exim 4, in a container (Docker backend)) is not"
-            " available yet in this version: the docker backend runs builtin and postfix only;"
+            " available yet in this version: the docker backend runs builtin and fetchmail,"
+            " postfix only;"
             " use software: builtin for smtp",
             id="exim-on-docker",
         ),
@@ -109,8 +115,8 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             "smtp",
             "docker",
             "node 'mx': smtp software 'sendmail' (sendmail, in a container (Docker backend)) is"
-            " not available yet in this version: the docker backend runs builtin and postfix"
-            " only; use software: builtin for smtp",
+            " not available yet in this version: the docker backend runs builtin and fetchmail,"
+            " postfix only; use software: builtin for smtp",
             id="sendmail-on-docker",
         ),
         pytest.param(
@@ -119,17 +125,17 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             "docker",
             "node 'mx': pop3 software 'dovecot' (Dovecot's POP3 server, in a container (Docker"
             " backend)) is not available yet in this version: the docker backend runs builtin"
-            " and postfix only; use software: builtin for pop3",
+            " and fetchmail, postfix only; use software: builtin for pop3",
             id="dovecot-on-docker",
         ),
         pytest.param(
             "fetchmail",
             "fetch",
-            "docker",
+            "inprocess",
             "node 'mx': fetch software 'fetchmail' (fetchmail, in a container (Docker backend))"
-            " is not available yet in this version: the docker backend runs builtin and postfix"
-            " only; use software: builtin for fetch",
-            id="fetchmail-on-docker",
+            " does not run on the inprocess backend, which runs the built-in software only; use"
+            " --backend docker (or --backend auto)",
+            id="fetchmail-in-process",
         ),
     ],
 )
