@@ -94,6 +94,7 @@ class FetchContext:
     state_dir: str  # the host's state directory (UID and lock files go under fetch/)
     records: RecordTable | None = None  # the lab DNS, to follow a server's CNAME
     ca_file: str = CA_FILE
+    config_text: str | None = None  # the user's rcfile as the lab read it (else read here)
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,7 @@ def plan(ctx: FetchContext) -> FetchmailPlan:
     config = ctx.node.config_for(Service.fetch)
     if config is not None:
         try:
-            text = Path(config).read_text(encoding="utf-8")
+            text = ctx.config_text or Path(config).read_text(encoding="utf-8")
         except OSError as exc:
             raise LabError(f"node {ctx.name!r}: reading its fetchmail rcfile: {exc}") from None
         rcfile = f"{RC_DIR}/fetchmailrc"

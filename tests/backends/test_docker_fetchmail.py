@@ -223,3 +223,49 @@ def test_a_wrong_password_is_an_error_event_and_leaves_the_mail(
         assert len(lab.mailbox("hub", "eddy")) == 1
         assert lab.fetch("hub") == 0  # no crash: the next run reports the same
         assert "Authorization failure on shofar@" in lab.backend.logs("hub")
+
+
+def test_the_users_own_fetchmailrc_runs_with_the_lab_owned_globals_out(
+    docker_client: Any, tmp_path: Path
+) -> None:
+    from lab.topology.software import ServiceConfig
+
+    rc = tmp_path / "hub.fetchmailrc"
+    rc.write_text(
+        "set daemon 60\n"
+        "set logfile /var/log/fetchmail.log\n"
+        'set postmaster "postmaster"\n'
+        "set no bouncemail\n"
+        "poll mail.uklinux.net with proto POP3 service 110\n"
+        '    aka shofar.uklinux.net no dns envelope "Delivered-To:"\n'
+        '  user "shofar" there with password "s3cret" to eddy nelug=eddy keith here\n'
+        "    options flush smtphost 192.168.10.1/25 smtpaddress shofar.org.uk\n"
+    )
+    topology = _topology()
+    topology.nodes["hub"].config = ServiceConfig(fetch=rc)
+    with Lab.up(topology, backend="docker", state_dir=tmp_path / "lab") as lab:
+        sent = lab.send(
+            "freeuk",
+            mail_from="paulmidgley@freeuk.com",
+            to=["nelug@shofar.uklinux.net", "keith@shofar.uklinux.net"],
+            via="isp",
+            subject="own rcfile",
+        )
+        assert sent.accepted, sent.to_json()
+        _wait(lambda: len(lab.mailbox("isp", "shofar")) == 2, timeout=20)
+        lab.link("dialup").up()
+        lab.assert_delivered("eddy@shofar.org.uk", node="hub", mailbox="eddy", timeout=20)
+        lab.assert_delivered("keith@shofar.org.uk", node="hub", mailbox="keith", timeout=20)
+        (start,) = _fetch_events(lab, "fetch.start")
+        assert (start.get("job"), start.get("mode")) == ("hub.fetchmailrc", "rcfile")
+        (done,) = _fetch_events(lab, "fetch.done")
+        assert (done.get("count"), done.get("errors")) == (2, 0)
+        # the lab's CA was trusted without sslcertfile (SSL_CERT_FILE), the log is ours
+        logs = lab.backend.logs("hub")
+        assert "mail.uklinux.net: upgrade to TLS succeeded." in logs
+        assert "reading message shofar@" in logs
+        rendered = lab.backend.containers["hub"].exec_run(
+            ["cat", "/etc/maillab/fetchmail/fetchmailrc"]
+        )
+        assert b"# (maillab) set daemon 60" in rendered.output
+        assert b"# (maillab) set logfile" in rendered.output

@@ -189,7 +189,12 @@ class Agent:
             await self.real.start()
         await self.services.start_others()
         self.fetchmail = await Fetchmail.start_for(
-            self.host, self.records, self.runtime_dir, self.services.link_up
+            self.host,
+            self.records,
+            self.runtime_dir,
+            self.services.link_up,
+            # the user's own .fetchmailrc (config: {fetch: FILE}), carried in the plan
+            next(iter(config_files_for(self.me.get("config", {}), Service.fetch).values()), None),
         )
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(

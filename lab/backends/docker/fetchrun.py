@@ -63,7 +63,12 @@ class Fetchmail:
 
     @classmethod
     async def start_for(
-        cls, host: Host, records: RecordTable, runtime: Path, link_up: Callable[[], bool]
+        cls,
+        host: Host,
+        records: RecordTable,
+        runtime: Path,
+        link_up: Callable[[], bool],
+        config_text: str | None = None,
     ) -> Fetchmail | None:
         """The host's fetchmail, started, when its node's fetch software is fetchmail."""
         if host.node.software_for(Service.fetch) is not Software.fetchmail:
@@ -76,6 +81,7 @@ class Fetchmail:
             addresses=dict(host.addresses),
             state_dir=str(host.state_dir),
             records=records,
+            config_text=config_text,
         )
         service = cls(host, ctx, runtime, link_up)
         await service.start()
