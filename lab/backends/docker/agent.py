@@ -30,6 +30,7 @@ import dns.message
 
 from lab.backends.docker.daemon import RealMta
 from lab.backends.docker.net import RealNet
+from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
 from lab.protocols.wire import AgentOp, Handler, LinkState
@@ -39,7 +40,7 @@ from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
 from lab.software.adapter import RenderContext, smtp_software
-from lab.software.registry import adapter_for
+from lab.software.registry import adapter_for, server_adapters
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Topology
 from lab.topology.records import RecordTable
@@ -67,6 +68,7 @@ class Agent:
         self.capture = False  # send queued messages' content with their queue.queued events
         self.services: HostServices | None = None
         self.real: RealMta | None = None  # the node's SMTP service when it is a real MTA
+        self.servers: list[RealServer] = []  # its other real servers (Dovecot for pop3)
         self.host: Host | None = None
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
@@ -157,6 +159,8 @@ class Agent:
         )
         node = self.topology.nodes[self.name]
         adapter = adapter_for(smtp_software(node), float(self.spec.get("connect_timeout", 3.0)))
+        servers = server_adapters(node, self.me.get("configs"))
+        mail_uid = RenderContext.uid, RenderContext.gid  # a real server reads the Maildirs
         self.services = HostServices(
             self.host,
             self.records,
@@ -165,10 +169,12 @@ class Agent:
             durable=bool(self.spec.get("durable", True)),
             addresses=self.addresses,
             builtin_smtp=adapter is None,
+            builtin_pop3=Service.pop3 not in servers,
+            mail_owner=mail_uid if servers else None,
         )
         await net.apply_links()
         await self.services.start_dns()
-        if adapter is not None:
+        if adapter is not None or servers:
             tls_chain, tls_ca = self._tls_files()
             ctx = RenderContext(
                 name=self.name,
@@ -180,8 +186,12 @@ class Agent:
                 tls_chain=tls_chain,
                 tls_ca=tls_ca,
             )
-            self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
-            await self.real.start()
+            if adapter is not None:
+                self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
+                await self.real.start()
+            for server_adapter in servers.values():
+                self.servers.append(RealServer(server_adapter, ctx, self.host))
+                await self.servers[-1].start()
         await self.services.start_others()
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
@@ -304,6 +314,8 @@ class Agent:
     def _busy(self) -> bool:
         if self.real is not None and self.real.busy():
             return True
+        if any(server.busy() for server in self.servers):
+            return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
@@ -373,10 +385,11 @@ class Agent:
         too (ss -K), as the agent cuts its own."""
         cut = int(await self._need().set_link(link=link, state=state))
         spec = self.topology.links.get(link)
-        if self.real is not None and spec is not None and state == LinkState.DOWN:
+        runner = self.real or next(iter(self.servers), None)
+        if runner is not None and spec is not None and state == LinkState.DOWN:
             address = self.addresses[self.name].get(spec.network)
             if address is not None:
-                out = await self.real.run(
+                out = await runner.run(
                     ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
                 )
                 cut += len([line for line in out.splitlines() if line.strip()])
@@ -397,6 +410,8 @@ class Agent:
             await self.services.stop()
             if self.real is not None:
                 await self.real.stop()
+            for real_server in self.servers:
+                await real_server.stop()
             if self.host is not None:
                 await self.host.net.close()
         for server in self.forwarders:

@@ -28,6 +28,7 @@ from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.services.tls import LabCA
 from lab.software.registry import image_families
+from lab.software.server import user_configs
 from lab.topology.addressing import Addresses, hostname_of
 from lab.topology.model import Service, Topology
 
@@ -165,6 +166,7 @@ class Provision:
                 "resolver": resolver,
                 "hosts": hosts,
                 "forwards": [],
+                "configs": user_configs(topology.nodes[name]),  # config: files, as text
             }
         if dns_nodes and self.resolver_addresses:
             self.resolver_addresses[dns_nodes[0]] = dns_res
