@@ -72,10 +72,11 @@ def check_supported(
             " only; use --backend docker (or --backend auto)"
         )
     if name not in ON_DOCKER:
-        runs = ", ".join(sorted(s.value for s in ON_DOCKER))
+        names = ["builtin", *sorted(s.value for s in ON_DOCKER)]
+        runs = f"{', '.join(names[:-1])} and {names[-1]}"
         raise LabError(
             f"{what} is not available yet in this version: the {backend} backend runs"
-            f" builtin and {runs} only; use software: builtin for {service.value}"
+            f" {runs} only; use software: builtin for {service.value}"
         )
 
 

@@ -43,7 +43,7 @@ PORT = 110
 CONF_DIR = "/etc/maillab/dovecot"
 CONF = f"{CONF_DIR}/dovecot.conf"
 USERS_APOP = f"{CONF_DIR}/users-apop"
-USERS_PLAIN = f"{CONF_DIR}/users"
+USERS_PLAIN = f"{CONF_DIR}/users-plain"
 MAILDIRS = f"{CONF_DIR}/maildirs.sh"
 # A user's own file goes beside Debian's, so that its `!include conf.d/*.conf` finds them.
 USER_CONF = "/etc/dovecot/maillab-user.conf"
