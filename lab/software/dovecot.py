@@ -200,7 +200,7 @@ def maildirs_script(ctx: RenderContext) -> str:
     """Each mailbox's Maildir, made before the MTA delivers into it and owned by the mail
     uid Dovecot reads it as."""
     root = ctx.mail_root.rstrip("/")
-    lines = ["set -e", f"mkdir -p {root}", f"chmod 755 {root}"]
+    lines = ["set -e", f"mkdir -p {root}"]
     for name in ctx.node.mailboxes:
         box = f"{root}/{name.replace('/', '_')}"
         lines.append(f"mkdir -p '{box}/tmp' '{box}/new' '{box}/cur'")
