@@ -8,7 +8,7 @@ derived from the enum here, and a name without an entry fails at import.
 
 One module per software. lab/software/builtin.py is the built-in software's entry: it runs
 on every backend. The real programs are devices under test that run inside containers;
-each gets its module here (postfix.py, ...) holding its entry and its adapter for the
+each gets its module here (postfix.py, dovecot.py, ...) holding its entry and its adapter for the
 Docker backend: render its configuration, drive it, turn its logs into events. A real
 program the Docker backend does not run yet (not in `ON_DOCKER`) is refused there with
 "not available yet"; the in-process backend runs the built-in software only.
@@ -42,7 +42,7 @@ if _MISSING:
 SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software in Software}
 
 # The real programs the Docker backend runs in this version (the others are planned).
-ON_DOCKER: frozenset[Software] = frozenset({Software.postfix, Software.fetchmail})
+ON_DOCKER: frozenset[Software] = frozenset({Software.postfix, Software.dovecot, Software.fetchmail})
 
 # Backends that run the built-in software only.
 BUILTIN_ONLY_BACKENDS = {"inprocess"}
@@ -72,10 +72,11 @@ def check_supported(
             " only; use --backend docker (or --backend auto)"
         )
     if name not in ON_DOCKER:
-        runs = ", ".join(sorted(s.value for s in ON_DOCKER))
+        names = ["builtin", *sorted(s.value for s in ON_DOCKER)]
+        runs = f"{', '.join(names[:-1])} and {names[-1]}"
         raise LabError(
             f"{what} is not available yet in this version: the {backend} backend runs"
-            f" builtin and {runs} only; use software: builtin for {service.value}"
+            f" {runs} only; use software: builtin for {service.value}"
         )
 
 

@@ -31,6 +31,7 @@ import dns.message
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
 from lab.backends.docker.fetchrun import Fetchmail
 from lab.backends.docker.net import RealNet
+from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
 from lab.protocols.wire import AgentOp, Handler, LinkState
@@ -40,8 +41,8 @@ from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
 from lab.software.adapter import RenderContext, smtp_software
-from lab.software.registry import adapter_for
-from lab.software.userconfig import config_files_for
+from lab.software.registry import adapter_for, server_adapters
+from lab.software.userconfig import config_file_text, config_files_for
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Software, Topology
 from lab.topology.records import RecordTable
@@ -70,6 +71,7 @@ class Agent:
         self.services: HostServices | None = None
         self.real: RealMta | None = None  # the node's SMTP service when it is a real MTA
         self.fetchmail: Fetchmail | None = None  # the node's fetch service when fetchmail
+        self.servers: list[RealServer] = []  # its other real servers (Dovecot for pop3)
         self.host: Host | None = None
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
@@ -160,6 +162,11 @@ class Agent:
         )
         node = self.topology.nodes[self.name]
         adapter = adapter_for(smtp_software(node), float(self.spec.get("connect_timeout", 3.0)))
+        plan = self.me.get("config", {})
+        servers = server_adapters(
+            node, {s.value: config_file_text(plan, s) for s in (Service.pop3,)}
+        )
+        mail_uid = RenderContext.uid, RenderContext.gid  # a real server reads the Maildirs
         self.services = HostServices(
             self.host,
             self.records,
@@ -169,10 +176,12 @@ class Agent:
             addresses=self.addresses,
             builtin_smtp=adapter is None,
             builtin_fetch=node.software_for(Service.fetch) is not Software.fetchmail,
+            builtin_pop3=Service.pop3 not in servers,
+            mail_owner=mail_uid if servers else None,
         )
         await net.apply_links()
         await self.services.start_dns()
-        if adapter is not None:
+        if adapter is not None or servers:
             tls_chain, tls_ca = self._tls_files()
             ctx = RenderContext(
                 name=self.name,
@@ -183,10 +192,14 @@ class Agent:
                 mail_root=str(self.state_dir / "mail"),
                 tls_chain=tls_chain,
                 tls_ca=tls_ca,
-                config_files=config_files_for(self.me.get("config", {}), Service.smtp),
+                config_files=config_files_for(plan, Service.smtp),
             )
-            self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
-            await self.real.start()
+            if adapter is not None:
+                self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
+                await self.real.start()
+            for server_adapter in servers.values():
+                self.servers.append(RealServer(server_adapter, ctx, self.host))
+                await self.servers[-1].start()
         await self.services.start_others()
         self.fetchmail = await Fetchmail.start_for(
             self.host,
@@ -194,7 +207,7 @@ class Agent:
             self.runtime_dir,
             self.services.link_up,
             # the user's own .fetchmailrc (config: {fetch: FILE}), carried in the plan
-            next(iter(config_files_for(self.me.get("config", {}), Service.fetch).values()), None),
+            config_file_text(plan, Service.fetch),
         )
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
@@ -322,6 +335,8 @@ class Agent:
             return True
         if self.fetchmail is not None and self.fetchmail.busy():
             return True
+        if any(server.busy() for server in self.servers):
+            return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
@@ -398,10 +413,11 @@ class Agent:
         if self.fetchmail is not None:  # fetchmail polls while the links are up
             self.fetchmail.link_changed()
         spec = self.topology.links.get(link)
-        if self.real is not None and spec is not None and state == LinkState.DOWN:
+        runner = self.real or next(iter(self.servers), None)
+        if runner is not None and spec is not None and state == LinkState.DOWN:
             address = self.addresses[self.name].get(spec.network)
             if address is not None:
-                out = await self.real.run(
+                out = await runner.run(
                     ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
                 )
                 cut += len([line for line in out.splitlines() if line.strip()])
@@ -424,6 +440,8 @@ class Agent:
                 await self.fetchmail.stop()
             if self.real is not None:
                 await self.real.stop()
+            for real_server in self.servers:
+                await real_server.stop()
             if self.host is not None:
                 await self.host.net.close()
         for server in self.forwarders:
