@@ -25,6 +25,7 @@ from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 from lab.services.mta import policy
 from lab.services.mta.frontend import Mta
+from lab.services.mta.replies import enhance
 from lab.services.resolver import DnsNotFound, DnsTemporaryError
 from lab.topology.model import Fault, StartTls
 
@@ -54,36 +55,6 @@ def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, d
         else:
             kept.append(part)
     return " ".join(kept), taken
-
-
-# aiosmtpd's own replies, given the RFC 3463 enhanced status codes that the server
-# advertises with ENHANCEDSTATUSCODES; the second item names the stage of a refusal
-# that a policy of ours would otherwise have reported.
-_AIOSMTPD_REPLIES: dict[str, tuple[str, str | None]] = {
-    "552 Error: message size exceeds fixed maximum message size": (codes.MESSAGE_TOO_BIG, "mail"),
-    "552 Error: Too much mail data": (codes.MESSAGE_TOO_BIG, "data"),
-    "500 Line too long (see RFC5321 4.5.3.1.6)": (
-        "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)",
-        "data",
-    ),
-    "500 Command line too long": ("500 5.5.2 Command line too long", None),
-    "221 Bye": ("221 2.0.0 Bye", None),
-    "250 OK": ("250 2.0.0 OK", None),
-    "220 Ready to start TLS": ("220 2.0.0 Ready to start TLS", None),
-}
-_ERROR_REPLY = re.compile(r"^(5\d\d) ((?:Error|Syntax)\b.*)$")
-_ERROR_STATUS = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "555": "5.5.4"}
-
-
-def enhance(text: str) -> tuple[str, str | None]:
-    """An aiosmtpd reply with its enhanced status code, and the refusal's stage if any."""
-    if text in _AIOSMTPD_REPLIES:
-        return _AIOSMTPD_REPLIES[text]
-    match = _ERROR_REPLY.match(text)
-    if match:
-        status = _ERROR_STATUS.get(match.group(1), "5.5.0")
-        return f"{match.group(1)} {status} {match.group(2)}", None
-    return text, None
 
 
 _SEND_AT_ONCE = {"220", "221", "354", "421"}
@@ -227,13 +198,12 @@ class AiosmtpdOverrides(SMTP):
 read_data = AiosmtpdOverrides.read_data
 
 
-_SESSIONS = itertools.count(1)
+_SESSIONS = itertools.count(1)  # numbers the connections of this process
 
 
 class LabSMTP(AiosmtpdOverrides):
-    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults.
-    Its smtp.connect, smtp.command and smtp.reply events carry `session`, a number of the
-    connection, so a trace can show one message's dialogue."""
+    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults;
+    its smtp.* events carry `session`, so a trace can tell one message's dialogue."""
 
     def __init__(self, handler: Handler, **kwargs: Any):
         super().__init__(handler, **kwargs)
@@ -252,12 +222,8 @@ class LabSMTP(AiosmtpdOverrides):
             self.lab_peer, self.lab_local = (peer, port), local
             fault = self.lab.fault("connect", None)
             if fault is not None:
-                self.lab.emit(
-                    "smtp.connect",
-                    peer=peer,
-                    fault=fault.reply or "disconnect",
-                    session=self.session_no,
-                )
+                reply = fault.reply or "disconnect"
+                self.lab.emit("smtp.connect", peer=peer, fault=reply, session=self.session_no)
                 if fault.reply:
                     assert isinstance(transport, asyncio.WriteTransport)
                     transport.write(f"{fault.reply}\r\n".encode())
