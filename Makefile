@@ -28,9 +28,9 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create the virtual environment, install maillab and the tools the tests use.
 	@./scripts/install-tools.sh
 
-lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess) and hold it until Ctrl-C.
+lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess), print its web page URL, hold it until Ctrl-C.
 	$(BIN)/maillab validate $(TOPOLOGY)
-	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND)
+	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND) --ui
 
 lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left running.
 	$(BIN)/maillab down

@@ -7,6 +7,6 @@ static/ holds the page (plain HTML, CSS and JavaScript, no build step, nothing f
 CDN). It sits above lab.harness and below lab.cli, which starts it (`maillab up --ui`,
 `maillab ui`)."""
 
-from lab.web.server import WebServer, serve
+from lab.web.server import LabUi, WebServer, serve
 
-__all__ = ["WebServer", "serve"]
+__all__ = ["LabUi", "WebServer", "serve"]

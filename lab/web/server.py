@@ -172,3 +172,26 @@ def serve(lab: Lab, **options: Any) -> Iterator[WebServer]:
         yield web
     finally:
         lab.run(web.stop())
+
+
+class LabUi:
+    """The web server a held lab starts when asked, once: at `maillab up --ui`, or when
+    `maillab ui` asks over the control socket (LabOp.UI); it stops with the lab."""
+
+    def __init__(self, lab: Lab, name: str):
+        self.lab = lab
+        self.name = name
+        self.web: WebServer | None = None
+
+    async def start(self, host: str = LOOPBACK, port: int = 0) -> dict[str, Any]:
+        """Start the server (the one already running is kept, wherever it listens)."""
+        if self.web is None:
+            web = WebServer(self.lab, host=host, port=int(port), name=self.name)
+            await web.start()
+            self.web = web
+        return self.web.info()
+
+    async def stop(self) -> None:
+        if self.web is not None:
+            await self.web.stop()
+            self.web = None
