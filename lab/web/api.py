@@ -328,14 +328,15 @@ def create_app(server: WebServer) -> Any:
         try:
             event = await bus.wait_for(match, since=since, timeout=timeout)
         except TimeoutError:
-            want = f"{until}" + (f" for {to}" if to else "") + (f" on {node}" if node else "")
-            if until == "event":
-                want = f"a {kind} event" + (f" about {to}" if to else "") + (
-                    f" on {node}" if node else ""
-                )
+            where = (f" for {to}" if to else "") + (f" on {node}" if node else "")
+            text = (
+                f"no {kind} event{where} within {timeout:g}s"
+                if until == "event"
+                else f"not {until}{where} within {timeout:g}s"
+            )
             return error(
                 408,
-                f"not {want} within {timeout:g}s" if until != "event" else f"no {want} within {timeout:g}s",
+                text,
                 happened=views.what_happened(bus.events, to, node),
             )
         return {"event": views.event_json(event), "waited": time.monotonic() - start}
