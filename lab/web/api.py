@@ -209,8 +209,7 @@ def create_app(server: WebServer) -> Any:
     async def mailboxes(node: str) -> Any:
         backend.check_node(node)  # type: ignore[attr-defined]
         return {
-            user: len(await backend.mailbox(node, user))
-            for user in views.mailbox_names(lab, node)
+            user: len(await backend.mailbox(node, user)) for user in views.mailbox_names(lab, node)
         }
 
     @app.get("/api/nodes/{node}/mailboxes/{user}", summary="The messages in a mailbox")
@@ -270,7 +269,12 @@ def create_app(server: WebServer) -> Any:
             await backend.set_dns(body.name, body.type, values)
         else:
             await backend.set_dns_fault(body.name, body.fault)
-        return {"name": body.name, "records": [r for r in views.dns_view(lab) if r["name"] == body.name.lower().rstrip(".")]}
+        return {
+            "name": body.name,
+            "records": [
+                r for r in views.dns_view(lab) if r["name"] == body.name.lower().rstrip(".")
+            ],
+        }
 
     # events -----------------------------------------------------------------------------
 
@@ -355,7 +359,9 @@ def _origins(server: WebServer) -> set[str]:
 def _mx(value: str) -> tuple[int, str]:
     preference, _, host = value.strip().partition(" ")
     if not preference.isdigit() or not host.strip():
-        raise LabError(f"an MX value is 'PREFERENCE HOST', e.g. '10 mail.example.com'; not {value!r}")
+        raise LabError(
+            f"an MX value is 'PREFERENCE HOST', e.g. '10 mail.example.com'; not {value!r}"
+        )
     return int(preference), host.strip()
 
 

@@ -131,7 +131,9 @@ class WebServer:
             sock.bind((self.host, self.port))
         except OSError as exc:
             sock.close()
-            raise LabError(f"the web server cannot listen on {self.host}:{self.port}: {exc}")
+            raise LabError(
+                f"the web server cannot listen on {self.host}:{self.port}: {exc}"
+            ) from None
         sock.listen(128)
         sock.setblocking(False)
         self.port = sock.getsockname()[1]

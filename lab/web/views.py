@@ -101,7 +101,11 @@ def message_view(entry: dict[str, Any], events: Iterable[Event] = ()) -> dict[st
     dsn_of = None
     if queue_id:
         dsn_of = next(
-            (e.get("original_id") for e in events if e.kind == "dsn.sent" and e.get("id") == queue_id),
+            (
+                e.get("original_id")
+                for e in events
+                if e.kind == "dsn.sent" and e.get("id") == queue_id
+            ),
             None,
         )
     return {
@@ -155,8 +159,7 @@ def trace_view(lab: Lab, ref: str) -> dict[str, Any]:
                 "events": [
                     event_json(e)
                     for e in traced
-                    if e.node == queued.node
-                    and (e.get("id") == qid or e.get("original_id") == qid)
+                    if e.node == queued.node and (e.get("id") == qid or e.get("original_id") == qid)
                 ],
             }
         )
@@ -309,6 +312,8 @@ def filter_events(
         for e in events
         if e.seq > since
         and (node is None or e.node == node)
-        and (kind is None or e.kind == kind or (kind.endswith(".*") and e.kind.startswith(kind[:-1])))
+        and (
+            kind is None or e.kind == kind or (kind.endswith(".*") and e.kind.startswith(kind[:-1]))
+        )
         and (ids is None or e.seq in ids)
     ]

@@ -20,11 +20,14 @@ SEND = {"from_node": "pc1", "mail_from": "eddy@shofar.org.uk", "to": [TO], "subj
 
 
 def test_a_message_through_the_api(web_api: tuple[Lab, Api]) -> None:
-    lab, api = web_api
+    _lab, api = web_api
     topology = api.get("/api/topology")
     assert set(topology["networks"]) == {"lan", "internet"}
     assert topology["nodes"]["hub"]["role"] == "hub"
-    assert topology["nodes"]["hub"]["addresses"] == {"lan": "192.168.10.1", "internet": "10.20.9.201"}
+    assert topology["nodes"]["hub"]["addresses"] == {
+        "lan": "192.168.10.1",
+        "internet": "10.20.9.201",
+    }
     assert topology["nodes"]["hub"]["software"]["smtp"] == "builtin"
     assert topology["links"]["dialup"]["state"] == "down"
     assert api.get("/api/status")["links"]["dialup"]["state"] == "down"
@@ -55,7 +58,11 @@ def test_a_message_through_the_api(web_api: tuple[Lab, Api]) -> None:
     trace = api.get(f"/api/trace/{qid}")
     assert [h["node"] for h in trace["hops"]] == ["hub", "isp", "freeuk"]
     hub = trace["hops"][0]
-    commands = [(d["data"]["command"], d["data"]["arg"]) for d in hub["dialogue"] if d["kind"] == "smtp.command"]
+    commands = [
+        (d["data"]["command"], d["data"]["arg"])
+        for d in hub["dialogue"]
+        if d["kind"] == "smtp.command"
+    ]
     assert ("MAIL", "FROM:<eddy@shofar.org.uk>") in commands
     isp = trace["hops"][1]
     isp_mail = [d["data"]["arg"] for d in isp["dialogue"] if d["data"].get("command") == "MAIL"]
@@ -70,7 +77,7 @@ def test_a_message_through_the_api(web_api: tuple[Lab, Api]) -> None:
 
 
 def test_dns_faults_and_flush(web_api: tuple[Lab, Api]) -> None:
-    lab, api = web_api
+    _lab, api = web_api
     rows = api.get("/api/dns")
     assert {"name": "freeuk.com", "type": "MX", "values": ["10 scrabble.freeuk.net"]} in rows
     edited = api.post("/api/dns", {"name": "freeuk.com", "type": "MX", "values": ["20 lug.org.uk"]})
@@ -86,7 +93,7 @@ def test_dns_faults_and_flush(web_api: tuple[Lab, Api]) -> None:
 
 
 def test_a_wait_that_times_out_says_what_happened(web_api: tuple[Lab, Api]) -> None:
-    lab, api = web_api
+    _lab, api = web_api
     api.post("/api/send", SEND)
     started = time.monotonic()
     reply = api.call("GET", f"/api/wait?until=delivered&to={TO}&timeout=0.5")
@@ -119,7 +126,7 @@ def test_the_wait_answers_when_the_event_comes(web_api: tuple[Lab, Api]) -> None
 
 def test_the_event_stream(web_api: tuple[Lab, Api]) -> None:
     """Server-Sent Events: the backlog after `since`, then new events as they come."""
-    lab, api = web_api
+    _lab, api = web_api
     host, port = api.origin.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=20) as sock:
         sock.sendall(
@@ -158,19 +165,23 @@ def test_every_request_needs_the_token_and_this_origin(web_api: tuple[Lab, Api])
     evil = {"Origin": "http://evil.example"}
     reply = api.call("POST", "/api/links/dialup", {"state": "up"}, headers=evil)
     assert reply.status == 403 and "evil.example" in reply.json["error"]
-    reply = api.call("POST", "/api/links/dialup", {"state": "up"}, headers={"Sec-Fetch-Site": "cross-site"})
+    reply = api.call(
+        "POST", "/api/links/dialup", {"state": "up"}, headers={"Sec-Fetch-Site": "cross-site"}
+    )
     assert reply.status == 403
     rebound = api.call("GET", "/api/status", headers={"Host": "attacker.example:80"})
     assert rebound.status == 403
     assert lab.link("dialup").state == "down"  # none of them reached the lab
     same = api.call("POST", "/api/links/dialup", {"state": "up"}, headers={"Origin": api.origin})
-    assert same.status == 200 and "access-control-allow-origin" not in {k.lower() for k in same.headers}
+    assert same.status == 200 and "access-control-allow-origin" not in {
+        k.lower() for k in same.headers
+    }
     openapi = api.call("GET", "/api/openapi.json", token=None)
     assert openapi.status == 200 and "/api/wait" in openapi.json["paths"]
 
 
 def test_errors_are_json_with_the_labs_message(web_api: tuple[Lab, Api]) -> None:
-    lab, api = web_api
+    _lab, api = web_api
     reply = api.call("GET", "/api/nodes/nowhere/queue")
     assert reply.status == 404 and reply.json["error"].startswith("unknown node 'nowhere'")
     reply = api.call("POST", "/api/links/nowhere", {"state": "up"})
@@ -201,7 +212,12 @@ def test_make_style_up_with_ui_prints_a_url_that_serves_the_page(tmp_path: Any) 
 
     def maillab(*args: str) -> str:
         run = subprocess.run(
-            [sys.executable, "-m", "lab", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+            [sys.executable, "-m", "lab", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert run.returncode == 0, run.stderr
         return run.stdout

@@ -102,7 +102,9 @@ def test_the_event_list_keeps_up_with_ten_thousand_events(lab_factory: Any, brow
         page.wait_for_selector("#event-count >> text=10000 of")
         started = page.evaluate("performance.now()")
         page.fill("#event-filters input[name=kind]", "smtp.*")
-        page.wait_for_function("!document.querySelector('#event-count').textContent.startsWith('10000')")
+        page.wait_for_function(
+            "!document.querySelector('#event-count').textContent.startsWith('10000')"
+        )
         took = page.evaluate("performance.now()") - started
         assert took < 1000, f"filtering 10,000 events took {took:.0f} ms"
         page.close()

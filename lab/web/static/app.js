@@ -17,7 +17,7 @@ const state = {
   clock: { now: 0, at: 0 },
 };
 // what tests and benchmarks read
-window.maillab = { lastSeq: 0, received: 0, rendered: 0, state };
+window.maillab = { lastSeq: 0, received: 0, rendered: 0, renderedAt: 0, state };
 
 // helpers ----------------------------------------------------------------------------------
 
@@ -290,6 +290,7 @@ function renderRows() {
   spacer.replaceChildren(...rows);
   $("#event-count").textContent = `${shown.length} of ${state.events.length} events`;
   window.maillab.rendered = state.events.length ? state.events[state.events.length - 1].seq : 0;
+  window.maillab.renderedAt = Date.now();
 }
 
 function flushEvents() {
