@@ -42,8 +42,8 @@ unit: $(STAMP) ## Run the tests in process only (no Docker, no linters): the qui
 	$(BIN)/python -m pytest -n $(WORKERS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/, lint-imports (the layers).
-	$(BIN)/ruff check lab tests
-	$(BIN)/ruff format --check lab tests
+	$(BIN)/ruff check lab tests bench
+	$(BIN)/ruff format --check lab tests bench
 	$(BIN)/mypy lab
 	$(BIN)/lint-imports
 
