@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install the system tools maillab's tests and hands-on lab use, when they are missing:
-# Graphviz (maillab graph --format svg|png), dig, swaks, telnet, fetchmail, and Chromium
+# Graphviz (maillab graph --format svg|png), dig, swaks, telnet, fetchmail, curl and jq
+# (docs/ui/example.sh, which tests/web runs), and Chromium
 # (the dashboard's browser tests drive Debian's chromium through Playwright, which
 # downloads no browser of its own).
 set -euo pipefail
@@ -10,6 +11,8 @@ command -v dig >/dev/null || need+=(dnsutils)
 command -v swaks >/dev/null || need+=(swaks)
 command -v telnet >/dev/null || need+=(telnet)
 command -v fetchmail >/dev/null || need+=(fetchmail)
+command -v curl >/dev/null || need+=(curl)
+command -v jq >/dev/null || need+=(jq)
 { [ -x "${MAILLAB_CHROMIUM:-/usr/bin/chromium}" ] || command -v chromium; } >/dev/null || need+=(chromium fonts-liberation)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

@@ -231,5 +231,17 @@ def test_make_style_up_with_ui_prints_a_url_that_serves_the_page(tmp_path: Any) 
         assert '<meta name="maillab-token"' in html and "/static/app.js" in html
         info = json.loads(maillab("ui", "--lab", "webtest", "--json"))
         assert info["url"] == url
+        # docs/ui/example.sh: a test in another language (bash, curl, jq) passes
+        script = subprocess.run(
+            ["bash", str(ROOT / "docs" / "ui" / "example.sh")],
+            cwd=ROOT,
+            env=env | {"LAB": "webtest", "MAILLAB": f"{sys.executable} -m lab"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert script.returncode == 0, script.stdout + script.stderr
+        assert "trace: the hub's dialogue has MAIL FROM:<eddy@shofar.org.uk>" in script.stdout
     finally:
         maillab("down", "--lab", "webtest")
