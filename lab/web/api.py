@@ -10,7 +10,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 from fastapi import Body, FastAPI, Query, Request
@@ -29,7 +29,22 @@ from lab.web import views
 from lab.web.security import Guard
 
 if TYPE_CHECKING:
-    from lab.web.server import WebServer
+    from lab.harness.lab import Lab
+
+
+class WebServer(Protocol):
+    """What the app needs of its server (lab.web.server.WebServer)."""
+
+    lab: Lab
+    token: str
+    name: str
+    host: str
+    port: int
+    hub: Any  # server.EventHub
+
+    @property
+    def origin(self) -> str: ...
+
 
 STATIC = Path(__file__).parent / "static"
 KEEPALIVE = 15.0  # seconds between comments on an idle event stream
