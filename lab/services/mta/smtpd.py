@@ -14,6 +14,7 @@ the MTA as `frontend.Mta`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 from lab.services.mta import policy
 from lab.services.mta.frontend import Mta
+from lab.services.mta.replies import enhance
 from lab.services.resolver import DnsNotFound, DnsTemporaryError
 from lab.topology.model import Fault, StartTls
 
@@ -53,36 +55,6 @@ def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, d
         else:
             kept.append(part)
     return " ".join(kept), taken
-
-
-# aiosmtpd's own replies, given the RFC 3463 enhanced status codes that the server
-# advertises with ENHANCEDSTATUSCODES; the second item names the stage of a refusal
-# that a policy of ours would otherwise have reported.
-_AIOSMTPD_REPLIES: dict[str, tuple[str, str | None]] = {
-    "552 Error: message size exceeds fixed maximum message size": (codes.MESSAGE_TOO_BIG, "mail"),
-    "552 Error: Too much mail data": (codes.MESSAGE_TOO_BIG, "data"),
-    "500 Line too long (see RFC5321 4.5.3.1.6)": (
-        "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)",
-        "data",
-    ),
-    "500 Command line too long": ("500 5.5.2 Command line too long", None),
-    "221 Bye": ("221 2.0.0 Bye", None),
-    "250 OK": ("250 2.0.0 OK", None),
-    "220 Ready to start TLS": ("220 2.0.0 Ready to start TLS", None),
-}
-_ERROR_REPLY = re.compile(r"^(5\d\d) ((?:Error|Syntax)\b.*)$")
-_ERROR_STATUS = {"500": "5.5.2", "501": "5.5.4", "502": "5.5.1", "503": "5.5.1", "555": "5.5.4"}
-
-
-def enhance(text: str) -> tuple[str, str | None]:
-    """An aiosmtpd reply with its enhanced status code, and the refusal's stage if any."""
-    if text in _AIOSMTPD_REPLIES:
-        return _AIOSMTPD_REPLIES[text]
-    match = _ERROR_REPLY.match(text)
-    if match:
-        status = _ERROR_STATUS.get(match.group(1), "5.5.0")
-        return f"{match.group(1)} {status} {match.group(2)}", None
-    return text, None
 
 
 _SEND_AT_ONCE = {"220", "221", "354", "421"}
@@ -226,12 +198,17 @@ class AiosmtpdOverrides(SMTP):
 read_data = AiosmtpdOverrides.read_data
 
 
+_SESSIONS = itertools.count(1)  # numbers the connections of this process
+
+
 class LabSMTP(AiosmtpdOverrides):
-    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
+    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults;
+    its smtp.* events carry `session`, so a trace can tell one message's dialogue."""
 
     def __init__(self, handler: Handler, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.lab = handler
+        self.session_no = next(_SESSIONS)
         self.lab_peer: tuple[str, int] | None = None
         self.lab_local = ""
         self.rdns: str | None = None
@@ -245,13 +222,14 @@ class LabSMTP(AiosmtpdOverrides):
             self.lab_peer, self.lab_local = (peer, port), local
             fault = self.lab.fault("connect", None)
             if fault is not None:
-                self.lab.emit("smtp.connect", peer=peer, fault=fault.reply or "disconnect")
+                reply = fault.reply or "disconnect"
+                self.lab.emit("smtp.connect", peer=peer, fault=reply, session=self.session_no)
                 if fault.reply:
                     assert isinstance(transport, asyncio.WriteTransport)
                     transport.write(f"{fault.reply}\r\n".encode())
                 transport.close()
                 return
-            self.lab.emit("smtp.connect", peer=peer, local=local)
+            self.lab.emit("smtp.connect", peer=peer, local=local, session=self.session_no)
         super().connection_made(transport)
         assert self.session is not None
         # aiosmtpd annotates Session.peer as `str | None` but keeps the peername tuple there
@@ -278,6 +256,7 @@ class LabSMTP(AiosmtpdOverrides):
         self.lab.emit(
             "smtp.reply",
             peer=self.lab_peer[0] if self.lab_peer else "?",
+            session=self.session_no,
             reply=lines[0] if len(lines) == 1 else "\n".join(lines),
         )
         # PIPELINING (RFC 2920): while the client's next commands are already here, hold
@@ -297,7 +276,7 @@ class LabSMTP(AiosmtpdOverrides):
             await self.push(line)
 
     async def smtp_EXPN(self, arg: str) -> None:
-        self.lab.command("EXPN", arg)
+        self.lab.command("EXPN", arg, self.session_no)
         if self.lab.policy.expn == 502 or not arg:
             await self.push(codes.EXPN_DISABLED if arg else "501 5.5.4 Syntax: EXPN <list>")
             return
@@ -312,7 +291,7 @@ class LabSMTP(AiosmtpdOverrides):
             await self.push(f"250{sep}2.1.5 <{dest.address}>")
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self.lab.command("MAIL", arg)
+        self.lab.command("MAIL", arg, self.session_no)
         if arg and _CONTROL_IN_LINE.search(arg):  # aiosmtpd's parser would fold a CR away
             await self.push("501 5.1.7 Bad sender address syntax")
             return
@@ -322,7 +301,7 @@ class LabSMTP(AiosmtpdOverrides):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self.lab.command("RCPT", arg)
+        self.lab.command("RCPT", arg, self.session_no)
         if arg and _CONTROL_IN_LINE.search(arg):
             await self.push("501 5.1.3 Bad recipient address syntax")
             return
@@ -330,31 +309,31 @@ class LabSMTP(AiosmtpdOverrides):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        self.lab.command("DATA", arg)
+        self.lab.command("DATA", arg, self.session_no)
         await super().smtp_DATA(arg)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        self.lab.command("HELO", hostname)
+        self.lab.command("HELO", hostname, self.session_no)
         await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        self.lab.command("EHLO", hostname)
+        self.lab.command("EHLO", hostname, self.session_no)
         await super().smtp_EHLO(hostname)
 
     async def smtp_VRFY(self, arg: str) -> None:
-        self.lab.command("VRFY", arg)
+        self.lab.command("VRFY", arg, self.session_no)
         await super().smtp_VRFY(arg)
 
     async def smtp_QUIT(self, arg: str) -> None:
-        self.lab.command("QUIT", arg)
+        self.lab.command("QUIT", arg, self.session_no)
         await super().smtp_QUIT(arg)
 
     async def smtp_RSET(self, arg: str) -> None:
-        self.lab.command("RSET", arg)
+        self.lab.command("RSET", arg, self.session_no)
         await super().smtp_RSET(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        self.lab.command("STARTTLS", arg)
+        self.lab.command("STARTTLS", arg, self.session_no)
         await super().smtp_STARTTLS(arg)
 
 
@@ -372,8 +351,8 @@ class Handler:
     def emit(self, kind: str, **data: Any) -> None:
         self.mta.host.emit(kind, **data)
 
-    def command(self, verb: str, arg: str | None) -> None:
-        self.emit("smtp.command", command=verb, arg=arg or "")
+    def command(self, verb: str, arg: str | None, session: int = 0) -> None:
+        self.emit("smtp.command", command=verb, arg=arg or "", session=session)
 
     def fault(self, stage: str, address: str | None) -> Fault | None:
         if self.mta.probing:  # a readiness probe neither triggers nor uses up a fault
