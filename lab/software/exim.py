@@ -121,6 +121,15 @@ def masquerade_rules(m: Masquerade) -> list[tuple[str, str]]:
     return found
 
 
+def delay_warning(node: Node) -> str:
+    """One warning after warn_after, as the built-in MTA sends (Exim's last time in the
+    list repeats: the second one, past the give-up, never comes)."""
+    retry = node.retry
+    if not retry.warn_after:
+        return "0s"
+    return f"{seconds(retry.warn_after)} : {seconds(retry.warn_after + retry.give_up_after)}"
+
+
 def header_flags(m: Masquerade) -> str:
     flags = "fsr" if m.header else ""
     return flags + ("tc" if m.recipients else "")
@@ -190,7 +199,7 @@ def main_section(ctx: RenderContext) -> dict[str, str]:
         "message_size_limit": str(policy.max_size),
         "recipients_max": str(policy.max_recipients),
         "received_headers_max": str(policy.max_received),
-        "delay_warning": seconds(node.retry.warn_after) if node.retry.warn_after else "0s",
+        "delay_warning": delay_warning(node),
         **lab_owned(ctx),
     }
     if ctx.tls_chain and policy.starttls.value != "off":

@@ -310,7 +310,7 @@ class EximLog:
         )
 
     def _delivery(self, qid: str, pid: str, match: re.Match[str]) -> list[Event]:
-        flag, addr, rest = match["flag"], match["addr"], match["rest"]
+        flag, addr, rest = match["flag"], match["addr"].rstrip(":"), match["rest"]
         orig = match["orig"] or addr
         m = self._msg(qid)
         if "retry time not reached" in rest:  # not tried: its host is not due yet
