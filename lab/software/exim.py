@@ -28,11 +28,11 @@ the retry hints' next tries (`due_command`, `run_queue_command`).
 from __future__ import annotations
 
 import os
-import re
 from typing import Any
 
 from lab.software.adapter import RenderContext
 from lab.software.exim_log import RETRY_MARK, SPOOL, EximLog, parse_due, parse_queue
+from lab.software.exim_userconf import apply_lab_part, user_config
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Masquerade, Node, Service, Software, Topology
 
@@ -145,9 +145,7 @@ def unsupported(node: Node) -> list[str]:
             " HELO-against-rDNS check; write it in your own exim4.conf (config:)"
         )
     if policy.spf.value != "off":
-        found.append(
-            f"policy.spf: {policy.spf.value}: exim4-daemon-light has no SPF support"
-        )
+        found.append(f"policy.spf: {policy.spf.value}: exim4-daemon-light has no SPF support")
     if policy.greylist is not None and policy.greylist.enabled:
         found.append("policy.greylist: Exim has no greylisting of its own")
     return found
@@ -256,7 +254,7 @@ def acl_section(node: Node) -> str:
 
 def routers_section(ctx: RenderContext) -> str:
     node = ctx.node
-    host, port = smarthost(node, ctx.topology)
+    host = smarthost(node, ctx.topology)[0]
     users = [u.lower() for u in node.users]
     out = ["begin routers\n"]
     if host:
@@ -298,7 +296,7 @@ def routers_section(ctx: RenderContext) -> str:
 
 def transports_section(ctx: RenderContext, connect_timeout: float) -> str:
     node = ctx.node
-    _, port = smarthost(node, ctx.topology)
+    port = smarthost(node, ctx.topology)[1]
     remote = [
         "remote_smtp:",
         "  driver = smtp",
@@ -320,18 +318,10 @@ def transports_section(ctx: RenderContext, connect_timeout: float) -> str:
         rules = masquerade_rules(m)
         flags = header_flags(m)
         if rules and flags:
-            remote.append(
-                "  headers_rewrite = " + " : ".join(f"{p} {t} {flags}" for p, t in rules)
-            )
+            remote.append("  headers_rewrite = " + " : ".join(f"{p} {t} {flags}" for p, t in rules))
         if rules and m.envelope:
             remote.append("  return_path = " + return_path(rules))
-    return (
-        "begin transports\n\n"
-        + "\n".join(remote)
-        + "\n\n"
-        + local_transport(ctx)
-        + "\n"
-    )
+    return "begin transports\n\n" + "\n".join(remote) + "\n\n" + local_transport(ctx) + "\n"
 
 
 def return_path(rules: list[tuple[str, str]]) -> str:
@@ -428,106 +418,6 @@ def users_script(ctx: RenderContext) -> str:
 
 
 # ---------------------------------------------------------------------------------------
-# a user's own exim4.conf: the lab's part applied over it
-
-_BEGIN = re.compile(r"^\s*begin\s+(\w+)\s*$", re.MULTILINE)
-_OPTION = re.compile(r"^\s*(?:no_|not_)?(?P<name>[a-z_0-9]+)\s*(?:=|$)")
-
-
-def user_config(files: dict[str, str]) -> str:
-    """The user's configuration file: exim4.conf, or the only file given."""
-    if "exim4.conf" in files:
-        return files["exim4.conf"]
-    if len(files) == 1:
-        return next(iter(files.values()))
-    raise ValueError(
-        "an Exim node's config: is exim4.conf or a single file; got " + ", ".join(sorted(files))
-    )
-
-
-def apply_lab_part(text: str, ctx: RenderContext, connect_timeout: float = 3.0) -> str:
-    """The user's exim4.conf with the lab's part applied: the main-section options the
-    lab owns (`lab_owned`, then the node's settings) replace the user's own lines of the
-    same names; every appendfile transport delivers into the lab's Maildirs (its file,
-    directory and format lines replaced); every smtp transport gets the lab's connect
-    timeout. Everything else (routers, ACLs, rewrite and retry rules) is the user's."""
-    owned = {**lab_owned(ctx), **settings(ctx.node)}
-    lines = text.splitlines()
-    first = _BEGIN.search(text)
-    main_end = text[: first.start()].count("\n") if first else len(lines)
-    main = [
-        line
-        for line in lines[:main_end]
-        if not ((opt := _OPTION.match(line)) and opt["name"] in owned)
-    ]
-    head = ["# maillab: the lab's part (lab/software/exim.py, lab_owned)", render_main(owned)]
-    rest = _fix_transports(lines[main_end:], ctx, connect_timeout)
-    return "\n".join(head + main + rest) + "\n"
-
-
-_LOCAL_OPTIONS = {
-    "file",
-    "directory",
-    "maildir_format",
-    "mailstore_format",
-    "mbx_format",
-    "create_directory",
-    "directory_mode",
-    "mode",
-    "user",
-    "group",
-    "check_owner",
-    "check_group",
-}
-
-
-def _fix_transports(lines: list[str], ctx: RenderContext, connect_timeout: float) -> list[str]:
-    out: list[str] = []
-    section = ""
-    block: list[str] = []
-
-    def flush() -> None:
-        if not block:
-            return
-        body = "\n".join(block)
-        driver = re.search(r"^\s*driver\s*=\s*(\w+)", body, re.MULTILINE)
-        kind = driver.group(1) if driver else ""
-        if kind == "appendfile":
-            kept = [b for b in block if not ((o := _OPTION.match(b)) and o["name"] in _LOCAL_OPTIONS)]
-            block[:] = kept + [
-                "  maildir_format",
-                f"  directory = {ctx.mail_root}/$local_part_data",
-                "  create_directory",
-                f"  user = {ctx.uid}",
-                f"  group = {ctx.gid}",
-                "  mode = 0600",
-            ]
-        elif kind == "smtp":
-            kept = [b for b in block if not ((o := _OPTION.match(b)) and o["name"] == "connect_timeout")]
-            block[:] = kept + [f"  connect_timeout = {seconds(connect_timeout)}"]
-        out.extend(block)
-        block.clear()
-
-    for line in lines:
-        begin = _BEGIN.match(line)
-        if begin:
-            flush()
-            section = begin.group(1)
-            out.append(line)
-            continue
-        if section == "transports" and re.match(r"^\S[^=]*:\s*$", line):
-            flush()
-            block.append(line)
-            continue
-        if block:
-            block.append(line)
-        else:
-            out.append(line)
-    flush()
-    return out
-
-
-# ---------------------------------------------------------------------------------------
 # the adapter
 
 
@@ -547,7 +437,8 @@ class EximAdapter:
         }
         if ctx.config_files:
             text = user_config(ctx.config_files)
-            files[CONFIG] = apply_lab_part(text, ctx, self.connect_timeout)
+            owned = {**lab_owned(ctx), **settings(ctx.node)}
+            files[CONFIG] = apply_lab_part(text, ctx, owned, self.connect_timeout)
         else:
             files[CONFIG] = render_config(ctx, self.connect_timeout)
         return files

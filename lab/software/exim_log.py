@@ -154,7 +154,9 @@ _LINE = re.compile(
 )
 _MSG = re.compile(rf"^(?P<id>{_ID}) (?P<rest>.*)$")
 _ARRIVAL = re.compile(r"^<= (?P<sender>\S+)(?P<rest>.*)$")
-_DELIVERY = re.compile(r"^(?P<flag>=>|->|==|\*\*) (?P<addr>\S+)(?: <(?P<orig>[^>]*)>)?(?P<rest>.*)$")
+_DELIVERY = re.compile(
+    r"^(?P<flag>=>|->|==|\*\*) (?P<addr>\S+)(?: <(?P<orig>[^>]*)>)?(?P<rest>.*)$"
+)
 _HOST = re.compile(r"\bH=(?P<name>\S+) \[(?P<addr>[^\]]+)\](?::(?P<port>\d+))?")
 _CLIENT = re.compile(r"\bH=(?:\S+ )?(?:\([^)]*\) )?\[(?P<addr>[^\]]+)\]")
 _QUOTED = r'"(?:[^"\\]|\\.)*"'
@@ -178,7 +180,9 @@ def _unquote(text: str) -> str:
 def _reply(text: str) -> str:
     """The remote's reply in Exim's text: `SMTP error from remote mail server after RCPT
     TO:<x>: 550 ...` -> `550 ...`; other texts (Connection refused) as they are."""
-    said = re.search(r"SMTP error from remote (?:mail )?server after [^:]*(?::<[^>]*>)?: (.*)$", text)
+    said = re.search(
+        r"SMTP error from remote (?:mail )?server after [^:]*(?::<[^>]*>)?: (.*)$", text
+    )
     return said.group(1) if said else text
 
 

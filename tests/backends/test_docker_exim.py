@@ -91,9 +91,7 @@ def test_exim_hub_queues_while_down_and_delivers_on_link_up(
         assert f"{sent.queue_id} <= eddy@shofar.org.uk" in lab.backend.logs("hub")
 
 
-def test_exim_hub_delivers_locally_through_its_aliases(
-    docker_client: Any, tmp_path: Path
-) -> None:
+def test_exim_hub_delivers_locally_through_its_aliases(docker_client: Any, tmp_path: Path) -> None:
     with Lab.up(exim_hub(), backend="docker", state_dir=tmp_path / "lab") as lab:
         sent = lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["NELUG-announce@shofar.org.uk"])
         assert sent.accepted, sent.to_json()
