@@ -53,10 +53,11 @@ def test_the_builtin_software_runs_on_every_backend() -> None:
         check_supported("hub", "builtin", "docker", service)
 
 
-def test_postfix_is_accepted_for_smtp_on_docker() -> None:
-    assert {Software.postfix} == ON_DOCKER
-    check_supported("hub", "postfix", "docker")
-    check_supported("hub", "postfix", "docker", Service.smtp)
+def test_postfix_and_exim_are_accepted_for_smtp_on_docker() -> None:
+    assert {Software.postfix, Software.exim} == ON_DOCKER
+    for software in ("postfix", "exim"):
+        check_supported("hub", software, "docker")
+        check_supported("hub", software, "docker", Service.smtp)
 
 
 @pytest.mark.parametrize(
@@ -96,21 +97,12 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             id="dovecot-in-process",
         ),
         pytest.param(
-            "exim",
-            "smtp",
-            "docker",
-            "node 'mx': smtp software 'exim' (Exim 4, in a container (Docker backend)) is not"
-            " available yet in this version: the docker backend runs builtin and postfix only;"
-            " use software: builtin for smtp",
-            id="exim-on-docker",
-        ),
-        pytest.param(
             "sendmail",
             "smtp",
             "docker",
             "node 'mx': smtp software 'sendmail' (sendmail, in a container (Docker backend)) is"
-            " not available yet in this version: the docker backend runs builtin and postfix"
-            " only; use software: builtin for smtp",
+            " not available yet in this version: the docker backend runs builtin and exim,"
+            " postfix only; use software: builtin for smtp",
             id="sendmail-on-docker",
         ),
         pytest.param(
@@ -119,7 +111,7 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             "docker",
             "node 'mx': pop3 software 'dovecot' (Dovecot's POP3 server, in a container (Docker"
             " backend)) is not available yet in this version: the docker backend runs builtin"
-            " and postfix only; use software: builtin for pop3",
+            " and exim, postfix only; use software: builtin for pop3",
             id="dovecot-on-docker",
         ),
         pytest.param(
@@ -127,8 +119,8 @@ def test_postfix_is_accepted_for_smtp_on_docker() -> None:
             "fetch",
             "docker",
             "node 'mx': fetch software 'fetchmail' (fetchmail, in a container (Docker backend))"
-            " is not available yet in this version: the docker backend runs builtin and postfix"
-            " only; use software: builtin for fetch",
+            " is not available yet in this version: the docker backend runs builtin and exim,"
+            " postfix only; use software: builtin for fetch",
             id="fetchmail-on-docker",
         ),
     ],
