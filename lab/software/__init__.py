@@ -42,7 +42,9 @@ if _MISSING:
 SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software in Software}
 
 # The real programs the Docker backend runs in this version (the others are planned).
-ON_DOCKER: frozenset[Software] = frozenset({Software.postfix, Software.dovecot, Software.fetchmail})
+ON_DOCKER: frozenset[Software] = frozenset(
+    {Software.postfix, Software.exim, Software.dovecot, Software.fetchmail}
+)
 
 # Backends that run the built-in software only.
 BUILTIN_ONLY_BACKENDS = {"inprocess"}
@@ -83,18 +85,23 @@ def check_supported(
 def check_fields(name: str, node: Node) -> None:
     """Raise a LabError naming the node's fields its real software cannot honour (a
     user's own configuration says for itself what it does: nothing is checked then)."""
-    if (
-        node.software_for(Service.smtp) is Software.postfix
-        and node.config_for(Service.smtp) is None
-    ):
+    software = node.software_for(Service.smtp)
+    if node.config_for(Service.smtp) is not None:
+        return
+    problems: list[str] = []
+    if software is Software.postfix:
         from lab.software.postfix import unsupported
 
         problems = unsupported(node)
-        if problems:
-            raise LabError(
-                f"node {name!r} runs postfix, which cannot do what its fields ask:\n  "
-                + "\n  ".join(problems)
-            )
+    elif software is Software.exim:
+        from lab.software import exim
+
+        problems = exim.unsupported(node)
+    if problems:
+        raise LabError(
+            f"node {name!r} runs {software.value}, which cannot do what its fields ask:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def check_node(name: str, node: Node, backend: str) -> None:

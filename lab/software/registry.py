@@ -11,6 +11,7 @@ from __future__ import annotations
 from lab.software import real_software
 from lab.software.adapter import MtaAdapter
 from lab.software.dovecot import DovecotAdapter
+from lab.software.exim import EximAdapter
 from lab.software.postfix import PostfixAdapter
 from lab.software.server import ServerAdapter
 from lab.topology.model import Node, Service, Software
@@ -29,6 +30,8 @@ def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter 
     """The adapter of a real MTA; None for the built-in one."""
     if software is Software.postfix:
         return PostfixAdapter(connect_timeout)
+    if software is Software.exim:
+        return EximAdapter(connect_timeout)
     if software is Software.builtin:
         return None
     raise LookupError(f"no adapter for software {software.value!r} yet")

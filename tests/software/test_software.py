@@ -54,10 +54,11 @@ def test_the_builtin_software_runs_on_every_backend() -> None:
         check_supported("hub", "builtin", "docker", service)
 
 
-def test_postfix_is_accepted_for_smtp_on_docker() -> None:
-    assert {Software.postfix, Software.dovecot, Software.fetchmail} == ON_DOCKER
-    check_supported("hub", "postfix", "docker")
-    check_supported("hub", "postfix", "docker", Service.smtp)
+def test_postfix_and_exim_are_accepted_for_smtp_on_docker() -> None:
+    assert {Software.postfix, Software.exim, Software.dovecot, Software.fetchmail} == ON_DOCKER
+    for software in ("postfix", "exim"):
+        check_supported("hub", software, "docker")
+        check_supported("hub", software, "docker", Service.smtp)
 
 
 def test_dovecot_is_accepted_for_pop3_on_docker() -> None:
@@ -105,21 +106,12 @@ def test_fetchmail_is_accepted_for_fetch_on_docker() -> None:
             id="dovecot-in-process",
         ),
         pytest.param(
-            "exim",
-            "smtp",
-            "docker",
-            "node 'mx': smtp software 'exim' (Exim 4, in a container (Docker backend)) is not"
-            " available yet in this version: the docker backend runs builtin, dovecot,"
-            " fetchmail and postfix only; use software: builtin for smtp",
-            id="exim-on-docker",
-        ),
-        pytest.param(
             "sendmail",
             "smtp",
             "docker",
             "node 'mx': smtp software 'sendmail' (sendmail, in a container (Docker backend)) is"
             " not available yet in this version: the docker backend runs builtin, dovecot,"
-            " fetchmail and postfix only; use software: builtin for smtp",
+            " exim, fetchmail and postfix only; use software: builtin for smtp",
             id="sendmail-on-docker",
         ),
         pytest.param(

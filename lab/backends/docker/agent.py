@@ -344,7 +344,7 @@ class Agent:
         pending = self.clock.pending()
         due = [pending[0].when] if pending else []
         if self.real is not None:
-            real_due = self.real.next_due()
+            real_due = await self.real.next_due()
             if real_due is not None:
                 due.append(max(real_due, self.clock.time()))
         return min(due) if due else None
