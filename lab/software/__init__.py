@@ -43,7 +43,7 @@ SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software
 
 # The real programs the Docker backend runs in this version (the others are planned).
 ON_DOCKER: frozenset[Software] = frozenset(
-    {Software.postfix, Software.exim, Software.dovecot, Software.fetchmail}
+    {Software.postfix, Software.exim, Software.sendmail, Software.dovecot, Software.fetchmail}
 )
 
 # Backends that run the built-in software only.
@@ -97,6 +97,10 @@ def check_fields(name: str, node: Node) -> None:
         from lab.software import exim
 
         problems = exim.unsupported(node)
+    elif software is Software.sendmail:
+        from lab.software import sendmail
+
+        problems = sendmail.unsupported(node)
     if problems:
         raise LabError(
             f"node {name!r} runs {software.value}, which cannot do what its fields ask:\n  "

@@ -13,6 +13,7 @@ from lab.software.adapter import MtaAdapter
 from lab.software.dovecot import DovecotAdapter
 from lab.software.exim import EximAdapter
 from lab.software.postfix import PostfixAdapter
+from lab.software.sendmail import SendmailAdapter
 from lab.software.server import ServerAdapter
 from lab.topology.model import Node, Service, Software
 
@@ -32,6 +33,8 @@ def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter 
         return PostfixAdapter(connect_timeout)
     if software is Software.exim:
         return EximAdapter(connect_timeout)
+    if software is Software.sendmail:
+        return SendmailAdapter(connect_timeout)
     if software is Software.builtin:
         return None
     raise LookupError(f"no adapter for software {software.value!r} yet")

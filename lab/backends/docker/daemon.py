@@ -15,7 +15,10 @@ FIFO and reads it as it reads standard output; `due_command()`, `parse_due()` an
 `run_queue_command()` give the due times of deferred mail from the daemon's own records
 (Exim's retry hints) and one queue run that tries what is due, instead of the deferred
 queue's file times and one retry command per message. `busy(daemon_pid)` says whether
-the daemon's processes are at work, when no directory shows it.
+the daemon's processes are at work, when no directory shows it. `syslog_path()` names a
+syslog socket (sendmail's /dev/log) the agent listens on, one log line a datagram;
+`read_mailbox(user)` reads a mailbox the daemon's own local delivery wrote (sendmail's
+mbox) where the lab's Maildirs are not used.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,7 @@ class RealMta:
         self.log_task: asyncio.Task[None] | None = None
         self.log_keep: int | None = None  # a writer of the log FIFO: no EOF between writers
         self.queue_ran_at: float | None = None  # lab time of the last due queue run
+        self.syslog: asyncio.DatagramTransport | None = None
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -71,6 +76,7 @@ class RealMta:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
         await self._follow_log()
+        await self._listen_syslog()
         for command in self.adapter.prepare_commands(self.ctx):
             await self.run(command)
         self.set_offset(self.host.clock.offset)
@@ -102,6 +108,28 @@ class RealMta:
                 self._line(line)
 
         self.log_task = loop.create_task(follow())
+
+    async def _listen_syslog(self) -> None:
+        """The adapter's syslog socket, when it names one: each datagram one log line."""
+        path_of = getattr(self.adapter, "syslog_path", None)
+        path = path_of() if path_of is not None else None
+        if not path:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(path)
+        os.chmod(path, 0o666)  # the daemon's processes write it as their own users
+        mta = self
+
+        class Listener(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: Any) -> None:
+                mta._line(data.rstrip(b"\0\n"))
+
+        transport, _ = await asyncio.get_running_loop().create_datagram_endpoint(
+            Listener, sock=sock
+        )
+        self.syslog = transport
 
     def _line(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace").rstrip("\n")
@@ -212,6 +240,9 @@ class RealMta:
         if self.watcher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.watcher, 2)
+        if self.syslog is not None:
+            self.syslog.close()
+            self.syslog = None
         if self.log_keep is not None:
             os.close(self.log_keep)  # the last writer gone: the reader ends at EOF
             self.log_keep = None
@@ -333,6 +364,10 @@ class RealMta:
         return out.encode("utf-8", "surrogateescape")
 
     def mailbox(self, user: str) -> list[dict[str, Any]]:
+        read = getattr(self.adapter, "read_mailbox", None)
+        if read is not None:  # the daemon's own mailbox format (sendmail's mbox)
+            found: list[dict[str, Any]] = read(user)
+            return found
         out = []
         for key in self.store.keys(user):
             raw = self.store.read(user, key)
