@@ -223,6 +223,9 @@ def render_mc(ctx: RenderContext, connect_timeout: float = 3.0) -> str:
     if policy.expn != 250:
         privacy.append("noexpn")
     lines.append(define("confPRIVACY_FLAGS", ",".join(privacy)))
+    # no name lookups to canonify addresses: a dial-up hub has no name server while its
+    # link is down, and sendmail would queue even local mail (stat=queued, 4.4.3)
+    lines.append("FEATURE(`nocanonify')dnl")
     if not policy.verify_sender_domain:
         lines.append("FEATURE(`accept_unresolvable_domains')dnl")
     host, port = smarthost(node, topology)

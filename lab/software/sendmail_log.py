@@ -118,7 +118,7 @@ def parse_queue(output: str, log: Any, schedule: dict[str, Any]) -> list[dict[st
                 "recipients": qf["recipients"],
                 "attempts": max(qf["tries"], log.attempts(qid) if log is not None else 0),
                 "received": qf["created"],
-                "next_attempt": next_try(qf, intervals) if qf["tries"] else qf["created"],
+                "next_attempt": next_try(qf, intervals),
                 "last_reply": reply or (log.last_reply(qid) if log is not None else ""),
                 "queue_name": "deferred",
             }
@@ -173,7 +173,11 @@ _QID = re.compile(r"^(?P<id>[0-9A-Za-z]{14}): (?P<rest>.*)$")
 _FIELDS = re.compile(r"(?:^|, )(?P<k>[a-z_]+)=(?P<v>(?:<[^>]*>|\([^)]*\)|[^,])*)")
 _RELAY = re.compile(r"^(?P<name>[^\s\[]*?)\.?\s*(?:\[(?P<addr>[^\]]+)\])?(?:\s*\(.*\))?$")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_REMOTE_ID = re.compile(r"(?:queued as|Message accepted for delivery|id=?)\s*:?\s*(\S+?)[)\s]*$")
+_REMOTE_ID = (
+    re.compile(r"queued as (\S+?)\)?$"),  # Postfix, the built-in MTA
+    re.compile(r"^(\S+) Message accepted for delivery"),  # sendmail
+    re.compile(r"\bid=(\S+?)\)?$"),  # Exim
+)
 _DSN = re.compile(r"^(?P<dsn>[0-9A-Za-z]{14}): (?:DSN|return to sender|postmaster notify): (?P<text>.*)$")
 _REJECT = re.compile(
     r"^(?:(?P<id>[0-9A-Za-z]{14}): )?(?:ruleset=check_(?P<ruleset>\w+), arg1=(?P<arg><[^>]*>|\S+),"
@@ -367,7 +371,7 @@ class SendmailLog:
         m["tries"] += 1
         if stat.startswith("Sent"):
             reply = stat[len("Sent") :].strip().strip("()")
-            remote = _REMOTE_ID.search(reply)
+            remote = next((r.search(reply) for r in _REMOTE_ID if r.search(reply)), None)
             events = []
             for rcpt in to:
                 m["deferred"].pop(rcpt, None)
@@ -388,7 +392,8 @@ class SendmailLog:
                     )
                 )
             return events
-        if stat.startswith("Deferred"):
+        if stat.startswith("Deferred") or stat == "queued":
+            # `queued`: not tried now (the smarthost's name did not resolve: link down)
             reply = stat.partition(":")[2].strip() or stat
             code = dsn or "4.0.0"
             m["reply"] = reply
