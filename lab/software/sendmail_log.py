@@ -178,7 +178,12 @@ _REMOTE_ID = (
     re.compile(r"^(\S+) Message accepted for delivery"),  # sendmail
     re.compile(r"\bid=(\S+?)\)?$"),  # Exim
 )
-_DSN = re.compile(r"^(?P<dsn>[0-9A-Za-z]{14}): (?:DSN|return to sender|postmaster notify): (?P<text>.*)$")
+# `ORIG: DSNID: sender notify: Warning: could not send message for past 30 minutes`,
+# `ORIG: DSNID: DSN: User unknown` (the copy for the postmaster makes no event)
+_DSN = re.compile(
+    r"^(?P<dsn>[0-9A-Za-z]{14}): (?P<kind>DSN|return to sender|sender notify|postmaster notify):"
+    r" (?P<text>.*)$"
+)
 _REJECT = re.compile(
     r"^(?:(?P<id>[0-9A-Za-z]{14}): )?(?:ruleset=check_(?P<ruleset>\w+), arg1=(?P<arg><[^>]*>|\S+),"
     r".*?reject=(?P<reply>.*))$"
@@ -252,6 +257,8 @@ class SendmailLog:
         qid, rest = qm["id"], qm["rest"]
         dsn = _DSN.match(rest)
         if dsn:
+            if dsn["kind"] == "postmaster notify":
+                return []
             return [self._dsn(dsn["dsn"], qid, dsn["text"])]
         if rest.startswith("from="):
             return self._arrival(qid, fields(rest))

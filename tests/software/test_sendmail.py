@@ -200,6 +200,24 @@ H??Subject: via sendmail
 """
 
 
+def test_a_delay_warning_is_a_dsn_about_the_deferred_recipients() -> None:
+    log = SendmailLog()
+    log.feed(RECEIVED, 0.0)
+    log.feed(
+        "<22>Dec  4 21:19:16 sendmail[110]: 6B4LAs7s000067: to=<paulmidgley@freeuk.com>, ctladdr=<eddy@shofar.org.uk> (5000/5000), delay=00:30:00, xdelay=00:00:00, mailer=smtp, pri=300203, relay=mail.uklinux.net. [10.20.0.25], dsn=4.4.1, stat=Deferred: Name server: mail.uklinux.net.: host name lookup failure",
+        0.0,
+    )
+    warning = log.feed(
+        "<22>Dec  4 21:19:16 sendmail[110]: 6B4LAs7s000067: 6B4LnFn0000110: sender notify: Warning: could not send message for past 30 minutes",
+        0.0,
+    )
+    assert [e.kind for e in warning] == ["dsn.sent"]
+    assert warning[0].data["action"] == "delayed" and warning[0].data["id"] == "6B4LnFn0000110"
+    assert warning[0].data["recipients"] == ["paulmidgley@freeuk.com"]
+    assert warning[0].data["status"] == ["4.4.1"]
+    assert log.feed("<22>Dec  4 21:19:16 sendmail[110]: 6B4LAs7s000067: 6B4LnFn0000111: postmaster notify: User unknown", 0.0) == []
+
+
 def test_qf_files_are_the_queue_listing_and_the_due_times() -> None:
     output = f"{QF_MARK}6B4LAs7s000067\n{QF}"
     schedule = {"intervals": [600.0, 1200.0], "warn_after": 1800.0, "give_up_after": 3600.0}
