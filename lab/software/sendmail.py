@@ -317,7 +317,7 @@ def prepare_script(ctx: RenderContext) -> str:
 _CONTENT = r"""
 import sys
 qid = sys.argv[1]
-lines = open('%s/qf' + qid, encoding='utf-8', errors='surrogateescape').read().split('\n')
+lines = open('QUEUE/qf' + qid, encoding='utf-8', errors='surrogateescape').read().split('\n')
 out, header = [], False
 for line in lines:
     if line.startswith('H'):
@@ -331,8 +331,8 @@ for line in lines:
     else:
         header = False
 sys.stdout.write('\n'.join(out) + '\n\n')
-sys.stdout.write(open('%s/df' + qid, encoding='utf-8', errors='surrogateescape').read())
-""" % (QUEUE_DIR, QUEUE_DIR)
+sys.stdout.write(open('QUEUE/df' + qid, encoding='utf-8', errors='surrogateescape').read())
+""".replace("QUEUE", QUEUE_DIR)
 
 
 # ---------------------------------------------------------------------------------------

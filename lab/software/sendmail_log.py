@@ -53,9 +53,9 @@ def parse_qf(text: str) -> dict[str, Any]:
         elif kind == "S":
             found["envelope_from"] = value.strip("<>")
         elif kind == "R":
-            flags, _, address = value.partition(":")
+            _flags, _, address = value.partition(":")
             if not address:  # an old-style line: no flags
-                address, flags = value, ""
+                address = value
             found["recipients"].append(address.strip("<>"))
         elif kind == ".":
             break
@@ -250,7 +250,11 @@ class SendmailLog:
         unknown = _UNKNOWN.match(msg)
         if unknown:  # `<x@y>... User unknown`: refused at RCPT
             reply = f"550 5.1.1 <{unknown['addr']}>... User unknown"
-            return [Event("policy.reject", {"stage": "rcpt", "reply": reply, "address": unknown["addr"]})]
+            return [
+                Event(
+                    "policy.reject", {"stage": "rcpt", "reply": reply, "address": unknown["addr"]}
+                )
+            ]
         qm = _QID.match(msg)
         if qm is None:
             return []
@@ -409,7 +413,10 @@ class SendmailLog:
                 m["deferred"][rcpt] = (code, reply)
                 base = {"id": qid, "rcpt": rcpt, "result": "deferred", "reply": reply}
                 events.append(
-                    Event("delivery.result", {**base, "server": server, "relay": relay_text, "status": code})
+                    Event(
+                        "delivery.result",
+                        {**base, "server": server, "relay": relay_text, "status": code},
+                    )
                 )
             events.append(
                 Event(
@@ -426,7 +433,8 @@ class SendmailLog:
             return events
         # a failure: the remote refused, or the queue time ran out (dsn 4.4.7)
         reply = stat
-        code = dsn or (_STATUS.search(stat).group(1) if _STATUS.search(stat) else "5.0.0")
+        found = _STATUS.search(stat)
+        code = dsn or (found.group(1) if found else "5.0.0")
         events = []
         expired = code == "4.4.7" or stat.startswith("Cannot send message for")
         if expired and not m["expired"]:

@@ -143,7 +143,13 @@ def test_syslog_lines_become_the_labs_events() -> None:
 def test_local_deliveries_through_an_alias_name_the_alias() -> None:
     log = SendmailLog()
     log.feed(RECEIVED.replace("6B4LAs7s000067", "6B4L7C1l000089"), 0.0)
-    assert log.feed("<22>Dec  4 21:07:12 sendmail[89]: 6B4L7C1l000089: alias <NELUG-announce@shofar.org.uk> => eddy, keith", 0.0) == []
+    assert (
+        log.feed(
+            "<22>Dec  4 21:07:12 sendmail[89]: 6B4L7C1l000089: alias <NELUG-announce@shofar.org.uk> => eddy, keith",
+            0.0,
+        )
+        == []
+    )
     events = log.feed(
         "<22>Dec  4 21:07:45 sendmail[153]: 6B4L7C1l000089: to=keith, ctladdr=<eddy@shofar.org.uk> (5000/5000), delay=00:00:33, xdelay=00:00:00, mailer=local, pri=180457, dsn=2.0.0, stat=Sent",
         0.0,
@@ -157,7 +163,10 @@ def test_local_deliveries_through_an_alias_name_the_alias() -> None:
         0.0,
     )
     assert direct[0].data["rcpt"] == "eddy@shofar.org.uk" and direct[0].data["user"] == "eddy"
-    refused = log.feed("<22>Dec  4 21:17:00 sendmail[70]: 6B4LH0mZ000071: <nosuchuser@shofar.org.uk>... User unknown", 0.0)
+    refused = log.feed(
+        "<22>Dec  4 21:17:00 sendmail[70]: 6B4LH0mZ000071: <nosuchuser@shofar.org.uk>... User unknown",
+        0.0,
+    )
     assert [e.kind for e in refused] == ["policy.reject"]
     assert refused[0].data["stage"] == "rcpt" and refused[0].data["reply"].startswith("550 5.1.1")
 
@@ -215,7 +224,13 @@ def test_a_delay_warning_is_a_dsn_about_the_deferred_recipients() -> None:
     assert warning[0].data["action"] == "delayed" and warning[0].data["id"] == "6B4LnFn0000110"
     assert warning[0].data["recipients"] == ["paulmidgley@freeuk.com"]
     assert warning[0].data["status"] == ["4.4.1"]
-    assert log.feed("<22>Dec  4 21:19:16 sendmail[110]: 6B4LAs7s000067: 6B4LnFn0000111: postmaster notify: User unknown", 0.0) == []
+    assert (
+        log.feed(
+            "<22>Dec  4 21:19:16 sendmail[110]: 6B4LAs7s000067: 6B4LnFn0000111: postmaster notify: User unknown",
+            0.0,
+        )
+        == []
+    )
 
 
 def test_qf_files_are_the_queue_listing_and_the_due_times() -> None:
