@@ -5,7 +5,7 @@ resolv.conf, the control socket, events. For a node whose SMTP software is a rea
 runs the daemon as a child through this interface, which holds everything about the
 software and nothing about processes: the files to write, the commands to run, how to
 read its queue listing and its log. One module per software implements it
-(lab/software/postfix.py first; Exim and sendmail next).
+(lab/software/postfix.py, exim.py, sendmail.py).
 
 The lab clock reaches the daemon through libfaketime: the agent keeps an offset file
 (`FAKETIME_TIMESTAMP_FILE`) holding the host's clock offset, and the adapter says which
@@ -16,7 +16,9 @@ by the agent with getattr: `log_path()` (a file all the daemon's processes log t
 agent makes it a FIFO and reads it), `due_command()` + `parse_due(output)` (the lab times
 deferred mail is due, from the daemon's own records) with `run_queue_command()` (one
 queue run that tries what is due), and `busy(daemon_pid)` (the daemon's processes at
-work, where no directory shows it).
+work, where no directory shows it). sendmail (lab/software/sendmail.py) adds two:
+`syslog_path()` (a syslog socket the agent listens on, one log line a datagram) and
+`read_mailbox(user)` (the mailbox as the daemon's local delivery wrote it: an mbox).
 """
 
 from __future__ import annotations
