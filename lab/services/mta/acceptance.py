@@ -3,6 +3,9 @@
 `accept` takes a message the SMTP server received (or a DSN this host wrote, dsn.py)
 and returns only once it is durably this host's: then the server may say 250.
 
+- A line of the header block that is neither a header field nor a continuation line
+  ends the headers: a blank line goes in before it (`end_headers`), as Postfix's
+  cleanup does, so text typed without the blank line is body, not header.
 - Its recipients are expanded (aliases, maildrops; an alias loop fails its recipient
   at once, and is bounced before the 250) and a Received: line is put on top.
 - Mail for local mailboxes only goes into them before the 250, as an LMTP server
@@ -145,7 +148,7 @@ class Acceptance:
             protocol=protocol,
             tls=tls,
         )
-        content = header + content
+        content = header + end_headers(content)
         now = self.host.clock.time()
         message = QueuedMessage(
             queue_id,
@@ -232,6 +235,33 @@ class Acceptance:
             size=len(content),
             message_id=message.message_id,
         )
+
+
+# A header field's name: printable ASCII but the colon, then the colon (RFC 5322 2.2; like
+# Postfix's is_header, spaces and tabs before the colon are allowed).
+_FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def end_headers(content: bytes) -> bytes:
+    """The message with its header block ended where it ends: at the first line that is
+    neither a header field nor the continuation of one, a blank line is put in (Postfix's
+    cleanup treats such a line as the body's first, and writes the blank line); a message
+    whose headers end with a blank line, or that is only headers, is left as it is."""
+    pos = 0
+    in_field = False
+    while True:
+        end = content.find(b"\r\n", pos)
+        if end == pos or pos == len(content):
+            return content  # the blank line (or the end): the headers end as they should
+        if in_field and content[pos : pos + 1] in (b" ", b"\t"):
+            pass  # a continuation line
+        elif _FIELD_NAME.match(content, pos):
+            in_field = True
+        else:
+            return content[:pos] + b"\r\n" + content[pos:]
+        if end < 0:
+            return content
+        pos = end + 2
 
 
 @functools.lru_cache(maxsize=64)
