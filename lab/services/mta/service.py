@@ -51,7 +51,7 @@ class MtaService:
         self.host = host
         self.node = host.node
         self.resolver = resolver
-        self.book = AddressBook(host.node, host.hostname)
+        self.book = AddressBook(host.node, host.hostname, host.addresses.values())
         self.disk = DiskWorker(host.name)  # queue files, mailboxes: in order, in groups
         self.queue = Queue(host.state_dir / "queue", durable=durable, disk=self.disk)
         self.store = MailStore(host.state_dir / "mail", durable=durable)

@@ -212,7 +212,6 @@ def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_factory: Callable[
         assert entry["next_attempt"] > lab.clock.now()
         assert not [e for e in lab.events if e.node == "isp" and e.kind == "smtp.connect"]
 
-        lab.link("dialup").up()
         hooks = [e.get("hook") for e in lab.events if e.kind == "link.hook"]
         assert hooks == ["flush", "fetch"]
         assert lab.wait_for("queue.flush", node="hub").get("count") == 1
@@ -362,3 +361,33 @@ def test_pep_session_without_a_blank_line_keeps_hi_there_in_the_body(
         assert message["Subject"] == "Loony Toons!"
         assert message.get_payload() == "Hi there!\r\n"
         assert "Hi there!" not in str(message.keys())
+
+
+# --- nelug: mail for the hub's own address literal -------------------------------------------
+
+
+def test_mail_for_the_hubs_own_address_literal_is_delivered_locally(
+    lab_factory: Callable[..., Lab], wire: Any
+) -> None:
+    """`eddy@[192.168.10.1]` names the hub itself: delivered to eddy there, as sendmail and
+    Postfix deliver mail for their own address literal, not relayed to the smarthost. A
+    literal that is not the hub's is still somebody else's."""
+    with lab_factory(HOME_DIALUP) as lab:
+        with wire(lab, "hub") as s:
+            assert s.reply()[0] == 220
+            assert s.code("EHLO heaven.home") == 250
+            assert s.code("MAIL FROM:<root@shofar.org.uk>") == 250
+            assert s.code("RCPT TO:<eddy@[192.168.10.1]>") == 250
+            assert s.code("RCPT TO:<KEITH@[10.20.9.201]>") == 250  # its other interface
+            code, lines = s.cmd("RCPT TO:<nobody@[192.168.10.1]>")
+            assert (code, lines) == (550, ["550 5.1.1 <nobody@[192.168.10.1]>... User unknown"])
+            assert s.code("DATA") == 354
+            s.send(b"Subject: to my own address\r\n\r\nliteral\r\n.\r\n")
+            assert s.reply()[0] == 250
+            assert s.code("QUIT") == 221
+        lab.settle()
+        eddy = lab.assert_delivered("eddy@shofar.org.uk", node="hub", mailbox="eddy")
+        assert "literal" in eddy.raw
+        assert len(lab.mailbox("hub", "keith")) == 1
+        assert lab.queue("hub") == []
+        assert not [e for e in lab.events if e.node == "hub" and e.kind.startswith("delivery.")]
