@@ -212,6 +212,7 @@ def test_dialup_hub_queues_while_down_and_flushes_when_up(lab_factory: Callable[
         assert entry["next_attempt"] > lab.clock.now()
         assert not [e for e in lab.events if e.node == "isp" and e.kind == "smtp.connect"]
 
+        lab.link("dialup").up()
         hooks = [e.get("hook") for e in lab.events if e.kind == "link.hook"]
         assert hooks == ["flush", "fetch"]
         assert lab.wait_for("queue.flush", node="hub").get("count") == 1
