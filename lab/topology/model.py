@@ -487,6 +487,9 @@ class Node(Base):
     relay_from: list[str] = Field(
         default_factory=list, description="clients allowed to relay: network names or CIDRs"
     )
+    relay_domains: list[Hostname] = Field(
+        default_factory=list, description="domains relayed for anyone, to their MX (a backup MX)"
+    )
     smarthost: str | None = Field(
         None, description="send all non-local mail here (HOST or HOST:PORT, a node or a DNS name)"
     )
@@ -530,7 +533,7 @@ class Node(Base):
             raise ValueError(f"unknown role {value!r}; expected one of: {', '.join(ROLES)}")
         return value
 
-    @field_validator("local_domains")
+    @field_validator("local_domains", "relay_domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
         return [check_hostname(v) for v in value]

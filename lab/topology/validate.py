@@ -217,6 +217,28 @@ class _Checker:
         # Without a table (no free address) a name cannot be checked: do not report it.
         return table is None or table.resolves(host)
 
+    def relay_domains(self, name: str, node: Node, table: RecordTable | None) -> None:
+        """A relay domain is somebody else's: not one of the node's own domains, and with
+        mail exchangers (or an address) in the lab's DNS to relay its mail to."""
+        own = {normalise(d) for d in node.local_domains}
+        own |= {normalise(d) for box in node.mailboxes.values() for d in box.domains}
+        for i, domain in enumerate(node.relay_domains):
+            path = ("nodes", name, "relay_domains", i)
+            if normalise(domain) in own:
+                self.add(
+                    path,
+                    f"{domain!r} is delivered here (local_domains or a maildrop's domains);"
+                    " expected a domain this node relays to its mail exchangers",
+                )
+            elif table is not None and not (
+                table.lookup(domain, "MX").values("MX") or table.resolves(domain)
+            ):
+                self.add(
+                    path,
+                    f"{domain!r} has no MX and no address in the lab's DNS, so its mail would"
+                    " have nowhere to go; expected an MX record for it under dns.zones",
+                )
+
     def node(self, name: str, node: Node, table: RecordTable | None) -> None:
         path: PathT = ("nodes", name)
         services = self.services[name]
@@ -226,6 +248,7 @@ class _Checker:
             "users",
             "aliases",
             "relay_from",
+            "relay_domains",
             "smarthost",
             "masquerade",
             "faults",
@@ -253,6 +276,7 @@ class _Checker:
                     f"{item!r} is neither a network of this lab"
                     f" ({', '.join(self.t.networks)}) nor a CIDR such as 10.20.1.0/24",
                 )
+        self.relay_domains(name, node, table)
         local = set(node.users) | set(node.aliases) | {"postmaster"}
         for alias, targets in node.aliases.items():
             for i, target in enumerate(targets):

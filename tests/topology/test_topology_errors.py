@@ -200,8 +200,9 @@ CASES = [
         [
             "bad.yaml:25:5: nodes.hub.smarthst: unknown field 'smarthst'; did you mean"
             " 'smarthost'? (expected one of: role, services, hostname, networks, software,"
-            " config, settings, local_domains, users, aliases, relay_from, smarthost, masquerade,"
-            " policy, retry, faults, mailboxes, fetch, submit_to, submit_port)",
+            " config, settings, local_domains, users, aliases, relay_from, relay_domains,"
+            " smarthost, masquerade, policy, retry, faults, mailboxes, fetch, submit_to,"
+            " submit_port)",
         ],
         id="unknown-node-key",
     ),
@@ -504,6 +505,32 @@ CASES = [
             " (lan, internet) nor a CIDR such as 10.20.1.0/24",
         ],
         id="relay-from-unknown-network",
+    ),
+    pytest.param(
+        change("relay_from: [lan]", "relay_from: [lan]\n    relay_domains: [home.test]"),
+        [
+            "bad.yaml:25:21: nodes.hub.relay_domains[0]: 'home.test' is delivered here"
+            " (local_domains or a maildrop's domains); expected a domain this node relays to"
+            " its mail exchangers",
+        ],
+        id="relay-domain-is-local",
+    ),
+    pytest.param(
+        change("relay_from: [lan]", "relay_from: [lan]\n    relay_domains: [nowhere.test]"),
+        [
+            "bad.yaml:25:21: nodes.hub.relay_domains[0]: 'nowhere.test' has no MX and no"
+            " address in the lab's DNS, so its mail would have nowhere to go; expected an MX"
+            " record for it under dns.zones",
+        ],
+        id="relay-domain-without-mx",
+    ),
+    pytest.param(
+        change("submit_to: hub}", "submit_to: hub, relay_domains: [example.org]}"),
+        [
+            "bad.yaml:40:71: nodes.pc1.relay_domains: relay_domains is an MTA setting but node"
+            " 'pc1' runs no smtp service; expected role: mta, hub or isp",
+        ],
+        id="relay-domain-on-a-non-mta",
     ),
     # networks and addresses
     pytest.param(

@@ -29,7 +29,7 @@ from lab.runtime.clock import Timer
 from lab.services.diskio import DiskWorker
 from lab.services.host import Host, Unreachable
 from lab.services.maildir import MailStore
-from lab.services.mta.nexthop import Hop, hop_key, resolve_hop
+from lab.services.mta.nexthop import Hop, hop_key, loops_back, resolve_hop
 from lab.services.mta.outbound import (
     OutboundSession,
     SessionCache,
@@ -238,7 +238,8 @@ class Delivery:
     async def _deliver_hop(
         self, key: str, items: list[tuple[_Work, list[Recipient]]], claim: Claim
     ) -> None:
-        hop = await resolve_hop(key, self.resolver, self.host.topology)
+        mine = {str(a) for a in self.host.addresses.values()}
+        hop = await resolve_hop(key, self.resolver, self.host.topology, mine)
         if hop.error:
             for item, rcpts in items:
                 self._attempt(item.message, key, hop.error, rcpts)
@@ -262,9 +263,7 @@ class Delivery:
             if not remaining:
                 break
             if address in mine:
-                last_error = Reply(
-                    554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself"
-                )
+                last_error = loops_back(key.partition(":")[2])
                 break
             async with self.outbound:
                 last_error = await self._session(

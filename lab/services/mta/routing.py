@@ -38,6 +38,7 @@ class AddressBook:
             | {self.hostname}
             | {f"[{a}]" for a in addresses}
         )
+        self.relay_domains = {d.lower() for d in node.relay_domains}
         self.users = {u.lower(): u for u in node.users}
         self.aliases = {a.lower(): targets for a, targets in node.aliases.items()}
         self.maildrops = {m.lower(): m for m in node.mailboxes}
