@@ -77,7 +77,8 @@ class AiosmtpdOverrides(SMTP):
       handler's handle_*/auth_* methods with dir() and inspect.getmembers() for every
       connection; answering dir() with just those names (`hook_names`, listed once per
       class; the handler's `__dir__` asks it too) keeps a connection's setup cheap.
-    - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>.
+    - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>, and a
+      syntax error (not aiosmtpd's "500 Error: (IndexError)") for a lone "<".
     - `smtp_DATA`: aiosmtpd's DATA reading whole buffered blocks (`read_data`), with
       `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
     - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
@@ -103,7 +104,10 @@ class AiosmtpdOverrides(SMTP):
         match = _SIMPLE_ADDR.match(arg)
         if match:
             return match.group(1), (match.group(2) or "").strip()
-        return super()._getaddr(arg)
+        try:
+            return super()._getaddr(arg)
+        except IndexError:  # a lone "<": the stdlib's parser runs off its end
+            return None, None
 
     def input_waiting(self) -> bool:
         """A whole command line is already buffered (the client pipelines)."""

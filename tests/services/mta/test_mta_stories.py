@@ -321,7 +321,8 @@ def test_pep_session_without_a_blank_line_keeps_hi_there_in_the_body(
     and the stored message has the blank line there; well-formed messages are untouched."""
     typed = {
         "pep": b"From: Bugs Bunny\r\nTo: Daffy Duck\r\nSubject: Loony Toons!\r\nHi there!\r\n",
-        "folded": b"Subject: a long\r\n\tsubject\r\nX-Name : spaced\r\nbody: text\r\nnot a header\r\n",
+        "folded": b"Subject: a long\r\n\tsubject\r\nX-Name : spaced\r\nbody: text\r\n"
+        b"not a header\r\n",
         "no headers": b"Hi there!\r\nSubject: not a header now\r\n",
         "continuation first": b" indented\r\nSubject: x\r\n",
         "well formed": b"Subject: fine\r\n\r\nbody\r\n",

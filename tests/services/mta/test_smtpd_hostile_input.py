@@ -406,6 +406,24 @@ def test_control_characters_in_a_recipient_are_refused(
     assert mails(lab, "bob") == []
 
 
+# --- a path that is only its opening bracket ------------------------------------------------
+
+
+def test_an_unclosed_angle_bracket_is_a_syntax_error(lab: Lab, wire: Wire) -> None:
+    """`MAIL FROM:<` made the address parser raise (500 Error: (IndexError) ...); it is a
+    malformed address like any other."""
+    with wire(lab, "mx") as s:
+        assert s.reply()[0] == 220
+        assert s.code("EHLO client.example.org") == 250
+        for command in ("MAIL FROM:<", "MAIL FROM: <", "MAIL FROM:<  "):
+            assert s.cmd(command) == (553, ["553 5.1.3 Error: malformed address"])
+        assert s.code("MAIL FROM:<root@example.org>") == 250
+        for command in ("RCPT TO:<", "RCPT TO: <"):
+            assert s.cmd(command) == (553, ["553 5.1.3 Error: malformed address"])
+        assert s.code("RCPT TO:<bob@example.org>") == 250
+        still_answers(lab, s, wire)
+
+
 # --- control characters in HELO and EHLO ----------------------------------------------------------
 
 
