@@ -22,15 +22,15 @@ help: ## Show this help.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,web]'
 	@touch $(STAMP)
 
 setup: $(STAMP) ## Create the virtual environment, install maillab and the tools the tests use.
 	@./scripts/install-tools.sh
 
-lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess) and hold it until Ctrl-C.
+lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess), print its web page URL, hold it until Ctrl-C.
 	$(BIN)/maillab validate $(TOPOLOGY)
-	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND)
+	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND) --ui
 
 lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left running.
 	$(BIN)/maillab down
@@ -42,8 +42,8 @@ unit: $(STAMP) ## Run the tests in process only (no Docker, no linters): the qui
 	$(BIN)/python -m pytest -n $(WORKERS)
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/, lint-imports (the layers).
-	$(BIN)/ruff check lab tests
-	$(BIN)/ruff format --check lab tests
+	$(BIN)/ruff check lab tests bench
+	$(BIN)/ruff format --check lab tests bench
 	$(BIN)/mypy lab
 	$(BIN)/lint-imports
 

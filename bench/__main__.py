@@ -9,6 +9,9 @@ queues (fsync), on loopback; the targets are the project's:
 - queued then flushed:       10,000 messages queued while the link is down, link up, all
                              delivered once (none lost, none doubled), >= 250 msg/s
 - a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB
+- the web dashboard:         an event reaches the open page in <= 200 ms (median), the
+                             page stays responsive with 10,000 events, the API's wait
+                             answers within 50 ms of the event (bench/web.py)
 """
 
 from __future__ import annotations
@@ -399,10 +402,17 @@ def report(results: dict[str, Any], command: str) -> str:
         "- The big lab's sample message (last client to last domain) was"
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
+        *web_report(results),
         *docker_report(results),
         *real_report(results),
     ]
     return "\n".join(lines)
+
+
+def web_report(results: dict[str, Any]) -> list[str]:
+    from bench.web import report as web_figures
+
+    return web_figures(results)
 
 
 def docker_report(results: dict[str, Any]) -> list[str]:
@@ -522,6 +532,11 @@ def main() -> None:
         print("\n".join(real_report(results)))
         return
     results = asyncio.run(run_all(args.quick))
+    from bench.web import run_safely as run_web
+
+    print("web dashboard and API ...", file=sys.stderr)
+    results["web"] = run_web(args.quick)  # outside asyncio.run: the Lab runs its own loop
+    print(results["web"], file=sys.stderr)
     results.update(run_docker(args.quick, cold=not args.no_cold))
     command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
     text = report(results, command)

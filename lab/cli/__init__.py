@@ -4,7 +4,7 @@ Every command has --help; commands whose output is data have --json. Errors mean
 people (LabError) are printed without a traceback and set the exit code.
 
 The commands live by group: topology.py (validate, schema, graph), checks.py (check),
-running.py (up, down, status), acting.py (send, link, flush, fetch, queue, mailbox,
+running.py (up, down, status, ui), acting.py (send, link, flush, fetch, queue, mailbox,
 clock, events, trace), docker.py (shell, exec, logs, gc), images.py (images build,
 list); output.py holds what they share (tables, events, JSON, errors, options).
 """
@@ -38,6 +38,7 @@ for _command in (
     running.up,
     running.down,
     running.status,
+    running.ui,
     docker.gc,
     docker.shell,
     docker.exec_,

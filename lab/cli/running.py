@@ -49,6 +49,17 @@ def print_status(status: dict[str, Any]) -> None:
         click.echo(f"  Try: telnet {host} {port}")
 
 
+def print_ui(info: dict[str, Any]) -> None:
+    click.echo(f"  Web dashboard: {info['url']}")
+    click.echo(f"  HTTP API: {info['openapi']} (header X-Maillab-Token: {info['token']})")
+    if info["host"] not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(
+            f"  warning: the dashboard listens on {info['host']}, not only on this machine;"
+            " anyone who has the URL can drive the lab",
+            err=True,
+        )
+
+
 def choose_backend(backend: str, topology: Topology | None = None) -> str:
     """`auto`: Docker when an engine answers, in-process otherwise; says which. A topology
     that names real software (postfix, ...) needs Docker: without an engine that is an
@@ -100,13 +111,26 @@ def choose_backend(backend: str, topology: Topology | None = None) -> str:
 )
 @click.option("--name", help="Name of this lab (default: the topology's name).")
 @click.option("-d", "--detach", is_flag=True, help="Leave the lab running in the background.")
+@click.option("--ui", is_flag=True, help="Serve the web dashboard and HTTP API; print its URL.")
+@click.option("--ui-host", default="127.0.0.1", show_default=True, help="Where --ui listens.")
+@click.option("--ui-port", default=0, type=int, help="The port --ui listens on (default: any).")
 @json_option
 @friendly
-def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) -> None:
+def up(
+    file: Path,
+    backend: str,
+    name: str | None,
+    detach: bool,
+    ui: bool,
+    ui_host: str,
+    ui_port: int,
+    as_json: bool,
+) -> None:
     """Bring up the lab of FILE, print its endpoints, and hold it until Ctrl-C.
 
     A person on this machine who connects to an endpoint is seen by the lab as the
     topology's operator (a LAN client), so the seed articles' telnet sessions work.
+    With --ui, the lab's web page and HTTP API are served too (docs/ui.md).
     """
     from lab.harness.control import ControlServer, find_lab, registry_dir, request, running_labs
     from lab.topology import load
@@ -136,6 +160,7 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
                     backend,
                     "--name",
                     name,
+                    *(["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)] if ui else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -149,10 +174,14 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
             time.sleep(0.05)
         find_lab(name)
         status = request(name, "status")
+        if ui:
+            status["ui"] = request(name, "ui", host=ui_host, port=ui_port)
         if as_json:
             emit_json(status)
         else:
             print_status(status)
+            if ui:
+                print_ui(status["ui"])
             click.echo(
                 f"  Running in the background (pid {proc.pid}); `maillab down --lab {name}`"
                 " stops it."
@@ -162,6 +191,8 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     import signal
 
     from lab.harness.lab import Lab
+    from lab.protocols.wire import LabOp
+    from lab.web import LabUi
 
     def terminate(*_: object) -> None:
         raise KeyboardInterrupt
@@ -176,14 +207,19 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
     lab = Lab.up(topology, backend=backend, source=file, **options)
     if progress is not None:
         progress.clear()  # the status table starts on a line of its own
-    server = ControlServer(lab, name, file)
+    web = LabUi(lab, name)
+    server = ControlServer(lab, name, file, {LabOp.UI: web.start})
     try:
         lab.run(server.start())
         status = lab.status()
+        if ui:
+            status["ui"] = lab.run(web.start(ui_host, ui_port))
         if as_json:
             emit_json(status)
         else:
             print_status(status)
+            if ui:
+                print_ui(status["ui"])
             click.echo("  Press Ctrl-C to stop the lab.")
         sys.stdout.flush()
         assert server.stopped is not None
@@ -193,6 +229,7 @@ def up(file: Path, backend: str, name: str | None, detach: bool, as_json: bool) 
         click.echo("\nstopping")
     finally:
         try:
+            lab.run(web.stop())
             lab.run(server.close())
         finally:
             lab.down()
@@ -217,6 +254,32 @@ def down(lab_name: str | None) -> None:
     ):
         time.sleep(0.05)
     click.echo(f"lab {info['name']!r} is down")
+
+
+@click.command()
+@lab_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Where to listen.")
+@click.option("--port", default=0, type=int, help="The port to listen on (default: any).")
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in a browser.")
+@json_option
+@friendly
+def ui(lab_name: str | None, host: str, port: int, open_browser: bool, as_json: bool) -> None:
+    """Serve a running lab's web dashboard and HTTP API, and print the page's URL.
+
+    The lab's own process serves them (on either backend) until the lab stops; asking
+    again prints the same URL.
+    """
+    from lab.harness.control import request
+
+    info = request(lab_name, "ui", host=host, port=port)
+    if as_json:
+        emit_json(info)
+        return
+    print_ui(info)
+    if open_browser:
+        import webbrowser
+
+        webbrowser.open(info["url"])
 
 
 @click.command()

@@ -103,7 +103,13 @@ def request(name: str | None, op: LabOp | str, timeout: float = 600.0, **args: A
 class ControlServer:
     """Serves requests for one lab, on the lab's own event loop."""
 
-    def __init__(self, lab: Any, name: str, source: Path | None):
+    def __init__(
+        self,
+        lab: Any,
+        name: str,
+        source: Path | None,
+        extra_ops: dict[str, Handler] | None = None,
+    ):
         self.lab = lab
         self.backend = lab.backend
         self.name = name
@@ -127,6 +133,8 @@ class ControlServer:
             LabOp.DOWN: self._down,
             LabOp.DNS: self._dns,
         }
+        # what the layers above add (the CLI: LabOp.UI, which starts the web server)
+        self.ops.update(extra_ops or {})
 
     async def start(self) -> None:
         if self.name in running_labs():

@@ -62,6 +62,7 @@ class LabOp(StrEnum):
     EVENTS = "events"
     TRACE = "trace"
     DNS = "dns"
+    UI = "ui"
     DOWN = "down"
 
 

@@ -49,9 +49,15 @@ class HostServices:
         durable: bool = True,
         addresses: Addresses | None = None,
         builtin_smtp: bool = True,
+        builtin_fetch: bool = True,
+        builtin_pop3: bool = True,
+        mail_owner: tuple[int, int] | None = None,
     ):
         self.host = host
         self.builtin_smtp = builtin_smtp  # False: a real MTA is the SMTP service (Docker)
+        self.builtin_fetch = builtin_fetch  # False: fetchmail is the fetch service (Docker)
+        self.builtin_pop3 = builtin_pop3  # False: a real server (Dovecot) is POP3 (Docker)
+        self.mail_owner = mail_owner  # who the Maildirs belong to (that server's uid, gid)
         self.records = records
         self.connect_timeout = connect_timeout
         self.dns_timeout = dns_timeout
@@ -86,11 +92,12 @@ class HostServices:
                 connect_timeout=self.connect_timeout,
                 durable=self.durable,
             )
+            self.mta.store.owner = self.mail_owner
             await self.mta.start()
-        if Service.pop3 in self.services:
+        if Service.pop3 in self.services and self.builtin_pop3:
             self.pop3 = Pop3Service(host, self.mta)
             await self.pop3.start()
-        if Service.fetch in self.services:
+        if Service.fetch in self.services and self.builtin_fetch:
             self.fetcher = FetchService(
                 host,
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),

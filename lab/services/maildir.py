@@ -28,6 +28,9 @@ class MailStore:
         self.durable = durable
         self.root.mkdir(parents=True, exist_ok=True)
         self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
+        # (uid, gid) the Maildirs and messages are given to, when a real POP3 server that
+        # runs as that user reads them (Dovecot on the Docker backend); None: the writer's
+        self.owner: tuple[int, int] | None = None
         self._new: dict[str, Path] = {}  # user -> their new/ directory
 
     def path(self, user: str) -> Path:
@@ -39,6 +42,9 @@ class MailStore:
         if box not in self._made:
             for sub in ("tmp", "new", "cur"):
                 (box / sub).mkdir(parents=True, exist_ok=True)
+            if self.owner is not None:
+                for path in (box, box / "tmp", box / "new", box / "cur"):
+                    os.chown(path, *self.owner)
             self._made.add(box)
         return box
 
@@ -72,6 +78,8 @@ class MailStore:
             box = self._ensure(user)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
+            if self.owner is not None:
+                os.fchown(fd, *self.owner)
             view = memoryview(content)
             while view:
                 view = view[os.write(fd, view) :]

@@ -1,6 +1,9 @@
 """The lab's certificate authority: one CA per lab, a certificate per host name.
 
 STARTTLS between lab hosts is real TLS, verified against this CA (trustme makes it).
+Every certificate names its host in subjectAltName and, as its Subject CN, the first of
+its names: fetchmail 6.4 refuses a certificate without a CN ("Server name not specified
+in certificate!") before it reads the subjectAltName.
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ class LabCA:
     def ca_pem(self) -> bytes:
         return self._ca.cert_pem.bytes()
 
+    def _issue(self, *identities: str) -> trustme.LeafCert:
+        """A certificate for `identities`, the first of them its Subject CN too."""
+        return self._ca.issue_cert(*identities, common_name=identities[0])
+
     def server_context(self, hostname: str) -> ssl.SSLContext:
         if hostname not in self._contexts:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            self._ca.issue_cert(hostname).configure_cert(ctx)
+            self._issue(hostname).configure_cert(ctx)
             self._contexts[hostname] = ctx
         return self._contexts[hostname]
 
@@ -50,7 +57,7 @@ class LabCA:
         directory.mkdir(parents=True, exist_ok=True)
         chain = directory / "chain.pem"
         chain.touch(mode=0o600)
-        self._ca.issue_cert(*identities).private_key_and_cert_chain_pem.write_to_path(str(chain))
+        self._issue(*identities).private_key_and_cert_chain_pem.write_to_path(str(chain))
         ca = directory / "ca.pem"
         self._ca.cert_pem.write_to_path(str(ca))
         return chain, ca

@@ -8,7 +8,7 @@ derived from the enum here, and a name without an entry fails at import.
 
 One module per software. lab/software/builtin.py is the built-in software's entry: it runs
 on every backend. The real programs are devices under test that run inside containers;
-each gets its module here (postfix.py, ...) holding its entry and its adapter for the
+each gets its module here (postfix.py, dovecot.py, ...) holding its entry and its adapter for the
 Docker backend: render its configuration, drive it, turn its logs into events. A real
 program the Docker backend does not run yet (not in `ON_DOCKER`) is refused there with
 "not available yet"; the in-process backend runs the built-in software only.
@@ -42,7 +42,9 @@ if _MISSING:
 SOFTWARE: dict[str, str] = {software.value: _DESCRIPTIONS[software] for software in Software}
 
 # The real programs the Docker backend runs in this version (the others are planned).
-ON_DOCKER: frozenset[Software] = frozenset({Software.postfix})
+ON_DOCKER: frozenset[Software] = frozenset(
+    {Software.postfix, Software.exim, Software.dovecot, Software.fetchmail}
+)
 
 # Backends that run the built-in software only.
 BUILTIN_ONLY_BACKENDS = {"inprocess"}
@@ -72,28 +74,34 @@ def check_supported(
             " only; use --backend docker (or --backend auto)"
         )
     if name not in ON_DOCKER:
-        runs = ", ".join(sorted(s.value for s in ON_DOCKER))
+        names = ["builtin", *sorted(s.value for s in ON_DOCKER)]
+        runs = f"{', '.join(names[:-1])} and {names[-1]}"
         raise LabError(
             f"{what} is not available yet in this version: the {backend} backend runs"
-            f" builtin and {runs} only; use software: builtin for {service.value}"
+            f" {runs} only; use software: builtin for {service.value}"
         )
 
 
 def check_fields(name: str, node: Node) -> None:
     """Raise a LabError naming the node's fields its real software cannot honour (a
     user's own configuration says for itself what it does: nothing is checked then)."""
-    if (
-        node.software_for(Service.smtp) is Software.postfix
-        and node.config_for(Service.smtp) is None
-    ):
+    software = node.software_for(Service.smtp)
+    if node.config_for(Service.smtp) is not None:
+        return
+    problems: list[str] = []
+    if software is Software.postfix:
         from lab.software.postfix import unsupported
 
         problems = unsupported(node)
-        if problems:
-            raise LabError(
-                f"node {name!r} runs postfix, which cannot do what its fields ask:\n  "
-                + "\n  ".join(problems)
-            )
+    elif software is Software.exim:
+        from lab.software import exim
+
+        problems = exim.unsupported(node)
+    if problems:
+        raise LabError(
+            f"node {name!r} runs {software.value}, which cannot do what its fields ask:\n  "
+            + "\n  ".join(problems)
+        )
 
 
 def check_node(name: str, node: Node, backend: str) -> None:

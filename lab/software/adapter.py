@@ -10,6 +10,13 @@ read its queue listing and its log. One module per software implements it
 The lab clock reaches the daemon through libfaketime: the agent keeps an offset file
 (`FAKETIME_TIMESTAMP_FILE`) holding the host's clock offset, and the adapter says which
 environment the daemon needs for it (`environment`).
+
+Optional methods, for a daemon that is not Postfix-like (Exim, lab/software/exim.py), read
+by the agent with getattr: `log_path()` (a file all the daemon's processes log to: the
+agent makes it a FIFO and reads it), `due_command()` + `parse_due(output)` (the lab times
+deferred mail is due, from the daemon's own records) with `run_queue_command()` (one
+queue run that tries what is due), and `busy(daemon_pid)` (the daemon's processes at
+work, where no directory shows it).
 """
 
 from __future__ import annotations

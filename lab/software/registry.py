@@ -1,15 +1,20 @@
-"""Which adapter drives a node's SMTP software, and which image it runs in.
+"""Which adapter drives a node's SMTP software (and its other real servers), and which
+image it runs in.
 
-The table of real MTAs that run today: one adapter module each (lab/software/postfix.py).
-The built-in MTA has no adapter: the agent runs it as one of the host's services.
+The table of real programs that run today: one adapter module each (lab/software/
+postfix.py, lab/software/dovecot.py). The built-in software has no adapter: the agent
+runs it as the host's services.
 """
 
 from __future__ import annotations
 
 from lab.software import real_software
 from lab.software.adapter import MtaAdapter
+from lab.software.dovecot import DovecotAdapter
+from lab.software.exim import EximAdapter
 from lab.software.postfix import PostfixAdapter
-from lab.topology.model import Node, Software
+from lab.software.server import ServerAdapter
+from lab.topology.model import Node, Service, Software
 
 # The image family (images/FAMILY/Dockerfile) each real program is installed by.
 FAMILY: dict[Software, str] = {
@@ -25,6 +30,8 @@ def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter 
     """The adapter of a real MTA; None for the built-in one."""
     if software is Software.postfix:
         return PostfixAdapter(connect_timeout)
+    if software is Software.exim:
+        return EximAdapter(connect_timeout)
     if software is Software.builtin:
         return None
     raise LookupError(f"no adapter for software {software.value!r} yet")
@@ -33,3 +40,15 @@ def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter 
 def image_families(node: Node) -> tuple[str, ...]:
     """The image families of the real programs the node runs (none: the node image)."""
     return tuple(dict.fromkeys(FAMILY[software] for software in real_software(node).values()))
+
+
+def server_adapters(
+    node: Node, configs: dict[str, str | None] | None = None
+) -> dict[Service, ServerAdapter]:
+    """The real servers of the node's services other than SMTP (Dovecot for pop3), each
+    with the text of the node's own configuration for it (`configs`: service -> text)."""
+    configs = configs or {}
+    found: dict[Service, ServerAdapter] = {}
+    if Service.pop3 in node.service_set() and node.software_for(Service.pop3) is Software.dovecot:
+        found[Service.pop3] = DovecotAdapter(configs.get(Service.pop3.value))
+    return found

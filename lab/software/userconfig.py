@@ -55,3 +55,10 @@ def node_config_files(node: Node) -> dict[str, dict[str, str]]:
 
 def config_files_for(plan: dict[str, dict[str, str]], service: Service) -> dict[str, str]:
     return dict(plan.get(service.value, {}))
+
+
+def config_file_text(plan: dict[str, dict[str, str]], service: Service) -> str | None:
+    """The text of the user's one configuration file for `service` (a dovecot.conf, a
+    .fetchmailrc), or None when the node gives none."""
+    files = plan.get(service.value)
+    return next(iter(files.values())) if files else None

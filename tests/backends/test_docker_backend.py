@@ -392,11 +392,11 @@ def test_real_mta_software_is_refused_clearly_for_now(lab_factory: Callable[...,
     from lab.topology.software import ServiceSoftware, Software
 
     topology = load(LG45).model
-    topology.nodes["heaven"].software = ServiceSoftware(smtp=Software.exim)
+    topology.nodes["heaven"].software = ServiceSoftware(smtp=Software.sendmail)
     with pytest.raises(LabError) as excinfo:
         lab_factory(topology)
     assert str(excinfo.value) == (
-        "node 'heaven': smtp software 'exim' (Exim 4, in a container (Docker backend)) is not"
-        " available yet in this version: the docker backend runs builtin and postfix only;"
-        " use software: builtin for smtp"
+        "node 'heaven': smtp software 'sendmail' (sendmail, in a container (Docker backend))"
+        " is not available yet in this version: the docker backend runs builtin and exim,"
+        " postfix only; use software: builtin for smtp"
     )

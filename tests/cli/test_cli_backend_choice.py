@@ -100,8 +100,10 @@ def test_auto_without_engine_for_real_software_is_an_error(
 
 def test_auto_refuses_software_docker_does_not_run_yet(engine: types.SimpleNamespace) -> None:
     engine.answers = True
-    topology = load_text(world("    software: exim\n"), "t.yaml").model
-    with pytest.raises(LabError, match=r"^node 'mx': smtp software 'exim' .* not available yet"):
+    topology = load_text(world("    software: sendmail\n"), "t.yaml").model
+    with pytest.raises(
+        LabError, match=r"^node 'mx': smtp software 'sendmail' .* not available yet"
+    ):
         choose_backend("auto", topology)
 
 

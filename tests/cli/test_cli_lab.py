@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from unittest.mock import ANY
 
 import pytest
 from conftest import SmtpWire
@@ -428,7 +429,7 @@ def test_telnet_from_this_machine_is_seen_as_the_operator(
     assert "127.0.0.1" not in raw
     connects = maillab.ok("events", "--kind", "smtp.connect", "--json").out.splitlines()
     at_hub = [json.loads(line)["data"] for line in connects if '"node": "hub"' in line]
-    assert at_hub[0] == {"peer": "192.168.10.11", "local": "192.168.10.1"}
+    assert at_hub[0] == {"peer": "192.168.10.11", "local": "192.168.10.1", "session": ANY}
 
 
 # --- mistakes, and commands without a lab ---------------------------------------------------

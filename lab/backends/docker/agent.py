@@ -29,7 +29,9 @@ import dns.asyncquery
 import dns.message
 
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
+from lab.backends.docker.fetchrun import Fetchmail
 from lab.backends.docker.net import RealNet
+from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
 from lab.protocols.wire import AgentOp, Handler, LinkState
@@ -39,10 +41,10 @@ from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import HostServices
 from lab.services.tls import LabCA
 from lab.software.adapter import RenderContext, smtp_software
-from lab.software.registry import adapter_for
-from lab.software.userconfig import config_files_for
+from lab.software.registry import adapter_for, server_adapters
+from lab.software.userconfig import config_file_text, config_files_for
 from lab.topology.addressing import assign_addresses, hostname_of
-from lab.topology.model import Service, Topology
+from lab.topology.model import Service, Software, Topology
 from lab.topology.records import RecordTable
 
 log = logging.getLogger("maillab.node")
@@ -68,6 +70,8 @@ class Agent:
         self.capture = False  # send queued messages' content with their queue.queued events
         self.services: HostServices | None = None
         self.real: RealMta | None = None  # the node's SMTP service when it is a real MTA
+        self.fetchmail: Fetchmail | None = None  # the node's fetch service when fetchmail
+        self.servers: list[RealServer] = []  # its other real servers (Dovecot for pop3)
         self.host: Host | None = None
         self.connected = asyncio.Event()
         self.done = asyncio.Event()
@@ -82,7 +86,7 @@ class Agent:
             AgentOp.SUBMIT: self.submit,
             AgentOp.LINK: self.set_link,
             AgentOp.FLUSH: self.flush,
-            AgentOp.FETCH: self._services("fetch"),
+            AgentOp.FETCH: self.fetch,
             AgentOp.QUEUE: self.queue,
             AgentOp.QUEUE_CONTENT: self.queue_content,
             AgentOp.CAPTURE: self.capture_queued,
@@ -158,6 +162,11 @@ class Agent:
         )
         node = self.topology.nodes[self.name]
         adapter = adapter_for(smtp_software(node), float(self.spec.get("connect_timeout", 3.0)))
+        plan = self.me.get("config", {})
+        servers = server_adapters(
+            node, {s.value: config_file_text(plan, s) for s in (Service.pop3,)}
+        )
+        mail_uid = RenderContext.uid, RenderContext.gid  # a real server reads the Maildirs
         self.services = HostServices(
             self.host,
             self.records,
@@ -166,10 +175,13 @@ class Agent:
             durable=bool(self.spec.get("durable", True)),
             addresses=self.addresses,
             builtin_smtp=adapter is None,
+            builtin_fetch=node.software_for(Service.fetch) is not Software.fetchmail,
+            builtin_pop3=Service.pop3 not in servers,
+            mail_owner=mail_uid if servers else None,
         )
         await net.apply_links()
         await self.services.start_dns()
-        if adapter is not None:
+        if adapter is not None or servers:
             tls_chain, tls_ca = self._tls_files()
             ctx = RenderContext(
                 name=self.name,
@@ -180,11 +192,23 @@ class Agent:
                 mail_root=str(self.state_dir / "mail"),
                 tls_chain=tls_chain,
                 tls_ca=tls_ca,
-                config_files=config_files_for(self.me.get("config", {}), Service.smtp),
+                config_files=config_files_for(plan, Service.smtp),
             )
-            self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
-            await self.real.start()
+            if adapter is not None:
+                self.real = RealMta(adapter, ctx, self.host, self.runtime_dir)
+                await self.real.start()
+            for server_adapter in servers.values():
+                self.servers.append(RealServer(server_adapter, ctx, self.host))
+                await self.servers[-1].start()
         await self.services.start_others()
+        self.fetchmail = await Fetchmail.start_for(
+            self.host,
+            self.records,
+            self.runtime_dir,
+            self.services.link_up,
+            # the user's own .fetchmailrc (config: {fetch: FILE}), carried in the plan
+            config_file_text(plan, Service.fetch),
+        )
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
                 await asyncio.start_server(
@@ -309,6 +333,10 @@ class Agent:
     def _busy(self, quiet: float = QUIET) -> bool:
         if self.real is not None and self.real.busy(quiet):
             return True
+        if self.fetchmail is not None and self.fetchmail.busy():
+            return True
+        if any(server.busy() for server in self.servers):
+            return True
         return self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
@@ -316,7 +344,7 @@ class Agent:
         pending = self.clock.pending()
         due = [pending[0].when] if pending else []
         if self.real is not None:
-            real_due = self.real.next_due()
+            real_due = await self.real.next_due()
             if real_due is not None:
                 due.append(max(real_due, self.clock.time()))
         return min(due) if due else None
@@ -358,6 +386,11 @@ class Agent:
 
     # a real MTA's host answers these from its daemon --------------------------------------
 
+    async def fetch(self) -> int:
+        if self.fetchmail is not None:
+            return await self.fetchmail.run_all()
+        return int(await self._need().fetch())
+
     async def flush(self) -> int:
         if self.real is not None:
             return await self.real.flush()
@@ -377,11 +410,14 @@ class Agent:
         """As every host; a real MTA's own TCP connections on the link's address are cut
         too (ss -K), as the agent cuts its own."""
         cut = int(await self._need().set_link(link=link, state=state))
+        if self.fetchmail is not None:  # fetchmail polls while the links are up
+            self.fetchmail.link_changed()
         spec = self.topology.links.get(link)
-        if self.real is not None and spec is not None and state == LinkState.DOWN:
+        runner = self.real or next(iter(self.servers), None)
+        if runner is not None and spec is not None and state == LinkState.DOWN:
             address = self.addresses[self.name].get(spec.network)
             if address is not None:
-                out = await self.real.run(
+                out = await runner.run(
                     ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
                 )
                 cut += len([line for line in out.splitlines() if line.strip()])
@@ -400,8 +436,12 @@ class Agent:
             await self.settle(timeout=5.0)
             await self.clock.stop()
             await self.services.stop()
+            if self.fetchmail is not None:
+                await self.fetchmail.stop()
             if self.real is not None:
                 await self.real.stop()
+            for real_server in self.servers:
+                await real_server.stop()
             if self.host is not None:
                 await self.host.net.close()
         for server in self.forwarders:

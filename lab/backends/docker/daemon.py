@@ -8,6 +8,14 @@ line goes on to the container's log, `maillab logs NODE`, and becomes the lab's 
 through the adapter's log reader), restarts it when it dies (a `daemon.exited` event),
 and stops it when the host stops. flush, queue, content and mailbox go to the daemon's
 own tools and Maildirs.
+
+Two adapter methods are optional, for daemons that are not Postfix-like: `log_path()`
+names a file every one of the daemon's processes logs to (Exim): the agent makes it a
+FIFO and reads it as it reads standard output; `due_command()`, `parse_due()` and
+`run_queue_command()` give the due times of deferred mail from the daemon's own records
+(Exim's retry hints) and one queue run that tries what is due, instead of the deferred
+queue's file times and one retry command per message. `busy(daemon_pid)` says whether
+the daemon's processes are at work, when no directory shows it.
 """
 
 from __future__ import annotations
@@ -51,6 +59,9 @@ class RealMta:
         self.last_line = 0.0  # loop time of the last log line
         self.probing = False  # readiness probes: their log lines make no events
         self.keys: dict[str, set[str]] = {}  # user -> Maildir keys already reported
+        self.log_task: asyncio.Task[None] | None = None
+        self.log_keep: int | None = None  # a writer of the log FIFO: no EOF between writers
+        self.queue_ran_at: float | None = None  # lab time of the last due queue run
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -59,11 +70,47 @@ class RealMta:
             target = Path(path)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(text)
+        await self._follow_log()
         for command in self.adapter.prepare_commands(self.ctx):
             await self.run(command)
         self.set_offset(self.host.clock.offset)
         await self._spawn()
         await self.ready()
+
+    async def _follow_log(self) -> None:
+        """The adapter's log file, when it names one: a FIFO read line by line."""
+        path_of = getattr(self.adapter, "log_path", None)
+        path = path_of() if path_of is not None else None
+        if not path:
+            return
+        fifo = Path(path)
+        fifo.parent.mkdir(parents=True, exist_ok=True)
+        if fifo.exists() or fifo.is_symlink():
+            fifo.unlink()
+        os.mkfifo(fifo, 0o666)
+        os.chmod(fifo, 0o666)  # the daemon's processes write it as its own user
+        fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        self.log_keep = os.open(fifo, os.O_WRONLY)
+        reader = asyncio.StreamReader(limit=1 << 20)
+        loop = asyncio.get_running_loop()
+        await loop.connect_read_pipe(
+            lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(fd, "rb", 0)
+        )
+
+        async def follow() -> None:
+            while line := await reader.readline():
+                self._line(line)
+
+        self.log_task = loop.create_task(follow())
+
+    def _line(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\n")
+        sys.stderr.write(text + "\n")  # the container's log: `maillab logs NODE`
+        self.last_line = asyncio.get_running_loop().time()
+        try:
+            self._events(text)
+        except Exception as exc:  # a line we misread is no reason to stop reading
+            log.error("reading the log line %r: %s", text, exc)
 
     async def _spawn(self) -> None:
         env = dict(os.environ)
@@ -102,15 +149,8 @@ class RealMta:
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
-        loop = asyncio.get_running_loop()
         while line := await proc.stdout.readline():
-            text = line.decode("utf-8", "replace").rstrip("\n")
-            sys.stderr.write(text + "\n")  # the container's log: `maillab logs NODE`
-            self.last_line = loop.time()
-            try:
-                self._events(text)
-            except Exception as exc:  # a line we misread is no reason to stop reading
-                log.error("reading the log line %r: %s", text, exc)
+            self._line(line)
         code = await proc.wait()
         if self.stopping:
             return
@@ -172,6 +212,12 @@ class RealMta:
         if self.watcher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.watcher, 2)
+        if self.log_keep is not None:
+            os.close(self.log_keep)  # the last writer gone: the reader ends at EOF
+            self.log_keep = None
+            if self.log_task is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.log_task, 2)
 
     # the clock ---------------------------------------------------------------------------
 
@@ -196,15 +242,35 @@ class RealMta:
                             found[entry.name] = entry.stat().st_mtime
         return found
 
-    def next_due(self) -> float | None:
+    async def due_times(self) -> list[float]:
+        """When the daemon will try deferred mail again, from its own records (the
+        adapter's due_command), skipping what the last due queue run left due."""
+        command = getattr(self.adapter, "due_command", None)
+        if command is None:
+            return sorted(self.deferred().values())
+        out = await self.run(command(), check=False)
+        due: list[float] = self.adapter.parse_due(out)  # type: ignore[attr-defined]
+        ran = self.queue_ran_at
+        return [when for when in due if ran is None or when > ran + 0.001]
+
+    async def next_due(self) -> float | None:
         """The earliest lab time the daemon will try a deferred message again."""
-        due = self.deferred().values()
+        due = await self.due_times()
         return min(due) if due else None
 
     async def run_due(self, now: float) -> int:
         """Try each deferred message due by `now` (the offset moved there) and wait until
         each was tried: its result is in the log and it is out of the daemon's hands
         (deferred again to a later time, or gone: delivered, bounced)."""
+        run_queue = getattr(self.adapter, "run_queue_command", None)
+        if run_queue is not None:  # one queue run tries all that is due, then returns
+            due_times = [when for when in await self.due_times() if when <= now + 0.001]
+            if not due_times:
+                return 0
+            self.queue_ran_at = now
+            await self.run(run_queue(), check=False)
+            await self.settle(10.0, quiet=QUICK)
+            return len(due_times)
         due = {qid: when for qid, when in self.deferred().items() if when <= now + 0.001}
         if not due:
             return 0
@@ -259,7 +325,7 @@ class RealMta:
         return count
 
     async def content(self, queue_id: str) -> bytes:
-        if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
+        if not re.fullmatch(r"[0-9A-Za-z]+(?:-[0-9A-Za-z]+)*", queue_id):
             raise LabError(f"no message {queue_id!r} in the queue")
         out = await self.run(self.adapter.content_command(queue_id), check=False)
         if not out:
@@ -270,7 +336,7 @@ class RealMta:
         out = []
         for key in self.store.keys(user):
             raw = self.store.read(user, key)
-            match = re.match(rb"Return-Path: <([^>]*)>", raw)
+            match = re.match(rb"(?i)Return-Path: <([^>]*)>", raw)
             out.append(
                 {
                     "id": key,
@@ -284,6 +350,9 @@ class RealMta:
         """Messages under way (incoming, active), or a log line less than `quiet` s ago."""
         loop = asyncio.get_running_loop()
         if loop.time() - self.last_line < quiet:
+            return True
+        at_work = getattr(self.adapter, "busy", None)
+        if at_work is not None and at_work(self.proc.pid if self.proc is not None else None):
             return True
         for path in self.adapter.busy_paths():
             with contextlib.suppress(OSError):

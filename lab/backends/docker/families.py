@@ -29,6 +29,7 @@ from lab.progress import Progress, ProgressLike, as_progress
 
 FAMILIES: dict[str, str] = {
     "postfix": "images/postfix/Dockerfile",
+    "exim": "images/exim/Dockerfile",  # conflicts with postfix: a node runs one MTA
     "dovecot": "images/dovecot/Dockerfile",
     "fetchmail": "images/fetchmail/Dockerfile",
 }

@@ -1,6 +1,5 @@
-"""aiosmtpd's own replies as the built-in MTA gives them: with the RFC 3463 enhanced status
-codes the server advertises (ENHANCEDSTATUSCODES), and the stage of a refusal that a
-policy of ours would otherwise have reported (an event says which)."""
+"""aiosmtpd's own replies as the lab's SMTP server sends them: with the RFC 3463 enhanced
+status codes it advertises (ENHANCEDSTATUSCODES)."""
 
 from __future__ import annotations
 
@@ -8,6 +7,9 @@ import re
 
 from lab.protocols import smtp as codes
 
+# aiosmtpd's own replies, given the RFC 3463 enhanced status codes that the server
+# advertises with ENHANCEDSTATUSCODES; the second item names the stage of a refusal
+# that a policy of ours would otherwise have reported.
 _AIOSMTPD_REPLIES: dict[str, tuple[str, str | None]] = {
     "552 Error: message size exceeds fixed maximum message size": (codes.MESSAGE_TOO_BIG, "mail"),
     "552 Error: Too much mail data": (codes.MESSAGE_TOO_BIG, "data"),

@@ -14,6 +14,7 @@ the MTA as `frontend.Mta`.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Callable
 from typing import Any, ClassVar
@@ -206,14 +207,19 @@ class AiosmtpdOverrides(SMTP):
 read_data = AiosmtpdOverrides.read_data
 
 
+_SESSIONS = itertools.count(1)  # numbers the connections of this process
+
+
 class LabSMTP(AiosmtpdOverrides):
-    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults."""
+    """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults;
+    its smtp.* events carry `session`, so a trace can tell one message's dialogue."""
 
     line_length_limit = LINE_LENGTH_LIMIT
 
     def __init__(self, handler: Handler, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.lab = handler
+        self.session_no = next(_SESSIONS)
         self.lab_peer: tuple[str, int] | None = None
         self.lab_local = ""
         self.rdns: str | None = None
@@ -227,13 +233,14 @@ class LabSMTP(AiosmtpdOverrides):
             self.lab_peer, self.lab_local = (peer, port), local
             fault = self.lab.fault("connect", None)
             if fault is not None:
-                self.lab.emit("smtp.connect", peer=peer, fault=fault.reply or "disconnect")
+                reply = fault.reply or "disconnect"
+                self.lab.emit("smtp.connect", peer=peer, fault=reply, session=self.session_no)
                 if fault.reply:
                     assert isinstance(transport, asyncio.WriteTransport)
                     transport.write(f"{fault.reply}\r\n".encode())
                 transport.close()
                 return
-            self.lab.emit("smtp.connect", peer=peer, local=local)
+            self.lab.emit("smtp.connect", peer=peer, local=local, session=self.session_no)
         super().connection_made(transport)
         assert self.session is not None
         # aiosmtpd annotates Session.peer as `str | None` but keeps the peername tuple there
@@ -260,6 +267,7 @@ class LabSMTP(AiosmtpdOverrides):
         self.lab.emit(
             "smtp.reply",
             peer=self.lab_peer[0] if self.lab_peer else "?",
+            session=self.session_no,
             reply=lines[0] if len(lines) == 1 else "\n".join(lines),
         )
         # PIPELINING (RFC 2920): while the client's next commands are already here, hold
@@ -279,7 +287,7 @@ class LabSMTP(AiosmtpdOverrides):
             await self.push(line)
 
     async def smtp_EXPN(self, arg: str) -> None:
-        self.lab.command("EXPN", arg)
+        self.lab.command("EXPN", arg, self.session_no)
         if self.lab.policy.expn == 502 or not arg:
             await self.push(codes.EXPN_DISABLED if arg else "501 5.5.4 Syntax: EXPN <list>")
             return
@@ -294,7 +302,7 @@ class LabSMTP(AiosmtpdOverrides):
             await self.push(f"250{sep}2.1.5 <{dest.address}>")
 
     async def smtp_MAIL(self, arg: str | None) -> None:
-        self.lab.command("MAIL", arg)
+        self.lab.command("MAIL", arg, self.session_no)
         if arg and _CONTROL_IN_LINE.search(arg):  # aiosmtpd's parser would fold a CR away
             await self.push("501 5.1.7 Bad sender address syntax")
             return
@@ -304,7 +312,7 @@ class LabSMTP(AiosmtpdOverrides):
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        self.lab.command("RCPT", arg)
+        self.lab.command("RCPT", arg, self.session_no)
         if arg and _CONTROL_IN_LINE.search(arg):
             await self.push("501 5.1.3 Bad recipient address syntax")
             return
@@ -312,37 +320,37 @@ class LabSMTP(AiosmtpdOverrides):
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
-        self.lab.command("DATA", arg)
+        self.lab.command("DATA", arg, self.session_no)
         await super().smtp_DATA(arg)
 
     async def smtp_HELO(self, hostname: str) -> None:
-        self.lab.command("HELO", hostname)
+        self.lab.command("HELO", hostname, self.session_no)
         if hostname and _CONTROL.search(hostname):  # it would go into Received: as it is
             await self.push(HELO_REFUSED)
             return
         await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:
-        self.lab.command("EHLO", hostname)
+        self.lab.command("EHLO", hostname, self.session_no)
         if hostname and _CONTROL.search(hostname):
             await self.push(HELO_REFUSED)
             return
         await super().smtp_EHLO(hostname)
 
     async def smtp_VRFY(self, arg: str) -> None:
-        self.lab.command("VRFY", arg)
+        self.lab.command("VRFY", arg, self.session_no)
         await super().smtp_VRFY(arg)
 
     async def smtp_QUIT(self, arg: str) -> None:
-        self.lab.command("QUIT", arg)
+        self.lab.command("QUIT", arg, self.session_no)
         await super().smtp_QUIT(arg)
 
     async def smtp_RSET(self, arg: str) -> None:
-        self.lab.command("RSET", arg)
+        self.lab.command("RSET", arg, self.session_no)
         await super().smtp_RSET(arg)
 
     async def smtp_STARTTLS(self, arg: str) -> None:
-        self.lab.command("STARTTLS", arg)
+        self.lab.command("STARTTLS", arg, self.session_no)
         await super().smtp_STARTTLS(arg)
 
 
@@ -360,8 +368,8 @@ class Handler:
     def emit(self, kind: str, **data: Any) -> None:
         self.mta.host.emit(kind, **data)
 
-    def command(self, verb: str, arg: str | None) -> None:
-        self.emit("smtp.command", command=verb, arg=arg or "")
+    def command(self, verb: str, arg: str | None, session: int = 0) -> None:
+        self.emit("smtp.command", command=verb, arg=arg or "", session=session)
 
     def fault(self, stage: str, address: str | None) -> Fault | None:
         if self.mta.probing:  # a readiness probe neither triggers nor uses up a fault
