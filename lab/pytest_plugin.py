@@ -15,7 +15,8 @@ the session (with Docker, their containers removed); each pytest-xdist worker ha
 
 Every check of a YAML file under the `lab_topologies` directory (ini option, default
 `topologies`) is a test item of its own, `topologies/home-dialup.yaml::queued-while-down`,
-run on the topology's lab (reset) on the --lab-backend backend; a failure shows the check's step report.
+run on the topology's lab (reset) on the --lab-backend backend; a failure shows the
+check's step report.
 """
 
 from __future__ import annotations

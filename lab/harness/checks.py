@@ -594,7 +594,4 @@ def run_checks(
     """Run every check of `topology` (or the named ones), each on its own lab (or on
     `pool`'s lab, reset between checks)."""
     run = {"backend": backend, "file": file, "on_step": on_step, "pool": pool, **options}
-    return [
-        run_check(topology, name, **run)
-        for name in select_checks(topology, names, file)
-    ]
+    return [run_check(topology, name, **run) for name in select_checks(topology, names, file)]
