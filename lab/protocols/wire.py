@@ -62,6 +62,7 @@ class LabOp(StrEnum):
     EVENTS = "events"
     TRACE = "trace"
     DNS = "dns"
+    RESET = "reset"
     UI = "ui"
     DOWN = "down"
 
@@ -86,6 +87,7 @@ class AgentOp(StrEnum):
     DNS_SET = "dns.set"
     DNS_FAULT = "dns.fault"
     FAULT_ADD = "fault.add"
+    RESET = "reset"
     STOP = "stop"
 
 

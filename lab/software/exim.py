@@ -515,6 +515,11 @@ class EximAdapter:
     def busy_paths(self) -> list[str]:
         return []
 
+    def reset_paths(self) -> list[str]:
+        """The queue, its message logs and the retry hints: emptied (daemon stopped) by
+        `Lab.reset()`."""
+        return [f"{SPOOL}/input", f"{SPOOL}/msglog", f"{SPOOL}/db"]
+
     def busy(self, daemon_pid: int | None) -> bool:
         """Exim processes at work besides the listening daemon: receiving, delivering,
         running the queue."""

@@ -351,5 +351,11 @@ class PostfixAdapter:
     def busy_paths(self) -> list[str]:
         return [f"{SPOOL}/maildrop", f"{SPOOL}/incoming", f"{SPOOL}/active"]
 
+    def reset_paths(self) -> list[str]:
+        """Every queue and its logs: emptied (daemon stopped) by `Lab.reset()`."""
+        queues = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+        logs = ("defer", "bounce", "trace", "flush", "saved")
+        return [f"{SPOOL}/{name}" for name in (*queues, *logs)]
+
     def log_reader(self) -> PostfixLog:
         return PostfixLog()

@@ -150,6 +150,12 @@ class DockerBackend(LabBackend[HostProxy]):
     def _live(self) -> list[HostProxy]:
         return [p for p in self.handles.values() if not p.closed]
 
+    async def reset_hosts(self) -> None:
+        """Every agent resets its host at once (a real MTA restarts meanwhile); lab time
+        is real time again, in every container."""
+        await asyncio.gather(*(p.reset() for p in self._live()))
+        self._offset = 0.0
+
     # the clock ---------------------------------------------------------------------------
 
     def clock_time(self) -> float:

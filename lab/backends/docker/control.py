@@ -140,6 +140,10 @@ class HostProxy:
     async def stop(self) -> None:
         await self.call(AgentOp.STOP, timeout=10)
 
+    async def reset(self) -> None:
+        """The host back to its initial state; a real MTA's daemon restarts meanwhile."""
+        await self.call(AgentOp.RESET, timeout=120)
+
     # the host's handle (lab.backends.base.HostHandle) ---------------------------------------
 
     async def submit(

@@ -569,6 +569,16 @@ class Delivery:
             candidates.append(message.received + retry.warn_after)
         return max(now, min(candidates))
 
+    def reset(self) -> None:
+        """Forget every retry timer and run (`Lab.reset()`: their tasks are cancelled)."""
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
+        self.running.clear()
+        self.fresh.clear()
+        self._due.clear()
+        self._runners.clear()
+
     def schedule(self, message: QueuedMessage, when: float) -> None:
         """Attempt `message` at lab time `when` (its retry timer)."""
         message.next_attempt = when

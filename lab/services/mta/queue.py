@@ -281,6 +281,16 @@ class Queue:
     def _doom(self, path: Path) -> None:
         self.disk.later(lambda: _unlink(path))
 
+    def clear(self) -> None:
+        """Empty the queue, files and all, once the disk thread has done what it was
+        asked (`Lab.reset()`: nothing is under way then)."""
+        self.disk.wait()
+        for path in self.dir.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        self.messages.clear()
+        self._saved.clear()
+
     def __len__(self) -> int:
         return len(self.messages)
 

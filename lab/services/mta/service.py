@@ -94,6 +94,18 @@ class MtaService:
         """End the outbound sessions left open for more mail."""
         await self.delivery.idle.close()
 
+    async def reset(self) -> None:
+        """Back to a new MTA's state (`Lab.reset()`, once the host's tasks are cancelled):
+        no open session, queue or mail, and no greylist, fault or retry memory."""
+        await self.close_sessions()
+        self.delivery.reset()
+        self.acceptance.accepting.clear()
+        self.queue.clear()
+        self.store.clear()
+        self.greylist.clear()
+        self.fault_hits.clear()
+        self.runtime_faults.clear()
+
     # acting ---------------------------------------------------------------------------
 
     async def flush(self) -> int:
