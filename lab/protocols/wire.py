@@ -71,6 +71,7 @@ class AgentOp(StrEnum):
     """What the lab asks one Docker agent (lab.backends.docker.agent)."""
 
     START = "start"
+    RUN_QUEUES = "queue.run"  # once every host listens: what was on disk goes out
     PING = "ping"
     SETTLE = "settle"
     CLOCK_NEXT = "clock.next"

@@ -135,6 +135,8 @@ class LabClock:
             now = self.time()
             if target > now:
                 self._offset += target - now
+        if self._wake is not None:  # the background runner waits by the old time: look again
+            self._wake.set()
         return ran
 
     # background: timers that fall due as real time passes ------------------------------

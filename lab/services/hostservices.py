@@ -107,6 +107,12 @@ class HostServices:
             )
             await self.fetcher.start()
 
+    async def run_queues(self) -> None:
+        """Start the queue runs of what a previous run left on disk: called once every
+        host of the lab listens (in-process and in Docker alike)."""
+        if self.mta is not None:
+            self.mta.run_queue()
+
     async def stop(self) -> None:
         if self.fetcher is not None:
             await self.fetcher.stop()

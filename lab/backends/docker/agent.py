@@ -78,6 +78,7 @@ class Agent:
         self.forwarders: list[asyncio.AbstractServer] = []
         self.ops: dict[str, Handler] = {
             AgentOp.START: self.start,
+            AgentOp.RUN_QUEUES: self._services("run_queues"),
             AgentOp.PING: self.ping,
             AgentOp.SETTLE: self.settled,
             AgentOp.CLOCK_NEXT: self.next_timer,

@@ -95,6 +95,9 @@ class InProcessBackend(LabBackend[HostServices]):
             await services.start_dns()
         for services in self.handles.values():
             await services.start_others()
+        # Every host listens now: only then do queues left by an earlier run go out.
+        for services in self.handles.values():
+            await services.run_queues()
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.events.emit("lab", "lab.up", backend=self.name, nodes=list(self.handles))

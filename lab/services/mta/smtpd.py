@@ -273,8 +273,8 @@ class LabSMTP(AiosmtpdOverrides):
         # PIPELINING (RFC 2920): while the client's next commands are already here, hold
         # the replies and send them together when the input runs dry; a reply after
         # which the connection changes (220 to STARTTLS, 221, 421) or data follows (354)
-        # goes at once, with what was held.
-        if text[:3] not in _SEND_AT_ONCE and self.input_waiting():
+        # goes at once, with what was held, and so does a message's 250 (RFC 1047).
+        if text[:3] not in _SEND_AT_ONCE and self.input_waiting() and "for delivery" not in text:
             self._held.extend(lines)
             return
         if self._held:
@@ -556,6 +556,7 @@ class Handler:
                 tls=_tls_text(session),
                 dsn_ret=dsn.get("RET", ""),
                 envid=dsn.get("ENVID", ""),
+                connected=lambda: not getattr(server.transport, "is_closing", lambda: True)(),
             )
         except OSError as exc:
             self.emit("queue.write_failed", error=str(exc))
