@@ -397,6 +397,6 @@ def test_real_mta_software_is_refused_clearly_for_now(lab_factory: Callable[...,
         lab_factory(topology)
     assert str(excinfo.value) == (
         "node 'heaven': smtp software 'sendmail' (sendmail, in a container (Docker backend))"
-        " is not available yet in this version: the docker backend runs builtin and exim,"
-        " postfix only; use software: builtin for smtp"
+        " is not available yet in this version: the docker backend runs builtin, dovecot, exim,"
+        " fetchmail and postfix only; use software: builtin for smtp"
     )
