@@ -49,6 +49,7 @@ from lab.topology.software import (
     SettingsField,
     Software,
     SoftwareField,
+    _kind,
 )
 from lab.topology.units import Duration, Size
 
@@ -509,6 +510,8 @@ class Node(Base):
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if wrong := [_kind(item) for item in value if not isinstance(item, str)]:
+                raise ValueError(f"expected a list of network names, got {wrong[0]} in it")
             return {name: "auto" for name in value}
         return value
 

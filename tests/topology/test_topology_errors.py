@@ -427,28 +427,20 @@ CASES = [
         id="link-network-not-attached",
     ),
     pytest.param(
-        change("    smarthost: mx.example.org\n", "    smarthost: mail.example.org\n"),
-        [
-            "bad.yaml:25:16: nodes.hub.smarthost: 'mail.example.org' does not resolve in the lab:"
-            " expected a node name, a node's hostname, an IP address or a name with an A record"
-            " in dns.zones",
-        ],
-        id="smarthost-does-not-resolve",
-    ),
-    pytest.param(
         change("      - server: pop.example.org\n", "      - server: pop3.example.org\n"),
         [
             "bad.yaml:29:17: nodes.hub.fetch[0].server: 'pop3.example.org' does not resolve in"
-            " the lab: expected a node name, a node's hostname, an IP address or a name with an A"
-            " record in dns.zones",
+            " the lab; did you mean 'pop.example.org'? (expected a node name, a node's hostname,"
+            " an IP address or a name with an A record in dns.zones)",
         ],
         id="fetch-server-does-not-resolve",
     ),
     pytest.param(
         change("submit_to: hub}", "submit_to: hubb}"),
         [
-            "bad.yaml:40:66: nodes.pc1.submit_to: 'hubb' does not resolve in the lab: expected a"
-            " node name, a node's hostname, an IP address or a name with an A record in dns.zones",
+            "bad.yaml:40:66: nodes.pc1.submit_to: 'hubb' does not resolve in the lab; did you"
+            " mean 'hub'? (expected a node name, a node's hostname, an IP address or a name with"
+            " an A record in dns.zones)",
         ],
         id="submit-to-does-not-resolve",
     ),
@@ -1211,8 +1203,9 @@ def test_every_cross_reference_problem_is_reported() -> None:
         " (expected one of: ns, hub, isp, pc1)",
         "bad.yaml:40:39: nodes.pc1.networks.lan: address 192.168.10.1 is already used by"
         " node 'hub'",
-        "bad.yaml:40:65: nodes.pc1.submit_to: 'hubb' does not resolve in the lab: expected a"
-        " node name, a node's hostname, an IP address or a name with an A record in dns.zones",
+        "bad.yaml:40:65: nodes.pc1.submit_to: 'hubb' does not resolve in the lab; did you mean"
+        " 'hub'? (expected a node name, a node's hostname, an IP address or a name with an A"
+        " record in dns.zones)",
         "bad.yaml:45:14: checks.queued[2].link.modem: unknown link 'modem'"
         " (expected one of: dialup)",
     ]
