@@ -13,10 +13,13 @@ WORKERS ?= auto
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
-.PHONY: help setup lab-up lab-down test unit lint format schema bench images bench-images clean
+.PHONY: help setup lab-up lab-down test unit fuzz lint format schema bench images bench-images clean
 
+# The help text of each target is its `## ` comment, with $(TOPOLOGY) and $(BACKEND) shown
+# as their values (`make help TOPOLOGY=...` shows that file).
 help: ## Show this help.
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | \
+	  sed -e 's|$$(TOPOLOGY)|$(TOPOLOGY)|g' -e 's|$$(BACKEND)|$(BACKEND)|g' | \
 	  awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-13s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
@@ -28,11 +31,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create the virtual environment, install maillab and the tools the tests use.
 	@./scripts/install-tools.sh
 
-lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (BACKEND=auto|docker|inprocess), print its web page URL, hold it until Ctrl-C.
+lab-up: $(STAMP) ## Bring up $(TOPOLOGY) (TOPOLOGY=FILE, BACKEND=auto|docker|inprocess), print its web page URL, hold it until Ctrl-C.
 	$(BIN)/maillab validate $(TOPOLOGY)
 	$(BIN)/maillab up $(TOPOLOGY) --backend $(BACKEND) --ui
 
-lab-down: $(STAMP) ## Stop the lab that `make lab-up -d` or `maillab up -d` left running.
+lab-down: $(STAMP) ## Stop a lab that `maillab up -d` left running (make lab-up stops with Ctrl-C).
 	$(BIN)/maillab down
 
 test: setup lint ## Run the linters and the whole suite on both backends (what CI runs).
@@ -40,6 +43,12 @@ test: setup lint ## Run the linters and the whole suite on both backends (what C
 
 unit: $(STAMP) ## Run the tests in process only (no Docker, no linters): the quick loop.
 	$(BIN)/python -m pytest -n $(WORKERS)
+
+# The fuzz tests run in every suite on a small fixed budget (Hypothesis profile "ci", see
+# tests/conftest.py); here they search long (profile "fuzz"). The failures found are kept
+# in .hypothesis/ and replayed first the next time.
+fuzz: $(STAMP) ## Run the fuzz tests (marker fuzz) with a long Hypothesis budget: minutes.
+	MAILLAB_HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest -n $(WORKERS) -m fuzz
 
 lint: $(STAMP) ## ruff check, ruff format --check, mypy on lab/, lint-imports (the layers).
 	$(BIN)/ruff check lab tests bench
@@ -64,5 +73,5 @@ bench-images: $(STAMP) ## Time node image builds: no-op, after a code change (CO
 	$(BIN)/python -m bench.images $(if $(COLD),--cold)
 
 clean: ## Remove the virtual environment, caches and lab state.
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info .lab
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis build dist *.egg-info .lab
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -25,12 +25,27 @@ class Problem:
         where = f"{self.file}:{self.line}:{self.column}"
         return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
 
+    def as_warning(self) -> str:
+        """FILE:LINE:COL: warning: field: message, for something that works but probably
+        not as meant (the file is still valid)."""
+        return f"{self.file}:{self.line}:{self.column}: warning: " + (
+            f"{self.path}: {self.message}" if self.path else self.message
+        )
+
+
+def _in_file_order(problems: list[Problem]) -> list[Problem]:
+    return sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
+
 
 class TopologyError(LabError):
-    """A topology file that cannot be used; carries every problem found, not only the first."""
+    """A topology file that cannot be used; carries every problem found, not only the first,
+    and the warnings found beside them (printed after the problems)."""
 
     exit_code = 2
 
-    def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems, key=lambda p: (p.file, p.line, p.column, p.path))
-        super().__init__("\n".join(str(p) for p in self.problems))
+    def __init__(self, problems: list[Problem], warnings: list[Problem] | None = None):
+        self.problems = _in_file_order(problems)
+        self.warnings = _in_file_order(warnings or [])
+        super().__init__(
+            "\n".join([str(p) for p in self.problems] + [w.as_warning() for w in self.warnings])
+        )

@@ -6,12 +6,17 @@ and the `checks:` of topology files collected as tests.
         lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["paulmidgley@freeuk.com"])
         lab.assert_queued(on="hub")
 
-Each test gets its own lab with its own state directory under pytest's tmp_path and its
-own ephemeral ports, so tests are safe under pytest-xdist.
+Labs are reused: each worker process keeps one lab per topology, backend and options,
+and resets it (`Lab.reset()`) before handing it to the next test or check, so a test sees
+the topology's initial state; a lab whose reset fails is replaced by a fresh one. A test
+marked `@pytest.mark.fresh_lab` (or every test, with --lab-fresh) gets a lab of its own,
+with its state directory under pytest's tmp_path. The kept labs go down at the end of
+the session (with Docker, their containers removed); each pytest-xdist worker has its own.
 
 Every check of a YAML file under the `lab_topologies` directory (ini option, default
 `topologies`) is a test item of its own, `topologies/home-dialup.yaml::queued-while-down`,
-run on a fresh lab on the --lab-backend backend; a failure shows the check's step report.
+run on the topology's lab (reset) on the --lab-backend backend; a failure shows the
+check's step report.
 """
 
 from __future__ import annotations
@@ -36,6 +41,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default="inprocess",
         help="backend(s) for the `lab` fixture and the topology checks: inprocess, docker,"
         " a comma-separated list (each test runs on each), or `all` (default: inprocess)",
+    )
+    group.addoption(
+        "--lab-fresh",
+        action="store_true",
+        default=False,
+        help="bring a new lab up for every test and check (default: reuse one per topology,"
+        " reset between tests)",
     )
     parser.addini(
         "lab_topologies",
@@ -98,6 +110,33 @@ def pytest_configure(config: pytest.Config) -> None:
         "topology(name_or_path, **options): the topology the `lab` fixture brings up",
     )
     config.addinivalue_line("markers", "lab_backend(name): run this test on this backend only")
+    config.addinivalue_line(
+        "markers", "fresh_lab: give this test a new lab of its own instead of a reused, reset one"
+    )
+
+
+_POOL: list[Any] = []  # this process's LabPool, made on first use
+
+
+def lab_pool(config: pytest.Config) -> Any:
+    """The worker's pool of reused labs (None with --lab-fresh)."""
+    if config.getoption("--lab-fresh"):
+        return None
+    if not _POOL:
+        from lab.harness.pool import LabPool
+
+        _POOL.append(LabPool())
+    return _POOL[0]
+
+
+def wants_fresh(item: pytest.Item) -> bool:
+    return item.get_closest_marker("fresh_lab") is not None or lab_pool(item.config) is None
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The labs kept for reuse go down (containers removed) with the session."""
+    while _POOL:
+        _POOL.pop().close()
 
 
 def resolve_topology(config: pytest.Config, ref: str | Path) -> Path:
@@ -136,12 +175,20 @@ def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Ite
         )
     path = resolve_topology(request.config, marker.args[0])
     options = dict(marker.kwargs)
-    options.setdefault("state_dir", tmp_path / "lab")
-    running = Lab.up(path, backend=lab_backend, **options)
+    if wants_fresh(request.node) or "state_dir" in options:
+        options.setdefault("state_dir", tmp_path / "lab")
+        running = Lab.up(path, backend=lab_backend, **options)
+        try:
+            yield running
+        finally:
+            running.down()
+        return
+    pool = lab_pool(request.config)
+    reused = pool.acquire(path, backend=lab_backend, **options)
     try:
-        yield running
+        yield reused
     finally:
-        running.down()
+        pool.release(reused)
 
 
 # ---------------------------------------------------------------------------------------
@@ -211,7 +258,7 @@ class CheckFailed(Exception):
 
 
 class CheckItem(pytest.Item):
-    """One named check of a topology file, run on a fresh lab."""
+    """One named check of a topology file, run on the topology's reused lab, reset."""
 
     def __init__(self, *, topology: Any, check: str, backend: str, **kwargs: Any):
         super().__init__(**kwargs)
@@ -225,7 +272,8 @@ class CheckItem(pytest.Item):
         root = Path(str(self.config.rootpath))
         file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
         require_backend(self.backend)
-        result = run_check(self.topology, self.check, backend=self.backend, file=file)
+        pool = None if wants_fresh(self) else lab_pool(self.config)
+        result = run_check(self.topology, self.check, backend=self.backend, file=file, pool=pool)
         if not result.ok:
             raise CheckFailed(result)
 

@@ -1,6 +1,7 @@
 """Shared fixtures: `lab_factory` (labs on every --lab-backend backend), an SMTP session
 typed byte for byte over a plain socket (telnet), and the Docker engine; which tests are
-Docker tests (the `docker` marker) and which run at all for the --lab-backend chosen."""
+Docker tests (the `docker` marker) and which run at all for the --lab-backend chosen; the
+Hypothesis profiles of the fuzz tests (the `fuzz` marker)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from lab.harness import Lab
 from lab.pytest_plugin import lab_backends
@@ -19,6 +21,30 @@ from lab.topology import load_text
 from lab.topology.model import Topology
 
 LabFactory = Callable[..., Lab]
+
+# Hypothesis profiles for the fuzz tests (marker `fuzz`), chosen by MAILLAB_HYPOTHESIS_PROFILE:
+# "ci" (the default, what `make test` and CI run): a small fixed budget, the same examples
+# every run (derandomize), so a failure is reproducible and no test takes more than a few
+# seconds; "fuzz" (`make fuzz`): a long random search. No deadline in either: a slow
+# example on a busy machine is not a bug (the tests that are about time measure it).
+_FUZZ_HEALTH = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile(
+    "ci",
+    max_examples=50,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_FUZZ_HEALTH,
+)
+settings.register_profile(
+    "fuzz",
+    max_examples=5_000,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=_FUZZ_HEALTH,
+)
+settings.load_profile(os.environ.get("MAILLAB_HYPOTHESIS_PROFILE", "ci"))
 
 
 class SmtpWire:

@@ -70,6 +70,12 @@ class HostHandle(Protocol):
 
     async def add_fault(self, fault: dict[str, Any]) -> None: ...
 
+    async def reset(self) -> None:
+        """Back to the state the host started in, its services running: no work under
+        way, empty queue, mailboxes and fetch journals, no fault, greylist or resolver
+        memory (links, clock and DNS records are the backend's)."""
+        ...
+
 
 @runtime_checkable
 class Backend(Protocol):
@@ -88,6 +94,12 @@ class Backend(Protocol):
 
     async def settle(self, timeout: float = 60.0) -> None:
         """Wait until no delivery, bounce or fetch is under way."""
+        ...
+
+    async def reset(self) -> None:
+        """Back to the topology's initial state without recreating a host: queues,
+        mailboxes, maildrops, the clock, links as declared, faults, DNS edits, greylist
+        and retry memory, fetch journals and events."""
         ...
 
     async def message(
@@ -187,6 +199,7 @@ class LabBackend(Generic[H]):
         self.durable = durable
         self.addresses = assign_addresses(topology)
         self.records = RecordTable.from_topology(topology, self.addresses)
+        self._records_version = self.records.version
         # the node a person on this machine acts as: the topology's, or its first client
         self.operator: str | None = topology.operator or next(
             (n for n, node in topology.nodes.items() if Service.client in node.service_set()), None
@@ -208,6 +221,11 @@ class LabBackend(Generic[H]):
         raise NotImplementedError
 
     async def advance(self, seconds: float) -> int:
+        raise NotImplementedError
+
+    async def reset_hosts(self) -> None:
+        """Stop the work under way on every host, put the clock back to real time, and
+        reset each host (`HostHandle.reset`); the links are already as declared."""
         raise NotImplementedError
 
     def clock_time(self) -> float:
@@ -267,6 +285,34 @@ class LabBackend(Generic[H]):
         return self.handles[node]
 
     # the contract, written once ------------------------------------------------------------
+
+    async def reset(self) -> None:
+        """Links as the topology declares them (no on_up hook runs), then every host, the
+        clock, the DNS records and the events back to where `up` left them."""
+        from lab.topology.records import RecordTable
+
+        changed = [
+            (name, LinkState(link.state))
+            for name, link in self.topology.links.items()
+            if self.link_states[name] != LinkState(link.state)
+        ]
+        await asyncio.gather(
+            *(
+                self.handles[self.topology.links[name].node].set_link(name, state.value)
+                for name, state in changed
+                if self.topology.links[name].node in self.handles
+            )
+        )
+        for name, state in changed:
+            self.link_states[name] = state
+        if self.records.version != self._records_version:  # edited since up or reset
+            self.records.restore(RecordTable.from_topology(self.topology, self.addresses))
+            self._records_version = self.records.version
+        await self.reset_hosts()
+        self.events.reset()
+        for link_name, link in self.topology.links.items():
+            self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
+        self.events.emit("lab", "lab.reset", backend=self.name)
 
     async def now(self) -> float:
         return self.clock_time()

@@ -5,7 +5,7 @@ people (LabError) are printed without a traceback and set the exit code.
 
 The commands live by group: topology.py (validate, schema, graph), checks.py (check),
 running.py (up, down, status, ui), acting.py (send, link, flush, fetch, queue, mailbox,
-clock, events, trace), docker.py (shell, exec, logs, gc), images.py (images build,
+clock, events, trace, reset), docker.py (shell, exec, logs, gc), images.py (images build,
 list); output.py holds what they share (tables, events, JSON, errors, options).
 """
 
@@ -52,6 +52,7 @@ for _command in (
     acting.clock,
     acting.events,
     acting.trace,
+    acting.reset,
     images.images_group,
 ):
     main.add_command(_command)

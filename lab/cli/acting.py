@@ -1,5 +1,5 @@
 """Commands that act on a running lab through its control channel: send, link, flush,
-fetch, queue, mailbox, clock, events, trace."""
+fetch, queue, mailbox, clock, events, trace, reset."""
 
 from __future__ import annotations
 
@@ -108,6 +108,18 @@ def fetch(lab_name: str | None, node: str) -> None:
 
     result = request(lab_name, "fetch", node=node)
     click.echo(f"{node}: fetched {result['fetched']} message(s)")
+
+
+@click.command()
+@lab_option
+@friendly
+def reset(lab_name: str | None) -> None:
+    """Put the running lab back to its topology's initial state: queues, mailboxes,
+    clock, links, faults, DNS edits and events (its hosts keep running)."""
+    from lab.harness.control import request
+
+    result = request(lab_name, "reset")
+    click.echo(f"{result['name']}: reset in {result['seconds'] * 1000:.0f} ms")
 
 
 @click.command()

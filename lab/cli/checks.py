@@ -25,13 +25,20 @@ def _is_topology_file(arg: str) -> bool:
     show_default=True,
     help="Where the hosts run.",
 )
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Bring a new lab up for every check (default: one lab per topology, reset"
+    " between checks).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @friendly
-def check(args: tuple[str, ...], backend: str, as_json: bool) -> None:
+def check(args: tuple[str, ...], backend: str, fresh: bool, as_json: bool) -> None:
     """Run the checks of topology FILEs: all of them, or only those NAMEd.
 
-    Each check runs on a fresh lab of its own, step by step, and stops at its first
-    failing step. Arguments ending in .yaml or .yml (or naming a file) are topology
+    Each check runs on the topology's lab in its initial state (one lab per topology,
+    reset between checks; --fresh: a new lab each), step by step, and stops at its
+    first failing step. Arguments ending in .yaml or .yml (or naming a file) are topology
     files; the others are check names. Exits 0 when every check passes, 1 when any
     fails, 2 for an invalid topology or an unknown check name.
     """
@@ -39,12 +46,10 @@ def check(args: tuple[str, ...], backend: str, as_json: bool) -> None:
 
     from lab.harness.checks import (
         CheckResult,
-        StepResult,
         UnknownCheckError,
-        check_header,
-        run_check,
         select_checks,
     )
+    from lab.harness.pool import LabPool
     from lab.topology import load
 
     files = [a for a in args if _is_topology_file(a)]
@@ -81,26 +86,16 @@ def check(args: tuple[str, ...], backend: str, as_json: bool) -> None:
             if chosen:
                 plan.append((file, topology, chosen))
 
-    def show(step: StepResult) -> None:
-        click.echo(step.report())
-
     started = time.monotonic()
     results: list[CheckResult] = []
-    for file, topology, chosen in plan:
-        for name in chosen:
-            if not as_json:
-                if results:
-                    click.echo()
-                click.echo(check_header(name, file, backend))
-            result = run_check(
-                topology, name, backend=backend, file=file, on_step=None if as_json else show
-            )
-            results.append(result)
-            if not as_json:
-                if result.error:
-                    click.echo("\n".join("  " + line for line in result.error.splitlines()))
-                click.echo(result.summary())
+    pool = None if fresh else LabPool()
+    try:
+        _run_plan(plan, backend, as_json, pool, results)
+    finally:
+        if pool is not None:
+            pool.close()
     failed = sum(1 for r in results if not r.ok)
+
     if as_json:
         emit_json([r.to_json() for r in results])
     else:
@@ -111,3 +106,32 @@ def check(args: tuple[str, ...], backend: str, as_json: bool) -> None:
         )
     if failed:
         sys.exit(1)
+
+
+def _run_plan(
+    plan: list[tuple[str, Any, list[str]]],
+    backend: str,
+    as_json: bool,
+    pool: Any,
+    results: list[Any],
+) -> None:
+    from lab.harness.checks import StepResult, check_header, run_check
+
+    def show(step: StepResult) -> None:
+        click.echo(step.report())
+
+    for file, topology, chosen in plan:
+        for name in chosen:
+            if not as_json:
+                if results:
+                    click.echo()
+                click.echo(check_header(name, file, backend))
+            on_step = None if as_json else show
+            result = run_check(
+                topology, name, backend=backend, file=file, on_step=on_step, pool=pool
+            )
+            results.append(result)
+            if not as_json:
+                if result.error:
+                    click.echo("\n".join("  " + line for line in result.error.splitlines()))
+                click.echo(result.summary())

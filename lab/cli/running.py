@@ -135,7 +135,10 @@ def up(
     from lab.harness.control import ControlServer, find_lab, registry_dir, request, running_labs
     from lab.topology import load
 
-    topology = load(file).model
+    loaded = load(file)
+    for warning in loaded.warnings:
+        click.echo(warning.as_warning(), err=True)
+    topology = loaded.model
     backend = choose_backend(backend, topology)
     name = name or topology.name
     if name in running_labs():

@@ -20,6 +20,8 @@ from lab.errors import LabError, TopologyError
 def validate(files: tuple[Path, ...], as_json: bool) -> None:
     """Check topology FILES; print every problem as FILE:LINE:COL: field: message.
 
+    Warnings (FILE:LINE:COL: warning: ...) are things that work but probably not as
+    meant, such as an MX record whose name has no address: the file is still valid.
     Exits 0 when every file is valid, 2 otherwise.
     """
     from lab.topology import load
@@ -32,7 +34,12 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
         except TopologyError as exc:
             failed = True
             results.append(
-                {"file": str(file), "ok": False, "problems": [p.__dict__ for p in exc.problems]}
+                {
+                    "file": str(file),
+                    "ok": False,
+                    "problems": [p.__dict__ for p in exc.problems],
+                    "warnings": [w.__dict__ for w in exc.warnings],
+                }
             )
             if not as_json:
                 click.echo(str(exc), err=True)
@@ -47,9 +54,12 @@ def validate(files: tuple[Path, ...], as_json: bool) -> None:
                 "networks": len(t.networks),
                 "links": len(t.links),
                 "checks": len(t.checks),
+                "warnings": [w.__dict__ for w in loaded.warnings],
             }
         )
         if not as_json:
+            for warning in loaded.warnings:
+                click.echo(warning.as_warning(), err=True)
             click.echo(
                 f"{file}: ok ({t.name}: {len(t.nodes)} nodes, {len(t.networks)} networks,"
                 f" {len(t.links)} links, {len(t.checks)} checks)"

@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from lab.errors import LabError
 from lab.harness.lab import Lab, LabAssertionError
+from lab.harness.pool import LabPool
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult
 from lab.topology.checks import (
@@ -484,9 +485,11 @@ def run_check(
     backend: str = "inprocess",
     file: str | Path | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    pool: LabPool | None = None,
     **options: Any,
 ) -> CheckResult:
-    """Run check `name` of `topology` on a fresh lab; stop at the first failing step.
+    """Run check `name` of `topology` on a fresh lab (or one of `pool`'s, reset, given
+    back afterwards); stop at the first failing step.
 
     `options` go to the backend (state_dir, ...). `on_step` is called with each step's
     result as soon as it is known (a live report)."""
@@ -502,13 +505,14 @@ def run_check(
     )
     started = time.monotonic()
     try:
-        lab = Lab.up(topology, backend=backend, **options)
+        up = Lab.up if pool is None else pool.acquire
+        lab = up(topology, backend=backend, **options)
     except LabError as exc:
         result.error = f"the lab could not be brought up: {exc}"
     except Exception as exc:
         result.error = f"the lab could not be brought up: {type(exc).__name__}: {exc}"
     else:
-        _run_steps(lab, steps, result, file, on_step)
+        _run_steps(lab, steps, result, file, on_step, pool)
     if on_step is not None:
         for outcome in result.steps:
             if outcome.status == "not run":
@@ -523,8 +527,10 @@ def _run_steps(
     result: CheckResult,
     file: str | Path | None,
     on_step: Callable[[StepResult], None] | None,
+    pool: LabPool | None = None,
 ) -> None:
-    """Run the steps on a running lab until one fails; then stop the lab."""
+    """Run the steps on a running lab until one fails; then stop the lab (or give it
+    back to `pool`, which resets it before its next use)."""
     lab.source = None if file is None else Path(file)
     run = _CheckRun(lab, steps)
     try:
@@ -548,7 +554,7 @@ def _run_steps(
                 break
     finally:
         try:
-            lab.down()
+            lab.down() if pool is None else pool.release(lab)
         except Exception as exc:
             result.error = f"the lab did not stop cleanly: {type(exc).__name__}: {exc}"
 
@@ -582,10 +588,10 @@ def run_checks(
     backend: str = "inprocess",
     file: str | Path | None = None,
     on_step: Callable[[StepResult], None] | None = None,
+    pool: LabPool | None = None,
     **options: Any,
 ) -> list[CheckResult]:
-    """Run every check of `topology` (or the named ones), each on its own lab."""
-    return [
-        run_check(topology, name, backend=backend, file=file, on_step=on_step, **options)
-        for name in select_checks(topology, names, file)
-    ]
+    """Run every check of `topology` (or the named ones), each on its own lab (or on
+    `pool`'s lab, reset between checks)."""
+    run = {"backend": backend, "file": file, "on_step": on_step, "pool": pool, **options}
+    return [run_check(topology, name, **run) for name in select_checks(topology, names, file)]

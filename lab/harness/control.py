@@ -132,6 +132,7 @@ class ControlServer:
             LabOp.TRACE: self._trace,
             LabOp.DOWN: self._down,
             LabOp.DNS: self._dns,
+            LabOp.RESET: self._reset,
         }
         # what the layers above add (the CLI: LabOp.UI, which starts the web server)
         self.ops.update(extra_ops or {})
@@ -250,6 +251,12 @@ class ControlServer:
         else:
             await self.backend.set_dns_fault(name, fault)
         return {"name": name}
+
+    async def _reset(self) -> Any:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await self.backend.reset()
+        return {"name": self.name, "seconds": round(loop.time() - began, 4)}
 
     async def _down(self) -> Any:
         assert self.stopped is not None

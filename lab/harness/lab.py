@@ -169,6 +169,13 @@ class Lab:
             finally:
                 self._thread.stop()
 
+    def reset(self) -> None:
+        """Back to the topology's initial state without recreating a host: queues,
+        mailboxes, POP3 maildrops, the clock, links as declared, faults, DNS edits,
+        greylist and retry memory, fetch journals and events. What a `with Lab.up(...)`
+        block started with, in milliseconds (a real MTA's daemon is restarted)."""
+        self.run(self.backend.reset(), timeout=120)
+
     def __enter__(self) -> Lab:
         return self
 

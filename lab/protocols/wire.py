@@ -62,6 +62,7 @@ class LabOp(StrEnum):
     EVENTS = "events"
     TRACE = "trace"
     DNS = "dns"
+    RESET = "reset"
     UI = "ui"
     DOWN = "down"
 
@@ -70,6 +71,7 @@ class AgentOp(StrEnum):
     """What the lab asks one Docker agent (lab.backends.docker.agent)."""
 
     START = "start"
+    RUN_QUEUES = "queue.run"  # once every host listens: what was on disk goes out
     PING = "ping"
     SETTLE = "settle"
     CLOCK_NEXT = "clock.next"
@@ -86,6 +88,7 @@ class AgentOp(StrEnum):
     DNS_SET = "dns.set"
     DNS_FAULT = "dns.fault"
     FAULT_ADD = "fault.add"
+    RESET = "reset"
     STOP = "stop"
 
 

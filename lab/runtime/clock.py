@@ -71,6 +71,19 @@ class LabClock:
             raise ValueError("the lab clock only moves forward")
         self._offset = offset
 
+    def reset(self) -> None:
+        """Back to where a new clock starts: lab time is real time again (the one way it
+        goes back) and no timer is left. For `Lab.reset()`; the owners of the timers
+        forget them themselves."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._offset = 0.0
+        self._real0 = time.time()
+        self._start = self._real0
+        if self._wake is not None:
+            self._wake.set()
+
     # timers ---------------------------------------------------------------------------
 
     def call_at(self, when: float, callback: Callback, name: str = "") -> Timer:
@@ -122,6 +135,8 @@ class LabClock:
             now = self.time()
             if target > now:
                 self._offset += target - now
+        if self._wake is not None:  # the background runner waits by the old time: look again
+            self._wake.set()
         return ran
 
     # background: timers that fall due as real time passes ------------------------------

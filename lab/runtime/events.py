@@ -100,6 +100,16 @@ class EventBus:
             self._log.close()
             self._log = None
 
+    def reset(self) -> None:
+        """Forget the events so far (`Lab.reset()`): the list, and the log file, start
+        again. Numbers go on growing, so a reader that asks for what came after the
+        event it saw last (`since`) still sees every new one; listeners and waiters stay."""
+        self._unwritten = []
+        self.events = []
+        if self._log is not None:
+            self._log.seek(0)
+            self._log.truncate()
+
     def listen(self, callback: Callable[[Event], None]) -> None:
         self._listeners.append(callback)
 

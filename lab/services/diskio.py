@@ -11,6 +11,8 @@ comes before its own file and directory are durable.
 Work that nobody waits for (removing a delivered message, recording a deferred attempt)
 goes through the same thread with `later`: it runs after every write asked for before
 it, and after the writes of its own group have been woken, so it never delays a 250.
+Such work may name a directory too (a removal does): the directory is fsync'd once for
+all the work of a group that names it, so removals are durable in groups as well.
 
 A DSN is written as accepted mail is, with `commit`, and the MTA waits for it before it
 asks for the original's state update or removal (lab/services/mta/dsn.py): so the DSN
@@ -36,7 +38,7 @@ _GROUP = 64  # at most this many writes share one directory fsync
 
 
 class _Job:
-    __slots__ = ("directory", "error", "future", "loop", "result", "work")
+    __slots__ = ("barrier", "directory", "error", "future", "loop", "result", "work")
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class _Job:
         self.loop = loop
         self.result: Any = None
         self.error: BaseException | None = None
+        self.barrier = False  # runs after the directory fsyncs of the work before it
 
 
 def fsync_directory(directory: Path) -> None:
@@ -89,14 +92,17 @@ class DiskWorker:
         self._submit(_Job(work, directory, future, loop))
         return await future
 
-    def later(self, work: Callable[[], Any]) -> None:
-        """Run `work` in the disk thread, in order with the rest; nobody waits for it."""
-        self._submit(_Job(work, None, None, None))
+    def later(self, work: Callable[[], Any], directory: Path | None = None) -> None:
+        """Run `work` in the disk thread, in order with the rest; nobody waits for it.
+        `directory` is fsync'd after it, once for the group's work that names it."""
+        self._submit(_Job(work, directory, None, None))
 
     def wait(self) -> None:
         """Block until the work asked for so far is done (for shutdown and for tests)."""
         done = threading.Event()
-        self.later(done.set)
+        job = _Job(done.set, None, None, None)
+        job.barrier = True
+        self._submit(job)
         done.wait()
 
     def close(self) -> None:
@@ -132,11 +138,16 @@ class DiskWorker:
         """The group's waited-for writes, their directories' fsyncs, the wake-up; then the
         work nobody waits for (removals, state updates), so that it never delays a 250.
         Each kind keeps its order; the files they touch are never the same ones."""
-        waited = [job for job in group if job.future is not None]
-        self._run_jobs(waited)
+        self._run_jobs([job for job in group if job.future is not None])
+        unwaited: list[_Job] = []
         for job in group:
-            if job.future is None:
-                self._run_jobs([job])
+            if job.barrier:  # (wait): what came before it is done and durable
+                self._run_jobs(unwaited)
+                unwaited = []
+                job.work()
+            elif job.future is None:
+                unwaited.append(job)
+        self._run_jobs(unwaited)
 
     def _run_jobs(self, group: list[_Job]) -> None:
         for job in group:

@@ -2,6 +2,12 @@
 
 Faults are entries of the table: SERVFAIL, REFUSED and NXDOMAIN are answered as such, and
 `timeout` is answered with silence. Every query and answer is an event.
+
+What is not a query gets what RFC 1035 says, and never an answer from the table: a
+message too short for a header, or a response (QR=1), gets no reply at all (answering
+responses lets two servers loop); an opcode other than QUERY gets NOTIMP; a header that
+reads but a body that does not, or other than one question, gets FORMERR. Each is a
+`dns.malformed` event with the reason.
 """
 
 from __future__ import annotations
@@ -10,12 +16,27 @@ import asyncio
 import struct
 from typing import Any
 
-from dnslib import CNAME, MX, NS, PTR, QTYPE, RCODE, RR, TXT, A, DNSRecord
+from dnslib import (
+    CNAME,
+    MX,
+    NS,
+    OPCODE,
+    PTR,
+    QTYPE,
+    RCODE,
+    RR,
+    TXT,
+    A,
+    DNSBuffer,
+    DNSHeader,
+    DNSRecord,
+)
 
 from lab.services.host import Host
 from lab.topology.records import Answer, Rcode, RecordTable
 
 DNS_PORT = 53
+HEADER_SIZE = 12
 
 _RDATA = {
     "A": lambda v: A(str(v)),
@@ -44,16 +65,38 @@ class DnsServer:
         await self.host.net.listen(DNS_PORT, lambda: _Tcp(self))
 
     def answer(self, wire: bytes, peer: str, transport: str) -> bytes | None:
-        """The reply for one query, or None to stay silent (a timeout fault)."""
+        """The reply for one message, or None to stay silent (a timeout fault, a message
+        that is not a query)."""
+        if len(wire) < HEADER_SIZE:
+            self.host.emit("dns.malformed", peer=peer, size=len(wire), reason="no header")
+            return None
+        header = DNSHeader.parse(DNSBuffer(wire[:HEADER_SIZE]))
+        if header.qr:
+            self.host.emit("dns.malformed", peer=peer, size=len(wire), reason="a response")
+            return None
+        if header.opcode != OPCODE.QUERY:
+            reason = f"opcode {OPCODE.get(header.opcode)}"
+            self.host.emit("dns.malformed", peer=peer, size=len(wire), reason=reason)
+            return _error_reply(header, RCODE.NOTIMP)
         try:
             request = DNSRecord.parse(wire)
         except Exception:  # dnslib raises several kinds on garbage
-            self.host.emit("dns.malformed", peer=peer, size=len(wire))
-            return None
-        reply = request.reply()
-        if not request.questions:
-            reply.header.rcode = RCODE.FORMERR
-            return bytes(reply.pack())
+            self.host.emit("dns.malformed", peer=peer, size=len(wire), reason="unreadable")
+            return _error_reply(header, RCODE.FORMERR)
+        if len(request.questions) != 1:
+            reason = f"{len(request.questions)} questions"
+            self.host.emit("dns.malformed", peer=peer, size=len(wire), reason=reason)
+            return _error_reply(header, RCODE.FORMERR)
+        try:
+            return self._answer(request, peer, transport)
+        except Exception as exc:  # a name the table or dnslib cannot take: not a crash
+            self.host.emit(
+                "dns.malformed", peer=peer, size=len(wire), reason=f"{type(exc).__name__}"
+            )
+            return _error_reply(header, RCODE.SERVFAIL)
+
+    def _answer(self, request: DNSRecord, peer: str, transport: str) -> bytes | None:
+        reply = DNSRecord(_reply_header(request.header), q=request.q)
         question = request.q
         name = str(question.qname).rstrip(".")
         rtype = QTYPE.get(question.qtype)
@@ -94,10 +137,23 @@ class DnsServer:
         )
         packed = reply.pack()
         if transport == "udp" and len(packed) > 512:
-            reply = request.reply()
+            reply = DNSRecord(_reply_header(request.header), q=request.q)
             reply.header.tc = 1
             packed = reply.pack()
         return bytes(packed)
+
+
+def _reply_header(request: DNSHeader, rcode: int = RCODE.NOERROR) -> DNSHeader:
+    """A reply's header: the request's id, opcode and RD (RFC 1035 4.1.1), nothing else
+    of its flags (not its TC, Z or rcode bits)."""
+    return DNSHeader(
+        id=request.id, qr=1, opcode=request.opcode, rd=request.rd, aa=1, ra=1, rcode=rcode
+    )
+
+
+def _error_reply(request: DNSHeader, rcode: int) -> bytes:
+    """A header-only reply (no sections) with this rcode."""
+    return bytes(DNSRecord(_reply_header(request, rcode)).pack())
 
 
 def _show(kind: str, data: Any) -> str:

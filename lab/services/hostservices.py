@@ -8,6 +8,7 @@ with it. Every acting method is a coroutine, so a proxy over a socket has the sa
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from typing import Any
 
@@ -106,6 +107,12 @@ class HostServices:
             )
             await self.fetcher.start()
 
+    async def run_queues(self) -> None:
+        """Start the queue runs of what a previous run left on disk: called once every
+        host of the lab listens (in-process and in Docker alike)."""
+        if self.mta is not None:
+            self.mta.run_queue()
+
     async def stop(self) -> None:
         if self.fetcher is not None:
             await self.fetcher.stop()
@@ -116,6 +123,28 @@ class HostServices:
             self.mta.queue.close()
         for task in list(self.host.tasks):
             task.cancel()
+
+    async def reset(self) -> None:
+        """Back to the state the host started in, its services kept running (`Lab.reset()`):
+        its background work cancelled, queue, mailboxes, maildrops, fetch journals and
+        resolver cache emptied, faults and greylist forgotten. The lab's clock, DNS
+        records and links are the backend's to reset."""
+        tasks = [t for t in self.host.tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self.dns_cache.clear()
+        if self.captured is not None:
+            self.captured.clear()
+        if self.pop3 is not None:
+            await self.pop3.reset()
+        if self.mta is not None:
+            await self.mta.reset()
+        else:
+            MailStore(self.host.state_dir / "mail", durable=False).clear()
+        if self.fetcher is not None:
+            self.fetcher.reset()
 
     # the links ---------------------------------------------------------------------------
 

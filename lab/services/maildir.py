@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -126,6 +127,24 @@ class MailStore:
                     os.fsync(dfd)
                 finally:
                     os.close(dfd)
+
+    def clear(self) -> None:
+        """Empty every mailbox (the Maildirs themselves stay): for `Lab.reset()`. Whatever
+        else a reader kept beside the messages (a POP3 server's index) goes too."""
+        if not self.root.is_dir():
+            return
+        for box in self.root.iterdir():
+            if not box.is_dir():
+                box.unlink(missing_ok=True)
+                continue
+            for path in box.iterdir():
+                if path.name in ("tmp", "new", "cur") and path.is_dir():
+                    for message in path.iterdir():
+                        message.unlink(missing_ok=True)
+                elif path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
 
     def users(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -120,6 +120,12 @@ class Pop3Service:
         if self.sessions:
             await asyncio.wait(list(self.sessions), timeout=2.0)
 
+    async def reset(self) -> None:
+        """End every session and forget the locks (`Lab.reset()`); the maildrops are the
+        mail store's, emptied with it."""
+        await self.stop()
+        self.locks.clear()
+
     def _protocol(self) -> asyncio.Protocol:
         reader = asyncio.StreamReader()
         return asyncio.StreamReaderProtocol(reader, self._connected)

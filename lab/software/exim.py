@@ -148,6 +148,11 @@ def unsupported(node: Node) -> list[str]:
         found.append(f"policy.spf: {policy.spf.value}: exim4-daemon-light has no SPF support")
     if policy.greylist is not None and policy.greylist.enabled:
         found.append("policy.greylist: Exim has no greylisting of its own")
+    if node.relay_domains:
+        found.append(
+            "relay_domains: the rendered Exim has no relay_to_domains router yet; write it in"
+            " your own exim4.conf (config:)"
+        )
     return found
 
 
@@ -509,6 +514,11 @@ class EximAdapter:
 
     def busy_paths(self) -> list[str]:
         return []
+
+    def reset_paths(self) -> list[str]:
+        """The queue, its message logs and the retry hints: emptied (daemon stopped) by
+        `Lab.reset()`."""
+        return [f"{SPOOL}/input", f"{SPOOL}/msglog", f"{SPOOL}/db"]
 
     def busy(self, daemon_pid: int | None) -> bool:
         """Exim processes at work besides the listening daemon: receiving, delivering,

@@ -6,7 +6,8 @@ The configuration is rendered from the node's fields (docs/real-mtas.md has the 
   local_domains; local users get Unix accounts (one uid) and aliases /etc/aliases;
 - mynetworks from relay_from (network names become their subnets), relayhost from
   smarthost (a node name becomes its hostname; `[host]`, no MX lookup, as the built-in
-  MTA's smarthost);
+  MTA's smarthost); relay_domains from relay_domains (with a smarthost too, a transport
+  entry `relay:DOMAIN` per domain, so their mail goes to their MX as on the built-in MTA);
 - masquerade: masquerade_domains and masquerade_classes, and, when the masquerade domain
   is another one (shofar.org.uk as shofar.uklinux.net), smtp_generic_maps that map the
   domains (and with entire_domain their subdomains) to it on the way out;
@@ -215,6 +216,11 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         **owned,
     }
     params.update(tls_params(ctx))
+    if node.relay_domains:
+        params["relay_domains"] = ", ".join(str(d) for d in node.relay_domains)
+        if node.smarthost:  # relayhost would take them too: their MX, as built in
+            entries = ", ".join(f"{d}=relay:{d}" for d in node.relay_domains)
+            params["transport_maps"] = f"inline:{{ {entries} }}"
     if node.policy.verify_sender_domain:  # as the built-in MTA: 553 5.1.8, 450 on DNS failure
         params["smtpd_sender_restrictions"] = "reject_unknown_sender_domain"
         params["unknown_address_reject_code"] = "553"
@@ -344,6 +350,12 @@ class PostfixAdapter:
 
     def busy_paths(self) -> list[str]:
         return [f"{SPOOL}/maildrop", f"{SPOOL}/incoming", f"{SPOOL}/active"]
+
+    def reset_paths(self) -> list[str]:
+        """Every queue and its logs: emptied (daemon stopped) by `Lab.reset()`."""
+        queues = ("maildrop", "incoming", "active", "deferred", "hold", "corrupt")
+        logs = ("defer", "bounce", "trace", "flush", "saved")
+        return [f"{SPOOL}/{name}" for name in (*queues, *logs)]
 
     def log_reader(self) -> PostfixLog:
         return PostfixLog()

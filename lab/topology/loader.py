@@ -14,7 +14,7 @@ import difflib
 import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,108 @@ from lab.errors import Problem, TopologyError
 from lab.topology.fields import EXCHANGE_PATTERN, HOSTNAME_PATTERN
 from lab.topology.model import Topology
 from lab.topology.positions import PathT, Positions, format_path
-from lab.topology.validate import semantic_problems
+from lab.topology.validate import semantic_check
+
+# Limits on what a topology file may make the loader build. A real topology has a few
+# hundred values, nested under ten deep, in a few kilobytes; these are tens of times more,
+# and small enough that any file within them is read in well under 2 s and 200 MB. They
+# are checked while composing, before any Python value is built, so that a file that
+# expands through aliases (a "billion laughs") is refused without being expanded.
+MAX_FILE_BYTES = 128 * 1024  # the file itself (PyYAML reads some 100 KB a second)
+MAX_DEPTH = 32  # mappings and lists inside each other, aliases expanded
+MAX_VALUES = 20_000  # values (scalars, mappings, lists), every alias counted as expanded
+MAX_EXPANDED_CHARS = 1_000_000  # characters in scalars, every alias counted as expanded
+MAX_NUMBER_CHARS = 64  # an integer's text: Python's int() of long digit strings is slow
+
+
+class _LimitError(yaml.MarkedYAMLError):
+    """A file beyond one of the limits above, or a recursive alias: not a syntax error."""
+
+    def __init__(self, problem: str, mark: Any):
+        super().__init__(None, None, problem, mark)
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader with YAML 1.2 booleans: yes/no/on/off stay strings."""
+    """SafeLoader with YAML 1.2 booleans (yes/no/on/off stay strings) whose composer
+    refuses recursive aliases and keeps within the limits above, counting each node as
+    it is composed and each alias as the size of the node it names."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self._values = 0  # values so far, aliases expanded
+        self._chars = 0  # scalar characters so far, aliases expanded
+        self._heights: list[int] = []  # per open collection: the height of its highest child
+        self._open: set[str] = set()  # anchors of the collections being composed
+        self._sizes: dict[str, tuple[int, int, int]] = {}  # anchor -> values, chars, height
+
+    def compose_document(self) -> yaml.Node | None:
+        node = super().compose_document()
+        self._sizes.clear()
+        return node
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()
+        anchor = event.anchor
+        if isinstance(event, yaml.AliasEvent):
+            if anchor in self._open:
+                raise _LimitError(
+                    f"alias *{anchor} stands inside the node &{anchor} it names"
+                    " (a recursive alias); expected an alias after its anchor's node ends",
+                    event.start_mark,
+                )
+            node = super().compose_node(parent, index)  # an undefined alias: PyYAML says so
+            values, chars, height = self._sizes[anchor]
+            self._count(values, chars, height, event.start_mark, anchor)
+            if self._heights:
+                self._heights[-1] = max(self._heights[-1], height)
+            return node
+        before = (self._values, self._chars)
+        if isinstance(event, yaml.ScalarEvent):
+            self._count(1, len(event.value), 0, event.start_mark, "")
+            node = super().compose_node(parent, index)
+            if isinstance(node, yaml.ScalarNode):
+                self._number(node)
+            height = 0
+        else:
+            self._count(1, 0, 1, event.start_mark, "")
+            self._heights.append(0)
+            if anchor is not None:
+                self._open.add(anchor)
+            node = super().compose_node(parent, index)
+            self._open.discard(anchor)
+            height = 1 + self._heights.pop()
+            if self._heights:
+                self._heights[-1] = max(self._heights[-1], height)
+        if anchor is not None:
+            self._sizes[anchor] = (self._values - before[0], self._chars - before[1], height)
+        return node
+
+    def _count(self, values: int, chars: int, height: int, mark: Any, alias: str) -> None:
+        """Count a value, or the whole node an alias names, about to join the open
+        collections; `alias` is the alias's name, or '' for a value of its own."""
+        self._values += values
+        self._chars += chars
+        what = f"alias *{alias}, expanded," if alias else "this value"
+        why = ""
+        if len(self._heights) + height > MAX_DEPTH:
+            why = (
+                f"nests mappings and lists more than {MAX_DEPTH} deep (a topology needs under ten)"
+            )
+        elif self._values > MAX_VALUES:
+            why = f"takes the file past {MAX_VALUES} values (a topology has a few hundred)"
+        elif self._chars > MAX_EXPANDED_CHARS:
+            why = f"takes the file past {MAX_EXPANDED_CHARS} characters of text"
+        if why:
+            hint = "; are aliases nested to multiply?" if alias and height != 0 else ""
+            raise _LimitError(f"{what} {why}{hint}", mark)
+
+    def _number(self, node: yaml.ScalarNode) -> None:
+        if node.tag == "tag:yaml.org,2002:int" and len(node.value) > MAX_NUMBER_CHARS:
+            raise _LimitError(
+                f"a number {len(node.value)} characters long; expected at most"
+                f" {MAX_NUMBER_CHARS} (quote it to make it a string)",
+                node.start_mark,
+            )
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -46,6 +143,15 @@ _Loader.add_implicit_resolver(
 
 def _place(node: yaml.Node) -> tuple[int, int]:
     return (node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+_TAG_WORDS = {
+    "tag:yaml.org,2002:int": "a whole number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "true or false",
+    "tag:yaml.org,2002:timestamp": "a date",
+    "tag:yaml.org,2002:null": "null",
+}
 
 
 class _Builder:
@@ -93,7 +199,28 @@ class _Builder:
             return result
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
-        return self.constructor.construct_object(node, deep=True)
+        try:
+            return self.constructor.construct_object(node, deep=True)
+        except yaml.YAMLError:
+            raise
+        except Exception as exc:
+            # PyYAML's constructors raise whatever Python raises on an explicit tag with a
+            # value that does not fit it (`!!bool maybe`: KeyError, `!!int 12x`: ValueError,
+            # `!!timestamp x`: AttributeError) and on impossible dates (2001-02-30).
+            self.constructor.recursive_objects.pop(node, None)
+            line, col = _place(node)
+            kind = _TAG_WORDS.get(node.tag, node.tag)
+            reason = f" ({exc})" if type(exc) is ValueError else ""
+            self.problems.append(
+                Problem(
+                    self.positions.file,
+                    line,
+                    col,
+                    format_path(path),
+                    f"YAML error: cannot read {node.value!r} as {kind}{reason}",
+                )
+            )
+            return None
 
 
 def _yaml_hint(problem: str) -> str:
@@ -107,11 +234,46 @@ def _yaml_hint(problem: str) -> str:
     return ""
 
 
+def _too_large(file: str) -> TopologyError:
+    return TopologyError(
+        [
+            Problem(
+                file,
+                1,
+                1,
+                "",
+                f"the file is larger than {MAX_FILE_BYTES // 1024} KiB; a topology file is"
+                " a few kilobytes (is this the right file?)",
+            )
+        ]
+    )
+
+
+def _line_column(text: str, index: int) -> tuple[int, int]:
+    """1-based line and column of the character at `index`."""
+    line = text.count("\n", 0, index) + 1
+    return line, index - (text.rfind("\n", 0, index) + 1) + 1
+
+
 def parse_yaml(text: str, file: str) -> tuple[Any, Positions]:
-    """Plain data and positions from YAML text; a syntax error becomes a TopologyError."""
+    """Plain data and positions from YAML text; a syntax error, or a file beyond the
+    loader's limits (MAX_FILE_BYTES and the others), becomes a TopologyError."""
     positions = Positions(file)
+    if len(text) > MAX_FILE_BYTES:
+        raise _too_large(file)
     try:
         root = yaml.compose(text, Loader=_Loader)
+    except _LimitError as exc:
+        mark = exc.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise TopologyError([Problem(file, line, col, "", f"YAML error: {exc.problem}")]) from None
+    except yaml.reader.ReaderError as exc:
+        line, col = _line_column(text, exc.position)
+        if isinstance(exc.character, int):
+            what = f"the character {chr(exc.character)!r} (U+{exc.character:04X}) is not allowed"
+        else:  # pragma: no cover - bytes, undecodable: the text is decoded already
+            what = f"cannot decode the file as {exc.encoding}: {exc.reason}"
+        raise TopologyError([Problem(file, line, col, "", f"YAML syntax error: {what}")]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -285,11 +447,13 @@ def problems_from_validation(exc: ValidationError, positions: Positions) -> list
 
 @dataclass
 class LoadedTopology:
-    """A validated topology and where it came from (positions are for later checks)."""
+    """A validated topology and where it came from (positions are for later checks), with
+    the warnings the checks found: things that work, but probably not as meant."""
 
     model: Topology
     positions: Positions
     source: Path | None
+    warnings: list[Problem] = field(default_factory=list)
 
 
 def load_text(text: str, file: str = "<topology>", base: Path | None = None) -> LoadedTopology:
@@ -301,20 +465,39 @@ def load_text(text: str, file: str = "<topology>", base: Path | None = None) -> 
         model = Topology.model_validate(data, context={"base": base})
     except ValidationError as exc:
         raise TopologyError(problems_from_validation(exc, positions)) from None
-    problems = semantic_problems(model, positions)
+    problems, warnings = semantic_check(model, positions)
     if problems:
-        raise TopologyError(problems)
-    return LoadedTopology(model, positions, None)
+        raise TopologyError(problems, warnings)
+    return LoadedTopology(model, positions, None, warnings)
 
 
 def load(path: str | Path) -> LoadedTopology:
     """Load and validate a topology file, or raise TopologyError with every problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as stream:  # no more than the limit: not all of /dev/zero
+            raw = stream.read(MAX_FILE_BYTES + 1)
+        if len(raw) > MAX_FILE_BYTES:
+            raise _too_large(str(path))
+        text = raw.decode("utf-8")
     except FileNotFoundError:
         raise TopologyError([Problem(str(path), 0, 0, "", "no such file")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = len(before[before.rfind(b"\n") + 1 :].decode("utf-8", "replace")) + 1
+        raise TopologyError(
+            [
+                Problem(
+                    str(path),
+                    line,
+                    column,
+                    "",
+                    f"the file is not UTF-8 text: byte {raw[exc.start]:#04x} {exc.reason}",
+                )
+            ]
+        ) from None
+    except OSError as exc:
         raise TopologyError(
             [Problem(str(path), 0, 0, "", f"cannot read the file: {exc}")]
         ) from None

@@ -49,6 +49,7 @@ from lab.topology.software import (
     SettingsField,
     Software,
     SoftwareField,
+    _kind,
 )
 from lab.topology.units import Duration, Size
 
@@ -487,6 +488,9 @@ class Node(Base):
     relay_from: list[str] = Field(
         default_factory=list, description="clients allowed to relay: network names or CIDRs"
     )
+    relay_domains: list[Hostname] = Field(
+        default_factory=list, description="domains relayed for anyone, to their MX (a backup MX)"
+    )
     smarthost: str | None = Field(
         None, description="send all non-local mail here (HOST or HOST:PORT, a node or a DNS name)"
     )
@@ -506,6 +510,8 @@ class Node(Base):
     @classmethod
     def _networks(cls, value: Any) -> Any:
         if isinstance(value, list):
+            if wrong := [_kind(item) for item in value if not isinstance(item, str)]:
+                raise ValueError(f"expected a list of network names, got {wrong[0]} in it")
             return {name: "auto" for name in value}
         return value
 
@@ -530,7 +536,7 @@ class Node(Base):
             raise ValueError(f"unknown role {value!r}; expected one of: {', '.join(ROLES)}")
         return value
 
-    @field_validator("local_domains")
+    @field_validator("local_domains", "relay_domains")
     @classmethod
     def _domains(cls, value: list[str]) -> list[str]:
         return [check_hostname(v) for v in value]

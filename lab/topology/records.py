@@ -138,6 +138,14 @@ class RecordTable:
         self.version += 1
         self.names.setdefault(normalise(name), Records()).fault = fault
 
+    def restore(self, table: RecordTable) -> None:
+        """Take `table`'s records as they are (a table built from the topology again:
+        `Lab.reset()` undoes every edit); resolvers see an edit."""
+        self.names = table.names
+        self.zones = table.zones
+        self.ttl = table.ttl
+        self.version += 1
+
     def remove(self, name: str) -> None:
         self.version += 1
         self.names.pop(normalise(name), None)

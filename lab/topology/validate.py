@@ -3,10 +3,16 @@ must fit their subnets and not clash, services a setting needs.
 
 The model (model.py) checks each field on its own; this module checks how they fit
 together. Every problem found is returned, each with its place in the file.
+
+Besides problems (the file cannot be used), the checks find warnings: things that work
+but probably not as meant, such as an MX record or a smarthost whose name has no address
+in the lab DNS. Mail to it bounces, which may be the point of a scenario, so the file is
+still valid; `maillab validate` and `maillab up` print them.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +22,7 @@ from lab.topology.addressing import AddressPoolExhausted, assign_addresses, host
 from lab.topology.fields import NAME_RE
 from lab.topology.model import Node, Service, Topology
 from lab.topology.positions import PathT, Positions
-from lab.topology.records import RecordTable, normalise
+from lab.topology.records import Rcode, RecordTable, normalise
 from lab.topology.software import (
     CONFIG_DIRECTORY,
     CONFIG_WANTED,
@@ -53,11 +59,15 @@ class _Checker:
         self.t = topology
         self.pos = positions
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
         self.services = {name: node.service_set() for name, node in topology.nodes.items()}
         self.hostnames = {normalise(hostname_of(topology, n)): n for n in topology.nodes}
 
     def add(self, path: PathT, message: str, *, at_key: bool = False) -> None:
         self.problems.append(self.pos.problem(path, message, at_key=at_key))
+
+    def warn(self, path: PathT, message: str, *, at_key: bool = False) -> None:
+        self.warnings.append(self.pos.problem(path, message, at_key=at_key))
 
     def nodes_with(self, service: Service) -> list[str]:
         return [n for n, s in self.services.items() if service in s]
@@ -77,6 +87,8 @@ class _Checker:
         except AddressPoolExhausted as exc:
             self.add(("nodes", exc.node, "networks", exc.network), str(exc))
         self.dns()
+        if table is not None:
+            self.mail_exchangers(table)
         for name, node in self.t.nodes.items():
             self.node(name, node, table)
         self.operator()
@@ -210,12 +222,79 @@ class _Checker:
                         at_key=True,
                     )
 
+    def mail_exchangers(self, table: RecordTable) -> None:
+        """An MX whose exchange has no address: mail for its name bounces (a warning)."""
+        for zone, entries in self.t.dns.zones.items():
+            for label, records in entries.items():
+                for i, mx in enumerate(records.MX):
+                    if mx.exchange not in (".", "") and _no_address(table, mx.exchange):
+                        self.warn(
+                            ("dns", "zones", zone, label, "MX", i),
+                            f"mail exchanger {mx.exchange!r} has no address in the lab DNS,"
+                            " so mail sent to this name bounces"
+                            f"{self._host_hint(mx.exchange, table)} (expected a node's"
+                            " hostname or a name with an A record in dns.zones)",
+                        )
+
+    def smarthost(self, name: str, node: Node, table: RecordTable | None) -> None:
+        """A smarthost must resolve in the lab DNS (the MTA looks it up there); one that
+        does not makes every relayed message bounce: a warning, not a problem."""
+        target = node.smarthost
+        if not target or table is None:
+            return
+        host, _ = _split_hostport(target)
+        if _is_ip(host):
+            return
+        lookup = hostname_of(self.t, host) if host in self.t.nodes else host
+        if _no_address(table, lookup):
+            via = f" (node {host!r} is {lookup!r})" if lookup != host else ""
+            self.warn(
+                ("nodes", name, "smarthost"),
+                f"smarthost {target!r} has no address in the lab DNS{via}, so mail relayed"
+                f" through it bounces{self._host_hint(host, table)} (expected a node name,"
+                " a node's hostname, an IP address or a name with an A record in dns.zones)",
+            )
+
+    def _host_hint(self, name: str, table: RecordTable | None) -> str:
+        """'; did you mean X?' for a mistyped host: a node name close to it (as for any
+        unknown node), else a host name only a letter or two away from it."""
+        hint = self._did_you_mean(name, self.t.nodes)
+        if hint:
+            return hint
+        names = [hostname_of(self.t, n) for n in self.t.nodes]
+        if table is not None:
+            names += [n for n, rec in table.names.items() if rec.A or rec.CNAME]
+        close = [n for n in dict.fromkeys(names) if n != name and _edits(name, n) <= 2]
+        return self._did_you_mean(name, close)
+
     def resolvable(self, target: str, table: RecordTable | None) -> bool:
         host, _ = _split_hostport(target)
         if host in self.t.nodes or normalise(host) in self.hostnames or _is_ip(host):
             return True
         # Without a table (no free address) a name cannot be checked: do not report it.
         return table is None or table.resolves(host)
+
+    def relay_domains(self, name: str, node: Node, table: RecordTable | None) -> None:
+        """A relay domain is somebody else's: not one of the node's own domains, and with
+        mail exchangers (or an address) in the lab's DNS to relay its mail to."""
+        own = {normalise(d) for d in node.local_domains}
+        own |= {normalise(d) for box in node.mailboxes.values() for d in box.domains}
+        for i, domain in enumerate(node.relay_domains):
+            path = ("nodes", name, "relay_domains", i)
+            if normalise(domain) in own:
+                self.add(
+                    path,
+                    f"{domain!r} is delivered here (local_domains or a maildrop's domains);"
+                    " expected a domain this node relays to its mail exchangers",
+                )
+            elif table is not None and not (
+                table.lookup(domain, "MX").values("MX") or table.resolves(domain)
+            ):
+                self.add(
+                    path,
+                    f"{domain!r} has no MX and no address in the lab's DNS, so its mail would"
+                    " have nowhere to go; expected an MX record for it under dns.zones",
+                )
 
     def node(self, name: str, node: Node, table: RecordTable | None) -> None:
         path: PathT = ("nodes", name)
@@ -226,6 +305,7 @@ class _Checker:
             "users",
             "aliases",
             "relay_from",
+            "relay_domains",
             "smarthost",
             "masquerade",
             "faults",
@@ -240,8 +320,7 @@ class _Checker:
                         at_key=True,
                     )
         self.software(name, node)
-        if node.smarthost and not self.resolvable(node.smarthost, table):
-            self.add((*path, "smarthost"), self._unresolved(node.smarthost))
+        self.smarthost(name, node, table)
         for i, item in enumerate(node.relay_from):
             if item in self.t.networks:
                 continue
@@ -253,6 +332,7 @@ class _Checker:
                     f"{item!r} is neither a network of this lab"
                     f" ({', '.join(self.t.networks)}) nor a CIDR such as 10.20.1.0/24",
                 )
+        self.relay_domains(name, node, table)
         local = set(node.users) | set(node.aliases) | {"postmaster"}
         for alias, targets in node.aliases.items():
             for i, target in enumerate(targets):
@@ -272,7 +352,7 @@ class _Checker:
                     " smtp service; expected role: hub",
                 )
             if not self.resolvable(job.server, table):
-                self.add((*jpath, "server"), self._unresolved(job.server))
+                self.add((*jpath, "server"), self._unresolved(job.server, table))
             users: list[tuple[str | tuple[str, str], str]] = [("to", job.to)] if job.to else []
             users += [(("multidrop", k), v or k) for k, v in (job.multidrop or {}).items()]
             users.append(("postmaster", job.postmaster))
@@ -296,7 +376,7 @@ class _Checker:
                         path, "a client needs submit_to (no MTA shares its networks)", at_key=True
                     )
             elif not self.resolvable(node.submit_to, table):
-                self.add((*path, "submit_to"), self._unresolved(node.submit_to))
+                self.add((*path, "submit_to"), self._unresolved(node.submit_to, table))
         if node.mailboxes and Service.pop3 not in services:  # pragma: no cover - implied
             self.add((*path, "mailboxes"), "mailboxes need the pop3 service")
 
@@ -398,19 +478,23 @@ class _Checker:
             self.add(path, f"node {name!r} runs no {service.value} service")
 
     @staticmethod
-    def _unknown(kind: str, name: str, known: Iterable[str]) -> str:
-        import difflib
+    def _did_you_mean(name: str, known: Iterable[str]) -> str:
+        """'; did you mean X?' for the known name closest to a mistyped one, or ''."""
+        close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+        return f"; did you mean {close[0]!r}?" if close and close[0] != name else ""
 
+    @classmethod
+    def _unknown(cls, kind: str, name: str, known: Iterable[str]) -> str:
         names = list(known)
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
+        hint = cls._did_you_mean(name, names)
         return f"unknown {kind} {name!r}{hint} (expected one of: {', '.join(names) or 'none'})"
 
-    @staticmethod
-    def _unresolved(target: str) -> str:
+    def _unresolved(self, target: str, table: RecordTable | None) -> str:
+        host, _ = _split_hostport(target)
         return (
-            f"{target!r} does not resolve in the lab: expected a node name, a node's"
-            " hostname, an IP address or a name with an A record in dns.zones"
+            f"{target!r} does not resolve in the lab{self._host_hint(host, table)} (expected a"
+            " node name, a node's hostname, an IP address or a name with an A record in"
+            " dns.zones)"
         )
 
 
@@ -432,5 +516,34 @@ def config_problem(software: Software, path: Path) -> str | None:
     return None
 
 
+def _edits(a: str, b: str) -> int:
+    """Characters inserted, deleted or replaced between two names (as difflib sees it)."""
+    matcher = difflib.SequenceMatcher(None, a, b)
+    return sum(
+        max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in matcher.get_opcodes() if tag != "equal"
+    )
+
+
+def _no_address(table: RecordTable, name: str) -> bool:
+    """True when `name` has no address in the lab DNS and no fault entry (SERVFAIL,
+    NXDOMAIN, ...) on its way says that is the point."""
+    answer = table.lookup(name, "A")
+    if answer.values("A"):
+        return False
+    if answer.rcode not in (Rcode.noerror, Rcode.nxdomain):
+        return False  # a fault on purpose
+    end = str(answer.records[-1][2]) if answer.records else name  # where the CNAMEs lead
+    record = table.names.get(normalise(end))
+    return not (record and record.fault)
+
+
+def semantic_check(topology: Topology, positions: Positions) -> tuple[list[Problem], list[Problem]]:
+    """(problems, warnings): what makes the topology unusable, and what works but
+    probably not as meant."""
+    checker = _Checker(topology, positions)
+    problems = checker.run()
+    return problems, sorted(checker.warnings, key=lambda p: (p.line, p.column, p.path))
+
+
 def semantic_problems(topology: Topology, positions: Positions) -> list[Problem]:
-    return _Checker(topology, positions).run()
+    return semantic_check(topology, positions)[0]

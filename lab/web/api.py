@@ -271,6 +271,12 @@ def create_app(server: WebServer) -> Any:
         await backend.settle()
         return {"events": len(bus.events)}
 
+    @app.post("/api/reset", summary="Put the lab back to its topology's initial state")
+    async def reset() -> Any:
+        began = time.monotonic()
+        await backend.reset()
+        return {"reset": True, "seconds": round(time.monotonic() - began, 4)}
+
     @app.get("/api/dns", summary="The lab DNS's records")
     async def dns() -> Any:
         return views.dns_view(lab)

@@ -133,6 +133,7 @@ def test_validate_json(runner: CliRunner, bad_file: Path, monkeypatch: pytest.Mo
             "networks": 2,
             "links": 1,
             "checks": 9,
+            "warnings": [],
         },
         {
             "file": "bad.yaml",
@@ -146,6 +147,7 @@ def test_validate_json(runner: CliRunner, bad_file: Path, monkeypatch: pytest.Mo
                     "message": report[1]["problems"][0]["message"],
                 }
             ],
+            "warnings": [],
         },
     ]
     assert report[1]["problems"][0]["message"].startswith("unknown field 'smarthst'")
@@ -156,7 +158,8 @@ def test_validate_json_all_ok(runner: CliRunner) -> None:
     assert result.exit_code == 0
     [entry] = json.loads(result.stdout)
     assert entry["ok"] is True
-    assert set(entry) == {"file", "ok", "name", "nodes", "networks", "links", "checks"}
+    assert set(entry) == {"file", "ok", "name", "nodes", "networks", "links", "checks", "warnings"}
+    assert entry["warnings"] == []
 
 
 def test_validate_needs_a_file(runner: CliRunner) -> None:

@@ -65,6 +65,7 @@ def test_op_names_are_their_wire_strings() -> None:
         "events",
         "trace",
         "dns",
+        "reset",
         "ui",
         "down",
     ]

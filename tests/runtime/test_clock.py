@@ -191,3 +191,25 @@ def test_a_fixed_start_time() -> None:
         assert clock.time() == pytest.approx(946_684_800.0 + 86400, abs=0.5)
 
     run(body, start=946_684_800.0)
+
+
+def test_a_timer_set_during_an_advance_just_past_its_end_fires_in_real_time() -> None:
+    """The background runner waits by the time it read before the advance; moved past
+    it, it must look again, or a retry a few ms after the advance's end waits a minute."""
+
+    async def body(clock: LabClock) -> None:
+        ran: list[str] = []
+        start = clock.time()
+        # a timer inside the window sets one 50 ms (lab time) past the window's end
+        clock.call_at(start + 10, lambda: clock.call_at(start + 60.05, lambda: ran.append("x")))
+        await asyncio.sleep(0)  # the runner now waits for the first timer, 10 s away
+        await clock.advance(60)
+        assert ran == []
+        await asyncio.wait_for(_until(lambda: ran == ["x"]), 2.0)
+
+    run(body, settle=lambda: asyncio.sleep(0.01))  # as the lab's: the loop turns meanwhile
+
+
+async def _until(done: Callable[[], bool]) -> None:
+    while not done():
+        await asyncio.sleep(0.01)

@@ -320,6 +320,26 @@ def test_sender_checks_and_the_hop_limit_are_rendered(ctx: RenderContext) -> Non
     assert "smtpd_sender_restrictions" not in main_cf(ctx)
 
 
+def test_relay_domains_are_rendered(ctx: RenderContext) -> None:
+    """A backup MX: relay_domains as Postfix's; with a smarthost (relayhost) too, a
+    transport entry sends their mail to their own MX, as the built-in MTA does."""
+    from dataclasses import replace
+
+    assert "relay_domains" not in main_cf(ctx) and "transport_maps" not in main_cf(ctx)
+    node = ctx.node.model_copy(deep=True)
+    node.relay_domains = ["example.org", "example.net"]
+    params = main_cf(replace(ctx, node=node))
+    assert params["relay_domains"] == "example.org, example.net"
+    assert params["relayhost"] == "[mail.uklinux.net]"
+    assert params["transport_maps"] == (
+        "inline:{ example.org=relay:example.org, example.net=relay:example.net }"
+    )
+    node.smarthost = None
+    params = main_cf(replace(ctx, node=node))
+    assert params["relay_domains"] == "example.org, example.net"
+    assert "transport_maps" not in params
+
+
 def test_fields_postfix_cannot_honour_are_refused_with_the_node_named() -> None:
     from lab.errors import LabError
     from lab.software import check_topology

@@ -200,8 +200,9 @@ CASES = [
         [
             "bad.yaml:25:5: nodes.hub.smarthst: unknown field 'smarthst'; did you mean"
             " 'smarthost'? (expected one of: role, services, hostname, networks, software,"
-            " config, settings, local_domains, users, aliases, relay_from, smarthost, masquerade,"
-            " policy, retry, faults, mailboxes, fetch, submit_to, submit_port)",
+            " config, settings, local_domains, users, aliases, relay_from, relay_domains,"
+            " smarthost, masquerade, policy, retry, faults, mailboxes, fetch, submit_to,"
+            " submit_port)",
         ],
         id="unknown-node-key",
     ),
@@ -426,28 +427,20 @@ CASES = [
         id="link-network-not-attached",
     ),
     pytest.param(
-        change("    smarthost: mx.example.org\n", "    smarthost: mail.example.org\n"),
-        [
-            "bad.yaml:25:16: nodes.hub.smarthost: 'mail.example.org' does not resolve in the lab:"
-            " expected a node name, a node's hostname, an IP address or a name with an A record"
-            " in dns.zones",
-        ],
-        id="smarthost-does-not-resolve",
-    ),
-    pytest.param(
         change("      - server: pop.example.org\n", "      - server: pop3.example.org\n"),
         [
             "bad.yaml:29:17: nodes.hub.fetch[0].server: 'pop3.example.org' does not resolve in"
-            " the lab: expected a node name, a node's hostname, an IP address or a name with an A"
-            " record in dns.zones",
+            " the lab; did you mean 'pop.example.org'? (expected a node name, a node's hostname,"
+            " an IP address or a name with an A record in dns.zones)",
         ],
         id="fetch-server-does-not-resolve",
     ),
     pytest.param(
         change("submit_to: hub}", "submit_to: hubb}"),
         [
-            "bad.yaml:40:66: nodes.pc1.submit_to: 'hubb' does not resolve in the lab: expected a"
-            " node name, a node's hostname, an IP address or a name with an A record in dns.zones",
+            "bad.yaml:40:66: nodes.pc1.submit_to: 'hubb' does not resolve in the lab; did you"
+            " mean 'hub'? (expected a node name, a node's hostname, an IP address or a name with"
+            " an A record in dns.zones)",
         ],
         id="submit-to-does-not-resolve",
     ),
@@ -504,6 +497,32 @@ CASES = [
             " (lan, internet) nor a CIDR such as 10.20.1.0/24",
         ],
         id="relay-from-unknown-network",
+    ),
+    pytest.param(
+        change("relay_from: [lan]", "relay_from: [lan]\n    relay_domains: [home.test]"),
+        [
+            "bad.yaml:25:21: nodes.hub.relay_domains[0]: 'home.test' is delivered here"
+            " (local_domains or a maildrop's domains); expected a domain this node relays to"
+            " its mail exchangers",
+        ],
+        id="relay-domain-is-local",
+    ),
+    pytest.param(
+        change("relay_from: [lan]", "relay_from: [lan]\n    relay_domains: [nowhere.test]"),
+        [
+            "bad.yaml:25:21: nodes.hub.relay_domains[0]: 'nowhere.test' has no MX and no"
+            " address in the lab's DNS, so its mail would have nowhere to go; expected an MX"
+            " record for it under dns.zones",
+        ],
+        id="relay-domain-without-mx",
+    ),
+    pytest.param(
+        change("submit_to: hub}", "submit_to: hub, relay_domains: [example.org]}"),
+        [
+            "bad.yaml:40:71: nodes.pc1.relay_domains: relay_domains is an MTA setting but node"
+            " 'pc1' runs no smtp service; expected role: mta, hub or isp",
+        ],
+        id="relay-domain-on-a-non-mta",
     ),
     # networks and addresses
     pytest.param(
@@ -1184,8 +1203,9 @@ def test_every_cross_reference_problem_is_reported() -> None:
         " (expected one of: ns, hub, isp, pc1)",
         "bad.yaml:40:39: nodes.pc1.networks.lan: address 192.168.10.1 is already used by"
         " node 'hub'",
-        "bad.yaml:40:65: nodes.pc1.submit_to: 'hubb' does not resolve in the lab: expected a"
-        " node name, a node's hostname, an IP address or a name with an A record in dns.zones",
+        "bad.yaml:40:65: nodes.pc1.submit_to: 'hubb' does not resolve in the lab; did you mean"
+        " 'hub'? (expected a node name, a node's hostname, an IP address or a name with an A"
+        " record in dns.zones)",
         "bad.yaml:45:14: checks.queued[2].link.modem: unknown link 'modem'"
         " (expected one of: dialup)",
     ]

@@ -78,6 +78,7 @@ class Agent:
         self.forwarders: list[asyncio.AbstractServer] = []
         self.ops: dict[str, Handler] = {
             AgentOp.START: self.start,
+            AgentOp.RUN_QUEUES: self._services("run_queues"),
             AgentOp.PING: self.ping,
             AgentOp.SETTLE: self.settled,
             AgentOp.CLOCK_NEXT: self.next_timer,
@@ -94,6 +95,7 @@ class Agent:
             AgentOp.DNS_SET: self._services("set_dns"),
             AgentOp.DNS_FAULT: self._services("set_dns_fault"),
             AgentOp.FAULT_ADD: self.add_fault,
+            AgentOp.RESET: self.reset,
             AgentOp.STOP: self.stop,
         }
 
@@ -430,6 +432,35 @@ class Agent:
                 f" {self.real.adapter.software.value}"
             )
         await self._need().add_fault(fault)
+
+    async def reset(self) -> None:
+        """Back to the state the host started in (`Lab.reset()`; the lab has put its links
+        as declared): its work cancelled, its clock at real time, its copy of the DNS as
+        in the topology, the built-in services' state emptied, and each real program
+        (fetchmail, the MTA, Dovecot) stopped, emptied and started again."""
+        services = self._need()
+        if self.fetchmail is not None:
+            await self.fetchmail.stop()
+        tasks = [t for t in services.host.tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self.clock.reset()
+        if self.records.version:
+            self.records.restore(RecordTable.from_topology(self.topology, self.addresses))
+        self.quiet = True  # what the programs say while they restart is not the lab's
+        try:
+            await services.reset()
+            resets = [server.reset() for server in self.servers]
+            if self.real is not None:
+                resets.append(self.real.reset())
+            await asyncio.gather(*resets)
+            if self.fetchmail is not None:
+                await self.fetchmail.reset()
+        finally:
+            self.quiet = False
+        self.events.events.clear()
 
     async def stop(self) -> None:
         if self.services is not None:

@@ -105,6 +105,8 @@ class DockerBackend(LabBackend[HostProxy]):
         dns_first = provision.dns_nodes()
         await self._start(dns_first)
         await self._start([n for n in self.topology.nodes if n not in dns_first])
+        # every host listens now: only then do queues left by an earlier run go out
+        await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.events.emit(
@@ -149,6 +151,12 @@ class DockerBackend(LabBackend[HostProxy]):
 
     def _live(self) -> list[HostProxy]:
         return [p for p in self.handles.values() if not p.closed]
+
+    async def reset_hosts(self) -> None:
+        """Every agent resets its host at once (a real MTA restarts meanwhile); lab time
+        is real time again, in every container."""
+        await asyncio.gather(*(p.reset() for p in self._live()))
+        self._offset = 0.0
 
     # the clock ---------------------------------------------------------------------------
 

@@ -123,6 +123,10 @@ class HostProxy:
         found: dict[str, Any] = await self.call(AgentOp.START, {"offset": offset}, timeout=timeout)
         return found
 
+    async def run_queues(self) -> None:
+        """Let the host's queue runs begin (every host of the lab listens by now)."""
+        await self.call(AgentOp.RUN_QUEUES)
+
     async def settled(self, timeout: float, quick: bool = False) -> tuple[int, bool]:
         """Wait until the host has no work under way (or `timeout`); (events, idle).
         `quick`: a real MTA's log counts as quiet sooner (its awaited lines are in)."""
@@ -139,6 +143,10 @@ class HostProxy:
 
     async def stop(self) -> None:
         await self.call(AgentOp.STOP, timeout=10)
+
+    async def reset(self) -> None:
+        """The host back to its initial state; a real MTA's daemon restarts meanwhile."""
+        await self.call(AgentOp.RESET, timeout=120)
 
     # the host's handle (lab.backends.base.HostHandle) ---------------------------------------
 

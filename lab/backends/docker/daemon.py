@@ -250,6 +250,23 @@ class RealMta:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(self.log_task, 2)
 
+    async def reset(self) -> None:
+        """Back to a new daemon's state (`Lab.reset()`): stopped, its spool and the
+        mailboxes emptied, what the lab remembered of it forgotten, started again on the
+        host's clock (reset before)."""
+        await self.stop()
+        clear_files(reset_paths(self.adapter))
+        self.store.clear()
+        self.keys.clear()
+        self.reader = self.adapter.log_reader()
+        self.queue_ran_at = None
+        self.restarts = 0
+        self.stopping = False
+        await self._follow_log()
+        self.set_offset(self.host.clock.offset)
+        await self._spawn()
+        await self.ready()
+
     # the clock ---------------------------------------------------------------------------
 
     def set_offset(self, offset: float) -> None:
@@ -410,3 +427,22 @@ class RealMta:
         deadline = loop.time() + timeout
         while self.busy(quiet) and loop.time() < deadline:
             await asyncio.sleep(0.005)
+
+
+def reset_paths(adapter: Any) -> list[str]:
+    """The directories whose files are the daemon's memory of mail (queue, retry hints):
+    the adapter's `reset_paths()`, or else its deferred queue and busy directories."""
+    own = getattr(adapter, "reset_paths", None)
+    if own is not None:
+        return list(own())
+    return [adapter.deferred_path(), *adapter.busy_paths()]
+
+
+def clear_files(paths: list[str]) -> None:
+    """Remove every file under `paths`, keeping the directories (and their owners and
+    modes, which a daemon checks)."""
+    for path in paths:
+        for root, _, files in os.walk(path):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))

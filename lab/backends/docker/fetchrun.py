@@ -114,6 +114,15 @@ class Fetchmail:
             if proc.returncode is None:
                 proc.kill()
 
+    async def reset(self) -> None:
+        """Forget every UID fetched (fetchmail's id files) and poll as at the start
+        (`Lab.reset()`, after the host's clock and links)."""
+        await self.stop()
+        for run in self.runs:
+            Path(run.idfile).unlink(missing_ok=True)
+        self.stopping = False
+        self._arm_all()
+
     def link_changed(self) -> None:
         """A link changed state: poll while the host's links are up, stop when down."""
         self._disarm_all()

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from lab.errors import LabError
 from lab.services.host import Host
+from lab.services.maildir import MailStore
 from lab.software.adapter import RenderContext
 from lab.software.server import ServerAdapter
 
@@ -141,6 +142,16 @@ class RealServer:
         if self.watcher is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.watcher, 2)
+
+    async def reset(self) -> None:
+        """Back to a new server's state (`Lab.reset()`): stopped, the mailboxes it serves
+        emptied (its index files with them), started again."""
+        await self.stop()
+        MailStore(Path(self.ctx.mail_root), durable=False).clear()
+        self.restarts = 0
+        self.stopping = False
+        await self._spawn()
+        await self.ready()
 
     async def run(self, command: list[str], *, check: bool = True) -> str:
         proc = await asyncio.create_subprocess_exec(

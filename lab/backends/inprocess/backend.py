@@ -9,6 +9,7 @@ machine work against the printed endpoints, and `dig @ADDR -p PORT` against the 
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -94,6 +95,9 @@ class InProcessBackend(LabBackend[HostServices]):
             await services.start_dns()
         for services in self.handles.values():
             await services.start_others()
+        # Every host listens now: only then do queues left by an earlier run go out.
+        for services in self.handles.values():
+            await services.run_queues()
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.events.emit("lab", "lab.up", backend=self.name, nodes=list(self.handles))
@@ -114,6 +118,21 @@ class InProcessBackend(LabBackend[HostServices]):
 
     async def settle(self, timeout: float = 60.0) -> None:
         await settle_tasks(self.hosts.values(), timeout)
+
+    async def reset_hosts(self) -> None:
+        """Cut every connection and cancel every host's work first (nothing of one host
+        may reach another already reset), then the clock, then each host."""
+        for conn in list(self.vnet.conns.values()):
+            conn.close()
+        self.vnet.conns.clear()
+        tasks = [t for h in self.hosts.values() for t in h.tasks if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        self.clock.reset()
+        for services in self.handles.values():
+            await services.reset()
 
     # the clock ---------------------------------------------------------------------------
 

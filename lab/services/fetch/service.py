@@ -76,6 +76,18 @@ class FetchService:
     async def stop(self) -> None:
         self._disarm_all()
 
+    def reset(self) -> None:
+        """Forget every UID handed over (the journals) and poll as at the start, when the
+        links are up (`Lab.reset()`)."""
+        self._disarm_all()
+        self.paused = False
+        self._locks.clear()
+        if self.state_dir.is_dir():
+            for path in self.state_dir.iterdir():
+                if path.is_file():
+                    path.unlink(missing_ok=True)
+        self._arm_all()
+
     def link_changed(self) -> None:
         """A link changed state: poll while the host's links are up, stop when down."""
         self.paused = False

@@ -3,6 +3,9 @@
 `accept` takes a message the SMTP server received (or a DSN this host wrote, dsn.py)
 and returns only once it is durably this host's: then the server may say 250.
 
+- A line of the header block that is neither a header field nor a continuation line
+  ends the headers: a blank line goes in before it (`end_headers`), as Postfix's
+  cleanup does, so text typed without the blank line is body, not header.
 - Its recipients are expanded (aliases, maildrops; an alias loop fails its recipient
   at once, and is bounced before the 250) and a Received: line is put on top.
 - Mail for local mailboxes only goes into them before the 250, as an LMTP server
@@ -13,7 +16,11 @@ and returns only once it is durably this host's: then the server may say 250.
   others of its group, and handed to delivery (delivery.py) with its content.
 
 Once the message goes to the disk its acceptance runs to the end, even if the client
-hangs up before the reply (it has no 250 then, and may send it again: RFC 1047's race).
+hangs up before the reply. A client that is known to be gone when the message is on
+disk never had the 250 and still holds the message (it sends it again): the copy is
+withdrawn from the queue rather than delivered twice (RFC 1047's race, as a dial-up
+link that drops during the final dot makes it). A client that goes after that check
+may still miss the 250: that narrower window remains, as in every MTA.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import asyncio
 import email.utils
 import functools
 import re
+from collections.abc import Callable
 
 from lab.services.host import Host
 from lab.services.mta.delivery import Delivery
@@ -55,10 +63,12 @@ class Acceptance:
         dsn_ret: str = "",
         envid: str = "",
         at_once: bool = True,
+        connected: Callable[[], bool] | None = None,
     ) -> QueuedMessage:
         """Make a message this host's, durably; returns it with its queue id.
         `recipients` are (address, DSN NOTIFY) pairs. `at_once`: mail for local mailboxes
-        only goes into them now, before the 250 (a DSN this host writes is queued)."""
+        only goes into them now, before the 250 (a DSN this host writes is queued).
+        `connected`: whether the client is still there to be told 250 (SMTP)."""
         message, content, failed = self._prepare(
             content,
             envelope_from=envelope_from,
@@ -74,10 +84,37 @@ class Acceptance:
         original = [a for a, _ in recipients]
         # Once the message goes to the disk it is seen through, even if the client hangs
         # up meanwhile (it has no 250 then, and may send it again: RFC 1047's race).
-        await asyncio.shield(
-            self.host.spawn(self._store(message, content, failed, original, at_once), "accept")
-        )
+        task = self.host.spawn(self._store(message, content, failed, original, at_once), "accept")
+        try:
+            queued = await asyncio.shield(task)
+        except asyncio.CancelledError:  # the client left: decide once the file is on disk
+
+            def stored(t: asyncio.Task[bool]) -> None:
+                if not t.cancelled() and t.exception() is None and t.result():
+                    self._hand_over(message, content, original, keep=connected is None)
+
+            task.add_done_callback(stored)
+            raise
+        if queued:  # the last moment before the 250 goes out: is the client still there?
+            self._hand_over(message, content, original, keep=connected is None or connected())
         return message
+
+    def _hand_over(
+        self, message: QueuedMessage, content: bytes, original: list[str], *, keep: bool
+    ) -> None:
+        """A queued message to delivery; or, when its client is gone before the 250,
+        withdrawn: the client still has it and sends it again."""
+        if keep:
+            self._accepted(message, content, original)
+            self.delivery.start(message, content)
+            return
+        self.queue.remove(message.id)
+        self.host.emit(
+            "queue.withdrawn",
+            id=message.id,
+            client=message.client,
+            reason="the client left before the 250: it still has the message",
+        )
 
     def received_header(
         self,
@@ -145,7 +182,7 @@ class Acceptance:
             protocol=protocol,
             tls=tls,
         )
-        content = header + content
+        content = header + end_headers(content)
         now = self.host.clock.time()
         message = QueuedMessage(
             queue_id,
@@ -169,7 +206,8 @@ class Acceptance:
         failed: list[Recipient],
         original: list[str],
         at_once: bool,
-    ) -> None:
+    ) -> bool:
+        """The message on disk; True when it is in the queue waiting for `_hand_over`."""
         if (
             at_once
             and message.recipients
@@ -177,8 +215,10 @@ class Acceptance:
             and all(r.local for r in message.recipients)
         ):
             await self._accept_local(message, content, original)
-            return
+            return False
         await self.queue.put_async(content, message)
+        if not failed:
+            return True
         self._accepted(message, content, original)
         if failed:  # an alias loop: bounced now, before the 250
             try:
@@ -190,8 +230,9 @@ class Acceptance:
                     notified = self.delivery.finish(message, content)
                     if notified is not None:
                         await notified
-                    return
+                    return False
         self.delivery.start(message, content)
+        return False
 
     async def _bounce(
         self, message: QueuedMessage, content: bytes, failed: list[Recipient]
@@ -232,6 +273,33 @@ class Acceptance:
             size=len(content),
             message_id=message.message_id,
         )
+
+
+# A header field's name: printable ASCII but the colon, then the colon (RFC 5322 2.2; like
+# Postfix's is_header, spaces and tabs before the colon are allowed).
+_FIELD_NAME = re.compile(rb"[!-9;-~]+[ \t]*:")
+
+
+def end_headers(content: bytes) -> bytes:
+    """The message with its header block ended where it ends: at the first line that is
+    neither a header field nor the continuation of one, a blank line is put in (Postfix's
+    cleanup treats such a line as the body's first, and writes the blank line); a message
+    whose headers end with a blank line, or that is only headers, is left as it is."""
+    pos = 0
+    in_field = False
+    while True:
+        end = content.find(b"\r\n", pos)
+        if end == pos or pos == len(content):
+            return content  # the blank line (or the end): the headers end as they should
+        if in_field and content[pos : pos + 1] in (b" ", b"\t"):
+            pass  # a continuation line
+        elif _FIELD_NAME.match(content, pos):
+            in_field = True
+        else:
+            return content[:pos] + b"\r\n" + content[pos:]
+        if end < 0:
+            return content
+        pos = end + 2
 
 
 @functools.lru_cache(maxsize=64)

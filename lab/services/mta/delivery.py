@@ -11,7 +11,10 @@
 - `finish` ends an attempt: what has waited past `give_up_after` expires, what failed or
   expired is bounced and a delay warning goes out after `warn_after` (dsn.py: each DSN
   is on disk before the original's state changes), what is still pending is scheduled
-  on the retry schedule, and a message with nothing pending leaves the queue.
+  on the retry schedule, and a message with nothing pending leaves the queue. Each
+  message is finished as soon as its last recipient of the run has its reply, not when
+  the whole run ends: its removal goes to the disk right after the next hop's 250, so
+  a crash in the middle of a long flush sends again only what was in flight.
 - `flush` runs every queued message now (sendmail -q).
 """
 
@@ -20,8 +23,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Iterable
 from typing import Any
 
 from lab.protocols.smtp import Reply, split_address
@@ -29,7 +31,7 @@ from lab.runtime.clock import Timer
 from lab.services.diskio import DiskWorker
 from lab.services.host import Host, Unreachable
 from lab.services.maildir import MailStore
-from lab.services.mta.nexthop import Hop, hop_key, resolve_hop
+from lab.services.mta.nexthop import Hop, hop_key, loops_back, resolve_hop
 from lab.services.mta.outbound import (
     OutboundSession,
     SessionCache,
@@ -39,6 +41,7 @@ from lab.services.mta.outbound import (
 from lab.services.mta.parts import Bouncer
 from lab.services.mta.queue import Attempt, Queue, QueuedMessage, Recipient
 from lab.services.mta.rewrite import masquerade_address, rewrite_headers
+from lab.services.mta.runs import Run, Work
 from lab.services.mta.transitions import (
     ACCEPTED,
     GIVE_UP,
@@ -50,16 +53,6 @@ from lab.services.mta.transitions import (
 from lab.services.resolver import Resolver
 
 _QUEUED_AS = re.compile(r"queued as ([A-Za-z0-9]+)|id=([A-Za-z0-9-]+)|([A-Z0-9]{8,})")
-
-
-@dataclass
-class _Work:
-    message: QueuedMessage
-    content: bytes
-    recipients: list[Recipient]
-
-
-Claim = Callable[[str], list[tuple[_Work, list[Recipient]]]]
 
 
 class Delivery:
@@ -124,7 +117,7 @@ class Delivery:
     # running the queue ------------------------------------------------------------------
 
     async def run(self, ids: Iterable[str]) -> None:
-        work: list[_Work] = []
+        work: list[Work] = []
         for message_id in ids:
             message = self.queue.messages.get(message_id)
             if message is None or message_id in self.running:
@@ -134,26 +127,16 @@ class Delivery:
             work.append(self._take(message))
         if not work:
             return
-
-        def claim(key: str) -> list[tuple[_Work, list[Recipient]]]:
-            taken = self._claim(key)
-            work.extend(item for item, _ in taken)  # finished below with the rest
-            return taken
-
+        run = Run(work, self._claim, self.finish, self.running)
         try:
-            await self._deliver(work, claim)
+            await self._deliver(work, run)
         finally:
-            notifying: list[Awaitable[None]] = []
-            for item in work:
-                notified = self.finish(item.message, item.content)
-                if notified is not None:  # a DSN to write first: it stays running till then
-                    notifying.append(notified)
-                else:
-                    self.running.discard(item.message.id)
-            if notifying:
-                await asyncio.gather(*notifying)
+            for item in run.work:  # (what an error left unfinished)
+                run.finish(item)
+            if run.notifying:
+                await asyncio.gather(*run.notifying)
 
-    def _take(self, message: QueuedMessage) -> _Work:
+    def _take(self, message: QueuedMessage) -> Work:
         """Mark a message as being delivered (its retry timer off) and get its content."""
         self.running.add(message.id)
         timer = self.timers.pop(message.id, None)
@@ -162,12 +145,12 @@ class Delivery:
         content = self.fresh.pop(message.id, None)
         if content is None:
             content = self.queue.content(message.id)
-        return _Work(message, content, message.pending)
+        return Work(message, content, message.pending)
 
-    def _claim(self, key: str) -> list[tuple[_Work, list[Recipient]]]:
+    def _claim(self, key: str) -> list[tuple[Work, list[Recipient]]]:
         """Newly accepted messages that go wholly to next hop `key`, for a session to it
         that is about to end: it carries them too, as an MTA reuses a connection."""
-        taken: list[tuple[_Work, list[Recipient]]] = []
+        taken: list[tuple[Work, list[Recipient]]] = []
         kept: list[str] = []
         node = self.node
         for message_id in self._due:
@@ -187,10 +170,10 @@ class Delivery:
         self._due = kept
         return taken
 
-    async def _deliver(self, work: list[_Work], claim: Claim) -> None:
-        groups: dict[str, list[tuple[_Work, list[Recipient]]]] = defaultdict(list)
+    async def _deliver(self, work: list[Work], run: Run) -> None:
+        groups: dict[str, list[tuple[Work, list[Recipient]]]] = defaultdict(list)
         node = self.node
-        for item in work:
+        for item in list(work):
             remote: list[Recipient] = []
             for rcpt in item.recipients:
                 if rcpt.local:
@@ -200,11 +183,12 @@ class Delivery:
             by_key: dict[str, list[Recipient]] = defaultdict(list)
             for rcpt in remote:
                 by_key[hop_key(node, rcpt.address)].append(rcpt)
+            item.parts = len(by_key)
             for key, rcpts in by_key.items():
                 groups[key].append((item, rcpts))
-        await asyncio.gather(
-            *(self._deliver_hop(key, items, claim) for key, items in groups.items())
-        )
+            if not by_key:  # local only: done now
+                run.finish(item)
+        await asyncio.gather(*(self._deliver_hop(key, items, run) for key, items in groups.items()))
 
     async def deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
         """Into the recipient's Maildir (durably, in the disk thread)."""
@@ -236,24 +220,26 @@ class Delivery:
         )
 
     async def _deliver_hop(
-        self, key: str, items: list[tuple[_Work, list[Recipient]]], claim: Claim
+        self, key: str, items: list[tuple[Work, list[Recipient]]], run: Run
     ) -> None:
-        hop = await resolve_hop(key, self.resolver, self.host.topology)
+        mine = {str(a) for a in self.host.addresses.values()}
+        hop = await resolve_hop(key, self.resolver, self.host.topology, mine)
         if hop.error:
             for item, rcpts in items:
                 self._attempt(item.message, key, hop.error, rcpts)
                 for rcpt in rcpts:
                     self._result(item.message, rcpt, hop.error, "")
+                run.done(item)
             return
         # Up to `hop_sessions` sessions in parallel to one next hop, each with its share
         # of the messages (Postfix's destination concurrency), so that one slow disk or
         # round trip does not hold up the rest.
         sessions = max(1, min(self.hop_sessions, len(items) // 8 or 1))
         slices = [items[i::sessions] for i in range(sessions)]
-        await asyncio.gather(*(self._deliver_slice(key, hop, part, claim) for part in slices))
+        await asyncio.gather(*(self._deliver_slice(key, hop, part, run) for part in slices))
 
     async def _deliver_slice(
-        self, key: str, hop: Hop, items: list[tuple[_Work, list[Recipient]]], claim: Claim
+        self, key: str, hop: Hop, items: list[tuple[Work, list[Recipient]]], run: Run
     ) -> None:
         mine = {str(a) for a in self.host.addresses.values()}
         remaining = list(items)
@@ -262,13 +248,11 @@ class Delivery:
             if not remaining:
                 break
             if address in mine:
-                last_error = Reply(
-                    554, f"5.4.6 mail for {key.partition(':')[2]} loops back to myself"
-                )
+                last_error = loops_back(key.partition(":")[2])
                 break
             async with self.outbound:
                 last_error = await self._session(
-                    key, name, address, port, remaining, last_error, claim
+                    key, name, address, port, remaining, last_error, run
                 )
             if last_error.permanent and last_error.status == "5.4.6":
                 break
@@ -277,6 +261,7 @@ class Delivery:
             for rcpt in rcpts:
                 if rcpt.pending:
                     self._result(item.message, rcpt, last_error, "")
+            run.done(item)
 
     # SMTP sessions ----------------------------------------------------------------------
 
@@ -315,12 +300,13 @@ class Delivery:
         name: str,
         address: str,
         port: int,
-        remaining: list[tuple[_Work, list[Recipient]]],
+        remaining: list[tuple[Work, list[Recipient]]],
         last_error: Reply,
-        claim: Claim,
+        run: Run,
     ) -> Reply:
         """One SMTP session to one server, for as many of `remaining` as it takes, and
-        for what arrives for the same next hop meanwhile (`claim`). The session is one
+        for what arrives for the same next hop meanwhile (`run.claim`); each message is
+        finished (`run.done`) as soon as its replies are in. The session is one
         left open by an earlier run if there is one, and is left open for the next."""
         session = self.idle.take(address, port, self.host.clock.time())
         if session is not None:
@@ -335,11 +321,11 @@ class Delivery:
         try:
             while True:
                 if not remaining:
-                    remaining.extend(claim(key))  # what came meanwhile for this hop
+                    remaining.extend(run.claim(key))  # what came meanwhile for this hop
                     if not remaining:
                         break
                 if len(remaining) == 1:
-                    remaining.extend(claim(key))
+                    remaining.extend(run.claim(key))
                 item, rcpts = remaining[0]
                 then = None
                 if len(remaining) > 1:  # its envelope goes out behind this message
@@ -375,6 +361,7 @@ class Delivery:
                         tls=session.used_tls,
                     )
                 remaining.pop(0)
+                run.done(item)
             healthy = True
         except SessionError as exc:
             last_error = exc.reply
@@ -394,7 +381,7 @@ class Delivery:
     async def _transaction(
         self,
         session: OutboundSession,
-        item: _Work,
+        item: Work,
         rcpts: list[Recipient],
         server: str,
         then: tuple[str, list[str]] | None,
@@ -569,6 +556,16 @@ class Delivery:
         if retry.warn_after is not None and not message.warned and message.envelope_from:
             candidates.append(message.received + retry.warn_after)
         return max(now, min(candidates))
+
+    def reset(self) -> None:
+        """Forget every retry timer and run (`Lab.reset()`: their tasks are cancelled)."""
+        for timer in self.timers.values():
+            timer.cancel()
+        self.timers.clear()
+        self.running.clear()
+        self.fresh.clear()
+        self._due.clear()
+        self._runners.clear()
 
     def schedule(self, message: QueuedMessage, when: float) -> None:
         """Attempt `message` at lab time `when` (its retry timer)."""

@@ -1,14 +1,20 @@
 """Where a remote recipient goes next: the smarthost, or the domain's mail exchangers.
 
 A next hop has a key: `smarthost:HOST[:PORT]` when the node relays everything through
-one host, else `mx:DOMAIN`. Resolving it gives the servers to try in order: the
-smarthost's addresses, or the MX hosts in preference order with their addresses (the
-domain's own A record as an implicit MX when it has none), or the error that ends the
-attempt (a null MX, a name that does not exist: 5xx; a DNS failure: 4xx).
+one host, else `mx:DOMAIN` (always for the node's relay_domains: a backup MX passes their
+mail to their MX hosts). Resolving it gives the servers to try in order: the smarthost's
+addresses, or the MX hosts in preference order with their addresses (the domain's own A
+record as an implicit MX when it has none), or the error that ends the attempt (a null
+MX, a name that does not exist: 5xx; a DNS failure: 4xx).
+
+A host that finds itself among a domain's MX hosts tries only those preferred over it
+(RFC 5321 section 5.1): a backup MX hands mail to the primary and, while the primary
+does not answer, keeps it queued; the most preferred one has nowhere to send it (a loop).
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from lab.protocols.smtp import Reply, split_address
@@ -29,12 +35,20 @@ class Hop:
 
 
 def hop_key(node: Node, address: str) -> str:
-    if node.smarthost:
+    domain = split_address(address)[1]
+    if node.smarthost and domain not in node.relay_domains:
         return f"smarthost:{node.smarthost}"
-    return f"mx:{split_address(address)[1]}"
+    return f"mx:{domain}"
 
 
-async def resolve_hop(key: str, resolver: Resolver, topology: Topology) -> Hop:
+def loops_back(domain: str) -> Reply:
+    return Reply(554, f"5.4.6 mail for {domain} loops back to myself")
+
+
+async def resolve_hop(
+    key: str, resolver: Resolver, topology: Topology, mine: Collection[str] = ()
+) -> Hop:
+    """The servers for next hop `key`; `mine` are the host's own addresses."""
     hop = Hop(key)
     kind, _, target = key.partition(":")
     try:
@@ -51,14 +65,20 @@ async def resolve_hop(key: str, resolver: Resolver, topology: Topology) -> Hop:
         if len(mx) == 1 and mx[0].host == ".":
             hop.error = Reply(556, f"5.1.10 {target} does not accept mail (null MX)")
             return hop
-        names = [m.host for m in mx] if mx else [target]
-        unresolved: list[str] = []
-        for name in names:
+        names = [(m.preference, m.host) for m in mx] if mx else [(0, target)]
+        found: list[tuple[int, str, str]] = []
+        for preference, name in names:
             try:
-                for address in await resolver.addresses(name):
-                    hop.candidates.append((name, address, SMTP_PORT))
+                found += [(preference, name, a) for a in await resolver.addresses(name)]
             except DnsNotFound:
-                unresolved.append(name)
+                continue
+        own = [preference for preference, _, address in found if address in mine]
+        if own:  # only the MX hosts preferred over this one (RFC 5321 section 5.1)
+            found = [c for c in found if c[0] < min(own)]
+            if not found:
+                hop.error = loops_back(target)
+                return hop
+        hop.candidates = [(name, address, SMTP_PORT) for _, name, address in found]
         if not hop.candidates:
             hop.error = Reply(
                 550,

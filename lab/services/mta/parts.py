@@ -8,6 +8,7 @@ another in a circle, and MtaService (service.py) joins them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from lab.services.mta.queue import QueuedMessage, Recipient
@@ -30,6 +31,7 @@ class Accepts(Protocol):
         dsn_ret: str = "",
         envid: str = "",
         at_once: bool = True,
+        connected: Callable[[], bool] | None = None,
     ) -> QueuedMessage: ...
 
 

@@ -1,9 +1,11 @@
 """What the built-in MTA refuses, and with which reply (the codes real MTAs use).
 
 - relay control: a recipient outside the local domains is accepted only from a client
-  in `relay_from` (550 5.7.1 Relaying denied); the classic address tricks (percent
-  hack, quoted local parts, source routes, bang paths) are refused for not naming a
-  local user (550 5.1.1), never relayed;
+  in `relay_from` (550 5.7.1 Relaying denied), or in one of `relay_domains` from anyone
+  (a backup MX), unless its local part routes further (`%`, `!`, `@`: Postfix's
+  allow_untrusted_routing = no); the classic address tricks (percent hack, quoted local
+  parts, source routes, bang paths) are refused for not naming a local user (550 5.1.1),
+  never relayed;
 - unknown local user: 550 5.1.1;
 - sender domain verification: no MX and no A -> 553 5.1.8; DNS failure -> 451 4.1.8;
 - SPF on the envelope sender (spf.py): fail -> 550 5.7.23; temporary error -> 451 4.7.24;
@@ -26,6 +28,7 @@ from lab.services.mta.frontend import Mta
 from lab.services.resolver import DnsTemporaryError
 
 _RECEIVED = re.compile(rb"(?im)^Received:")
+_ROUTING = re.compile(r"[%!@]")  # sender-specified routing in a local part
 
 
 def peer_address(session: Session) -> str:
@@ -91,6 +94,8 @@ async def check_recipient(
         if local.lower() == "postmaster" or book.knows(address):
             return _greylist(mta, client, envelope, address)
         return f"550 5.1.1 <{address}>... User unknown"
+    if domain in book.relay_domains and not _ROUTING.search(local):
+        return _greylist(mta, client, envelope, address)
     if not client_may_relay(mta, client):
         return f"550 5.7.1 <{address}>... Relaying denied"
     return _greylist(mta, client, envelope, address)

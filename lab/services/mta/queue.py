@@ -11,7 +11,12 @@ and commits the directory once for the messages that arrive together. Later chan
 state (an attempt that deferred, a bounce sent) go to `ID.json` beside it, written to a
 temporary name and renamed, which overrides the first line; they and the removal of a
 delivered message go through the same thread in order, and nobody waits for them: if a
-crash forgets one, the message is tried again, never lost.
+crash forgets one, the message is tried again, never lost. A state change waiting for
+the disk thread is replaced by a newer one of the same message, not queued behind it
+(a link that flaps defers the same messages again and again). A message is removed as soon
+as the next hop has said 250 for it (delivery finishes each message on its own reply,
+not at the end of a run), and the removals that reach the disk thread together share
+one directory fsync: a crash repeats only what was in flight (docs/architecture.md).
 
 The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
 default), warn the sender after 4 hours, give up after 5 days. The schedule is the
@@ -28,6 +33,7 @@ import contextlib
 import json
 import os
 import secrets
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,6 +178,8 @@ class Queue:
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
         self._saved: set[str] = set()  # ids with a state file beside them
+        self._unsaved: dict[str, bytes] = {}  # id -> newest state the disk has yet to write
+        self._unsaved_lock = threading.Lock()
         # the disk thread: durable writes in groups, removals and state updates in order
         self.disk = disk or DiskWorker(f"queue:{directory}")
 
@@ -254,14 +262,25 @@ class Queue:
         taken now and written by the disk thread, in order with the other writes; if a
         crash comes first, the message itself is still there and is tried again."""
         data = _state(message)
-        path = self.dir / f"{message.id}.json"
         self._saved.add(message.id)
-        self.disk.later(lambda: self._write_state(path, data))
+        with self._unsaved_lock:
+            waiting = message.id in self._unsaved
+            self._unsaved[message.id] = data
+        if not waiting:  # else the write already waiting takes this state
+            path = self.dir / f"{message.id}.json"
+            self.disk.later(
+                lambda: self._write_state(path, message.id), self.dir if self.durable else None
+            )
 
-    def _write_state(self, path: Path, data: bytes) -> None:
+    def _write_state(self, path: Path, message_id: str) -> None:
+        """In the disk thread: the newest state of the message (its directory is fsync'd
+        once for the group)."""
+        with self._unsaved_lock:
+            data = self._unsaved.pop(message_id, None)
+        if data is None:
+            return
         if self.durable:
             _write_durably(path, data)
-            self._sync_dir()
         else:
             path.write_bytes(data)
 
@@ -271,15 +290,29 @@ class Queue:
 
     def remove(self, message_id: str) -> None:
         """The message is finished: it leaves the queue now, its files a moment later (in
-        the disk thread; a crash before that delivers it again, it never loses it)."""
-        self._doom(self.dir / f"{message_id}.msg")  # first: a state file left alone is
+        the disk thread, the directory fsync'd with the other removals of its group; a
+        crash before that delivers it again, it never loses it)."""
+        doomed = [self.dir / f"{message_id}.msg"]  # first: a state file left alone is
         if message_id in self._saved:  # dropped by `load`, a message left alone is sent
-            self._doom(self.dir / f"{message_id}.json")
+            doomed.append(self.dir / f"{message_id}.json")
             self._saved.discard(message_id)
         self.messages.pop(message_id, None)
 
-    def _doom(self, path: Path) -> None:
-        self.disk.later(lambda: _unlink(path))
+        def unlink() -> None:
+            for path in doomed:
+                _unlink(path)
+
+        self.disk.later(unlink, self.dir if self.durable else None)
+
+    def clear(self) -> None:
+        """Empty the queue, files and all, once the disk thread has done what it was
+        asked (`Lab.reset()`: nothing is under way then)."""
+        self.disk.wait()
+        for path in self.dir.iterdir():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+        self.messages.clear()
+        self._saved.clear()
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -1,12 +1,15 @@
 """Where a recipient goes: a local user, a POP3 maildrop, or another host.
 
-Local parts are compared without regard to case, as sendmail does for aliases.
+Local parts are compared without regard to case, as sendmail does for aliases. The host's
+own address literals (`user@[192.168.10.1]` on the host with that address) are local
+domains, as for sendmail and Postfix.
 `postmaster` always exists (RFC 5321 section 4.5.1): its alias, else a user of that
 name, else root, else a maildrop named postmaster.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from lab.protocols.smtp import split_address
@@ -27,10 +30,15 @@ class Destination:
 
 
 class AddressBook:
-    def __init__(self, node: Node, hostname: str):
+    def __init__(self, node: Node, hostname: str, addresses: Iterable[str] = ()):
         self.node = node
         self.hostname = hostname.lower()
-        self.local_domains = {d.lower() for d in node.local_domains} | {self.hostname}
+        self.local_domains = (
+            {d.lower() for d in node.local_domains}
+            | {self.hostname}
+            | {f"[{a}]" for a in addresses}
+        )
+        self.relay_domains = {d.lower() for d in node.relay_domains}
         self.users = {u.lower(): u for u in node.users}
         self.aliases = {a.lower(): targets for a, targets in node.aliases.items()}
         self.maildrops = {m.lower(): m for m in node.mailboxes}

@@ -30,7 +30,7 @@ from lab.services.mta.acceptance import Acceptance
 from lab.services.mta.delivery import Delivery
 from lab.services.mta.dsn import Bounces
 from lab.services.mta.nexthop import SMTP_PORT
-from lab.services.mta.queue import Queue
+from lab.services.mta.queue import Queue, QueuedMessage
 from lab.services.mta.routing import AddressBook
 from lab.services.resolver import Resolver
 from lab.topology.model import Fault
@@ -51,7 +51,7 @@ class MtaService:
         self.host = host
         self.node = host.node
         self.resolver = resolver
-        self.book = AddressBook(host.node, host.hostname)
+        self.book = AddressBook(host.node, host.hostname, host.addresses.values())
         self.disk = DiskWorker(host.name)  # queue files, mailboxes: in order, in groups
         self.queue = Queue(host.state_dir / "queue", durable=durable, disk=self.disk)
         self.store = MailStore(host.state_dir / "mail", durable=durable)
@@ -60,6 +60,7 @@ class MtaService:
         self.fault_hits: defaultdict[int, int] = defaultdict(int)
         self.runtime_faults: list[Fault] = []
         self.probing = False  # set while a backend checks that the service answers
+        self._loaded: list[QueuedMessage] = []  # found on disk, waiting for run_queue
         # a message's way
         self.delivery = Delivery(
             host,
@@ -81,18 +82,41 @@ class MtaService:
     # lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Read the queue a previous run left and listen. Nothing is delivered until
+        `run_queue`: the lab calls it once every host's listeners are up, so a restarted
+        lab does not try a next hop that is not listening yet."""
         from lab.services.mta.smtpd import make_smtp_factory
 
-        for message in self.queue.load():
+        self._loaded = self.queue.load()
+        for message in self._loaded:
             self.host.emit(
                 "queue.loaded", id=message.id, recipients=[r.address for r in message.pending]
             )
-            self.delivery.schedule(message, max(message.next_attempt, self.host.clock.time()))
         await self.host.net.listen(SMTP_PORT, make_smtp_factory(self))
+
+    def run_queue(self) -> None:
+        """Schedule the messages `start` found on disk (those due go at once)."""
+        loaded, self._loaded = self._loaded, []
+        for message in loaded:
+            if message.id in self.queue.messages:
+                when = max(message.next_attempt, self.host.clock.time())
+                self.delivery.schedule(message, when)
 
     async def close_sessions(self) -> None:
         """End the outbound sessions left open for more mail."""
         await self.delivery.idle.close()
+
+    async def reset(self) -> None:
+        """Back to a new MTA's state (`Lab.reset()`, once the host's tasks are cancelled):
+        no open session, queue or mail, and no greylist, fault or retry memory."""
+        await self.close_sessions()
+        self.delivery.reset()
+        self.acceptance.accepting.clear()
+        self.queue.clear()
+        self.store.clear()
+        self.greylist.clear()
+        self.fault_hits.clear()
+        self.runtime_faults.clear()
 
     # acting ---------------------------------------------------------------------------
 

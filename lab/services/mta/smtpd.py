@@ -57,6 +57,11 @@ def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, d
     return " ".join(kept), taken
 
 
+# RFC 5321 section 4.5.3.1.6: a text line is at most 1000 octets with its CRLF. (aiosmtpd's
+# own default, 1001, lets one more through.) A longer DATA line earns a 500 once the data
+# has ended, and a command line longer than this is cut short as aiosmtpd does.
+LINE_LENGTH_LIMIT = 1000
+HELO_REFUSED = "501 5.5.2 Helo command rejected: invalid host name"
 _SEND_AT_ONCE = {"220", "221", "354", "421"}
 _DATA_END = b"\r\n.\r\n"
 _DOT_LINE = b".\r\n"
@@ -73,7 +78,8 @@ class AiosmtpdOverrides(SMTP):
       handler's handle_*/auth_* methods with dir() and inspect.getmembers() for every
       connection; answering dir() with just those names (`hook_names`, listed once per
       class; the handler's `__dir__` asks it too) keeps a connection's setup cheap.
-    - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>.
+    - `_getaddr`: aiosmtpd's address parser, with a fast path for <local@domain>, and a
+      syntax error (not aiosmtpd's "500 Error: (IndexError)") for a lone "<".
     - `smtp_DATA`: aiosmtpd's DATA reading whole buffered blocks (`read_data`), with
       `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
     - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
@@ -99,7 +105,10 @@ class AiosmtpdOverrides(SMTP):
         match = _SIMPLE_ADDR.match(arg)
         if match:
             return match.group(1), (match.group(2) or "").strip()
-        return super()._getaddr(arg)
+        try:
+            return super()._getaddr(arg)
+        except IndexError:  # a lone "<": the stdlib's parser runs off its end
+            return None, None
 
     def input_waiting(self) -> bool:
         """A whole command line is already buffered (the client pipelines)."""
@@ -205,6 +214,8 @@ class LabSMTP(AiosmtpdOverrides):
     """aiosmtpd's SMTP with the lab's peer mapping, HELP, EXPN, DSN parameters and faults;
     its smtp.* events carry `session`, so a trace can tell one message's dialogue."""
 
+    line_length_limit = LINE_LENGTH_LIMIT
+
     def __init__(self, handler: Handler, **kwargs: Any):
         super().__init__(handler, **kwargs)
         self.lab = handler
@@ -262,8 +273,8 @@ class LabSMTP(AiosmtpdOverrides):
         # PIPELINING (RFC 2920): while the client's next commands are already here, hold
         # the replies and send them together when the input runs dry; a reply after
         # which the connection changes (220 to STARTTLS, 221, 421) or data follows (354)
-        # goes at once, with what was held.
-        if text[:3] not in _SEND_AT_ONCE and self.input_waiting():
+        # goes at once, with what was held, and so does a message's 250 (RFC 1047).
+        if text[:3] not in _SEND_AT_ONCE and self.input_waiting() and "for delivery" not in text:
             self._held.extend(lines)
             return
         if self._held:
@@ -314,10 +325,16 @@ class LabSMTP(AiosmtpdOverrides):
 
     async def smtp_HELO(self, hostname: str) -> None:
         self.lab.command("HELO", hostname, self.session_no)
+        if hostname and _CONTROL.search(hostname):  # it would go into Received: as it is
+            await self.push(HELO_REFUSED)
+            return
         await super().smtp_HELO(hostname)
 
     async def smtp_EHLO(self, hostname: str) -> None:
         self.lab.command("EHLO", hostname, self.session_no)
+        if hostname and _CONTROL.search(hostname):
+            await self.push(HELO_REFUSED)
+            return
         await super().smtp_EHLO(hostname)
 
     async def smtp_VRFY(self, arg: str) -> None:
@@ -539,6 +556,7 @@ class Handler:
                 tls=_tls_text(session),
                 dsn_ret=dsn.get("RET", ""),
                 envid=dsn.get("ENVID", ""),
+                connected=lambda: not getattr(server.transport, "is_closing", lambda: True)(),
             )
         except OSError as exc:
             self.emit("queue.write_failed", error=str(exc))

@@ -359,6 +359,82 @@ def test_relay_denied_to_a_stranger_and_allowed_to_a_customer(
         assert lab.queue("out") == []
 
 
+# --- a relay-only backup MX ----------------------------------------------------------------
+
+
+def backup_world() -> Topology:
+    """mx2 (MX 20 for example.org) turned into a relay-only backup: no local example.org."""
+    topology = world()
+    mx2 = topology.nodes["mx2"]
+    mx2.local_domains, mx2.users, mx2.relay_domains = [], ["postmaster"], ["example.org"]
+    return topology
+
+
+def test_a_backup_mx_takes_its_relay_domain_from_anyone_and_nothing_else(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    with lab_factory(backup_world()) as lab:
+        taken = lab.send("stranger", via="mx2", mail_from="x@stranger.test", to="bob@example.org")
+        assert taken.accepted
+        for address, status in [
+            ("bob@elsewhere.test", "5.7.1"),  # another domain: not for strangers
+            ("bob%elsewhere.test@example.org", "5.7.1"),  # routing through the relay domain
+            ("elsewhere.test!bob@example.org", "5.7.1"),
+            ("bob@sub.example.org", "5.7.1"),  # the domain itself, not its subdomains
+        ]:
+            refused = lab.send("stranger", via="mx2", mail_from="x@stranger.test", to=address)
+            reply = refused.rcpt_replies[address]
+            assert (reply.code, reply.status) == (550, status), address
+        lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
+        assert connects(lab, "mx2") == ["mx1.example.org"]
+        assert lab.mailbox("mx2", "postmaster") == []
+
+
+def test_a_backup_mx_defers_while_the_primary_is_down_and_never_sends_to_itself(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    """RFC 5321 5.1: a host among a domain's MX hosts tries only those preferred over it.
+    With the primary failing, the backup keeps the mail (4.x.x) instead of finding itself
+    next in the list and bouncing it as a loop; once the primary answers, it delivers."""
+    topology = backup_world()
+    topology.nodes["mx1"].faults = [
+        Fault.model_validate({"on": "connect", "reply": "421 4.3.2 busy", "times": 2})
+    ]
+    with lab_factory(topology) as lab:
+        lab.send("out", mail_from="alice@sender.test", to="bob@example.org")
+        deferred = lab.wait_for("queue.deferred", node="mx2")
+        lab.settle()
+        assert connects(lab) == ["mx1.example.org", "mx2.example.org"]  # the sender falls back
+        assert deferred.get("reply") == "421 4.3.2 busy"
+        assert connects(lab, "mx2") == ["mx1.example.org"]
+        [entry] = lab.queue("mx2")
+        assert entry["recipients"] == ["bob@example.org"]
+        assert not [e for e in lab.events if e.kind == "dsn.sent"]
+        lab.flush("mx2")  # the busy primary's second refusal: still deferred, still here
+        assert connects(lab, "mx2") == ["mx1.example.org"] * 2
+        lab.flush("mx2")
+        message = lab.assert_delivered("bob@example.org", node="mx1", mailbox="bob")
+        assert message.envelope_from == "alice@sender.test"
+        assert lab.queue("mx2") == []
+        assert not [e for e in lab.events if e.kind == "dsn.sent"]
+
+
+def test_the_most_preferred_mx_finding_itself_is_a_loop_even_with_a_backup(
+    lab_factory: Callable[..., Lab],
+) -> None:
+    """mx1 (MX 10) relaying example.org finds itself first: it may not send to the backup
+    (MX 20), which would only send it back."""
+    topology = world()
+    mx1 = topology.nodes["mx1"]
+    mx1.local_domains, mx1.users, mx1.relay_domains = [], ["postmaster"], ["example.org"]
+    with lab_factory(topology) as lab:
+        lab.send("customer", via="mx1", mail_from="alice@sender.test", to="bob@example.org")
+        result = lab.wait_for("delivery.result", node="mx1", rcpt="bob@example.org")
+        assert result.get("reply") == "554 5.4.6 mail for example.org loops back to myself"
+        assert connects(lab, "mx1") == []
+        assert lab.mailbox("mx2", "bob") == []
+
+
 # --- several recipients and several messages ----------------------------------------------
 
 

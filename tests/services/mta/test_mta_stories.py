@@ -306,3 +306,90 @@ def test_telnet_dialogue_with_the_hub(lab_factory: Callable[..., Lab], wire: Any
         assert connect.get("peer") == "192.168.1.10"
         assert lab.mailbox("heaven", "joe") == []
         assert lab.queue("heaven") == []
+
+
+# --- pep: the message typed without a blank line after its headers ---------------------------
+
+TELNET = ROOT / "topologies" / "telnet-dialogue.yaml"
+
+
+def test_pep_session_without_a_blank_line_keeps_hi_there_in_the_body(
+    lab_factory: Callable[..., Lab], wire: Any
+) -> None:
+    """pep types `Subject: Loony Toons!` and then `Hi there!` with no blank line between.
+    As Postfix's cleanup does, the first line that is not a header field starts the body,
+    and the stored message has the blank line there; well-formed messages are untouched."""
+    typed = {
+        "pep": b"From: Bugs Bunny\r\nTo: Daffy Duck\r\nSubject: Loony Toons!\r\nHi there!\r\n",
+        "folded": b"Subject: a long\r\n\tsubject\r\nX-Name : spaced\r\nbody: text\r\n"
+        b"not a header\r\n",
+        "no headers": b"Hi there!\r\nSubject: not a header now\r\n",
+        "continuation first": b" indented\r\nSubject: x\r\n",
+        "well formed": b"Subject: fine\r\n\r\nbody\r\n",
+        "headers only": b"Subject: only\r\n",
+    }
+    stored = {
+        "pep": b"From: Bugs Bunny\r\nTo: Daffy Duck\r\nSubject: Loony Toons!\r\n\r\nHi there!\r\n",
+        "folded": b"Subject: a long\r\n\tsubject\r\nX-Name : spaced\r\nbody: text\r\n"
+        b"\r\nnot a header\r\n",
+        "no headers": b"\r\nHi there!\r\nSubject: not a header now\r\n",
+        "continuation first": b"\r\n indented\r\nSubject: x\r\n",
+        "well formed": b"Subject: fine\r\n\r\nbody\r\n",
+        "headers only": b"Subject: only\r\n",
+    }
+    with lab_factory(TELNET) as lab:
+        with wire(lab, "christian") as s:
+            assert s.reply()[0] == 220
+            assert s.code("helo x") == 250
+            for text in typed.values():
+                assert s.code("mail from:<you@christian.net>") == 250
+                assert s.code("rcpt to:<you@christian.net>") == 250
+                assert s.code("data") == 354
+                s.send(text + b".\r\n")
+                assert s.reply()[0] == 250
+            assert s.code("quit") == 221
+        lab.settle()
+        boxes = lab.mailbox("christian", "you")
+        assert len(boxes) == len(typed)
+        for name, want in stored.items():
+            [raw] = [m.raw for m in boxes if m.raw.endswith(want.decode())]
+            # only the delivery's fields and the Received: line came before what was typed
+            assert "\r\nReceived: from x (pc.home [10.40.5.10])\r\n" in raw, name
+            assert raw.split("\r\n\tfor <you@christian.net>; ", 1)[1].split("\r\n", 1)[1] == (
+                want.decode()
+            ), name
+        [pep] = [m for m in boxes if "Loony" in m.raw]
+        message = email.message_from_string(pep.raw, policy=email.policy.compat32)
+        assert message["Subject"] == "Loony Toons!"
+        assert message.get_payload() == "Hi there!\r\n"
+        assert "Hi there!" not in str(message.keys())
+
+
+# --- nelug: mail for the hub's own address literal -------------------------------------------
+
+
+def test_mail_for_the_hubs_own_address_literal_is_delivered_locally(
+    lab_factory: Callable[..., Lab], wire: Any
+) -> None:
+    """`eddy@[192.168.10.1]` names the hub itself: delivered to eddy there, as sendmail and
+    Postfix deliver mail for their own address literal, not relayed to the smarthost. A
+    literal that is not the hub's is still somebody else's."""
+    with lab_factory(HOME_DIALUP) as lab:
+        with wire(lab, "hub") as s:
+            assert s.reply()[0] == 220
+            assert s.code("EHLO heaven.home") == 250
+            assert s.code("MAIL FROM:<root@shofar.org.uk>") == 250
+            assert s.code("RCPT TO:<eddy@[192.168.10.1]>") == 250
+            assert s.code("RCPT TO:<KEITH@[10.20.9.201]>") == 250  # its other interface
+            code, lines = s.cmd("RCPT TO:<nobody@[192.168.10.1]>")
+            assert (code, lines) == (550, ["550 5.1.1 <nobody@[192.168.10.1]>... User unknown"])
+            assert s.code("DATA") == 354
+            s.send(b"Subject: to my own address\r\n\r\nliteral\r\n.\r\n")
+            assert s.reply()[0] == 250
+            assert s.code("QUIT") == 221
+        lab.settle()
+        eddy = lab.assert_delivered("eddy@shofar.org.uk", node="hub", mailbox="eddy")
+        assert "literal" in eddy.raw
+        assert len(lab.mailbox("hub", "keith")) == 1
+        assert lab.queue("hub") == []
+        assert not [e for e in lab.events if e.node == "hub" and e.kind.startswith("delivery.")]

@@ -171,6 +171,22 @@ def test_data_line_over_1000_octets_is_refused(lab: Lab, wire: Wire) -> None:
     assert queued(lab) == []
 
 
+def test_data_line_of_1001_octets_with_its_crlf_is_refused(lab: Lab, wire: Wire) -> None:
+    """RFC 5321 4.5.3.1.6: 1000 octets with the CRLF at most; one more is too long."""
+    with wire(lab, "mx") as s:
+        begin(s)
+        s.send(b"Subject: long\r\n\r\n" + b"x" * 999 + b"\r\nshort line\r\n.\r\n")
+        code, lines = s.cmd("NOOP")  # the 500 comes once the data has ended, not before
+        assert (code, lines) == (
+            500,
+            ["500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)"],
+        )
+        assert s.reply()[0] == 250  # NOOP's
+        still_answers(lab, s, wire)
+    assert queued(lab) == []
+    assert mails(lab, "bob") == []
+
+
 def test_data_line_of_exactly_998_octets_is_fine(lab: Lab, wire: Wire) -> None:
     with wire(lab, "mx") as s:
         begin(s)
@@ -388,6 +404,54 @@ def test_control_characters_in_a_recipient_are_refused(
         still_answers(lab, s, wire)
     assert queued(lab) == []
     assert mails(lab, "bob") == []
+
+
+# --- a path that is only its opening bracket ------------------------------------------------
+
+
+def test_an_unclosed_angle_bracket_is_a_syntax_error(lab: Lab, wire: Wire) -> None:
+    """`MAIL FROM:<` made the address parser raise (500 Error: (IndexError) ...); it is a
+    malformed address like any other."""
+    with wire(lab, "mx") as s:
+        assert s.reply()[0] == 220
+        assert s.code("EHLO client.example.org") == 250
+        for command in ("MAIL FROM:<", "MAIL FROM: <", "MAIL FROM:<  "):
+            assert s.cmd(command) == (553, ["553 5.1.3 Error: malformed address"])
+        assert s.code("MAIL FROM:<root@example.org>") == 250
+        for command in ("RCPT TO:<", "RCPT TO: <"):
+            assert s.cmd(command) == (553, ["553 5.1.3 Error: malformed address"])
+        assert s.code("RCPT TO:<bob@example.org>") == 250
+        still_answers(lab, s, wire)
+
+
+# --- control characters in HELO and EHLO ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("verb", ["HELO", "EHLO"])
+@pytest.mark.parametrize(
+    "name",
+    [b"evil\x00host\x01x", b"evil\x1bhost", b"evil\x7fhost", b"evil\x08host.example.org"],
+    ids=["NUL-SOH", "ESC", "DEL", "BS"],
+)
+def test_control_characters_in_helo_are_refused(
+    lab: Lab, wire: Wire, verb: str, name: bytes
+) -> None:
+    """Refused with 501 and kept out of Received:; the session goes on."""
+    with wire(lab, "mx") as s:
+        assert s.reply()[0] == 220
+        code, lines = s.cmd(verb.encode() + b" " + name)
+        assert (code, lines) == (501, ["501 5.5.2 Helo command rejected: invalid host name"])
+        assert s.code("MAIL FROM:<root@example.org>") == 503  # still no HELO
+        assert s.code(f"{verb} client.example.org") == 250
+        assert s.code("MAIL FROM:<root@example.org>") == 250
+        assert s.code("RCPT TO:<bob@example.org>") == 250
+        assert s.code("DATA") == 354
+        s.send(b"Subject: after a bad HELO\r\n\r\nhello\r\n.\r\n")
+        assert s.reply()[0] == 250
+        still_answers(lab, s, wire)
+    [message] = mails(lab, "bob")
+    assert "Received: from client.example.org (" in message
+    assert "evil" not in message
 
 
 # --- the lab going down under open sessions -------------------------------------------------------

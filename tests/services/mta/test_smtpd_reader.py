@@ -18,9 +18,13 @@ import asyncio
 
 import pytest
 
-from lab.services.mta.smtpd import read_data
+from lab.services.mta.smtpd import LINE_LENGTH_LIMIT, read_data
 
-LINE_LIMIT = 1001  # aiosmtpd's: 1000 octets with the CRLF, plus one
+LINE_LIMIT = LINE_LENGTH_LIMIT  # RFC 5321 4.5.3.1.6: 1000 octets with the CRLF
+
+
+def test_the_line_limit_is_rfc_5321s() -> None:
+    assert LINE_LIMIT == 1000
 
 
 def reference(wire: bytes, size_limit: int | None = None) -> tuple[bytes, str | None, bytes]:
@@ -69,6 +73,7 @@ MESSAGES = {
     "dots": b"..leading\r\n...\r\n.x\r\nmid.dle\r\n..\r\n.\r\nMAIL FROM:<a@b>\r\n",
     "bare CR and LF stay data": b"a\nb\rc\r\r\n\n.\n\r.\r\nend\r\n.\r\nRSET\r\n",
     "dot line then more": b"x\r\n.\r\n.\r\nQUIT\r\n",
+    "line of 998": b"v" * 998 + b"\r\n.\r\nQUIT\r\n",
     "line of 999": b"y" * 999 + b"\r\n.\r\nQUIT\r\n",
     "line of 1000": b"z" * 1000 + b"\r\nafter\r\n.\r\nQUIT\r\n",
     "long line then end": b"w" * 3000 + b"\r\n.\r\nQUIT\r\n",
@@ -91,6 +96,12 @@ def test_a_byte_at_a_time(wire: bytes) -> None:
 def test_dot_unstuffing() -> None:
     content, error, rest = run([b"..one\r\ntwo\r\n...\r\n.\r\nQUIT\r\n"])
     assert (content, error, rest) == (b".one\r\ntwo\r\n..\r\n", None, b"QUIT\r\n")
+
+
+def test_a_line_of_1001_octets_with_its_crlf_is_over_the_limit() -> None:
+    assert run([b"v" * 998 + b"\r\n.\r\n"]) == (b"v" * 998 + b"\r\n", None, b"")
+    content, error, rest = run([b"y" * 999 + b"\r\n.\r\nQUIT\r\n"])
+    assert (content, error, rest) == (b"", "500", b"QUIT\r\n")
 
 
 def test_a_line_over_the_limit_is_500_after_the_end_of_data() -> None:

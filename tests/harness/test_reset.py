@@ -1,0 +1,90 @@
+"""Lab.reset() and reused labs: what a test leaves behind, the next one never sees (on
+every --lab-backend backend)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from lab.harness import Lab
+from lab.harness.pool import LabPool
+
+TOPOLOGY = "topologies/home-dialup.yaml"
+EDDY = "eddy@shofar.org.uk"
+PAUL = "paulmidgley@freeuk.com"
+
+
+def leave_a_mess(lab: Lab) -> None:
+    """Mail delivered, mail queued, the link raised, the clock pushed, the DNS edited."""
+    lab.link("dialup").up()
+    lab.send("pc1", mail_from=EDDY, to=[PAUL])
+    lab.assert_delivered(to=PAUL)
+    lab.link("dialup").down()
+    lab.send("pc1", mail_from=EDDY, to=[PAUL], subject="left behind")
+    lab.assert_queued(on="hub", to=PAUL)
+    lab.clock.advance("2h")
+    lab.set_dns("freeuk.com", "MX", [[10, "elsewhere.example"]])
+
+
+def assert_initial(lab: Lab) -> None:
+    assert lab.queue("hub") == []
+    assert lab.mailbox("freeuk", "paulmidgley") == []
+    assert lab.link("dialup").state == "down"
+    assert abs(lab.status()["clock"]["offset"]) < 5
+    answer = lab.backend.records.lookup("freeuk.com", "MX").values("MX")
+    assert all("elsewhere" not in str(v) for v in answer) and answer
+    kinds = [e.kind for e in lab.events]
+    assert "mailbox.delivered" not in kinds and "queue.queued" not in kinds
+    assert "lab.reset" in kinds
+
+
+@pytest.mark.topology("home-dialup")
+def test_a_test_leaves_a_mess(lab: Any) -> None:
+    leave_a_mess(lab)
+    assert lab.queue("hub")
+
+
+@pytest.mark.topology("home-dialup")
+def test_the_next_test_sees_none_of_it(lab: Any) -> None:
+    # on its own (xdist, random order) this lab is fresh or reset: either way, clean
+    assert lab.queue("hub") == []
+    assert lab.link("dialup").state == "down"
+    assert "mailbox.delivered" not in [e.kind for e in lab.events]
+
+
+def test_a_reused_lab_is_reset_and_works_again(lab_backend: str) -> None:
+    with LabPool() as pool:
+        first = pool.acquire(TOPOLOGY, backend=lab_backend)
+        leave_a_mess(first)
+        pool.release(first)
+        again = pool.acquire(TOPOLOGY, backend=lab_backend)
+        assert again is first and pool.made == 1 and pool.reused == 1
+        assert_initial(again)
+        # and it works as a new lab does: the same message goes the same way
+        again.send("pc1", mail_from=EDDY, to=[PAUL])
+        again.assert_queued(on="hub", to=PAUL)
+        again.link("dialup").up()
+        again.assert_delivered(to=PAUL, envelope_from="eddy@shofar.uklinux.net")
+        assert len(again.mailbox("freeuk", "paulmidgley")) == 1
+
+
+def test_a_lab_whose_reset_fails_is_replaced(lab_backend: str) -> None:
+    with LabPool() as pool:
+        first = pool.acquire(TOPOLOGY, backend=lab_backend)
+        pool.release(first)
+
+        async def broken() -> None:
+            raise RuntimeError("reset failed")
+
+        first.backend.reset = broken  # type: ignore[method-assign]
+        second = pool.acquire(TOPOLOGY, backend=lab_backend)
+        assert second is not first and not first._running and pool.made == 2
+        assert second.queue("hub") == []
+
+
+def test_two_labs_of_one_topology_at_once_are_two(lab_backend: str) -> None:
+    with LabPool() as pool:
+        one = pool.acquire(TOPOLOGY, backend=lab_backend)
+        two = pool.acquire(TOPOLOGY, backend=lab_backend)
+        assert one is not two
