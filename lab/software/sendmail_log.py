@@ -305,6 +305,9 @@ class SendmailLog:
         relay = f.get("relay", "")
         addr = re.search(r"\[([^\]]+)\]", relay)
         nrcpt = int(f.get("nrcpts", "0") or 0)
+        if nrcpt == 0:  # a transaction that ended before DATA (every RCPT refused): no message
+            self.messages.pop(qid, None)
+            return []
         return [
             Event(
                 "queue.queued",

@@ -293,3 +293,13 @@ def test_lab_time_reaches_sendmail_through_faketimerc_and_the_queue_runs() -> No
     assert adapter.retry_command("6B4LAs7s000067")[-1] == "-qI6B4LAs7s000067"
     assert adapter.syslog_path() == "/dev/log"
     assert Retry().intervals == [1800.0]
+
+
+def test_a_transaction_without_a_recipient_queues_nothing() -> None:
+    """Every RCPT refused, then QUIT: sendmail still logs `from=<>, size=0, nrcpts=0` for
+    the transaction; no message was queued, so no queue.queued event."""
+    line = (
+        "<22>Dec  4 21:27:20 sendmail[74]: 6B4LlKMa000074: from=<>, size=0, class=0,"
+        " nrcpts=0, proto=ESMTP, daemon=MTA, relay=stranger.lab.test [10.20.255.254]"
+    )
+    assert SendmailLog().feed(line, 0.0) == []
