@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from lab.topology.checks import Step
+from lab.topology.faults import Fault, FaultStage  # noqa: F401  (re-exported)
 from lab.topology.fields import (
     EXCHANGE_PATTERN,
     HOSTNAME_RE,
@@ -40,6 +41,7 @@ from lab.topology.fields import (
     listify,
     one_or_many,
 )
+from lab.topology.matrix import Matrix
 from lab.topology.software import (
     ConfigField,
     ServiceConfig,
@@ -318,45 +320,6 @@ class Policy(Base):
     )
 
 
-class FaultStage(StrEnum):
-    connect = "connect"
-    helo = "helo"
-    mail = "mail"
-    rcpt = "rcpt"
-    data = "data"
-    dot = "dot"
-
-
-class Fault(Base):
-    """A scripted misbehaviour of one hop: '421 on the first two connections'."""
-
-    on: FaultStage = Field(description="the point in the dialogue where it strikes")
-    reply: str | None = Field(
-        None, description="the reply to give instead, e.g. '421 4.3.2 try later'"
-    )
-    match: str | None = Field(
-        None, description="only for this address (MAIL FROM or RCPT TO), case-insensitive"
-    )
-    times: int | None = Field(
-        None, ge=1, description="strike only this many times (default: always)"
-    )
-    delay: Duration = Field(0.0, description="wait this long (real time) before answering")
-    disconnect: bool = Field(False, description="drop the connection instead of answering")
-
-    @field_validator("reply")
-    @classmethod
-    def _reply(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^[2-5]\d\d( |$)", value):
-            raise ValueError(f"expected an SMTP reply such as '421 4.3.2 try later', got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _something(self) -> Fault:
-        if self.reply is None and not self.disconnect and not self.delay:
-            raise ValueError("a fault needs a reply, disconnect: true or a delay")
-        return self
-
-
 class Retry(Base):
     """When deferred mail is retried, warned about and returned (RFC 5321 section 4.5.4.1)."""
 
@@ -595,6 +558,10 @@ class Topology(Base):
     )
     checks: dict[str, list[Step]] = Field(
         default_factory=dict, description="named checks: lists of steps"
+    )
+    matrix: Matrix = Field(
+        default_factory=Matrix,
+        description="the fidelity matrix: the device under test, checks that do not apply",
     )
 
     @field_validator("name")
