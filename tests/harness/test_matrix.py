@@ -128,9 +128,9 @@ def test_received_hosts_newest_first() -> None:
 def test_the_command_writes_the_page_and_json(tmp_path: Path) -> None:
     out = tmp_path / "fidelity.md"
     files = [str(TOPOLOGIES / f"{n}.yaml") for n in ("lg45-envelope-fixed", "office-postfix")]
+    command = [sys.executable, "-m", "lab.cli", "check", "--software=builtin", "--json"]
     run = subprocess.run(
-        [sys.executable, "-m", "lab.cli", "check", "--software", "builtin", "--json"]
-        + ["--write", str(out), *files],
+        [*command, f"--write={out}", *files],
         cwd=ROOT,
         capture_output=True,
         text=True,
