@@ -133,8 +133,8 @@ def _reply_outcome(detail: str) -> str:
     """A send step's result without the queue id or the reply's wording."""
     accepted = _ACCEPTED.match(detail)
     if accepted:
-        partly = re.findall(r"; (\S+) partly: (\d{3})", accepted.group(2))
-        note = "".join(f", {rcpt} partly {code}" for rcpt, code in partly)
+        partly = re.findall(r"; (\S+) refused: (\d{3})", accepted.group(2))
+        note = "".join(f", {rcpt} refused {code}" for rcpt, code in partly)
         return f"accepted by {accepted.group(1)}{note}"
     refused = _REFUSED.match(detail)
     if refused:
