@@ -34,7 +34,7 @@ from lab.topology.matrix import MATRIX_SOFTWARE, dut_of, not_applicable
 from lab.topology.model import Service, Software, Topology
 
 CellStatus = Literal["passed", "failed", "n/a"]
-_ACCEPTED = re.compile(r"^accepted by (\S+) as \S+(.*)$", re.S)
+_ACCEPTED = re.compile(r"^accepted by (\S+) as [^\s;]+(.*)$", re.S)
 _REFUSED = re.compile(r"^refused by (\S+) at (\w+): (\d{3})(?:[ -](\d\.\d{1,3}\.\d{1,3}))?")
 _BY = re.compile(r"\bby\s+([^\s;()]+)", re.I)
 
