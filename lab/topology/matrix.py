@@ -10,14 +10,11 @@ that do not apply to some software, each with the reason.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from lab.topology.fields import Base
-
-if TYPE_CHECKING:
-    from lab.topology.model import Topology
 
 # The MTAs the matrix compares, in the order of its columns.
 MATRIX_SOFTWARE: tuple[str, ...] = ("builtin", "postfix", "exim", "sendmail")
@@ -52,8 +49,9 @@ class Matrix(Base):
         return value
 
 
-def dut_of(topology: Topology) -> str | None:
-    """The device under test of `topology`, or None when it is not in the matrix."""
+def dut_of(topology: Any) -> str | None:
+    """The device under test of `topology` (a lab.topology.model.Topology, which imports
+    this module), or None when it is not in the matrix."""
     dut = topology.matrix.dut
     if dut is False:
         return None
@@ -63,6 +61,6 @@ def dut_of(topology: Topology) -> str | None:
     return hubs[0] if len(hubs) == 1 else None
 
 
-def not_applicable(topology: Topology, check: str, software: str) -> str | None:
+def not_applicable(topology: Any, check: str, software: str) -> str | None:
     """Why `check` does not apply to `software` (its mark), or None when it does."""
     return topology.matrix.not_on.get(check, {}).get(software)

@@ -30,11 +30,15 @@ def test_queued_while_down_then_flushed(lab):
     assert lab.queue("hub") == []
 
 
-def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
+def test_plugin_in_a_fresh_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A user's suite: the marker resolves topologies/NAME.yaml and the fixture runs it."""
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[2] / "topologies" / "lg45-envelope.yaml"
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # this tree's lab, not an installed one
+    source = root / "topologies" / "lg45-envelope.yaml"
     pytester.mkdir("topologies")
     (pytester.path / "topologies" / "lg45-envelope.yaml").write_text(source.read_text())
     test_file = pytester.makepyfile(
