@@ -16,7 +16,11 @@ the session (with Docker, their containers removed); each pytest-xdist worker ha
 Every check of a YAML file under the `lab_topologies` directory (ini option, default
 `topologies`) is a test item of its own, `topologies/home-dialup.yaml::queued-while-down`,
 run on the topology's lab (reset) on the --lab-backend backend; a failure shows the
-check's step report.
+check's step report. With --lab-software (the fidelity matrix, docs/fidelity.md), each
+check of a topology with a device under test is also an item per software,
+`topologies/home-dialup.yaml::queued-while-down[postfix]` (marker `fidelity`): the DUT's
+MTA as that software, builtin in process, the real MTAs on Docker; a cell that does not
+apply is skipped with the reason.
 """
 
 from __future__ import annotations
@@ -48,6 +52,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="bring a new lab up for every test and check (default: reuse one per topology,"
         " reset between tests)",
+    )
+    group.addoption(
+        "--lab-software",
+        action="store",
+        default="",
+        help="the fidelity matrix: also run each check of a topology with a device under test"
+        " (matrix: dut, default its hub) with the DUT's MTA as each of these software, items"
+        " CHECK[builtin], CHECK[postfix], ...: a comma-separated list of builtin, postfix,"
+        " exim, sendmail, or `all` (default: none)",
     )
     parser.addini(
         "lab_topologies",
@@ -110,6 +123,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "topology(name_or_path, **options): the topology the `lab` fixture brings up",
     )
     config.addinivalue_line("markers", "lab_backend(name): run this test on this backend only")
+    config.addinivalue_line(
+        "markers", "fidelity: a fidelity-matrix item (a check with the DUT as one software)"
+    )
     config.addinivalue_line(
         "markers", "fresh_lab: give this test a new lab of its own instead of a reused, reset one"
     )
@@ -235,6 +251,35 @@ class TopologyFile(pytest.File):
                 yield CheckItem.from_parent(
                     self, name=label, topology=topology, check=name, backend=backend
                 )
+        yield from self.matrix(topology)
+
+    def matrix(self, topology: Any) -> Iterator[pytest.Item]:
+        """The fidelity matrix's items: CHECK[software] for each --lab-software."""
+        from lab.harness.matrix import parse_software, variant
+        from lab.topology.matrix import dut_of, not_applicable
+
+        asked = str(self.config.getoption("--lab-software") or "")
+        dut = dut_of(topology)
+        if not asked or dut is None:
+            return
+        try:
+            chosen = parse_software(asked)
+        except LabError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        for software in chosen:
+            copy, backend, why = variant(topology, dut, software)
+            for name in topology.checks:
+                skip = not_applicable(topology, name, software) or ("" if copy else why)
+                item = CheckItem.from_parent(
+                    self,
+                    name=f"{name}[{software}]",
+                    topology=copy or topology,
+                    check=name,
+                    backend=backend or "docker",
+                    skip=skip,
+                )
+                item.add_marker(pytest.mark.fidelity)
+                yield item
 
 
 def runs_on(topology: Any, backend: str) -> bool:
@@ -260,14 +305,18 @@ class CheckFailed(Exception):
 class CheckItem(pytest.Item):
     """One named check of a topology file, run on the topology's reused lab, reset."""
 
-    def __init__(self, *, topology: Any, check: str, backend: str, **kwargs: Any):
+    def __init__(self, *, topology: Any, check: str, backend: str, skip: str = "", **kwargs: Any):
         super().__init__(**kwargs)
         self.topology = topology
         self.check = check
         self.backend = backend
+        self.skip = skip  # a fidelity-matrix cell that does not apply: why
 
     def runtest(self) -> None:
         from lab.harness.checks import run_check
+
+        if self.skip:
+            pytest.skip(f"not applicable: {' '.join(self.skip.split())}")
 
         root = Path(str(self.config.rootpath))
         file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path

@@ -31,9 +31,29 @@ def _is_topology_file(arg: str) -> bool:
     help="Bring a new lab up for every check (default: one lab per topology, reset"
     " between checks).",
 )
+@click.option(
+    "--software",
+    metavar="NAME,...",
+    help="Run the fidelity matrix: each check of each topology with a device under test"
+    " (matrix: dut, default its hub), with the DUT's MTA as each software: builtin, postfix,"
+    " exim, sendmail (or all). The built-in runs in process, real MTAs on Docker.",
+)
+@click.option(
+    "--write",
+    "write",
+    type=click.Path(dir_okay=False),
+    help="With --software: write the matrix as Markdown to this file (docs/fidelity.md).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @friendly
-def check(args: tuple[str, ...], backend: str, fresh: bool, as_json: bool) -> None:
+def check(
+    args: tuple[str, ...],
+    backend: str,
+    fresh: bool,
+    software: str | None,
+    write: str | None,
+    as_json: bool,
+) -> None:
     """Run the checks of topology FILEs: all of them, or only those NAMEd.
 
     Each check runs on the topology's lab in its initial state (one lab per topology,
@@ -65,6 +85,13 @@ def check(args: tuple[str, ...], backend: str, fresh: bool, as_json: bool) -> No
             problems += exc.problems
     if problems:
         raise TopologyError(problems)
+    if write and not software:
+        raise click.UsageError("--write needs --software (it writes the fidelity matrix)")
+    if software:
+        from lab.cli.matrix import run_matrix_command
+
+        run_matrix_command(loaded, names, software, write, as_json)
+        return
     if not as_json and not names:
         for file, topology in loaded:
             if not topology.checks:

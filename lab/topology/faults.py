@@ -1,4 +1,5 @@
-"""A scripted misbehaviour of one hop of the built-in MTA (a node's `faults:`)."""
+"""A scripted misbehaviour of one hop (a node's `faults:`); lab.topology.model re-exports
+these, so code reads them from there."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from lab.topology.checks import Step
-from lab.topology.faults import Fault
+from lab.topology.faults import Fault, FaultStage  # noqa: F401  (re-exported)
 from lab.topology.fields import (
     EXCHANGE_PATTERN,
     HOSTNAME_RE,
@@ -41,6 +41,7 @@ from lab.topology.fields import (
     listify,
     one_or_many,
 )
+from lab.topology.matrix import Matrix
 from lab.topology.software import (
     ConfigField,
     ServiceConfig,
@@ -557,6 +558,10 @@ class Topology(Base):
     )
     checks: dict[str, list[Step]] = Field(
         default_factory=dict, description="named checks: lists of steps"
+    )
+    matrix: Matrix = Field(
+        default_factory=Matrix,
+        description="the fidelity matrix: the device under test, checks that do not apply",
     )
 
     @field_validator("name")

@@ -93,6 +93,7 @@ class _Checker:
             self.node(name, node, table)
         self.operator()
         self.checks()
+        self.matrix()
         return self.problems
 
     def names(self) -> None:
@@ -468,6 +469,18 @@ class _Checker:
                         self._node_ref((*path, "expect", "queued", "on"), e.queued.on, Service.smtp)
                     if e.bounced and e.bounced.by:
                         self._node_ref((*path, "expect", "bounced", "by"), e.bounced.by)
+
+    def matrix(self) -> None:
+        dut = self.t.matrix.dut
+        if dut:
+            self._node_ref(("matrix", "dut"), dut, Service.smtp)
+        for check in self.t.matrix.not_on:
+            if check not in self.t.checks:
+                self.add(
+                    ("matrix", "not_on", check),
+                    self._unknown("check", check, self.t.checks),
+                    at_key=True,
+                )
 
     # helpers ------------------------------------------------------------------------
 

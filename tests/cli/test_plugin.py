@@ -30,11 +30,15 @@ def test_queued_while_down_then_flushed(lab):
     assert lab.queue("hub") == []
 
 
-def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
+def test_plugin_in_a_fresh_project(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A user's suite: the marker resolves topologies/NAME.yaml and the fixture runs it."""
     from pathlib import Path
 
-    source = Path(__file__).resolve().parents[2] / "topologies" / "lg45-envelope.yaml"
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # this tree's lab, not an installed one
+    source = root / "topologies" / "lg45-envelope.yaml"
     pytester.mkdir("topologies")
     (pytester.path / "topologies" / "lg45-envelope.yaml").write_text(source.read_text())
     test_file = pytester.makepyfile(
@@ -54,3 +58,35 @@ def test_plugin_in_a_fresh_project(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest_subprocess("--lab-backend", "inprocess", test_file.name)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*needs @pytest.mark.topology*"])
+
+
+def test_plugin_fidelity_matrix_items(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--lab-software: each check of a topology with a DUT is also CHECK[software]; a cell
+    that does not apply is skipped with its reason."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # this tree's lab, not an installed one
+    source = root / "topologies"
+    pytester.mkdir("topologies")
+    for name in ("lg45-envelope-fixed", "office-postfix"):
+        (pytester.path / "topologies" / f"{name}.yaml").write_text(
+            (source / f"{name}.yaml").read_text()
+        )
+    (pytester.path / "topologies" / "office-postfix").mkdir()
+    for item in (source / "office-postfix").iterdir():
+        (pytester.path / "topologies" / "office-postfix" / item.name).write_bytes(item.read_bytes())
+    result = pytester.runpytest_subprocess(
+        "--lab-software", "builtin", "-m", "fidelity", "-rs", "-p", "no:randomly", "topologies"
+    )
+    result.assert_outcomes(passed=3, skipped=3, deselected=3)
+    result.stdout.fnmatch_lines(["*not applicable: hub has its own postfix configuration*"])
+    collected = pytester.runpytest_subprocess(
+        "--lab-software", "all", "--collect-only", "-q", "topologies/lg45-envelope-fixed.yaml"
+    )
+    listed = collected.stdout.str().splitlines()
+    for software in ("builtin", "postfix", "exim", "sendmail"):
+        wanted = f"topologies/lg45-envelope-fixed.yaml::envelope-rewritten-delivered[{software}]"
+        assert wanted in listed

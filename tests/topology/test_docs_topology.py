@@ -11,7 +11,9 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from lab.topology import ROLES, Service, load_text
 from lab.topology import checks as checks_module
+from lab.topology import faults as faults_module
 from lab.topology import fields as fields_module
+from lab.topology import matrix as matrix_module
 from lab.topology import model as model_module
 from lab.topology import software as software_module
 from lab.topology.loader import field_names, parse_yaml
@@ -24,7 +26,14 @@ YAML_BLOCKS = re.findall(r"^```yaml\n(.*?)^```$", TEXT, flags=re.M | re.S)
 MODELS = sorted(
     (
         cls
-        for module in (fields_module, model_module, checks_module, software_module)
+        for module in (
+            fields_module,
+            model_module,
+            checks_module,
+            software_module,
+            faults_module,
+            matrix_module,
+        )
         for cls in vars(module).values()
         if isinstance(cls, type)
         and issubclass(cls, BaseModel)

@@ -191,7 +191,8 @@ CASES = [
         change("operator: pc1\n", "operater: pc1\n"),
         [
             "bad.yaml:3:1: operater: unknown field 'operater'; did you mean 'operator'? (expected"
-            " one of: name, description, networks, links, dns, nodes, operator, checks)",
+            " one of: name, description, networks, links, dns, nodes, operator, checks,"
+            " matrix)",
         ],
         id="unknown-top-level-key",
     ),
@@ -280,7 +281,8 @@ CASES = [
         [
             "bad.yaml:4:11: networks: expected a mapping, got 'lan'",
             "bad.yaml:5:1: xnetworks: unknown field 'xnetworks'; did you mean 'networks'?"
-            " (expected one of: name, description, networks, links, dns, nodes, operator, checks)",
+            " (expected one of: name, description, networks, links, dns, nodes, operator, checks,"
+            " matrix)",
         ],
         id="string-for-mapping",
     ),
