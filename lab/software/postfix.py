@@ -102,7 +102,9 @@ def generic_map(m: Masquerade) -> str:
             continue
         escaped = re.escape(str(domain))
         sub = r"([^@.]+\.)*" if m.entire_domain else ""
-        lines.append(f"/^(.+)@{sub}{escaped}$/\t${{1}}@{m.as_}")
+        # `as` may be a whole address (lg45's joe.bloggs@isp.com): every local part maps to it
+        to = m.as_ if "@" in m.as_ else f"${{1}}@{m.as_}"
+        lines.append(f"/^(.+)@{sub}{escaped}$/\t{to}")
     return "\n".join(lines) + ("\n" if lines else "")
 
 

@@ -372,3 +372,15 @@ def test_a_delivery_over_tls_says_so() -> None:
     assert [r.get("tls") for r in results] == [None, True]  # deferred: no tls field
     plain = [data for kind, data in feed(LOG) if kind == "delivery.result"]
     assert plain[-1]["tls"] is False
+
+
+def test_masquerading_as_a_whole_address_maps_every_local_part_to_it() -> None:
+    """lg45's fix: every sender at home becomes joe.bloggs@isp.com (not
+    "joe@joe.bloggs"@isp.com)."""
+    from lab.software.postfix import generic_map
+    from lab.topology.model import Masquerade
+
+    whole = Masquerade.model_validate({"as": "joe.bloggs@isp.com", "domains": ["home"]})
+    assert generic_map(whole) == "/^(.+)@home$/\tjoe.bloggs@isp.com\n"
+    domain = Masquerade.model_validate({"as": "isp.com", "domains": ["home"]})
+    assert generic_map(domain) == "/^(.+)@home$/\t${1}@isp.com\n"
