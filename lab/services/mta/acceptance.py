@@ -96,6 +96,12 @@ class Acceptance:
             task.add_done_callback(stored)
             raise
         if queued:  # the last moment before the 250 goes out: is the client still there?
+            if connected is not None:
+                try:  # a reset that came in while the file went to disk is read first
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:  # the session ended meanwhile: client gone
+                    self._hand_over(message, content, original, keep=False)
+                    raise
             self._hand_over(message, content, original, keep=connected is None or connected())
         return message
 
