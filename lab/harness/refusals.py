@@ -10,6 +10,7 @@ e.g. a fault's 451), whose stage is the command it answers in that session. A 50
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections.abc import Callable
@@ -128,11 +129,9 @@ def await_refusal(
         left = deadline - time.monotonic()
         if hit is not None or left <= 0:
             return hit, found
-        try:
+        with contextlib.suppress(LabAssertionError):  # the deadline: one more look
             lab.wait_for(
                 predicate=lambda e: e.node == node and e.kind in ("policy.reject", "smtp.reply"),
                 since=events[-1].seq if events else 0,
                 timeout=left,
             )
-        except LabAssertionError:
-            pass  # the deadline: one more look

@@ -15,9 +15,7 @@ from lab.harness import Lab
 HOME_DIALUP = Path(__file__).resolve().parents[2] / "topologies" / "home-dialup.yaml"
 
 
-def test_typed_message_traced_across_every_hop(
-    lab_factory: Callable[..., Lab], wire: Any
-) -> None:
+def test_typed_message_traced_across_every_hop(lab_factory: Callable[..., Lab], wire: Any) -> None:
     with lab_factory(HOME_DIALUP) as lab:
         with wire(lab, "hub") as s:
             assert s.reply()[0] == 220
@@ -45,9 +43,9 @@ def test_typed_message_traced_across_every_hop(
         traced = lab.trace(queue_id)
         queued_on = [e.node for e in traced if e.kind == "queue.queued"]
         assert queued_on[:2] == ["hub", "isp"], lab.format_trace(queue_id)
-        assert any(
-            e.kind == "mailbox.delivered" and e.node == "freeuk" for e in traced
-        ), lab.format_trace(queue_id)
+        assert any(e.kind == "mailbox.delivered" and e.node == "freeuk" for e in traced), (
+            lab.format_trace(queue_id)
+        )
         hub_result = next(
             e
             for e in traced
