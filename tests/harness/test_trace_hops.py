@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lab.harness import Lab
 
 HOME_DIALUP = Path(__file__).resolve().parents[2] / "topologies" / "home-dialup.yaml"
@@ -67,3 +69,33 @@ def test_trace_follows_queue_ids_without_message_id(lab_factory: Callable[..., L
                 e.data.pop("message_id", None)
         nodes = {e.node for e in lab.trace(result.queue_id)}
         assert {"hub", "isp", "freeuk"} <= nodes, lab.format_trace(result.queue_id)
+
+
+HOME_DIALUP_POSTFIX = HOME_DIALUP.with_name("home-dialup-postfix.yaml")
+
+
+@pytest.mark.docker
+@pytest.mark.lab_backend("docker")
+def test_a_postfix_hub_is_followed_to_the_next_hop(
+    lab_factory: Callable[..., Lab], wire: Any
+) -> None:
+    """A real Postfix hub adds no Message-ID for a LAN client (local_header_rewrite_clients),
+    so only the queue id in the ISP's 250, read from Postfix's log, links the hops."""
+    with lab_factory(HOME_DIALUP_POSTFIX) as lab:
+        with wire(lab, "hub") as s:
+            assert s.reply()[0] == 220
+            assert s.cmd("EHLO heaven.home")[0] == 250
+            assert s.cmd("MAIL FROM:<eddy@shofar.org.uk>")[0] == 250
+            assert s.cmd("RCPT TO:<paulmidgley@freeuk.com>")[0] == 250
+            assert s.cmd("DATA")[0] == 354
+            s.send(b"Subject: hello from the LAN\r\n\r\nThe modem is down.\r\n.\r\n")
+            code, lines = s.reply()
+            assert code == 250
+            queue_id = lines[0].split()[-1]  # "250 2.0.0 Ok: queued as 4F1C2A9B3D"
+            assert s.cmd("QUIT")[0] == 221
+        lab.assert_queued(on="hub")
+        lab.link("dialup").up()
+        lab.assert_delivered("paulmidgley@freeuk.com", node="freeuk", timeout=30)
+        lab.settle()
+        nodes = {e.node for e in lab.trace(queue_id)}
+        assert {"hub", "isp", "freeuk"} <= nodes, lab.format_trace(queue_id)
