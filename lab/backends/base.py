@@ -33,6 +33,8 @@ from lab.protocols.wire import LinkState, MailboxEntry, QueueEntry
 from lab.runtime.events import EventBus
 from lab.topology.model import Hook, Service, Topology
 
+_LISTENING = (Service.smtp, Service.pop3, Service.dns)  # the services with an endpoint
+
 
 class HostHandle(Protocol):
     """One host, as the common code of the backends acts on it."""
@@ -424,7 +426,13 @@ class LabBackend(Generic[H]):
                 "hostname": hostname_of(self.topology, name),
                 "services": sorted(s.value for s in node.service_set()),
                 "addresses": {n: str(a) for n, a in self.addresses[name].items()},
-                "endpoints": self.endpoints(name),
+                "endpoints": (endpoints := self.endpoints(name)),
+                # services this machine has no endpoint for: reached only from inside
+                "inside_lab": sorted(
+                    s.value
+                    for s in node.service_set()
+                    if s in _LISTENING and s.value not in endpoints
+                ),
                 **self.node_status(name),
             }
         links = {

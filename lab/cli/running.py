@@ -27,7 +27,8 @@ def print_status(status: dict[str, Any]) -> None:
     for name, node in nodes.items():
         addresses = " ".join(f"{net}={addr}" for net, addr in node["addresses"].items())
         endpoints = " ".join(
-            f"{svc}={ep}" for svc, ep in node["endpoints"].items() if "@" not in svc
+            [f"{svc}={ep}" for svc, ep in node["endpoints"].items() if "@" not in svc]
+            + [f"{svc}=(inside the lab)" for svc in node.get("inside_lab", [])]
         )
         rows.append(
             (name, node["hostname"], ",".join(node.get("services", [])), addresses, endpoints)

@@ -16,7 +16,6 @@ happened instead, and shows the trace of the last message sent.
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from typing import Any, Literal
 from lab.errors import LabError
 from lab.harness.lab import Lab, LabAssertionError
 from lab.harness.pool import LabPool
+from lab.harness.refusals import await_refusal, refusal, rejected_words
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult
 from lab.topology.checks import (
@@ -43,7 +43,6 @@ from lab.topology.units import format_duration
 Status = Literal["passed", "failed", "not run"]
 TRACE_HEAD, TRACE_TAIL = 10, 40  # a long trace (days of retries) is shown cut in the middle
 MARKS: dict[str, str] = {"passed": "PASS", "failed": "FAIL", "not run": "----"}
-_CONNECT_REPLY = re.compile(r"\((\d{3}), ['\"](.*)['\"]\)\s*$", re.S)
 
 
 class UnknownCheckError(LabError):
@@ -199,15 +198,6 @@ def _bounced_words(b: BouncedExpect) -> str:
     return words
 
 
-def _rejected_words(r: RejectedExpect) -> str:
-    words = "a rejection"
-    if r.code is not None:
-        words += f" with {r.code}"
-    if r.stage:
-        words += f" at {r.stage}"
-    return words
-
-
 def describe(step: Step) -> str:
     """A step in words: 'send eddy@shofar.org.uk -> paulmidgley@freeuk.com from pc1'."""
     if step.send is not None:
@@ -234,26 +224,12 @@ def describe(step: Step) -> str:
         if e.bounced is not None:
             return f"expect {_bounced_words(e.bounced)}" + _within(e.within)
         if e.rejected is not None:
-            return f"expect {_rejected_words(e.rejected)}"
+            return f"expect {rejected_words(e.rejected)}"
     return "empty step"
 
 
 # ---------------------------------------------------------------------------------------
 # running
-
-
-def refusal(result: SubmitResult) -> tuple[int | None, str]:
-    """The refusing reply of a submission that was not accepted: (code, reply text).
-
-    A refusal in the greeting reaches the client as an error, not as a reply; its code is
-    read from the error text. A submission that never got an answer has no code."""
-    reply = result.rejected
-    if reply is not None:
-        return reply.code, str(reply)
-    match = _CONNECT_REPLY.search(result.error)
-    if match:
-        return int(match.group(1)), f"{match.group(1)} {match.group(2)}"
-    return None, result.error or "no reply"
 
 
 def _delivery_matches(e: Event, d: DeliveredExpect) -> bool:
@@ -275,6 +251,7 @@ class _CheckRun:
         self.steps = steps
         self.last: SubmitResult | None = None
         self.last_index = 0
+        self.sent_after = 0  # the last event before the last message was sent
 
     # the trace shown with a failure ------------------------------------------------
 
@@ -334,6 +311,8 @@ class _CheckRun:
         raise StepFailed("a step with no action")
 
     def send(self, index: int, s: SendStep) -> str:
+        events = self.lab.events
+        self.sent_after = events[-1].seq if events else 0
         result = self.lab.send(
             s.from_,
             mail_from=s.mail_from,
@@ -370,7 +349,7 @@ class _CheckRun:
         if e.bounced is not None:
             return self.bounced(e.bounced, e.within)
         if e.rejected is not None:
-            return self.rejected(e.rejected)
+            return self.rejected(e.rejected, e.within)
         raise StepFailed("an expectation with nothing to expect")
 
     def delivered(self, d: DeliveredExpect, within: float) -> str:
@@ -458,10 +437,18 @@ class _CheckRun:
                 )
         return f"{outcome}; it landed on {event.node} in mailbox {event.get('user')}"
 
-    def rejected(self, r: RejectedExpect) -> str:
-        want = _rejected_words(r)
+    def rejected(self, r: RejectedExpect, within: float) -> str:
+        want = rejected_words(r)
         if self.last is None:
             raise StepFailed(f"expected {want}\nbut no message was sent before this step")
+        if r.by is not None:  # any hop: the refusal is in that node's events
+            hit, found = await_refusal(self.lab, r, self.sent_after, within)
+            if hit is None:
+                raise StepFailed(
+                    f"expected {want} of the message sent in step {self.last_index}\n"
+                    + ("; ".join(str(f) for f in found) or f"{r.by} refused nothing")
+                )
+            return str(hit)
         result = self.last
         if result.accepted:
             raise StepFailed(

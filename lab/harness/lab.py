@@ -297,31 +297,34 @@ class Lab:
             ) from None
 
     def trace(self, ref: str | SubmitResult) -> list[Event]:
-        """Every event about one message, hop by hop: queue ids and Message-ID followed."""
+        """Every event about one message, hop by hop. From a queue id (or a Message-ID),
+        the hops are followed by the next hop's queue id (the `remote_id` a delivery
+        records from the 250 reply, "queued as ..."), either way, by the Message-ID, and
+        to the DSNs the message caused."""
         queue_id = ref.queue_id if isinstance(ref, SubmitResult) else ref
         events = self.events
-        message_ids = {
-            e.get("message_id")
-            for e in events
-            if e.kind == "queue.queued" and e.get("id") == queue_id and e.get("message_id")
-        }
-        if not message_ids and queue_id.startswith("<"):
-            message_ids = {queue_id}
         ids = {queue_id}
-        ids |= {
-            e.get("id")
-            for e in events
-            if e.kind == "queue.queued" and e.get("message_id") in message_ids
-        }
-        changed = True
-        while changed:  # DSNs about these messages belong to the trace too
-            new = {
-                e.get("id")
-                for e in events
-                if e.kind in ("dsn.sent", "dsn.double_bounce") and e.get("original_id") in ids
-            }
-            changed = not new <= ids
-            ids |= new
+        message_ids = {queue_id} if queue_id.startswith("<") else set()
+        while True:
+            grown = set(ids)
+            for e in events:
+                kind, eid = e.kind, e.get("id")
+                if kind == "queue.queued":
+                    if eid in ids and e.get("message_id"):
+                        message_ids.add(e.get("message_id"))
+                    elif e.get("message_id") in message_ids:
+                        grown.add(eid)
+                elif kind == "delivery.result" and e.get("remote_id"):
+                    if eid in ids:  # the next hop took it under this id
+                        grown.add(e.get("remote_id"))
+                    elif e.get("remote_id") in ids:  # the hop before
+                        grown.add(eid)
+                elif kind in ("dsn.sent", "dsn.double_bounce") and e.get("original_id") in ids:
+                    grown.add(eid)  # DSNs about these messages belong to the trace too
+            grown.discard(None)
+            if grown == ids:
+                break
+            ids = grown
         return [
             e
             for e in events

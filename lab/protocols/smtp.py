@@ -180,3 +180,17 @@ def split_address(address: str) -> tuple[str, str]:
 
 def has_line_break(text: str) -> bool:
     return "\r" in text or "\n" in text
+
+
+# The queue id a server names in its 250 after the data: Postfix "queued as ID", Exim
+# "OK id=ID", sendmail and the built-in MTA "2.0.0 ID Message accepted for delivery".
+_QUEUED_AS = re.compile(
+    r"queued as ([A-Za-z0-9]+)|\bid=([A-Za-z0-9-]+)"
+    r"|^(?:\d{3}[ -])?(?:\d\.\d{1,3}\.\d{1,3} )?([A-Za-z0-9]+) Message accepted"
+)
+
+
+def queued_as(reply: str) -> str:
+    """The next hop's queue id in its reply to the data ('' when it names none)."""
+    match = _QUEUED_AS.search(reply)
+    return next((g for g in match.groups() if g), "") if match else ""

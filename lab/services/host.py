@@ -45,7 +45,9 @@ class HostNet(Protocol):
 
     def accepted(self, transport: asyncio.BaseTransport) -> tuple[str, int, str]:
         """Register an accepted connection; returns (peer address, peer port, local address)
-        in lab addresses, so that policies and Received headers see the lab's view."""
+        in lab addresses, so that policies and Received headers see the lab's view. A
+        connection the lab's network refuses (the operator's, to an interface whose link is
+        down) is closed here: the transport is closing, and the caller serves nothing."""
         ...
 
     def peer_of(self, sockaddr: tuple[str, int]) -> tuple[str, int]:

@@ -156,6 +156,8 @@ class Pop3Service:
 
     async def _session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer, _, local = self.host.net.accepted(writer.transport)
+        if writer.transport.is_closing():  # refused by the lab's network: no session
+            return
         conn = Pop3Server(
             self.host.hostname, timestamp=self._timestamp(), stls=self.host.tls is not None
         )

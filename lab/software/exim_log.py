@@ -15,6 +15,7 @@ import re
 import time
 from typing import Any
 
+from lab.protocols.smtp import queued_as
 from lab.software.adapter import Event
 
 SPOOL = "/var/spool/exim4"
@@ -165,7 +166,6 @@ _SUBJECT = re.compile(rf"\bT=(?P<t>{_QUOTED})")
 _FIELD = re.compile(r"\b(?P<k>S|id\*?|R|U|P)=(?P<v>\S+)")
 _FOR = re.compile(r" for (?P<rcpts>[^\"]+)$")
 _STATUS = re.compile(r"\b([245]\.\d{1,3}\.\d{1,3})\b")
-_REMOTE_ID = re.compile(r"(?:queued as|id=)\s*(\S+?)[)\s]*$")
 _REJECT = re.compile(
     r"rejected (?P<stage>MAIL|RCPT|EHLO or HELO|VRFY|EXPN|after DATA|DATA)\b"
     r"(?: (?P<what>[^:]*))?: (?P<reply>.*)$"
@@ -352,7 +352,6 @@ class EximLog:
             confirm = _CONFIRM.search(rest)
             reply = _unquote(confirm["c"]) if confirm else ""
             status = _STATUS.search(reply)
-            remote = _REMOTE_ID.search(reply)
             return [
                 Event(
                     "delivery.result",
@@ -364,7 +363,7 @@ class EximLog:
                         "server": server,
                         "relay": relay,
                         "status": status.group(1) if status else "2.0.0",
-                        "remote_id": remote.group(1) if remote else "",
+                        "remote_id": queued_as(reply),
                         "tls": " X=" in rest,
                     },
                 )

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from lab.protocols.smtp import queued_as
 from lab.software.adapter import Event
 
 SPOOL = "/var/spool/postfix"
@@ -70,7 +71,6 @@ _RELAY = re.compile(r"^(?P<name>[^\[]+)(?:\[(?P<addr>[^\]]*)\](?::(?P<port>\d+))
 _DSN_NOTE = re.compile(
     r"^sender (?P<what>non-delivery|delay|delivery status) notification: (?P<new>\w+)"
 )
-_QUEUED_AS = re.compile(r"queued as (\S+?)\)?$")
 _CLIENT = re.compile(r"^(?P<name>[^\[]*)\[(?P<addr>[^\]]*)\]")
 _REJECT = re.compile(r"^NOQUEUE: reject: (?P<stage>\w+) from (?P<client>\S+): (?P<reply>.*?);")
 
@@ -237,7 +237,6 @@ class PostfixLog:
             return events
         reply = _reply(text)
         if state == "sent":
-            queued = _QUEUED_AS.search(reply)
             events.append(
                 Event(
                     "delivery.result",
@@ -249,7 +248,7 @@ class PostfixLog:
                         "server": server,
                         "relay": relay,
                         "status": dsn,
-                        "remote_id": queued.group(1) if queued else "",
+                        "remote_id": queued_as(reply),
                         "tls": bool(m.get("tls")),
                     },
                 )

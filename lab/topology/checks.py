@@ -55,8 +55,15 @@ class BouncedExpect(Base):
 
 
 class RejectedExpect(Base):
-    code: int | None = Field(None, ge=200, le=599)
-    stage: Literal["connect", "helo", "mail", "rcpt", "data"] | None = None
+    by: str | None = Field(
+        None,
+        description="the node that refused, at any hop (a later hop's refusal is waited"
+        " for); without it, the submission of the last message sent must be refused",
+    )
+    code: int | None = Field(None, ge=200, le=599, description="the refusing reply's code")
+    stage: Literal["connect", "helo", "mail", "rcpt", "data"] | None = Field(
+        None, description="the SMTP stage that was refused"
+    )
 
 
 class Expect(Base):

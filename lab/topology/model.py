@@ -12,7 +12,6 @@ The small value types the models share are in fields.py, the checks' steps in ch
 from __future__ import annotations
 
 import ipaddress
-import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -30,7 +29,6 @@ from lab.topology.checks import Step
 from lab.topology.faults import Fault, FaultStage  # noqa: F401  (re-exported)
 from lab.topology.fields import (
     EXCHANGE_PATTERN,
-    HOSTNAME_RE,
     AddressOrAuto,
     Base,
     Hostname,
@@ -42,6 +40,7 @@ from lab.topology.fields import (
     one_or_many,
 )
 from lab.topology.matrix import Matrix
+from lab.topology.mx import parse_mx
 from lab.topology.software import (
     ConfigField,
     ServiceConfig,
@@ -146,29 +145,6 @@ class MxRecord(Base):
         pattern=EXCHANGE_PATTERN,
         description="the mail exchanger host name, or '.' for a null MX",
     )
-
-
-_MX_RE = re.compile(r"^\s*(\d+)\s+(\S+)\s*$")
-
-
-def parse_mx(value: Any) -> Any:
-    if isinstance(value, str):
-        match = _MX_RE.match(value)
-        if not match:
-            raise ValueError(
-                "expected an MX record as 'PREFERENCE HOST' such as '10 mx.example.org',"
-                f" got {value!r}"
-            )
-        if int(match.group(1)) > 65535:
-            raise ValueError(
-                f"MX preference {match.group(1)} is out of range; expected 0 to 65535,"
-                f" got {value!r}"
-            )
-        exchange = match.group(2)
-        if exchange != "." and not HOSTNAME_RE.match(exchange):
-            raise ValueError(f"MX exchange {exchange!r} is not a host name (or '.' for null MX)")
-        return {"preference": int(match.group(1)), "exchange": exchange.rstrip(".") or "."}
-    return value
 
 
 MX_PATTERN = r"^\s*\d{1,5}\s+\S+\s*$"

@@ -469,6 +469,8 @@ class _Checker:
                         self._node_ref((*path, "expect", "queued", "on"), e.queued.on, Service.smtp)
                     if e.bounced and e.bounced.by:
                         self._node_ref((*path, "expect", "bounced", "by"), e.bounced.by)
+                    if e.rejected and e.rejected.by:
+                        self._node_ref((*path, "expect", "rejected", "by"), e.rejected.by)
 
     def matrix(self) -> None:
         dut = self.t.matrix.dut

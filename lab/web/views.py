@@ -38,6 +38,7 @@ def topology_view(lab: Lab, status: dict[str, Any]) -> dict[str, Any]:
             "hostname": running.get("hostname", ""),
             "addresses": running.get("addresses", {}),
             "endpoints": {k: v for k, v in running.get("endpoints", {}).items() if "@" not in k},
+            "inside_lab": running.get("inside_lab", []),
             "services": [str(s) for s in services],
             "software": {str(s): str(node.software_for(s)) for s in services},
             "mailboxes": mailbox_names(lab, name),

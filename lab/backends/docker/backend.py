@@ -202,17 +202,17 @@ class DockerBackend(LabBackend[HostProxy]):
         return found
 
     def endpoints(self, node: str) -> dict[str, str]:
-        """The operator's forwarded port where there is one, else the lab address."""
+        """The operator's forwarded ports: the only addresses of a node's services that
+        this machine reaches (the operator container, on a management network of this
+        machine). A lab address such as 10.20.0.25 is not one: from here it routes to the
+        real network, so a service without a forward is left out (`status` lists it as
+        inside the lab)."""
         lab_endpoints = self._lab_endpoints(node)
         endpoints: dict[str, str] = {}
         for service in SERVICE_PORTS:
-            if service not in lab_endpoints:
-                continue
             forwarded = self.provision.forwards.get((node, service))
-            if forwarded and self.provision.operator_ip:
+            if service in lab_endpoints and forwarded and self.provision.operator_ip:
                 endpoints[service] = f"{self.provision.operator_ip}:{forwarded}"
-            else:
-                endpoints[service] = lab_endpoints[service]
         return endpoints
 
     def node_status(self, node: str) -> dict[str, Any]:

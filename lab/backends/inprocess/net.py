@@ -13,7 +13,10 @@ attachments must be up. A link that is down refuses (ECONNREFUSED at once) or bl
 crosses it, at both ends.
 
 A person on the host machine connects from 127.0.0.1, which no interface uses: the lab
-sees them as the operator node (a LAN client, as the topology says).
+sees them as the operator node (a LAN client, as the topology says). Only through an
+interface that is up: while a link is down, the operator's connection to an address of
+that interface is reset at once, before any greeting (the real socket still listens, for
+the host's own connections to itself), and one open is cut when the link goes down.
 """
 
 from __future__ import annotations
@@ -268,12 +271,22 @@ class NodeNet:
         peer_real, peer_port = transport.get_extra_info("peername")[:2]
         local = self.vnet.by_real[local_real]
         peer, peer_key = self.vnet.lab_peer(peer_real, local.network)
-        conn = None
-        if peer_key is not None:
-            conn = self.vnet.track(
-                ((local.node, local.network), peer_key),
-                lambda: transport.abort() if hasattr(transport, "abort") else transport.close(),
-            )
+        here = (local.node, local.network)
+
+        def cut() -> None:
+            if isinstance(transport, asyncio.WriteTransport):
+                transport.abort()  # RST: the peer's next read fails (ECONNRESET)
+            else:
+                transport.close()
+
+        if peer_key is None and not local.up:
+            # the operator, to an interface whose link is down: it is not there, refused
+            # like an internet host's connection (which `route` refuses before the connect);
+            # the caller sees the transport closing and serves nothing
+            cut()
+            return peer, peer_port, local.lab_address
+        # the operator's connection too is cut when this interface's link goes down
+        conn = self.vnet.track((here, peer_key or here), cut)
         self.open.add(transport)  # closed by `close` if still open then (the operator's too)
         # forget the connection when it ends by itself
         proto = transport.get_protocol()
@@ -281,8 +294,7 @@ class NodeNet:
 
         def connection_lost(exc: Exception | None) -> None:
             self.open.discard(transport)
-            if conn is not None:
-                self.vnet.untrack(conn)
+            self.vnet.untrack(conn)
             lost(exc)
 
         proto.connection_lost = connection_lost  # type: ignore[method-assign]

@@ -29,6 +29,7 @@ import asyncio
 import email.utils
 import functools
 import re
+import time
 from collections.abc import Callable
 
 from lab.services.host import Host
@@ -145,6 +146,24 @@ class Acceptance:
         lines.append(f"\tfor <{rcpt[0]}>; {when}" if len(rcpt) == 1 else f"\t; {when}")
         return ("\r\n".join(lines) + "\r\n").encode()
 
+    def missing_headers(self, content: bytes, queue_id: str, now: float) -> bytes:
+        """The message with a Message-ID: and a Date: at the end of its header block when
+        it has none, as sendmail, Postfix's cleanup and Exim add them at the first MTA: a
+        message typed by hand is then followed across hops and dated like any other."""
+        end = _header_end(content)
+        block = content[:end]
+        added = b""
+        if not re.search(rb"(?im)^Message-ID[ \t]*:", block):
+            when = time.strftime("%Y%m%d%H%M%S", time.gmtime(now))
+            added += f"Message-ID: <{when}.{queue_id}@{self.host.hostname}>\r\n".encode()
+        if not re.search(rb"(?im)^Date[ \t]*:", block):
+            added += f"Date: {_date(int(now))}\r\n".encode()
+        if not added:
+            return content
+        if end and not block.endswith(b"\r\n"):  # headers only, the last line unended
+            added = b"\r\n" + added
+        return content[:end] + added + content[end:]
+
     def _prepare(
         self,
         content: bytes,
@@ -188,8 +207,8 @@ class Acceptance:
             protocol=protocol,
             tls=tls,
         )
-        content = header + end_headers(content)
         now = self.host.clock.time()
+        content = header + self.missing_headers(end_headers(content), queue_id, now)
         message = QueuedMessage(
             queue_id,
             "" if envelope_from in ("", "<>") else envelope_from,
@@ -314,8 +333,15 @@ def _date(seconds: int) -> str:
     return email.utils.formatdate(seconds, localtime=True)
 
 
+def _header_end(content: bytes) -> int:
+    """Where the header block ends: after the last header line, before the blank line
+    (the whole message when it is only headers)."""
+    if content.startswith(b"\r\n"):
+        return 0
+    blank = content.find(b"\r\n\r\n")
+    return len(content) if blank < 0 else blank + 2
+
+
 def _message_id(content: bytes) -> str:
-    match = re.search(
-        rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: content.find(b"\r\n\r\n") + 2 or None]
-    )
+    match = re.search(rb"(?im)^Message-ID:\s*(<[^>\r\n]*>)", content[: _header_end(content)])
     return match.group(1).decode("utf-8", "replace") if match else ""

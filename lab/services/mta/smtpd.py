@@ -230,6 +230,8 @@ class LabSMTP(AiosmtpdOverrides):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.lab_peer is None:
             peer, port, local = self.lab.mta.host.net.accepted(transport)
+            if transport.is_closing():  # refused by the lab's network: no session
+                return
             self.lab_peer, self.lab_local = (peer, port), local
             fault = self.lab.fault("connect", None)
             if fault is not None:

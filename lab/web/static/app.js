@@ -157,7 +157,9 @@ function drawTopology() {
       },
       el("svg:title", {
         text: `${name} (${node.role || node.services.join(",")})\n${node.hostname}\n` +
-          Object.entries(node.addresses).map(([n, a]) => `${n} ${a}`).join("\n") + `\n${software}`,
+          Object.entries(node.addresses).map(([n, a]) => `${n} ${a}`).join("\n") + `\n${software}` +
+          Object.entries(node.endpoints || {}).map(([s, e]) => `\n${s} from this machine: ${e}`).join("") +
+          (node.inside_lab || []).map((s) => `\n${s}: inside the lab only`).join(""),
       }),
       el("svg:rect", { x: p.x - half, y: p.y - 22, width: box, height: 44 }),
       el("svg:text", { class: "name", x: p.x, y: p.y - 6, "text-anchor": "middle", text: `${name} · ${node.role || node.services.join(",")}` }),
