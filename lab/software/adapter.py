@@ -121,6 +121,27 @@ class MtaAdapter(Protocol):
     def log_reader(self) -> LogReader: ...
 
 
+def faketime_environment(faketime_file: str, library: str = FAKETIME_LIBRARY) -> dict[str, str]:
+    """libfaketime's variables for a daemon on the lab clock: the offset file, read at each
+    call, and file times left real (`NO_FAKE_STAT`: queue files' mtimes are next tries).
+    A setuid daemon (Exim, sendmail) preloads the library by its bare name."""
+    return {
+        "LD_PRELOAD": library,
+        "FAKETIME_TIMESTAMP_FILE": faketime_file,
+        "FAKETIME_NO_CACHE": "1",
+        "NO_FAKE_STAT": "1",
+        "FAKETIME_DONT_RESET": "1",
+    }
+
+
+def on_lab_time(env: dict[str, str], command: list[str]) -> list[str]:
+    """A command that delivers mail, run on lab time as its daemon is (`env`: what
+    `environment` gave; empty before the daemon started: the command as it is)."""
+    if not env:
+        return command
+    return ["env", *(f"{k}={v}" for k, v in env.items()), *command]
+
+
 def faketime_offset(seconds: float) -> str:
     """The content of a libfaketime timestamp file for a clock `seconds` ahead."""
     return f"+{max(0.0, seconds):.3f}\n"

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lab.software.adapter import RenderContext
+from lab.software.adapter import RenderContext, faketime_environment, on_lab_time
 from lab.software.exim_log import RETRY_MARK, SPOOL, EximLog, parse_due, parse_queue
 from lab.software.exim_userconf import apply_lab_part, user_config
 from lab.topology.addressing import hostname_of
@@ -461,20 +461,12 @@ class EximAdapter:
         return None
 
     def environment(self, faketime_file: str) -> dict[str, str]:
-        self.env = {
-            "LD_PRELOAD": FAKETIME_LIBRARY,
-            "FAKETIME_TIMESTAMP_FILE": faketime_file,
-            "FAKETIME_NO_CACHE": "1",
-            "NO_FAKE_STAT": "1",
-            "FAKETIME_DONT_RESET": "1",
-        }
+        self.env = faketime_environment(faketime_file, FAKETIME_LIBRARY)
         return dict(self.env)
 
     def _lab_time(self, command: list[str]) -> list[str]:
         """A command that delivers runs on lab time, as the daemon does."""
-        if not self.env:
-            return command
-        return ["env", *(f"{k}={v}" for k, v in self.env.items()), *command]
+        return on_lab_time(self.env, command)
 
     def flush_command(self) -> list[str]:
         return self._lab_time(["exim4", "-qff"])

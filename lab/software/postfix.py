@@ -31,7 +31,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lab.software.adapter import RenderContext
+from lab.software.adapter import RenderContext, faketime_environment
 from lab.software.postfix_log import SPOOL, PostfixLog, parse_postqueue
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Masquerade, Node, Service, Software, Topology
@@ -322,15 +322,7 @@ class PostfixAdapter:
         return ["postfix", "stop"]
 
     def environment(self, faketime_file: str) -> dict[str, str]:
-        from lab.software.adapter import FAKETIME_LIBRARY
-
-        return {
-            "LD_PRELOAD": FAKETIME_LIBRARY,
-            "FAKETIME_TIMESTAMP_FILE": faketime_file,
-            "FAKETIME_NO_CACHE": "1",
-            "NO_FAKE_STAT": "1",
-            "FAKETIME_DONT_RESET": "1",
-        }
+        return faketime_environment(faketime_file)
 
     def flush_command(self) -> list[str]:
         return ["postqueue", "-f"]

@@ -35,7 +35,7 @@ import os
 import re
 from typing import Any
 
-from lab.software.adapter import RenderContext
+from lab.software.adapter import RenderContext, faketime_environment, on_lab_time
 from lab.software.sendmail_log import (
     QF_MARK,
     QUEUE_DIR,
@@ -382,19 +382,12 @@ class SendmailAdapter:
         return None
 
     def environment(self, faketime_file: str) -> dict[str, str]:
-        self.env = {
-            "LD_PRELOAD": FAKETIME_LIBRARY,
-            "FAKETIME_TIMESTAMP_FILE": faketime_file,
-            "FAKETIME_NO_CACHE": "1",
-            "NO_FAKE_STAT": "1",
-            "FAKETIME_DONT_RESET": "1",
-        }
+        self.env = faketime_environment(faketime_file, FAKETIME_LIBRARY)
         return dict(self.env)
 
     def _lab_time(self, command: list[str]) -> list[str]:
-        if not self.env:
-            return command
-        return ["env", *(f"{k}={v}" for k, v in self.env.items()), *command]
+        """A command that delivers runs on lab time, as the daemon does."""
+        return on_lab_time(self.env, command)
 
     def flush_command(self) -> list[str]:
         return self._lab_time([SENDMAIL, "-q"])

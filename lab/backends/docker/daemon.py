@@ -33,6 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from lab.backends.docker.child import run_tool, stop_child
 from lab.errors import LabError
 from lab.services.host import Host
 from lab.services.maildir import MailStore
@@ -227,19 +228,7 @@ class RealMta:
         self.stopping = True
         if self.proc is None or self.proc.returncode is not None:
             return
-        command = self.adapter.stop_command()
-        if command:
-            with contextlib.suppress(Exception):
-                await self.run(command, check=False)
-        else:
-            self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-        if self.watcher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.watcher, 2)
+        await stop_child(self.proc, self.adapter.stop_command(), self.run, self.watcher)
         if self.syslog is not None:
             self.syslog.close()
             self.syslog = None
@@ -346,20 +335,9 @@ class RealMta:
     async def run(self, command: list[str], *, check: bool = True) -> str:
         """One of the daemon's tools, on real time: the tools only hand requests to the
         daemon or read its files, and the daemon keeps the lab time (starting up
-        without libfaketime is quicker, and a clock advance runs one per due message)."""
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await proc.communicate()
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"{' '.join(command)} failed ({proc.returncode}): "
-                + err.decode("utf-8", "replace").strip()
-            )
-        return out.decode("utf-8", "replace")
+        without libfaketime is quicker, and a clock advance runs one per due message);
+        an adapter wraps the commands that deliver in lab time itself."""
+        return await run_tool(command, check=check)
 
     async def queue(self) -> list[dict[str, Any]]:
         out = await self.run(self.adapter.queue_command())

@@ -14,10 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sys
 from pathlib import Path
 
+from lab.backends.docker.child import run_tool, stop_child
 from lab.errors import LabError
 from lab.services.host import Host
 from lab.services.maildir import MailStore
@@ -129,19 +129,7 @@ class RealServer:
         self.stopping = True
         if self.proc is None or self.proc.returncode is not None:
             return
-        command = self.adapter.stop_command()
-        if command:
-            with contextlib.suppress(Exception):
-                await self.run(command, check=False)
-        else:
-            self.proc.terminate()
-        try:
-            await asyncio.wait_for(self.proc.wait(), 10)
-        except TimeoutError:
-            self.proc.kill()
-        if self.watcher is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.watcher, 2)
+        await stop_child(self.proc, self.adapter.stop_command(), self.run, self.watcher)
 
     async def reset(self) -> None:
         """Back to a new server's state (`Lab.reset()`): stopped, the mailboxes it serves
@@ -154,20 +142,7 @@ class RealServer:
         await self.ready()
 
     async def run(self, command: list[str], *, check: bool = True) -> str:
-        proc = await asyncio.create_subprocess_exec(
-            *command,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=dict(os.environ),
-        )
-        out, err = await proc.communicate()
-        if check and proc.returncode != 0:
-            raise LabError(
-                f"{' '.join(command)} failed ({proc.returncode}): "
-                + err.decode("utf-8", "replace").strip()
-            )
-        return out.decode("utf-8", "replace")
+        return await run_tool(command, check=check)
 
     def busy(self) -> bool:
         """A log line less than QUIET s ago (the server is still saying what it did)."""
