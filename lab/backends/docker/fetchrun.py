@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from lab.runtime.clock import Timer
+from lab.services.fetch.schedule import PollSchedule
 from lab.services.host import Host
 from lab.software.adapter import Event, faketime_offset
 from lab.software.fetchmail import (
@@ -56,7 +56,12 @@ class Fetchmail:
         self.runs = self.plan.runs
         self.offset_file = runtime / f"{host.name}.fetchmail.faketime"
         self.link_up = link_up
-        self.timers: dict[int, Timer] = {}
+        self.schedule = PollSchedule(
+            host,
+            lambda: [(run.poll, f"fetchmail:{run.label}") for run in self.runs],
+            self._poll,
+            lambda: not self.stopping and self.link_up(),
+        )
         self.lock = asyncio.Lock()
         self.proc: asyncio.subprocess.Process | None = None
         self.stopping = False
@@ -101,11 +106,11 @@ class Fetchmail:
         if self.host.tls is not None:
             ca.write_bytes(self.host.tls.ca_pem)
         (Path(self.ctx.state_dir) / "fetch").mkdir(parents=True, exist_ok=True)
-        self._arm_all()
+        self.schedule.arm_all()
 
     async def stop(self) -> None:
         self.stopping = True
-        self._disarm_all()
+        self.schedule.disarm_all()
         proc = self.proc
         if proc is not None and proc.returncode is None:
             proc.terminate()
@@ -121,46 +126,25 @@ class Fetchmail:
         for run in self.runs:
             Path(run.idfile).unlink(missing_ok=True)
         self.stopping = False
-        self._arm_all()
+        self.schedule.arm_all()
 
     def link_changed(self) -> None:
         """A link changed state: poll while the host's links are up, stop when down."""
-        self._disarm_all()
-        self._arm_all()
+        self.schedule.disarm_all()
+        self.schedule.arm_all()
 
     def busy(self) -> bool:
         return self.lock.locked()
 
     # polling -----------------------------------------------------------------------------
 
-    def _arm_all(self) -> None:
-        if self.stopping or not self.link_up():
-            return
-        for index in range(len(self.runs)):
-            self._arm(index)
-
-    def _arm(self, index: int, after: float | None = None) -> None:
-        run = self.runs[index]
-        if run.poll is None or index in self.timers:
-            return
-        now = self.host.clock.time()
-        when = max(now, (now if after is None else after) + run.poll)
-        self.timers[index] = self.host.call_at(
-            when, lambda: self._poll(index, when), f"fetchmail:{run.label}"
-        )
-
-    def _disarm_all(self) -> None:
-        for timer in self.timers.values():
-            timer.cancel()
-        self.timers.clear()
-
     async def _poll(self, index: int, due: float) -> None:
-        self.timers.pop(index, None)
+        self.schedule.taken(index)
         if self.stopping or not self.link_up():
             return
         await self.run(self.runs[index])
         if not self.stopping and self.link_up():
-            self._arm(index, after=due)  # every `poll` seconds, however long a run takes
+            self.schedule.arm(index, after=due)  # every `poll` seconds, however long a run takes
 
     # running -----------------------------------------------------------------------------
 

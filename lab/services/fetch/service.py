@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lab.protocols.pop3 import Err, Ok, parse_listing
-from lab.runtime.clock import Timer
 from lab.services.client import submit
 from lab.services.fetch.journal import UidJournal
 from lab.services.fetch.message import (
@@ -21,6 +20,7 @@ from lab.services.fetch.message import (
     received_header,
     strip_return_path,
 )
+from lab.services.fetch.schedule import PollSchedule
 from lab.services.fetch.session import PopError, PopSession
 from lab.services.host import Host, Unreachable
 from lab.services.resolver import DnsNotFound, DnsTemporaryError, Resolver
@@ -62,8 +62,13 @@ class FetchService:
         self.durable = durable
         self.jobs: list[FetchJob] = list(host.node.fetch)
         self.state_dir = host.state_dir / "fetch"
-        self.timers: dict[int, Timer] = {}
         self.paused = False
+        self.schedule = PollSchedule(
+            host,
+            lambda: [(job.poll, f"fetch:{job_label(job)}") for job in self.jobs],
+            self._poll,
+            self._links_up,
+        )
         self._locks: dict[int, asyncio.Lock] = {}
         self.has_links = any(link.node == host.name for link in host.topology.links.values())
 
@@ -71,58 +76,36 @@ class FetchService:
 
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._arm_all()
+        self.schedule.arm_all()
 
     async def stop(self) -> None:
-        self._disarm_all()
+        self.schedule.disarm_all()
 
     def reset(self) -> None:
         """Forget every UID handed over (the journals) and poll as at the start, when the
         links are up (`Lab.reset()`)."""
-        self._disarm_all()
+        self.schedule.disarm_all()
         self.paused = False
         self._locks.clear()
         if self.state_dir.is_dir():
             for path in self.state_dir.iterdir():
                 if path.is_file():
                     path.unlink(missing_ok=True)
-        self._arm_all()
+        self.schedule.arm_all()
 
     def link_changed(self) -> None:
         """A link changed state: poll while the host's links are up, stop when down."""
         self.paused = False
-        self._disarm_all()
-        self._arm_all()
+        self.schedule.disarm_all()
+        self.schedule.arm_all()
 
     # polling --------------------------------------------------------------------------
 
     def _links_up(self) -> bool:
         return self.link_up() if self.link_up is not None else not self.paused
 
-    def _arm_all(self) -> None:
-        if not self._links_up():
-            return
-        for index in range(len(self.jobs)):
-            self._arm(index)
-
-    def _arm(self, index: int, after: float | None = None) -> None:
-        """Poll job `index` one interval after `after` (lab time; default: now)."""
-        job = self.jobs[index]
-        if job.poll is None or index in self.timers:
-            return
-        now = self.host.clock.time()
-        when = max(now, (now if after is None else after) + job.poll)
-        self.timers[index] = self.host.call_at(
-            when, lambda: self._poll(index, when), f"fetch:{job_label(job)}"
-        )
-
-    def _disarm_all(self) -> None:
-        for timer in self.timers.values():
-            timer.cancel()
-        self.timers.clear()
-
     async def _poll(self, index: int, due: float) -> None:
-        self.timers.pop(index, None)
+        self.schedule.taken(index)
         if not self._links_up():
             return
         result = await self.run_job(self.jobs[index])
@@ -130,13 +113,13 @@ class FetchService:
             # No word from the backend about links: a poll that cannot reach the network
             # means the link is down; wait for link_changed() before polling again.
             self.paused = True
-            self._disarm_all()
+            self.schedule.disarm_all()
             self.host.emit(
                 "fetch.paused", job=job_label(self.jobs[index]), reason="; ".join(result.errors)
             )
             return
         if self._links_up():
-            self._arm(index, after=due)  # every `poll` seconds, however long a poll takes
+            self.schedule.arm(index, after=due)  # every `poll` seconds, however long a poll takes
 
     # running --------------------------------------------------------------------------
 
