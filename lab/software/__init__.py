@@ -119,12 +119,14 @@ def check_topology(topology: Topology, backend: str) -> None:
     """Raise one LabError naming every node service that cannot run on this backend."""
     problems: list[str] = []
     for name, node in topology.nodes.items():
+        before = len(problems)
         for service, software in real_software(node).items():
             try:
                 check_supported(name, software.value, backend, service)
             except LabError as exc:
                 problems.append(str(exc))
-        if backend not in BUILTIN_ONLY_BACKENDS:
+        # the fields are worth checking only against software that runs here
+        if backend not in BUILTIN_ONLY_BACKENDS and len(problems) == before:
             try:
                 check_fields(name, node)
             except LabError as exc:

@@ -406,6 +406,11 @@ class SendmailAdapter:
     def parse_due(self, output: str) -> list[float]:
         return due_times(output, self.schedule)
 
+    def reset_paths(self) -> list[str]:
+        """The queue (qf, df files) and the mboxes: emptied (daemon stopped) by
+        `Lab.reset()`."""
+        return [QUEUE_DIR, MAIL_SPOOL]
+
     def deferred_path(self) -> str:
         return QUEUE_DIR
 

@@ -252,6 +252,7 @@ class RealMta:
         self.restarts = 0
         self.stopping = False
         await self._follow_log()
+        await self._listen_syslog()  # stop() closed it
         self.set_offset(self.host.clock.offset)
         await self._spawn()
         await self.ready()
