@@ -23,6 +23,7 @@ work, where no directory shows it). sendmail (lab/software/sendmail.py) adds two
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -145,3 +146,25 @@ def on_lab_time(env: dict[str, str], command: list[str]) -> list[str]:
 def faketime_offset(seconds: float) -> str:
     """The content of a libfaketime timestamp file for a clock `seconds` ahead."""
     return f"+{max(0.0, seconds):.3f}\n"
+
+
+def programs_at_work(names: tuple[str, ...], except_pid: int | None) -> bool:
+    """Whether a live process (not a zombie) of one of these program names runs, other
+    than `except_pid` (the listening daemon): a real MTA receiving, delivering or running
+    its queue, which no queue directory shows."""
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.isdigit() or int(entry) == except_pid:
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name, _, tail = stat.partition(") ")
+        if name.endswith(tuple(f"({n}" for n in names)) and not tail.startswith(("Z", "X")):
+            return True
+    return False

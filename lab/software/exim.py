@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lab.software.adapter import RenderContext, faketime_environment, on_lab_time
+from lab.software.adapter import RenderContext, faketime_environment, on_lab_time, programs_at_work
 from lab.software.exim_log import RETRY_MARK, SPOOL, EximLog, parse_due, parse_queue
 from lab.software.exim_userconf import apply_lab_part, user_config
 from lab.topology.addressing import hostname_of
@@ -515,22 +515,7 @@ class EximAdapter:
     def busy(self, daemon_pid: int | None) -> bool:
         """Exim processes at work besides the listening daemon: receiving, delivering,
         running the queue."""
-        try:
-            entries = os.listdir("/proc")
-        except OSError:
-            return False
-        for entry in entries:
-            if not entry.isdigit() or int(entry) == daemon_pid:
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            name, _, tail = stat.partition(") ")
-            if name.endswith("(exim4") and not tail.startswith(("Z", "X")):
-                return True
-        return False
+        return programs_at_work(("exim4",), daemon_pid)
 
     def log_reader(self) -> EximLog:
         return EximLog()

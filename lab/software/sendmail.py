@@ -35,7 +35,7 @@ import os
 import re
 from typing import Any
 
-from lab.software.adapter import RenderContext, faketime_environment, on_lab_time
+from lab.software.adapter import RenderContext, faketime_environment, on_lab_time, programs_at_work
 from lab.software.sendmail_log import (
     QF_MARK,
     QUEUE_DIR,
@@ -443,24 +443,7 @@ class SendmailAdapter:
     def busy(self, daemon_pid: int | None) -> bool:
         """sendmail processes at work besides the listening daemon (receiving,
         delivering, running the queue), or mail.local delivering."""
-        try:
-            entries = os.listdir("/proc")
-        except OSError:
-            return False
-        for entry in entries:
-            if not entry.isdigit() or int(entry) == daemon_pid:
-                continue
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            name, _, tail = stat.partition(") ")
-            if name.endswith(("(sendmail-mta", "(sendmail", "(mail.local")) and not tail.startswith(
-                ("Z", "X")
-            ):
-                return True
-        return False
+        return programs_at_work(("sendmail-mta", "sendmail", "mail.local"), daemon_pid)
 
     def log_reader(self) -> SendmailLog:
         return SendmailLog()

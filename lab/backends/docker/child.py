@@ -1,5 +1,6 @@
 """What the node agent's supervisors of real programs share (daemon.py for a real MTA,
-servers.py for Dovecot): running one of the program's tools, and stopping the program."""
+servers.py for Dovecot): waiting for the program's greeting, running one of its tools,
+and stopping it."""
 
 from __future__ import annotations
 
@@ -50,3 +51,32 @@ async def stop_child(
     if watcher is not None:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(watcher, 2)
+
+
+async def await_greeting(
+    proc: asyncio.subprocess.Process | None, name: str, port: int, want: bytes, timeout: float
+) -> str:
+    """The program's greeting (a line starting with `want`) on the host's loopback port,
+    retried until `timeout`; its QUIT answered before the connection closes. A LabError
+    when the program exits meanwhile or never greets."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Exception | None = None
+    while loop.time() < deadline:
+        if proc is not None and proc.returncode is not None:
+            raise LabError(f"{name} exited ({proc.returncode})")
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+            line = await asyncio.wait_for(reader.readline(), 5)
+            writer.write(b"QUIT\r\n")
+            with contextlib.suppress(OSError, TimeoutError):
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
+            if line.startswith(want):
+                return line.decode("utf-8", "replace").strip()
+            last = LabError(f"greeted {line!r}")
+        except (OSError, TimeoutError) as exc:
+            last = exc
+        await asyncio.sleep(0.1)
+    raise LabError(f"{name} did not greet within {timeout}s: {last}")

@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lab.backends.docker.child import run_tool, stop_child
+from lab.backends.docker.child import await_greeting, run_tool, stop_child
 from lab.errors import LabError
 from lab.services.host import Host
 from lab.services.maildir import MailStore
@@ -155,26 +155,7 @@ class RealMta:
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> str:
         """The daemon's 220 greeting on the host's loopback (retried until `timeout`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last: Exception | None = None
-        while loop.time() < deadline:
-            if self.proc is not None and self.proc.returncode is not None:
-                raise LabError(f"{self.adapter.software.value} exited ({self.proc.returncode})")
-            try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", 25), 2)
-                line = await asyncio.wait_for(reader.readline(), 5)
-                writer.write(b"QUIT\r\n")
-                with contextlib.suppress(OSError):
-                    await writer.drain()
-                writer.close()
-                if line.startswith(b"220"):
-                    return line.decode("utf-8", "replace").strip()
-                last = LabError(f"greeted {line!r}")
-            except (OSError, TimeoutError) as exc:
-                last = exc
-            await asyncio.sleep(0.1)
-        raise LabError(f"{self.adapter.software.value} did not greet within {timeout}s: {last}")
+        return await await_greeting(self.proc, self.adapter.software.value, 25, b"220", timeout)
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None

@@ -12,12 +12,11 @@ MAX_RESTARTS times) and stops it when the host stops. It has no queue and no clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sys
 from pathlib import Path
 
-from lab.backends.docker.child import run_tool, stop_child
+from lab.backends.docker.child import await_greeting, run_tool, stop_child
 from lab.errors import LabError
 from lab.services.host import Host
 from lab.services.maildir import MailStore
@@ -71,29 +70,9 @@ class RealServer:
 
     async def ready(self, timeout: float = READY_TIMEOUT) -> str:
         """The server's greeting on the host's loopback (retried until `timeout`)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last: Exception | None = None
-        while loop.time() < deadline:
-            if self.proc is not None and self.proc.returncode is not None:
-                raise LabError(f"{self.name} exited ({self.proc.returncode})")
-            try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection("127.0.0.1", self.adapter.port), 2
-                )
-                line = await asyncio.wait_for(reader.readline(), 5)
-                writer.write(b"QUIT\r\n")
-                with contextlib.suppress(OSError, TimeoutError):
-                    await writer.drain()
-                    await asyncio.wait_for(reader.read(), 5)
-                writer.close()
-                if line.startswith(self.adapter.greeting):
-                    return line.decode("utf-8", "replace").strip()
-                last = LabError(f"greeted {line!r}")
-            except (OSError, TimeoutError) as exc:
-                last = exc
-            await asyncio.sleep(0.1)
-        raise LabError(f"{self.name} did not greet within {timeout}s: {last}")
+        return await await_greeting(
+            self.proc, self.name, self.adapter.port, self.adapter.greeting, timeout
+        )
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None
