@@ -220,6 +220,8 @@ def test_a_built_in_hosts_bounce_reaches_the_postfix_hubs_user(
         assert sent.accepted, sent.to_json()
         bounce = lab.assert_bounced(recipient="nobody@freeuk.com", by="isp", timeout=10)
         assert bounce.get("to") == "eddy@shofar.uklinux.net", lab.format_trace(sent)
+        # the DSN is in the ISP's multidrop box before the hub fetches it
+        lab.assert_delivered(to="eddy@shofar.uklinux.net", node="isp", mailbox="shofar")
         lab.fetch("hub")
         lab.settle()
         got = [m for m in lab.mailbox("hub", "eddy") if "nobody@freeuk.com" in m.raw]
