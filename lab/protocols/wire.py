@@ -87,7 +87,9 @@ class AgentOp(StrEnum):
     MAILBOX = "mailbox"
     DNS_SET = "dns.set"
     DNS_FAULT = "dns.fault"
+    DNS_FAULT_RULES = "dns.fault_rules"
     FAULT_ADD = "fault.add"
+    FAULT_CLEAR = "fault.clear"
     RESET = "reset"
     STOP = "stop"
 
