@@ -62,6 +62,8 @@ class LabOp(StrEnum):
     EVENTS = "events"
     TRACE = "trace"
     DNS = "dns"
+    FAULT = "fault"
+    SCHEDULE = "schedule"
     RESET = "reset"
     UI = "ui"
     DOWN = "down"
