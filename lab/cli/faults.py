@@ -15,16 +15,18 @@ from lab.errors import LabError
 
 def parse_spec(text: str, model: Any, what: str) -> dict[str, Any]:
     """A YAML mapping (braces optional), validated by `model`; LabError when it is not."""
-    import yaml
     from pydantic import ValidationError
+
+    from lab.errors import TopologyError
+    from lab.topology.loader import parse_yaml
 
     source = text.strip()
     if not source.startswith("{"):
         source = "{" + source + "}"
-    try:
-        data = yaml.safe_load(source)
-    except yaml.YAMLError as exc:
-        raise LabError(f"{what}: not a YAML mapping: {text!r} ({exc.__class__.__name__})") from None
+    try:  # the topology's reading of YAML: `on: mail` is the key "on", not true
+        data, _ = parse_yaml(source, what)
+    except TopologyError as exc:
+        raise LabError(f"{what}: not a YAML mapping: {text!r}\n{exc}") from None
     if not isinstance(data, dict):
         raise LabError(f"{what}: expected a mapping such as 'on: mail, reply: 421 busy'")
     try:
