@@ -5,6 +5,7 @@ reset(), and a seeded chance that replays the same run and differs with another 
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -164,7 +165,7 @@ def test_a_day_of_hourly_dials_in_lab_time_order(lab_factory: Callable[..., Lab]
     assert len(links) == 48 and all(e.get("cause") == "schedule" for e in links)
     # one lab-time order across hosts (up to the real time a host's event takes to arrive)
     times = [e.time for e in lab.events]
-    assert all(later >= earlier - 0.5 for earlier, later in zip(times, times[1:]))
+    assert all(later >= earlier - 0.5 for earlier, later in itertools.pairwise(times))
     epoch = links[0].time - 3600
     ups = [e.time for e in links if e.kind == "link.up"]
     assert [round((t - epoch) / 60) for t in ups] == [60 * k for k in range(1, 25)]
