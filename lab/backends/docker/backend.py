@@ -65,7 +65,7 @@ class DockerBackend(LabBackend[HostProxy]):
         self.ready_timeout = ready_timeout
         self._offset = 0.0  # lab time = real time + offset, the same in every container
         # the lab's own timers (scheduled dials), run in order with the hosts' (advance)
-        self.clock = LabClock()
+        self.own_clock = LabClock()
         self.events = EventBus(self.clock_time, self.state_dir / "events.jsonl")
         self.provision = Provision(
             topology,
@@ -112,8 +112,8 @@ class DockerBackend(LabBackend[HostProxy]):
         await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
-        self.clock.start()
-        self.dialer.start(self.clock)
+        self.own_clock.start()
+        self.dialer.start(self.own_clock)
         self.events.emit(
             "lab",
             "lab.up",
@@ -126,14 +126,16 @@ class DockerBackend(LabBackend[HostProxy]):
     async def _start(self, nodes: list[str]) -> None:
         async def one(node: str) -> None:
             try:
-                await self.handles[node].start(self._offset, self.clock.epoch, self.ready_timeout)
+                await self.handles[node].start(
+                    self._offset, self.own_clock.epoch, self.ready_timeout
+                )
             except LabError as exc:
                 raise await self.provision.failed(node, exc) from None
 
         await asyncio.gather(*(one(n) for n in nodes))
 
     async def down(self) -> None:
-        await self.clock.stop()
+        await self.own_clock.stop()
         if self.handles:
             with contextlib.suppress(Exception):
                 await self.settle(timeout=5.0)
@@ -166,9 +168,9 @@ class DockerBackend(LabBackend[HostProxy]):
     async def reset_hosts(self) -> None:
         """Every agent resets its host at once (a real MTA restarts meanwhile); lab time
         is real time again, in every container."""
-        self.clock.reset()
+        self.own_clock.reset()
         self._offset = 0.0
-        await asyncio.gather(*(p.reset(self.clock.epoch) for p in self._live()))
+        await asyncio.gather(*(p.reset(self.own_clock.epoch) for p in self._live()))
 
     # the clock ---------------------------------------------------------------------------
 
@@ -179,12 +181,12 @@ class DockerBackend(LabBackend[HostProxy]):
         return self._offset
 
     def lab_clock(self) -> LabClock:
-        return self.clock
+        return self.own_clock
 
     def _move_to(self, when: float) -> None:
         """Lab time to `when` (never back), here and on the lab's own clock."""
         self._offset += max(0.0, when - self.clock_time())
-        self.clock.catch_up(self._offset)
+        self.own_clock.catch_up(self._offset)
 
     async def advance(self, seconds: float) -> int:
         """Every host's timers, in lab-time order across hosts, settling after each."""
@@ -196,14 +198,14 @@ class DockerBackend(LabBackend[HostProxy]):
         while True:
             nexts = await asyncio.gather(*(p.next_timer() for p in self._live()))
             due = [n for n in nexts if n is not None and n <= target]
-            mine = self.clock.next_due()
+            mine = self.own_clock.next_due()
             if mine is not None and mine <= target and (not due or mine <= min(due)):
                 # a scheduled dial first (at a tie too, as in process: it was set first);
                 # the hosts' clocks just before it, so their timers at that time follow
                 self._move_to(mine)
                 before = mine - 1e-6
                 await asyncio.gather(*(p.advance_to(before, LONG) for p in self._live()))
-                ran += await self.clock.advance(0.0)
+                ran += await self.own_clock.advance(0.0)
                 await self.settle(quick=True)
                 continue
             if not due:
