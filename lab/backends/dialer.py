@@ -44,8 +44,8 @@ class Dialer:
             for name, link in self.topology.links.items()
             if link.schedule is not None
         }
-        for name in self.schedules:
-            self._arm(name, None)
+        for name in self.schedules:  # from lab start: `first: 0` dials at once
+            self._arm(name, self.clock.epoch if self.clock is not None else None)
 
     def set(self, link: str, schedule: Schedule | None) -> None:
         """Give `link` this schedule (None: no schedule), from now on."""

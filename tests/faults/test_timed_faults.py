@@ -11,8 +11,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from lab.harness import Lab
 from lab.runtime.events import Event
+from lab.topology import load
 
 ROOT = Path(__file__).resolve().parents[2]
 HOURLY = ROOT / "topologies" / "hourly-dialup.yaml"
@@ -174,3 +177,17 @@ def test_a_day_of_hourly_dials_in_lab_time_order(lab_factory: Callable[..., Lab]
     # every message landed during the first dial, none while the line was down
     landed = [e.time for e in lab.events if e.kind == "mailbox.delivered"]
     assert len(landed) == 3 and all(ups[0] <= t <= ups[0] + 300 for t in landed)
+
+
+@pytest.mark.lab_backend("inprocess")
+def test_a_first_dial_at_zero_dials_as_the_lab_comes_up(lab_factory: Callable[..., Lab]) -> None:
+    topology = load(HOURLY).model
+    link = topology.links["dialup"]
+    assert link.schedule is not None
+    first = link.schedule.model_copy(update={"first": 0.0})
+    topology.links["dialup"] = link.model_copy(update={"schedule": first})
+    lab = lab_factory(topology)
+    lab.wait_for("link.up", timeout=5)
+    assert lab.link("dialup").state == "up"
+    lab.clock.advance("5m")
+    assert lab.link("dialup").state == "down"
