@@ -136,6 +136,13 @@ def test_a_dns_fault_rule_defers_then_its_window_closes(lab_factory: Callable[..
     lab.flush("hub")
     lab.assert_delivered("paul@isp.test", node="isp")
     assert not [e for e in lab.events if e.kind == "dsn.sent"]
+    # reset() forgets the rule and the fault added at run time
+    lab.add_fault("hub", on="mail", reply="451 4.3.0 not now")
+    lab.reset()
+    lab.link("dialup").up()
+    assert lab.send("pc1", mail_from="eddy@home.test", to="paul@isp.test").accepted
+    lab.assert_delivered("paul@isp.test", node="isp")
+    assert not [e for e in lab.events if e.kind == "fault.triggered"]
 
 
 def test_a_schedule_set_at_run_time_dials_and_reset_brings_back_the_topologys(
