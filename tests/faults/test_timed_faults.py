@@ -15,7 +15,7 @@ import pytest
 
 from lab.harness import Lab
 from lab.runtime.events import Event
-from lab.topology import load
+from lab.topology import load, load_text
 
 ROOT = Path(__file__).resolve().parents[2]
 HOURLY = ROOT / "topologies" / "hourly-dialup.yaml"
@@ -91,6 +91,9 @@ def test_the_same_seed_replays_the_same_run_and_another_seed_does_not(
         again = lab_factory(TIMED)
         assert dice(again) == thrown
         assert shape(again.events) == events
+    else:  # a Docker lab draws as an in-process lab of the same seed does
+        with Lab.up(load_text(TIMED, "timed.yaml").model) as twin:
+            assert dice(twin) == thrown
     other = lab_factory(TIMED, seed=6)
     assert other.seed == 6
     assert dice(other) != thrown
