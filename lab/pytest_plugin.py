@@ -213,6 +213,7 @@ def lab(
     if wants_fresh(request.node) or "state_dir" in options:
         options.setdefault("state_dir", tmp_path / "lab")
         running = Lab.up(path, backend=lab_backend, **options)
+        request.node.stash[SEED_KEY] = running.seed
         try:
             yield running
         finally:
@@ -220,10 +221,26 @@ def lab(
         return
     pool = lab_pool(request.config)
     reused = pool.acquire(path, backend=lab_backend, **options)
+    request.node.stash[SEED_KEY] = reused.seed
     try:
         yield reused
     finally:
         pool.release(reused)
+
+
+SEED_KEY = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test that used the `lab` fixture says the seed its lab drew from."""
+    report = yield
+    seed = item.stash.get(SEED_KEY, None)
+    if report.failed and seed is not None and call.when == "call":
+        report.sections.append(
+            ("maillab", f"seed {seed}: `pytest --lab-seed {seed}` replays this run")
+        )
+    return report
 
 
 # ---------------------------------------------------------------------------------------
