@@ -93,3 +93,13 @@ def test_bad_schedules_are_errors_at_their_place(text: str, message: str) -> Non
     with pytest.raises(TopologyError) as error:
         load_text(textwrap.dedent(TOPOLOGY).replace("SCHEDULE", text), "t.yaml")
     assert message in str(error.value), str(error.value)
+
+
+def test_dns_faults_need_a_dns_node() -> None:
+    text = textwrap.dedent(TOPOLOGY).replace("    schedule: SCHEDULE\n", "")
+    text += "dns:\n  faults: [{name: '*', fault: servfail}]\n"
+    with pytest.raises(TopologyError) as error:
+        load_text(text, "t.yaml")
+    assert "t.yaml:12:3: dns.faults: DNS faults are defined but no node runs the dns service" in (
+        str(error.value)
+    ), str(error.value)
