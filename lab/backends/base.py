@@ -31,7 +31,6 @@ from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 from lab.errors import LabError
 from lab.protocols.smtp import SubmitResult
 from lab.protocols.wire import LinkState, MailboxEntry, QueueEntry
-from lab.runtime.clock import LabClock
 from lab.runtime.events import EventBus
 from lab.topology.model import Hook, Service, Topology
 
@@ -235,7 +234,7 @@ class LabBackend(Generic[H]):
         self.link_states: dict[str, LinkState] = {
             name: LinkState(link.state) for name, link in topology.links.items()
         }
-        self.dialer = Dialer(topology, self._dialled)
+        self.dialer = Dialer(topology, self.set_link)
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -262,10 +261,6 @@ class LabBackend(Generic[H]):
 
     def clock_offset(self) -> float:
         """How far lab time is ahead of real time."""
-        raise NotImplementedError
-
-    def lab_clock(self) -> LabClock:
-        """The clock the lab's own timers (scheduled dials) run on; its epoch is lab start."""
         raise NotImplementedError
 
     def endpoints(self, node: str) -> dict[str, str]:
@@ -406,9 +401,6 @@ class LabBackend(Generic[H]):
             elif hook is Hook.fetch and self.runs(spec.node, Service.fetch):
                 await host.fetch()
             await self.settle()
-
-    async def _dialled(self, link: str, up: bool, cause: str) -> None:
-        await self.set_link(link, up, cause)
 
     async def set_schedule(self, link: str, schedule: dict[str, Any] | None) -> None:
         from lab.topology.model import Schedule

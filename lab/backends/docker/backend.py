@@ -180,9 +180,6 @@ class DockerBackend(LabBackend[HostProxy]):
     def clock_offset(self) -> float:
         return self._offset
 
-    def lab_clock(self) -> LabClock:
-        return self.own_clock
-
     def _move_to(self, when: float) -> None:
         """Lab time to `when` (never back), here and on the lab's own clock."""
         self._offset += max(0.0, when - self.clock_time())

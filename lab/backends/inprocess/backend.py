@@ -150,9 +150,6 @@ class InProcessBackend(LabBackend[HostServices]):
     def clock_offset(self) -> float:
         return self.clock.offset
 
-    def lab_clock(self) -> LabClock:
-        return self.clock
-
     # what is this backend's own -----------------------------------------------------------
 
     def dns_copies(self) -> Iterable[HostServices]:
