@@ -8,6 +8,9 @@ queues (fsync), on loopback; the targets are the project's:
                              0.25 x a bare aiosmtpd sink fed by the same client, same run
 - queued then flushed:       10,000 messages queued while the link is down, link up, all
                              delivered once (none lost, none doubled), >= 250 msg/s
+- a day of dial-ups:         hourly 5-minute dials (topologies/hourly-dialup.yaml), 1,000
+                             messages queued: `clock advance 1d` in <= 10 s, each
+                             delivered once (bench/dialup.py)
 - a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB
 - the web dashboard:         an event reaches the open page in <= 200 ms (median), the
                              page stays responsive with 10,000 events, the API's wait
@@ -30,6 +33,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from bench.dialup import bench_dial_day
+from bench.dialup import rows as dial_rows
 from lab.backends.inprocess.backend import InProcessBackend
 from lab.backends.inprocess.net import Endpoint
 from lab.services.client import build_message, submit
@@ -377,6 +382,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
         f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
         f" none lost or doubled | {verdict(flush_ok)} |",
+        *dial_rows(results["dialup"], verdict),
         f"| lab of {big['clients']} clients + {big['domains']} remote domains: up |"
         f" {big['up_seconds'] * 1000:.0f} ms ({big['nodes']} nodes) | <= 1 s |"
         f" {verdict(big['up_seconds'] <= 1)} |",
@@ -484,6 +490,9 @@ async def run_all(quick: bool) -> dict[str, Any]:
     print("queued while down, then flushed ...", file=sys.stderr)
     results["flush"] = await bench_flush(500 if quick else 10_000, 16)
     print(results["flush"], file=sys.stderr)
+    print("a day of hourly dial-ups, clock advance 1d ...", file=sys.stderr)
+    results["dialup"] = await bench_dial_day(1000)
+    print(results["dialup"], file=sys.stderr)
     return results
 
 

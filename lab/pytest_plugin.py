@@ -63,6 +63,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         " CHECK[builtin], CHECK[postfix], ...: a comma-separated list of builtin, postfix,"
         " exim, sendmail, or `all` (default: none)",
     )
+    group.addoption(
+        "--lab-seed",
+        action="store",
+        type=int,
+        default=None,
+        help="the seed every fault's chance is drawn from, over the topologies' `seed:`"
+        " (a failing check prints the seed it ran with: pass it here to replay the run)",
+    )
     parser.addini(
         "lab_topologies",
         "directory of topology files for @pytest.mark.topology; their checks are collected",
@@ -181,7 +189,16 @@ def lab_backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Iterator[Any]:
+def lab_seed(request: pytest.FixtureRequest) -> int | None:
+    """The --lab-seed of the run (None: each lab draws from its topology's or its own)."""
+    value = request.config.getoption("--lab-seed")
+    return None if value is None else int(value)
+
+
+@pytest.fixture
+def lab(
+    request: pytest.FixtureRequest, lab_backend: str, lab_seed: int | None, tmp_path: Path
+) -> Iterator[Any]:
     """A running lab of the test's `topology` marker; stopped after the test."""
     from lab.harness.lab import Lab
 
@@ -192,9 +209,12 @@ def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Ite
         )
     path = resolve_topology(request.config, marker.args[0])
     options = dict(marker.kwargs)
+    if lab_seed is not None:
+        options.setdefault("seed", lab_seed)
     if wants_fresh(request.node) or "state_dir" in options:
         options.setdefault("state_dir", tmp_path / "lab")
         running = Lab.up(path, backend=lab_backend, **options)
+        request.node.stash[SEED_KEY] = running.seed
         try:
             yield running
         finally:
@@ -202,10 +222,26 @@ def lab(request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path) -> Ite
         return
     pool = lab_pool(request.config)
     reused = pool.acquire(path, backend=lab_backend, **options)
+    request.node.stash[SEED_KEY] = reused.seed
     try:
         yield reused
     finally:
         pool.release(reused)
+
+
+SEED_KEY = pytest.StashKey[int]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failing test that used the `lab` fixture says the seed its lab drew from."""
+    report = yield
+    seed = item.stash.get(SEED_KEY, None)
+    if report.failed and seed is not None and call.when == "call":
+        report.sections.append(
+            ("maillab", f"seed {seed}: `pytest --lab-seed {seed}` replays this run")
+        )
+    return report
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,7 +387,11 @@ class CheckItem(pytest.Item):
         file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path
         require_backend(self.backend)
         pool = None if wants_fresh(self) else lab_pool(self.config)
-        result = run_check(self.topology, self.check, backend=self.backend, file=file, pool=pool)
+        seed = self.config.getoption("--lab-seed")
+        options: dict[str, Any] = {} if seed is None else {"seed": int(seed)}
+        result = run_check(
+            self.topology, self.check, backend=self.backend, file=file, pool=pool, **options
+        )
         if not result.ok:
             raise CheckFailed(result)
 

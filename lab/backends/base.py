@@ -22,6 +22,7 @@ hosts up and down, settling, the clock, and where its endpoints are.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -70,7 +71,11 @@ class HostHandle(Protocol):
 
     async def set_dns_fault(self, name: str, fault: str | None) -> None: ...
 
+    async def set_dns_fault_rules(self, rules: list[dict[str, Any]]) -> None: ...
+
     async def add_fault(self, fault: dict[str, Any]) -> None: ...
+
+    async def clear_faults(self) -> int: ...
 
     async def reset(self) -> None:
         """Back to the state the host started in, its services running: no work under
@@ -123,7 +128,7 @@ class Backend(Protocol):
         """Submit a message from a node over SMTP, as that host would."""
         ...
 
-    async def set_link(self, link: str, up: bool) -> None:
+    async def set_link(self, link: str, up: bool, cause: str = "manual") -> None:
         """Raise or drop a link; raising runs its on_up hooks in order."""
         ...
 
@@ -168,6 +173,22 @@ class Backend(Protocol):
 
     async def add_fault(self, node: str, fault: dict[str, Any]) -> None: ...
 
+    async def clear_faults(self, node: str) -> int:
+        """Forget the faults added to `node` at run time; how many there were."""
+        ...
+
+    async def add_dns_fault(self, rule: dict[str, Any]) -> None:
+        """Add a glob fault rule to the lab DNS (lab.topology.model.DnsFaultRule)."""
+        ...
+
+    async def clear_dns_faults(self) -> int:
+        """Remove the lab DNS's fault rules added at run time; how many there were."""
+        ...
+
+    async def set_schedule(self, link: str, schedule: dict[str, Any] | None) -> None:
+        """Make `link` dial on this schedule (lab.topology.model.Schedule), or on none."""
+        ...
+
 
 H = TypeVar("H", bound=HostHandle)
 
@@ -190,9 +211,12 @@ class LabBackend(Generic[H]):
         dns_timeout: float = 1.0,
         durable: bool = True,
     ):
+        from lab.backends.dialer import Dialer
         from lab.topology.addressing import assign_addresses
         from lab.topology.records import RecordTable
 
+        if topology.seed is None:  # a seed of its own, said in lab.up: the run replays
+            topology = topology.model_copy(update={"seed": secrets.randbelow(2**31)})
         self.topology = topology
         self._own_dir = state_dir is None
         self.state_dir = Path(state_dir or tempfile.mkdtemp(prefix=f"maillab-{topology.name}-"))
@@ -210,6 +234,7 @@ class LabBackend(Generic[H]):
         self.link_states: dict[str, LinkState] = {
             name: LinkState(link.state) for name, link in topology.links.items()
         }
+        self.dialer = Dialer(topology, self.set_link)
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -311,6 +336,7 @@ class LabBackend(Generic[H]):
             self.records.restore(RecordTable.from_topology(self.topology, self.addresses))
             self._records_version = self.records.version
         await self.reset_hosts()
+        self.dialer.reset()
         self.events.reset()
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
@@ -350,21 +376,22 @@ class LabBackend(Generic[H]):
             mail_from=mail_from, to=list(to), content=content, via=via
         )
 
-    async def set_link(self, link: str, up: bool) -> None:
+    async def set_link(self, link: str, up: bool, cause: str = "manual") -> None:
         """The link's host changes its attachment and hears of it (its resolver cache is
         dropped; its fetch jobs, which poll while its links are up, re-armed or stopped);
-        then, when it came up, its on_up hooks run in order, each settled."""
+        then, when it came up, its on_up hooks run in order, each settled. `cause`:
+        manual, or schedule for a scheduled dial."""
         self.check_link(link)
         spec = self.topology.links[link]
         state = LinkState.of(up)
         if self.link_states[link] == state:
-            self.events.emit(spec.node, "link.unchanged", link=link, state=state.value)
+            self.events.emit(spec.node, "link.unchanged", link=link, state=state.value, cause=cause)
             return
         self.link_states[link] = state
         host = self.handle(spec.node)
         cut = await host.set_link(link, state.value)
         kind = "link.up" if up else "link.down"
-        self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
+        self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut, cause=cause)
         if not up:
             return
         for hook in spec.on_up:
@@ -374,6 +401,15 @@ class LabBackend(Generic[H]):
             elif hook is Hook.fetch and self.runs(spec.node, Service.fetch):
                 await host.fetch()
             await self.settle()
+
+    async def set_schedule(self, link: str, schedule: dict[str, Any] | None) -> None:
+        from lab.topology.model import Schedule
+
+        self.check_link(link)
+        parsed = Schedule.model_validate(schedule) if schedule is not None else None
+        self.dialer.set(link, parsed)
+        shown = parsed.model_dump(mode="json", by_alias=True, exclude_none=True) if parsed else None
+        self.events.emit(self.topology.links[link].node, "link.schedule", link=link, schedule=shown)
 
     async def link_state(self, link: str) -> LinkState:
         self.check_link(link)
@@ -417,6 +453,31 @@ class LabBackend(Generic[H]):
         await self.handle(node, Service.smtp).add_fault(dict(fault))
         self.events.emit(node, "fault.added", **{k: str(v) for k, v in fault.items()})
 
+    async def clear_faults(self, node: str) -> int:
+        count = await self.handle(node, Service.smtp).clear_faults()
+        self.events.emit(node, "fault.cleared", count=count)
+        return count
+
+    async def _set_dns_fault_rules(self, rules: list[Any]) -> None:
+        self.records.set_fault_rules(rules)
+        shown = [r.model_dump(mode="json", by_alias=True, exclude_none=True) for r in rules]
+        await asyncio.gather(*(h.set_dns_fault_rules(shown) for h in self.dns_copies()))
+
+    async def add_dns_fault(self, rule: dict[str, Any]) -> None:
+        from lab.topology.model import DnsFaultRule
+
+        parsed = DnsFaultRule.model_validate(rule)
+        await self._set_dns_fault_rules([*self.records.fault_rules, parsed])
+        shown = parsed.model_dump(mode="json", by_alias=True, exclude_none=True)
+        self.events.emit("lab", "dns.fault_rule", **shown)
+
+    async def clear_dns_faults(self) -> int:
+        declared = list(self.topology.dns.faults)
+        count = len(self.records.fault_rules) - len(declared)
+        await self._set_dns_fault_rules(declared)
+        self.events.emit("lab", "dns.fault_rules_cleared", count=count)
+        return count
+
     async def status(self) -> dict[str, Any]:
         from lab.topology.addressing import hostname_of
 
@@ -440,6 +501,7 @@ class LabBackend(Generic[H]):
                 "state": self.link_states[name].value,
                 "node": link.node,
                 "network": link.network,
+                **self._schedule_status(name),
             }
             for name, link in self.topology.links.items()
         }
@@ -451,8 +513,19 @@ class LabBackend(Generic[H]):
             "links": links,
             "operator": {"node": self.operator, "address": self.operator_address()},
             "clock": {"time": self.clock_time(), "offset": self.clock_offset()},
+            "seed": self.topology.seed,
             "state_dir": str(self.state_dir),
             "ca": str(self.state_dir / "lab-ca.pem"),
+        }
+
+    def _schedule_status(self, link: str) -> dict[str, Any]:
+        schedule = self.dialer.schedules.get(link)
+        if schedule is None:
+            return {}
+        window = self.dialer.next_dial(link)
+        return {
+            "schedule": schedule.model_dump(mode="json", by_alias=True, exclude_none=True),
+            "next_dial": window[0] if window else None,
         }
 
 

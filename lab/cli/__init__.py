@@ -5,8 +5,9 @@ people (LabError) are printed without a traceback and set the exit code.
 
 The commands live by group: topology.py (validate, schema, graph), checks.py (check),
 running.py (up, down, status, ui), acting.py (send, link, flush, fetch, queue, mailbox,
-clock, events, trace, reset), docker.py (shell, exec, logs, gc), images.py (images build,
-list); output.py holds what they share (tables, events, JSON, errors, options).
+clock, events, trace, reset), faults.py (fault, schedule), docker.py (shell, exec, logs,
+gc), images.py (images build, list); output.py holds what they share (tables, events,
+JSON, errors, options).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import click
 
 from lab import __version__
-from lab.cli import acting, checks, docker, images, running, topology
+from lab.cli import acting, checks, docker, faults, images, running, topology
 
 __all__ = ["main"]
 
@@ -53,6 +54,8 @@ for _command in (
     acting.events,
     acting.trace,
     acting.reset,
+    faults.fault_group,
+    faults.schedule,
     images.images_group,
 ):
     main.add_command(_command)

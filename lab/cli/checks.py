@@ -44,12 +44,19 @@ def _is_topology_file(arg: str) -> bool:
     type=click.Path(dir_okay=False),
     help="With --software: write the matrix as Markdown to this file (docs/fidelity.md).",
 )
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="The seed every fault's chance is drawn from (over the topology's `seed:`); a"
+    " failing check prints the seed it ran with, so the same --seed replays it.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
 @friendly
 def check(
     args: tuple[str, ...],
     backend: str,
     fresh: bool,
+    seed: int | None,
     software: str | None,
     write: str | None,
     as_json: bool,
@@ -117,7 +124,7 @@ def check(
     results: list[CheckResult] = []
     pool = None if fresh else LabPool()
     try:
-        _run_plan(plan, backend, as_json, pool, results)
+        _run_plan(plan, backend, as_json, pool, results, seed)
     finally:
         if pool is not None:
             pool.close()
@@ -141,6 +148,7 @@ def _run_plan(
     as_json: bool,
     pool: Any,
     results: list[Any],
+    seed: int | None = None,
 ) -> None:
     from lab.harness.checks import StepResult, check_header, run_check
 
@@ -154,11 +162,17 @@ def _run_plan(
                     click.echo()
                 click.echo(check_header(name, file, backend))
             on_step = None if as_json else show
+            options: dict[str, Any] = {} if seed is None else {"seed": seed}
             result = run_check(
-                topology, name, backend=backend, file=file, on_step=on_step, pool=pool
+                topology, name, backend=backend, file=file, on_step=on_step, pool=pool, **options
             )
             results.append(result)
             if not as_json:
                 if result.error:
                     click.echo("\n".join("  " + line for line in result.error.splitlines()))
+                if not result.ok and result.seed is not None:
+                    click.echo(
+                        f"  seed {result.seed}: `maillab check --seed {result.seed}` replays"
+                        " this run"
+                    )
                 click.echo(result.summary())

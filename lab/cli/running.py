@@ -36,6 +36,9 @@ def print_status(status: dict[str, Any]) -> None:
     print_table(rows, indent="  ")
     for name, link in status.get("links", {}).items():
         click.echo(f"  link {name}: {link['state']} ({link.get('node')} on {link.get('network')})")
+        if link.get("schedule"):
+            dials = ", ".join(f"{k} {v}" for k, v in link["schedule"].items() if v)
+            click.echo(f"    dials on a schedule: {dials}")
     op = status.get("operator") or {}
     if op.get("node"):
         click.echo(f"  You connect from this machine as {op['node']} ({op['address']}).")
@@ -115,12 +118,18 @@ def choose_backend(backend: str, topology: Topology | None = None) -> str:
 @click.option("--ui", is_flag=True, help="Serve the web dashboard and HTTP API; print its URL.")
 @click.option("--ui-host", default="127.0.0.1", show_default=True, help="Where --ui listens.")
 @click.option("--ui-port", default=0, type=int, help="The port --ui listens on (default: any).")
+@click.option(
+    "--seed",
+    type=click.IntRange(min=0),
+    help="The seed every fault's chance is drawn from (default: the topology's, or a new one).",
+)
 @json_option
 @friendly
 def up(
     file: Path,
     backend: str,
     name: str | None,
+    seed: int | None,
     detach: bool,
     ui: bool,
     ui_host: str,
@@ -165,6 +174,7 @@ def up(
                     "--name",
                     name,
                     *(["--ui", "--ui-host", ui_host, "--ui-port", str(ui_port)] if ui else []),
+                    *(["--seed", str(seed)] if seed is not None else []),
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -208,7 +218,7 @@ def up(
         from lab.progress import Progress
 
         progress = options["progress"] = Progress(quiet=as_json)
-    lab = Lab.up(topology, backend=backend, source=file, **options)
+    lab = Lab.up(topology, backend=backend, source=file, seed=seed, **options)
     if progress is not None:
         progress.clear()  # the status table starts on a line of its own
     web = LabUi(lab, name)

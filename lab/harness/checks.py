@@ -23,6 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from lab.errors import LabError
+from lab.harness.describe import (
+    bounced_words,
+    delivered_words,
+    describe,
+    join_addresses,
+)
 from lab.harness.lab import Lab, LabAssertionError
 from lab.harness.pool import LabPool
 from lab.harness.refusals import await_refusal, refusal, rejected_words
@@ -107,6 +113,7 @@ class CheckResult:
     file: str | None = None
     backend: str = "inprocess"
     error: str = ""  # the lab could not be brought up or stopped
+    seed: int | None = None  # what the run's chances were drawn from: --seed replays it
 
     @property
     def ok(self) -> bool:
@@ -125,6 +132,7 @@ class CheckResult:
             "ok": self.ok,
             "duration": round(self.duration, 4),
             "error": self.error,
+            "seed": self.seed,
             "steps": [s.to_json() for s in self.steps],
         }
 
@@ -148,84 +156,14 @@ class CheckResult:
         lines += [s.report() for s in self.steps]
         if self.error:
             lines += ["  " + line for line in self.error.splitlines()]
+        if not self.ok and self.seed is not None:
+            lines.append(f"  seed {self.seed}: `maillab check --seed {self.seed}` replays this run")
         lines.append(self.summary())
         return "\n".join(lines)
 
 
 def check_header(name: str, where: str, backend: str) -> str:
     return f"check {name} ({where}, {backend} backend)"
-
-
-# ---------------------------------------------------------------------------------------
-# describing steps
-
-
-def _join(addresses: Iterable[str]) -> str:
-    return ", ".join(a or "<>" for a in addresses)
-
-
-def _within(seconds: float) -> str:
-    """' (within 30s)' when the wait differs from the default."""
-    default = Expect.model_fields["within"].default
-    return "" if seconds == default else f" (within {format_duration(seconds)})"
-
-
-def _delivered_words(d: DeliveredExpect) -> str:
-    words = f"to {d.to}"
-    if d.node:
-        words += f" on {d.node}"
-    if d.mailbox:
-        words += f" in mailbox {d.mailbox}"
-    if d.envelope_from is not None:
-        words += f" with envelope sender {d.envelope_from or '<>'}"
-    if d.headers:
-        words += " and " + ", ".join(f"{k}: {v}" for k, v in d.headers.items())
-    return words
-
-
-def _bounced_words(b: BouncedExpect) -> str:
-    words = "a bounce"
-    if b.recipient:
-        words += f" for {b.recipient}"
-    if b.by:
-        words += f" from {b.by}"
-    if b.to:
-        words += f" to {b.to}"
-    if b.status:
-        words += f" with status {b.status}"
-    if b.lands:
-        words += f", delivered {_delivered_words(b.lands)}"
-    return words
-
-
-def describe(step: Step) -> str:
-    """A step in words: 'send eddy@shofar.org.uk -> paulmidgley@freeuk.com from pc1'."""
-    if step.send is not None:
-        s = step.send
-        words = f"send {s.mail_from or '<>'} -> {_join(s.to)} from {s.from_}"
-        return words + (f" via {s.via}" if s.via else "")
-    if step.link is not None:
-        return "link " + ", ".join(f"{name} {state}" for name, state in step.link.items())
-    if step.advance is not None:
-        return f"advance the clock {format_duration(step.advance)}"
-    if step.flush is not None:
-        return f"flush the queue of {step.flush}"
-    if step.fetch is not None:
-        return f"fetch mail on {step.fetch}"
-    if step.expect is not None:
-        e = step.expect
-        if e.delivered is not None:
-            return f"expect delivered {_delivered_words(e.delivered)}" + _within(e.within)
-        if e.not_delivered is not None:
-            return f"expect not delivered {_delivered_words(e.not_delivered)}"
-        if e.queued is not None:
-            q = e.queued
-            return f"expect queued on {q.on}" + (f" for {q.to}" if q.to else "") + _within(e.within)
-        if e.bounced is not None:
-            return f"expect {_bounced_words(e.bounced)}" + _within(e.within)
-        if e.rejected is not None:
-            return f"expect {rejected_words(e.rejected)}"
-    return "empty step"
 
 
 # ---------------------------------------------------------------------------------------
@@ -252,6 +190,7 @@ class _CheckRun:
         self.last: SubmitResult | None = None
         self.last_index = 0
         self.sent_after = 0  # the last event before the last message was sent
+        self.sent_at = 0.0  # the lab time the last message was sent
 
     # the trace shown with a failure ------------------------------------------------
 
@@ -313,6 +252,7 @@ class _CheckRun:
     def send(self, index: int, s: SendStep) -> str:
         events = self.lab.events
         self.sent_after = events[-1].seq if events else 0
+        self.sent_at = self.lab.clock.now()
         result = self.lab.send(
             s.from_,
             mail_from=s.mail_from,
@@ -362,7 +302,24 @@ class _CheckRun:
             timeout=within,
         )
         sender = message.envelope_from or "<>"
-        return f"delivered, envelope sender {sender}, From: {message['From'] or '(none)'}"
+        took = "" if d.within is None else self._in_lab_time(d)
+        return f"delivered{took}, envelope sender {sender}, From: {message['From'] or '(none)'}"
+
+    def _in_lab_time(self, d: DeliveredExpect) -> str:
+        """' after 1h0m of lab time', or StepFailed when that is longer than `d.within`."""
+        assert d.within is not None
+        found = [e for e in self.lab.events if e.seq > self.sent_after]
+        landed = next((e for e in found if _delivery_matches(e, d)), None)
+        took = (landed.time if landed else self.lab.clock.now()) - self.sent_at
+        if landed is None or took > d.within + 1e-3:
+            raise StepFailed(
+                self._explain(
+                    f"expected delivery {delivered_words(d)} after the send;"
+                    f" it took {format_duration(round(took, 3))}",
+                    found,
+                )
+            )
+        return f" after {format_duration(round(took))} of lab time"
 
     def not_delivered(self, d: DeliveredExpect) -> str:
         if d.envelope_from is None and not d.headers:
@@ -382,7 +339,7 @@ class _CheckRun:
                     continue
             raise LabAssertionError(
                 self._explain(
-                    f"expected no delivery {_delivered_words(d)}, but it was delivered on"
+                    f"expected no delivery {delivered_words(d)}, but it was delivered on"
                     f" {e.node} in mailbox {e.get('user')}",
                     events,
                 )
@@ -405,7 +362,8 @@ class _CheckRun:
         )
         outcome = (
             f"{dsn.node} sent a bounce ({dsn.get('id')}) to {dsn.get('to')}"
-            f" for {_join(dsn.get('recipients', []))}, status {_join(dsn.get('status', []))}"
+            f" for {join_addresses(dsn.get('recipients', []))},"
+            f" status {join_addresses(dsn.get('status', []))}"
         )
         if b.lands is None:
             return outcome
@@ -421,8 +379,8 @@ class _CheckRun:
             event = self.lab.wait_for(predicate=landed, timeout=within)
         except LabAssertionError:
             raise LabAssertionError(
-                f"expected {_bounced_words(b)} within {format_duration(within)};\n"
-                f"{outcome}, but it was not delivered {_delivered_words(lands)}\n"
+                f"expected {bounced_words(b)} within {format_duration(within)};\n"
+                f"{outcome}, but it was not delivered {delivered_words(lands)}\n"
                 f"--- what happened to the bounce ---\n"
                 f"{self.lab.format_trace(dsn_id) or '(no events)'}"
             ) from None
@@ -431,7 +389,7 @@ class _CheckRun:
             actual = None if found is None else found[name]
             if actual is None or value.lower() not in actual.lower():
                 raise LabAssertionError(
-                    f"expected {_bounced_words(b)};\n{outcome}; it landed on {event.node} in"
+                    f"expected {bounced_words(b)};\n{outcome}; it landed on {event.node} in"
                     f" mailbox {event.get('user')}, but header {name}: is {actual!r},"
                     f" expected it to contain {value!r}"
                 )
@@ -519,6 +477,7 @@ def _run_steps(
     """Run the steps on a running lab until one fails; then stop the lab (or give it
     back to `pool`, which resets it before its next use)."""
     lab.source = None if file is None else Path(file)
+    result.seed = lab.seed
     run = _CheckRun(lab, steps)
     try:
         for step, outcome in zip(steps, result.steps, strict=True):

@@ -132,6 +132,8 @@ class ControlServer:
             LabOp.TRACE: self._trace,
             LabOp.DOWN: self._down,
             LabOp.DNS: self._dns,
+            LabOp.FAULT: self._fault,
+            LabOp.SCHEDULE: self._schedule,
             LabOp.RESET: self._reset,
         }
         # what the layers above add (the CLI: LabOp.UI, which starts the web server)
@@ -251,6 +253,26 @@ class ControlServer:
         else:
             await self.backend.set_dns_fault(name, fault)
         return {"name": name}
+
+    async def _fault(
+        self, action: str, node: str | None = None, spec: dict[str, Any] | None = None
+    ) -> Any:
+        """add NODE spec, clear NODE, dns spec (a DNS fault rule), dns-clear."""
+        if action == "add" and node and spec is not None:
+            await self.backend.add_fault(node, spec)
+            return {"node": node, "added": spec}
+        if action == "clear" and node:
+            return {"node": node, "cleared": await self.backend.clear_faults(node)}
+        if action == "dns" and spec is not None:
+            await self.backend.add_dns_fault(spec)
+            return {"node": "dns", "added": spec}
+        if action == "dns-clear":
+            return {"node": "dns", "cleared": await self.backend.clear_dns_faults()}
+        raise LabError(f"unknown fault action {action!r}")
+
+    async def _schedule(self, link: str, spec: dict[str, Any] | None = None) -> Any:
+        await self.backend.set_schedule(link, spec)
+        return {"link": link, **(await self.backend.status())["links"][link]}
 
     async def _reset(self) -> Any:
         loop = asyncio.get_running_loop()

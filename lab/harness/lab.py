@@ -102,6 +102,17 @@ class LinkHandle:
     def state(self) -> str:
         return str(self.lab.run(self.lab.backend.link_state(self.name)))
 
+    def schedule(self, every: str | float | None = None, **schedule: Any) -> None:
+        """Dial on a schedule from now on: schedule(every="1h", **{"for": "5m"}), or
+        at=["10m", "2h"]; each dial raises the link (on_up) and drops it after `for`."""
+        if every is not None:
+            schedule["every"] = every
+        self.lab.run(self.lab.backend.set_schedule(self.name, schedule))
+
+    def unschedule(self) -> None:
+        """Dial on no schedule (until `Lab.reset()` brings the topology's back)."""
+        self.lab.run(self.lab.backend.set_schedule(self.name, None))
+
 
 class ClockHandle:
     def __init__(self, lab: Lab):
@@ -124,8 +135,11 @@ class Lab:
         *,
         backend: str = "inprocess",
         source: Path | None = None,
+        seed: int | None = None,
         **options: Any,
     ):
+        if seed is not None:  # the run's seed, over the topology's `seed:`
+            topology = topology.model_copy(update={"seed": seed})
         self.topology = topology
         self.source = source
         self._thread = _LoopThread(topology.name)
@@ -143,13 +157,15 @@ class Lab:
         *,
         backend: str = "inprocess",
         source: Path | None = None,
+        seed: int | None = None,
         **options: Any,
     ) -> Lab:
-        """Bring `topology` (a file, or a model loaded from `source`) up on `backend`."""
+        """Bring `topology` (a file, or a model loaded from `source`) up on `backend`;
+        `seed` replaces the topology's `seed:` (what every fault's chance is drawn from)."""
         if not isinstance(topology, Topology):
             source = Path(topology)
             topology = load(source).model
-        lab = cls(topology, backend=backend, source=source, **options)
+        lab = cls(topology, backend=backend, source=source, seed=seed, **options)
         try:
             lab.run(lab.backend.up(), timeout=300)
         except BaseException:
@@ -265,7 +281,27 @@ class Lab:
         self.run(self.backend.set_dns_fault(name, fault))
 
     def add_fault(self, node: str, **fault: Any) -> None:
+        """Add a fault to `node`'s MTA (lab.topology.model.Fault: on, reply, times,
+        from_/until, rate, chance, ...)."""
         self.run(self.backend.add_fault(node, fault))
+
+    def clear_faults(self, node: str) -> int:
+        """Forget the faults added to `node` at run time; how many there were."""
+        return int(self.run(self.backend.clear_faults(node)))
+
+    def add_dns_fault(self, name: str, fault: str, **rule: Any) -> None:
+        """Make the lab DNS fail for `name` (a glob): servfail, timeout, nxdomain or
+        refused, with from_/until, chance, type, times (lab.topology.model.DnsFaultRule)."""
+        self.run(self.backend.add_dns_fault({"name": name, "fault": fault, **rule}))
+
+    def clear_dns_faults(self) -> int:
+        """Remove the lab DNS's fault rules added at run time; how many there were."""
+        return int(self.run(self.backend.clear_dns_faults()))
+
+    @property
+    def seed(self) -> int:
+        """The seed this run draws every chance from (the topology's, or its own)."""
+        return int(self.backend.topology.seed or 0)
 
     # events and traces -----------------------------------------------------------------
 

@@ -62,6 +62,8 @@ class LabOp(StrEnum):
     EVENTS = "events"
     TRACE = "trace"
     DNS = "dns"
+    FAULT = "fault"
+    SCHEDULE = "schedule"
     RESET = "reset"
     UI = "ui"
     DOWN = "down"
@@ -87,7 +89,9 @@ class AgentOp(StrEnum):
     MAILBOX = "mailbox"
     DNS_SET = "dns.set"
     DNS_FAULT = "dns.fault"
+    DNS_FAULT_RULES = "dns.fault_rules"
     FAULT_ADD = "fault.add"
+    FAULT_CLEAR = "fault.clear"
     RESET = "reset"
     STOP = "stop"
 

@@ -42,6 +42,9 @@ class LabClock:
         self._real0 = time.time()
         self._start = self._real0 if start is None else start
         self._offset = 0.0
+        # lab start, as a lab timestamp: what "10m" in a fault's window or a schedule is
+        # counted from (a host of a Docker lab is given its lab's)
+        self.epoch = self._start
         self._timers: list[Timer] = []
         self._seq = itertools.count()
         self._settle = settle
@@ -81,6 +84,7 @@ class LabClock:
         self._offset = 0.0
         self._real0 = time.time()
         self._start = self._real0
+        self.epoch = self._start
         if self._wake is not None:
             self._wake.set()
 
@@ -95,6 +99,11 @@ class LabClock:
 
     def call_later(self, delay: float, callback: Callback, name: str = "") -> Timer:
         return self.call_at(self.time() + delay, callback, name)
+
+    def next_due(self) -> float | None:
+        """When the earliest timer falls due, or None."""
+        live = [t.when for t in self._timers if not t.cancelled]
+        return min(live) if live else None
 
     def pending(self) -> list[Timer]:
         return sorted(t for t in self._timers if not t.cancelled)

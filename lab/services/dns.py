@@ -13,6 +13,7 @@ reads but a body that does not, or other than one question, gets FORMERR. Each i
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import struct
 from typing import Any
 
@@ -32,7 +33,9 @@ from dnslib import (
     DNSRecord,
 )
 
+from lab.services.faultgate import Gates
 from lab.services.host import Host
+from lab.topology.model import DnsFaultRule
 from lab.topology.records import Answer, Rcode, RecordTable
 
 DNS_PORT = 53
@@ -59,6 +62,9 @@ class DnsServer:
     def __init__(self, host: Host, table: RecordTable):
         self.host = host
         self.table = table
+        self.gates = Gates(host.topology.seed or 0, host.name)
+        self._rules: list[DnsFaultRule] = []  # the rules the gates were made for
+        self.probing = False  # a readiness probe: fault rules neither strike nor count
 
     async def start(self) -> None:
         await self.host.net.listen_udp(DNS_PORT, lambda: _Udp(self))
@@ -101,7 +107,9 @@ class DnsServer:
         name = str(question.qname).rstrip(".")
         rtype = QTYPE.get(question.qtype)
         self.host.emit("dns.query", peer=peer, name=name, type=rtype, transport=transport)
-        if rtype not in _RDATA and rtype != "ANY":
+        if (rule := self._rule(name, rtype, peer)) is not None:
+            result = Answer(Rcode[rule.fault.value])
+        elif rtype not in _RDATA and rtype != "ANY":
             result = Answer(Rcode.noerror if self.table.exists(name) else Rcode.nxdomain)
         elif rtype == "ANY":
             result = Answer(Rcode.noerror)
@@ -141,6 +149,35 @@ class DnsServer:
             reply.header.tc = 1
             packed = reply.pack()
         return bytes(packed)
+
+    def _rule(self, name: str, rtype: str, peer: str) -> DnsFaultRule | None:
+        """The first glob fault rule that strikes for this query now."""
+        rules = self.table.fault_rules
+        if rules is not self._rules:
+            self._rules = rules
+            self.gates.clear()
+        if self.probing:
+            return None
+        clock = self.host.clock
+        for index, rule in enumerate(rules):
+            if not fnmatch.fnmatchcase(name.lower(), rule.name):
+                continue
+            if rule.type is not None and rule.type != rtype:
+                continue
+            gate = self.gates.gate(index, rule)
+            if gate.strikes(clock.time(), clock.epoch, peer, rule.times)[0]:
+                self.host.emit(
+                    "fault.triggered",
+                    stage="dns",
+                    name=name,
+                    type=rtype,
+                    fault=rule.fault.value,
+                    client=peer,
+                    index=index,
+                    hit=gate.hits,
+                )
+                return rule
+        return None
 
 
 def _reply_header(request: DNSHeader, rcode: int = RCODE.NOERROR) -> DNSHeader:

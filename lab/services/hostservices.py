@@ -31,7 +31,7 @@ from lab.services.mta.service import SMTP_PORT, MtaService
 from lab.services.pop3 import Pop3Service
 from lab.services.resolver import DnsCache, Resolver
 from lab.topology.addressing import Addresses, assign_addresses, hostname_of
-from lab.topology.model import Fault, Service, Topology
+from lab.topology.model import DnsFaultRule, Fault, Service, Topology
 from lab.topology.records import RecordTable
 
 SERVICE_PORTS = {"smtp": 25, "pop3": 110, "dns": 53}
@@ -135,6 +135,8 @@ class HostServices:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.dns_cache.clear()
+        if self.dns is not None:
+            self.dns.gates.clear()  # the fault rules' hits and draws start again
         if self.captured is not None:
             self.captured.clear()
         if self.pop3 is not None:
@@ -242,8 +244,20 @@ class HostServices:
     async def set_dns_fault(self, name: str, fault: str | None) -> None:
         self.records.set_fault(name, fault)
 
+    async def set_dns_fault_rules(self, rules: list[dict[str, Any]]) -> None:
+        """Replace the lab DNS's glob fault rules (lab.topology.model.DnsFaultRule)."""
+        self.records.set_fault_rules([DnsFaultRule.model_validate(r) for r in rules])
+
     async def add_fault(self, fault: dict[str, Any]) -> None:
         self.need_mta().runtime_faults.append(Fault.model_validate(fault))
+
+    async def clear_faults(self) -> int:
+        """Forget the faults added at run time; how many there were."""
+        mta = self.need_mta()
+        count = len(mta.runtime_faults)
+        mta.runtime_faults.clear()
+        mta.fault_gates.forget_from(len(mta.node.faults))
+        return count
 
 
 def submission_target(

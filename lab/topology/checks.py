@@ -39,6 +39,10 @@ class DeliveredExpect(Base):
     mailbox: str | None = Field(None, description="the local user whose mailbox holds it")
     envelope_from: str | None = Field(None, description="Return-Path as delivered")
     headers: dict[str, str] = Field(default_factory=dict, description="header values expected")
+    within: Duration | None = Field(
+        None,
+        description="delivered at most this long after the last send, in lab time (e.g. 20m)",
+    )
 
 
 class QueuedExpect(Base):

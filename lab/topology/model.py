@@ -26,7 +26,13 @@ from pydantic import (
 )
 
 from lab.topology.checks import Step
-from lab.topology.faults import Fault, FaultStage  # noqa: F401  (re-exported)
+from lab.topology.faults import (  # noqa: F401  (re-exported)
+    DnsFault,
+    DnsFaultRule,
+    Fault,
+    FaultStage,
+    RateLimit,
+)
 from lab.topology.fields import (
     EXCHANGE_PATTERN,
     AddressOrAuto,
@@ -41,6 +47,7 @@ from lab.topology.fields import (
 )
 from lab.topology.matrix import Matrix
 from lab.topology.mx import parse_mx
+from lab.topology.schedule import Schedule
 from lab.topology.software import (
     ConfigField,
     ServiceConfig,
@@ -126,17 +133,15 @@ class Link(Base):
     on_up: list[Hook] = Field(
         default_factory=list, description="run in order when the link comes up"
     )
+    schedule: Schedule | None = Field(
+        None,
+        description="dial on the lab clock: {every: 1h, for: 5m} and/or {at: [10m, 2h]};"
+        " each dial raises the link (running on_up) and drops it after 'for'",
+    )
 
 
 # ---------------------------------------------------------------------------------------
 # DNS
-
-
-class DnsFault(StrEnum):
-    servfail = "servfail"
-    timeout = "timeout"
-    nxdomain = "nxdomain"
-    refused = "refused"
 
 
 class MxRecord(Base):
@@ -220,6 +225,11 @@ class Dns(Base):
         "auto", description="auto: each node's hostname resolves to its addresses"
     )
     ttl: int = Field(300, ge=0)
+    faults: list[DnsFaultRule] = Field(
+        default_factory=list,
+        description="answer matching names with SERVFAIL, silence, NXDOMAIN or REFUSED, in a"
+        " lab-time window and/or by chance",
+    )
 
 
 # ---------------------------------------------------------------------------------------
@@ -527,6 +537,12 @@ class Topology(Base):
     links: dict[str, Link] = Field(default_factory=dict, description="links that go up and down")
     dns: Dns = Field(default_factory=Dns)
     nodes: dict[str, Node] = Field(description="host name in the lab -> host")
+    seed: int | None = Field(
+        None,
+        ge=0,
+        description="the seed of every chance (a fault's 'chance'): the same seed replays the"
+        " same run (default: a new one each run, printed when a check fails)",
+    )
     operator: str | None = Field(
         None,
         description="the client node whose address a person on the host machine appears to"

@@ -16,7 +16,7 @@ from enum import StrEnum
 from typing import Any
 
 from lab.topology.addressing import Addresses, hostname_of
-from lab.topology.model import Topology
+from lab.topology.model import DnsFaultRule, Topology
 
 MAX_CNAME_CHAIN = 8
 
@@ -75,12 +75,15 @@ class RecordTable:
         self.zones: set[str] = set()
         self.ttl = ttl
         self.version = 0  # goes up with every edit: resolvers' caches are stale then
+        # faults by name glob, with a window and a chance: the DNS server applies them
+        self.fault_rules: list[DnsFaultRule] = []
 
     # building -----------------------------------------------------------------------
 
     @classmethod
     def from_topology(cls, topology: Topology, addresses: Addresses) -> RecordTable:
         table = cls(topology.dns.ttl)
+        table.fault_rules = list(topology.dns.faults)
         for zone, entries in topology.dns.zones.items():
             zone = normalise(zone)
             table.zones.add(zone)
@@ -138,11 +141,17 @@ class RecordTable:
         self.version += 1
         self.names.setdefault(normalise(name), Records()).fault = fault
 
+    def set_fault_rules(self, rules: list[DnsFaultRule]) -> None:
+        """Replace the glob fault rules (the DNS server starts their gates afresh)."""
+        self.version += 1
+        self.fault_rules = list(rules)
+
     def restore(self, table: RecordTable) -> None:
         """Take `table`'s records as they are (a table built from the topology again:
         `Lab.reset()` undoes every edit); resolvers see an edit."""
         self.names = table.names
         self.zones = table.zones
+        self.fault_rules = table.fault_rules
         self.ttl = table.ttl
         self.version += 1
 

@@ -210,6 +210,13 @@ class _Checker:
                 " expected a node with role: dns",
                 at_key=True,
             )
+        if self.t.dns.faults and not servers:
+            self.add(
+                ("dns", "faults"),
+                "DNS faults are defined but no node runs the dns service;"
+                " expected a node with role: dns",
+                at_key=True,
+            )
         for zone, entries in self.t.dns.zones.items():
             zone_n = normalise(zone)
             for label in entries:

@@ -245,6 +245,38 @@ def create_app(server: WebServer) -> Any:
         await backend.add_fault(node, fault)
         return {"node": node, "fault": fault}
 
+    @app.delete("/api/nodes/{node}/faults", summary="Remove the faults added to a node's SMTP")
+    async def clear_faults(node: str) -> Any:
+        return {"node": node, "cleared": await backend.clear_faults(node)}
+
+    @app.post("/api/dns/faults", summary="Make the lab DNS fail for a name glob (window, chance)")
+    async def add_dns_fault(
+        rule: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way
+            ..., examples=[{"name": "*.freeuk.com", "fault": "servfail", "until": "30m"}]
+        ),
+    ) -> Any:
+        await backend.add_dns_fault(rule)
+        return {"rule": rule}
+
+    @app.delete("/api/dns/faults", summary="Remove the DNS fault rules added while running")
+    async def clear_dns_faults() -> Any:
+        return {"cleared": await backend.clear_dns_faults()}
+
+    @app.put("/api/links/{link}/schedule", summary="Make a link dial on a schedule")
+    async def set_schedule(
+        link: str,
+        schedule: dict[str, Any] = Body(  # noqa: B008 - FastAPI's way
+            ..., examples=[{"every": "1h", "for": "5m"}]
+        ),
+    ) -> Any:
+        await backend.set_schedule(link, schedule)
+        return (await backend.status())["links"][link]
+
+    @app.delete("/api/links/{link}/schedule", summary="Make a link dial on no schedule")
+    async def clear_schedule(link: str) -> Any:
+        await backend.set_schedule(link, None)
+        return (await backend.status())["links"][link]
+
     @app.get("/api/trace/{ref}", summary="One message hop by hop, with each hop's dialogue")
     async def trace(ref: str) -> Any:
         result = views.trace_view(lab, ref)

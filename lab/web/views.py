@@ -208,12 +208,15 @@ def _session_of(events: list[Event], node: str, qid: str | None, after: int) -> 
 async def pending_timers(lab: Lab) -> list[dict[str, Any]]:
     """The lab's pending timers, soonest first. In process the lab clock lists them by
     name; on Docker each host keeps its own, and the queues' next attempts stand for them
-    (the retries: what advancing the clock will run)."""
+    (the retries: what advancing the clock will run), beside the lab's own (dials)."""
     backend = lab.backend
     clock = getattr(backend, "clock", None)
     if clock is not None and hasattr(clock, "pending"):
         return [{"when": t.when, "name": t.name} for t in clock.pending() if not t.cancelled]
     timers = []
+    own = getattr(backend, "own_clock", None)  # the lab's own timers: scheduled dials
+    if own is not None:
+        timers += [{"when": t.when, "name": t.name} for t in own.pending() if not t.cancelled]
     for node, spec in lab.topology.nodes.items():
         if "smtp" not in {str(s) for s in spec.service_set()}:
             continue

@@ -101,3 +101,36 @@ def test_plugin_fidelity_matrix_items(
     cell = "topologies/lg45-envelope-fixed.yaml::envelope-rewritten-delivered[sendmail]"
     assert cell not in listed
     collected.stdout.fnmatch_lines([f"{glob.escape(cell)}: *as a domain, not an address"])
+
+
+def test_lab_seed_reaches_the_lab_and_a_failure_prints_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--lab-seed is the seed of the `lab` fixture's lab and of the topology checks; a
+    failing test or check says the seed it ran with."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))  # this tree's lab, not an installed one
+    pytester.mkdir("topologies")
+    source = (root / "topologies" / "isp-rate-limit.yaml").read_text()
+    broken = source.replace("within: 6m}}", "within: 1m}}")  # the retry takes 5m: fails
+    (pytester.path / "topologies" / "isp-rate-limit.yaml").write_text(broken)
+    test_file = pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.topology("isp-rate-limit")
+        def test_seeded(lab, lab_seed):
+            assert lab_seed == 77 and lab.seed == 77
+            assert lab.status()["seed"] == 77
+
+        @pytest.mark.topology("isp-rate-limit")
+        def test_fails(lab):
+            assert False
+        """
+    )
+    result = pytester.runpytest_subprocess("--lab-seed", "77", test_file.name, "topologies")
+    result.assert_outcomes(passed=2, failed=2)
+    result.stdout.fnmatch_lines(["*seed 77: `pytest --lab-seed 77` replays this run*"])
+    result.stdout.fnmatch_lines(["*seed 77: `maillab check --seed 77` replays this run*"])

@@ -483,8 +483,10 @@ def test_a_check_stops_at_its_first_failure() -> None:
     assert report[2] == "  FAIL  2. expect queued on hub (within 200ms)"
     assert report[3] == "        expected a message queued on hub; the queue is empty"
     assert "        --- trace of the last message sent (step 1) ---" in report
-    assert report[-3] == "  ----  3. link dialup up (not run)"
-    assert report[-2] == "  ----  4. expect delivered to bob@office.test (not run)"
+    assert report[-4] == "  ----  3. link dialup up (not run)"
+    assert report[-3] == "  ----  4. expect delivered to bob@office.test (not run)"
+    seed = result.seed
+    assert report[-2] == f"  seed {seed}: `maillab check --seed {seed}` replays this run"
     assert re.fullmatch(r"FAIL c: step 2 of 4 failed \(\d+\.\d\ds\)", report[-1])
 
 

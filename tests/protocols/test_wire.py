@@ -65,6 +65,8 @@ def test_op_names_are_their_wire_strings() -> None:
         "events",
         "trace",
         "dns",
+        "fault",
+        "schedule",
         "reset",
         "ui",
         "down",

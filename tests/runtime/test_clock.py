@@ -213,3 +213,23 @@ def test_a_timer_set_during_an_advance_just_past_its_end_fires_in_real_time() ->
 async def _until(done: Callable[[], bool]) -> None:
     while not done():
         await asyncio.sleep(0.01)
+
+
+def test_the_epoch_is_lab_start_and_next_due_the_earliest_live_timer() -> None:
+    async def body(clock: LabClock) -> None:
+        start = clock.epoch
+        assert start <= clock.time() < start + 1
+        assert clock.next_due() is None
+        now = clock.time()
+        late = clock.call_at(now + 50, lambda: None)
+        early = clock.call_at(now + 10, lambda: None)
+        assert clock.next_due() == now + 10
+        early.cancel()
+        assert clock.next_due() == now + 50
+        await clock.advance(3600)
+        assert clock.epoch == start  # advancing moves time, not lab start
+        late.cancel()
+        clock.reset()
+        assert clock.epoch >= start and clock.epoch <= clock.time() < clock.epoch + 1
+
+    run(body)

@@ -191,7 +191,7 @@ CASES = [
         change("operator: pc1\n", "operater: pc1\n"),
         [
             "bad.yaml:3:1: operater: unknown field 'operater'; did you mean 'operator'? (expected"
-            " one of: name, description, networks, links, dns, nodes, operator, checks,"
+            " one of: name, description, networks, links, dns, nodes, seed, operator, checks,"
             " matrix)",
         ],
         id="unknown-top-level-key",
@@ -211,7 +211,7 @@ CASES = [
         change("state: down,", "statte: down,"),
         [
             "bad.yaml:8:42: links.dialup.statte: unknown field 'statte'; did you mean 'state'?"
-            " (expected one of: node, network, state, when_down, on_up)",
+            " (expected one of: node, network, state, when_down, on_up, schedule)",
         ],
         id="unknown-link-key",
     ),
@@ -281,8 +281,8 @@ CASES = [
         [
             "bad.yaml:4:11: networks: expected a mapping, got 'lan'",
             "bad.yaml:5:1: xnetworks: unknown field 'xnetworks'; did you mean 'networks'?"
-            " (expected one of: name, description, networks, links, dns, nodes, operator, checks,"
-            " matrix)",
+            " (expected one of: name, description, networks, links, dns, nodes, seed, operator,"
+            " checks, matrix)",
         ],
         id="string-for-mapping",
     ),
@@ -1126,8 +1126,8 @@ CASES = [
             "    policy: {max_size: 10MB}\n    faults: [{on: rcpt}]\n",
         ),
         [
-            "bad.yaml:28:14: nodes.hub.faults[0]: a fault needs a reply, disconnect: true or a"
-            " delay",
+            "bad.yaml:28:14: nodes.hub.faults[0]: a fault needs a reply, disconnect: true, a"
+            " delay or a rate",
         ],
         id="fault-does-nothing",
     ),

@@ -246,3 +246,23 @@ def test_make_style_up_with_ui_prints_a_url_that_serves_the_page(tmp_path: Any) 
         assert "trace: the hub's dialogue has MAIL FROM:<eddy@shofar.org.uk>" in script.stdout
     finally:
         maillab("down", "--lab", "webtest")
+
+
+def test_schedules_and_timed_faults_through_the_api(web_api: tuple[Lab, Api]) -> None:
+    lab, api = web_api
+    link = api.call("PUT", "/api/links/dialup/schedule", {"every": "1h", "for": "5m"}).json
+    assert link["schedule"]["every"] == "1h" and link["next_dial"] > 0
+    api.post("/api/clock/advance", {"duration": "1h1m"})
+    ups = [e for e in lab.events if e.kind == "link.up"]
+    assert [e.get("cause") for e in ups] == ["schedule"]
+    cleared = api.call("DELETE", "/api/links/dialup/schedule").json
+    assert "schedule" not in cleared
+    reply = api.call("PUT", "/api/links/dialup/schedule", {"every": "1h", "for": "2h"})
+    assert reply.status == 400 and "must hang up before the next one" in reply.json["error"]
+    rule = {"name": "*.freeuk.com", "fault": "servfail", "until": "30m", "chance": 0.5}
+    assert api.post("/api/dns/faults", rule) == {"rule": rule}
+    reply = api.call("POST", "/api/dns/faults", {"name": "x", "fault": "broken"})
+    assert reply.status == 400 and "fault" in reply.json["error"]
+    assert api.call("DELETE", "/api/dns/faults").json == {"cleared": 1}
+    api.post("/api/nodes/freeuk/faults", {"on": "mail", "rate": {"messages": 5, "per": "1m"}})
+    assert api.call("DELETE", "/api/nodes/freeuk/faults").json == {"node": "freeuk", "cleared": 1}

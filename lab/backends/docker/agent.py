@@ -94,7 +94,9 @@ class Agent:
             AgentOp.MAILBOX: self.mailbox,
             AgentOp.DNS_SET: self._services("set_dns"),
             AgentOp.DNS_FAULT: self._services("set_dns_fault"),
+            AgentOp.DNS_FAULT_RULES: self._services("set_dns_fault_rules"),
             AgentOp.FAULT_ADD: self.add_fault,
+            AgentOp.FAULT_CLEAR: self._services("clear_faults"),
             AgentOp.RESET: self.reset,
             AgentOp.STOP: self.stop,
         }
@@ -131,10 +133,12 @@ class Agent:
             except OSError as exc:  # not fatal: the services do not read them
                 log.warning("cannot write %s: %s", path, exc)
 
-    async def start(self, offset: float = 0.0) -> dict[str, Any]:
+    async def start(self, offset: float = 0.0, epoch: float | None = None) -> dict[str, Any]:
         if self.services is not None:
             raise LabError("already started")
         self.clock.catch_up(float(offset))
+        if epoch is not None:  # the lab's start: what fault windows count from
+            self.clock.epoch = float(epoch)
         self.clock.start()
         self.clock.on_error = lambda timer, exc: self.events.emit(
             self.name, "clock.error", timer=timer, error=f"{type(exc).__name__}: {exc}"
@@ -223,6 +227,8 @@ class Agent:
         self.quiet = True
         if self.services.mta is not None:
             self.services.mta.probing = True
+        if self.services.dns is not None:
+            self.services.dns.probing = True
         if self.real is not None:
             self.real.probing = True
         try:
@@ -231,6 +237,8 @@ class Agent:
             self.quiet = False
             if self.services.mta is not None:
                 self.services.mta.probing = False
+            if self.services.dns is not None:
+                self.services.dns.probing = False
             if self.real is not None:
                 self.real.probing = False
         return {"probes": probes, "hostname": self.host.hostname}
@@ -433,7 +441,7 @@ class Agent:
             )
         await self._need().add_fault(fault)
 
-    async def reset(self) -> None:
+    async def reset(self, epoch: float | None = None) -> None:
         """Back to the state the host started in (`Lab.reset()`; the lab has put its links
         as declared): its work cancelled, its clock at real time, its copy of the DNS as
         in the topology, the built-in services' state emptied, and each real program
@@ -447,6 +455,8 @@ class Agent:
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.clock.reset()
+        if epoch is not None:
+            self.clock.epoch = float(epoch)
         if self.records.version:
             self.records.restore(RecordTable.from_topology(self.topology, self.addresses))
         self.quiet = True  # what the programs say while they restart is not the lab's

@@ -32,6 +32,7 @@ from lab.backends.base import LabBackend
 from lab.backends.docker.control import LONG, HostProxy
 from lab.backends.docker.provision import Provision
 from lab.errors import LabError
+from lab.runtime.clock import LabClock
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.software import check_topology
@@ -63,6 +64,8 @@ class DockerBackend(LabBackend[HostProxy]):
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.ready_timeout = ready_timeout
         self._offset = 0.0  # lab time = real time + offset, the same in every container
+        # the lab's own timers (scheduled dials), run in order with the hosts' (advance)
+        self.own_clock = LabClock()
         self.events = EventBus(self.clock_time, self.state_dir / "events.jsonl")
         self.provision = Provision(
             topology,
@@ -109,20 +112,30 @@ class DockerBackend(LabBackend[HostProxy]):
         await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
+        self.own_clock.start()
+        self.dialer.start(self.own_clock)
         self.events.emit(
-            "lab", "lab.up", backend=self.name, nodes=list(self.topology.nodes), run=self.run
+            "lab",
+            "lab.up",
+            backend=self.name,
+            nodes=list(self.topology.nodes),
+            run=self.run,
+            seed=self.topology.seed,
         )
 
     async def _start(self, nodes: list[str]) -> None:
         async def one(node: str) -> None:
             try:
-                await self.handles[node].start(self._offset, self.ready_timeout)
+                await self.handles[node].start(
+                    self._offset, self.own_clock.epoch, self.ready_timeout
+                )
             except LabError as exc:
                 raise await self.provision.failed(node, exc) from None
 
         await asyncio.gather(*(one(n) for n in nodes))
 
     async def down(self) -> None:
+        await self.own_clock.stop()
         if self.handles:
             with contextlib.suppress(Exception):
                 await self.settle(timeout=5.0)
@@ -155,8 +168,9 @@ class DockerBackend(LabBackend[HostProxy]):
     async def reset_hosts(self) -> None:
         """Every agent resets its host at once (a real MTA restarts meanwhile); lab time
         is real time again, in every container."""
-        await asyncio.gather(*(p.reset() for p in self._live()))
+        self.own_clock.reset()
         self._offset = 0.0
+        await asyncio.gather(*(p.reset(self.own_clock.epoch) for p in self._live()))
 
     # the clock ---------------------------------------------------------------------------
 
@@ -165,6 +179,11 @@ class DockerBackend(LabBackend[HostProxy]):
 
     def clock_offset(self) -> float:
         return self._offset
+
+    def _move_to(self, when: float) -> None:
+        """Lab time to `when` (never back), here and on the lab's own clock."""
+        self._offset += max(0.0, when - self.clock_time())
+        self.own_clock.catch_up(self._offset)
 
     async def advance(self, seconds: float) -> int:
         """Every host's timers, in lab-time order across hosts, settling after each."""
@@ -176,14 +195,24 @@ class DockerBackend(LabBackend[HostProxy]):
         while True:
             nexts = await asyncio.gather(*(p.next_timer() for p in self._live()))
             due = [n for n in nexts if n is not None and n <= target]
+            mine = self.own_clock.next_due()
+            if mine is not None and mine <= target and (not due or mine <= min(due)):
+                # a scheduled dial first (at a tie too, as in process: it was set first);
+                # the hosts' clocks just before it, so their timers at that time follow
+                self._move_to(mine)
+                before = mine - 1e-6
+                await asyncio.gather(*(p.advance_to(before, LONG) for p in self._live()))
+                ran += await self.own_clock.advance(0.0)
+                await self.settle(quick=True)
+                continue
             if not due:
                 break
             when = min(due)
-            self._offset += max(0.0, when - self.clock_time())
+            self._move_to(when)
             counts = await asyncio.gather(*(p.advance_to(when, LONG) for p in self._live()))
             ran += sum(counts)
             await self.settle(quick=True)
-        self._offset += max(0.0, target - self.clock_time())
+        self._move_to(target)
         await asyncio.gather(*(p.advance_to(target) for p in self._live()))
         await self.settle()
         self.events.emit("lab", "clock.advanced", seconds=seconds, timers=ran)

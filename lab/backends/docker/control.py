@@ -118,9 +118,11 @@ class HostProxy:
 
     # what only the Docker backend asks ---------------------------------------------------
 
-    async def start(self, offset: float, timeout: float) -> dict[str, Any]:
-        """Start the host's services at lab time real + `offset`; what they answered."""
-        found: dict[str, Any] = await self.call(AgentOp.START, {"offset": offset}, timeout=timeout)
+    async def start(self, offset: float, epoch: float, timeout: float) -> dict[str, Any]:
+        """Start the host's services at lab time real + `offset`, for a lab that started
+        at `epoch`; what they answered."""
+        args = {"offset": offset, "epoch": epoch}
+        found: dict[str, Any] = await self.call(AgentOp.START, args, timeout=timeout)
         return found
 
     async def run_queues(self) -> None:
@@ -144,9 +146,10 @@ class HostProxy:
     async def stop(self) -> None:
         await self.call(AgentOp.STOP, timeout=10)
 
-    async def reset(self) -> None:
-        """The host back to its initial state; a real MTA's daemon restarts meanwhile."""
-        await self.call(AgentOp.RESET, timeout=120)
+    async def reset(self, epoch: float | None = None) -> None:
+        """The host back to its initial state, for a lab that starts again at `epoch`; a
+        real MTA's daemon restarts meanwhile."""
+        await self.call(AgentOp.RESET, {"epoch": epoch}, timeout=120)
 
     # the host's handle (lab.backends.base.HostHandle) ---------------------------------------
 
@@ -190,5 +193,11 @@ class HostProxy:
     async def set_dns_fault(self, name: str, fault: str | None) -> None:
         await self.call(AgentOp.DNS_FAULT, {"name": name, "fault": fault})
 
+    async def set_dns_fault_rules(self, rules: list[dict[str, Any]]) -> None:
+        await self.call(AgentOp.DNS_FAULT_RULES, {"rules": rules})
+
     async def add_fault(self, fault: dict[str, Any]) -> None:
         await self.call(AgentOp.FAULT_ADD, {"fault": fault})
+
+    async def clear_faults(self) -> int:
+        return int(await self.call(AgentOp.FAULT_CLEAR))

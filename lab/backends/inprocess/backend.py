@@ -100,7 +100,10 @@ class InProcessBackend(LabBackend[HostServices]):
             await services.run_queues()
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
-        self.events.emit("lab", "lab.up", backend=self.name, nodes=list(self.handles))
+        self.dialer.start(self.clock)
+        self.events.emit(
+            "lab", "lab.up", backend=self.name, nodes=list(self.handles), seed=self.topology.seed
+        )
 
     async def down(self) -> None:
         await self.settle(timeout=5.0)

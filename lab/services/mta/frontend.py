@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from typing import Protocol
 
+from lab.services.faultgate import Gates
 from lab.services.host import Host
 from lab.services.mta.parts import Accepts
 from lab.services.mta.routing import AddressBook
@@ -47,8 +48,8 @@ class Mta(Accepts, Protocol):
         ...
 
     @property
-    def fault_hits(self) -> MutableMapping[int, int]:
-        """How often each fault (by its index among all faults) has triggered."""
+    def fault_gates(self) -> Gates:
+        """Each fault's memory (by its index among all faults): hits, draws, rate counts."""
         ...
 
     @property

@@ -20,10 +20,10 @@ backends and the tests use.
 from __future__ import annotations
 
 import re
-from collections import defaultdict
 from typing import Any
 
 from lab.services.diskio import DiskWorker
+from lab.services.faultgate import Gates
 from lab.services.host import Host
 from lab.services.maildir import MailStore
 from lab.services.mta.acceptance import Acceptance
@@ -57,7 +57,7 @@ class MtaService:
         self.store = MailStore(host.state_dir / "mail", durable=durable)
         # what the SMTP front keeps here (frontend.Mta)
         self.greylist: dict[tuple[str, str, str], float] = {}
-        self.fault_hits: defaultdict[int, int] = defaultdict(int)
+        self.fault_gates = Gates(host.topology.seed or 0, host.name)
         self.runtime_faults: list[Fault] = []
         self.probing = False  # set while a backend checks that the service answers
         self._loaded: list[QueuedMessage] = []  # found on disk, waiting for run_queue
@@ -115,7 +115,7 @@ class MtaService:
         self.queue.clear()
         self.store.clear()
         self.greylist.clear()
-        self.fault_hits.clear()
+        self.fault_gates.clear()
         self.runtime_faults.clear()
 
     # acting ---------------------------------------------------------------------------

@@ -24,10 +24,11 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 from lab.protocols import smtp as codes
 from lab.protocols.smtp import split_address
 from lab.services.mta import policy
+from lab.services.mta.faulting import Strike, pick_fault
 from lab.services.mta.frontend import Mta
 from lab.services.mta.replies import enhance
 from lab.services.resolver import DnsNotFound, DnsTemporaryError
-from lab.topology.model import Fault, StartTls
+from lab.topology.model import StartTls
 
 HELP_LINES = [
     "214-2.0.0 Commands supported:",
@@ -233,13 +234,13 @@ class LabSMTP(AiosmtpdOverrides):
             if transport.is_closing():  # refused by the lab's network: no session
                 return
             self.lab_peer, self.lab_local = (peer, port), local
-            fault = self.lab.fault("connect", None)
-            if fault is not None:
-                reply = fault.reply or "disconnect"
+            strike = self.lab.fault("connect", None, peer)
+            if strike is not None:
+                reply = strike.reply or "disconnect"
                 self.lab.emit("smtp.connect", peer=peer, fault=reply, session=self.session_no)
-                if fault.reply:
+                if strike.reply:
                     assert isinstance(transport, asyncio.WriteTransport)
-                    transport.write(f"{fault.reply}\r\n".encode())
+                    transport.write(f"{strike.reply}\r\n".encode())
                 transport.close()
                 return
             self.lab.emit("smtp.connect", peer=peer, local=local, session=self.session_no)
@@ -373,38 +374,21 @@ class Handler:
     def command(self, verb: str, arg: str | None, session: int = 0) -> None:
         self.emit("smtp.command", command=verb, arg=arg or "", session=session)
 
-    def fault(self, stage: str, address: str | None) -> Fault | None:
-        if self.mta.probing:  # a readiness probe neither triggers nor uses up a fault
-            return None
-        for index, fault in enumerate([*self.mta.node.faults, *self.mta.runtime_faults]):
-            if fault.on.value != stage:
-                continue
-            if fault.match and (address or "").lower() != fault.match.lower():
-                continue
-            if fault.times is not None and self.mta.fault_hits[index] >= fault.times:
-                continue
-            self.mta.fault_hits[index] += 1
-            self.emit(
-                "fault.triggered",
-                stage=stage,
-                reply=fault.reply or "",
-                disconnect=fault.disconnect,
-                address=address or "",
-            )
-            return fault
-        return None
+    def fault(self, stage: str, address: str | None, client: str) -> Strike | None:
+        return pick_fault(self.mta, stage, address, client)
 
     async def _apply_fault(self, server: LabSMTP, stage: str, address: str | None) -> str | None:
-        fault = self.fault(stage, address)
-        if fault is None:
+        strike = self.fault(stage, address, server.lab_peer[0] if server.lab_peer else "")
+        if strike is None:
             return None
+        fault = strike.fault
         if fault.delay:
             await asyncio.sleep(fault.delay)
         if fault.disconnect:
             if server.transport is not None:
                 server.transport.close()
             return "421 4.4.2 connection dropped (lab fault)"
-        return fault.reply
+        return strike.reply
 
     # HELO / EHLO --------------------------------------------------------------------
 
