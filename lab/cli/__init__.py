@@ -45,6 +45,7 @@ for _command in (
     docker.logs,
     acting.send,
     acting.link,
+    acting.impair,
     acting.flush,
     acting.fetch,
     acting.queue,

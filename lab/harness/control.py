@@ -123,6 +123,7 @@ class ControlServer:
             LabOp.STATUS: self._status,
             LabOp.SEND: self._send,
             LabOp.LINK: self._link,
+            LabOp.IMPAIR: self._impair,
             LabOp.FLUSH: self._flush,
             LabOp.FETCH: self._fetch,
             LabOp.QUEUE: self._queue,
@@ -211,6 +212,10 @@ class ControlServer:
         await self.backend.set_link(link, state == "up")
         await self.backend.settle()
         return {"link": link, "state": (await self.backend.link_state(link)).value}
+
+    async def _impair(self, target: str, settings: dict[str, Any], clear: bool = False) -> Any:
+        found = await self.backend.impair(target, settings, clear=clear)
+        return {"target": target, "impair": found}
 
     async def _flush(self, node: str) -> Any:
         return {

@@ -54,6 +54,7 @@ class LabOp(StrEnum):
     STATUS = "status"
     SEND = "send"
     LINK = "link"
+    IMPAIR = "impair"
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"
@@ -88,6 +89,7 @@ class AgentOp(StrEnum):
     DNS_SET = "dns.set"
     DNS_FAULT = "dns.fault"
     FAULT_ADD = "fault.add"
+    DROPS = "link.drops"  # arm a link's hang-up (drop_after, drop_at)
     RESET = "reset"
     STOP = "stop"
 

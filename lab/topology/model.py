@@ -39,6 +39,7 @@ from lab.topology.fields import (
     listify,
     one_or_many,
 )
+from lab.topology.impair import Impairment, LinkImpairment
 from lab.topology.matrix import Matrix
 from lab.topology.mx import parse_mx
 from lab.topology.software import (
@@ -80,6 +81,9 @@ class Network(Base):
 
     subnet: ipaddress.IPv4Network = Field(description="the network in CIDR form, e.g. 10.20.0.0/16")
     description: str | None = None
+    impair: Impairment | None = Field(
+        None, description="rate, delay, jitter, loss of every connection on it (docs/links.md)"
+    )
 
     @field_validator("subnet", mode="before")
     @classmethod
@@ -125,6 +129,10 @@ class Link(Base):
     )
     on_up: list[Hook] = Field(
         default_factory=list, description="run in order when the link comes up"
+    )
+    impair: LinkImpairment | None = Field(
+        None,
+        description="rate, delay, jitter, loss across it, and a hang-up (docs/links.md)",
     )
 
 

@@ -95,6 +95,7 @@ class Agent:
             AgentOp.DNS_SET: self._services("set_dns"),
             AgentOp.DNS_FAULT: self._services("set_dns_fault"),
             AgentOp.FAULT_ADD: self.add_fault,
+            AgentOp.DROPS: self._services("arm_drops"),
             AgentOp.RESET: self.reset,
             AgentOp.STOP: self.stop,
         }

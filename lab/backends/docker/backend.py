@@ -35,6 +35,7 @@ from lab.errors import LabError
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.software import check_topology
+from lab.topology.impair import Impairment
 from lab.topology.model import Topology
 
 
@@ -80,6 +81,9 @@ class DockerBackend(LabBackend[HostProxy]):
             progress=progress,
         )
         self.run = self.provision.run
+        self.net_impair: dict[str, Impairment] = {}
+        self.link_impair: dict[tuple[str, str], Impairment] = {}
+        self.netem: bool | None = None  # whether the kernel has netem, once asked
 
     @property
     def containers(self) -> dict[str, Any]:
@@ -109,9 +113,46 @@ class DockerBackend(LabBackend[HostProxy]):
         await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
+        self.listen_links()
+        await self.impair_as_declared()
         self.events.emit(
             "lab", "lab.up", backend=self.name, nodes=list(self.topology.nodes), run=self.run
         )
+
+    # impairments: qdiscs on the lab's segments (shaping.py) ----------------------------------
+
+    async def shape(self, network: str, node: str | None, impairment: Impairment | None) -> None:
+        networks, links = dict(self.net_impair), dict(self.link_impair)
+        table: dict[Any, Impairment] = links if node else networks
+        key = (node, network) if node else network
+        table.pop(key, None)
+        if impairment is not None:
+            table[key] = impairment
+        await self._apply(networks, links)
+
+    async def shape_as_declared(self) -> None:
+        networks = {n: net.impair for n, net in self.topology.networks.items() if net.impair}
+        links: dict[tuple[str, str], Impairment] = {
+            (link.node, link.network): link.impair
+            for link in self.topology.links.values()
+            if link.impair
+        }
+        if networks or links or self.net_impair or self.link_impair:
+            await self._apply(networks, links)
+
+    async def _apply(
+        self, networks: dict[str, Impairment], links: dict[tuple[str, str], Impairment]
+    ) -> None:
+        from lab.backends.docker import shaping
+
+        if self.netem is None:
+            code, _ = await asyncio.to_thread(self.provision.in_switch, shaping.PROBE)
+            self.netem = code == 0
+        text = shaping.script(self.provision.ports, networks, links, self.netem)
+        code, out = await asyncio.to_thread(self.provision.in_switch, text)
+        if code != 0:
+            raise LabError(f"shaping the lab's segments failed:\n{out}")
+        self.net_impair, self.link_impair = networks, links
 
     async def _start(self, nodes: list[str]) -> None:
         async def one(node: str) -> None:

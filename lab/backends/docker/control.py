@@ -192,3 +192,9 @@ class HostProxy:
 
     async def add_fault(self, fault: dict[str, Any]) -> None:
         await self.call(AgentOp.FAULT_ADD, {"fault": fault})
+
+    async def arm_drops(
+        self, link: str, drop_after: int | None = None, drop_at: float | None = None
+    ) -> None:
+        args = {"link": link, "drop_after": drop_after, "drop_at": drop_at}
+        await self.call(AgentOp.DROPS, args)

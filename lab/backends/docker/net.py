@@ -18,6 +18,7 @@ import contextlib
 import errno
 import socket
 from collections.abc import Callable
+from pathlib import Path
 
 import dns.message
 
@@ -25,6 +26,8 @@ from lab.errors import LabError
 from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
+
+WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
 
 
 class RealNet:
@@ -50,6 +53,7 @@ class RealNet:
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
         self.dns = DnsClient()
+        self.watchers: dict[str, asyncio.Task[None]] = {}  # network -> its drop_after watch
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)
@@ -174,6 +178,28 @@ class RealNet:
             close()
         return len(cut)
 
+    def watch_bytes(self, network: str, limit: int | None, hang_up: Callable[[], object]) -> None:
+        """The interface's byte counters (both ways, headers included), read every
+        WATCH_EVERY seconds: the hang-up comes within that much of `limit`."""
+        old = self.watchers.pop(network, None)
+        if old is not None:
+            old.cancel()
+        if limit is None:
+            return
+        stats = Path("/sys/class/net") / self.interfaces.get(network, network) / "statistics"
+
+        def counted() -> int:
+            return sum(int((stats / f"{way}_bytes").read_text()) for way in ("rx", "tx"))
+
+        async def watch() -> None:
+            start = counted()
+            while counted() - start < limit:
+                await asyncio.sleep(WATCH_EVERY)
+            self.watchers.pop(network, None)
+            hang_up()
+
+        self.watchers[network] = asyncio.get_running_loop().create_task(watch())
+
     def _route_to_dns(self) -> str | None:
         """The network this host reaches the DNS server through, if it is one of the lab's."""
         import ipaddress
@@ -203,6 +229,8 @@ class RealNet:
         return await self.dns.query(query, self.dns_server, 53, timeout=timeout)
 
     async def close(self) -> None:
+        for watcher in self.watchers.values():
+            watcher.cancel()
         self.dns.close()
         for server in self.servers:
             server.close()
