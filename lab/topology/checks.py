@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.fields import Base, listify, one_or_many
-from lab.topology.units import Duration
+from lab.topology.units import Duration, Size
 
 
 class SendStep(Base):
@@ -26,6 +26,11 @@ class SendStep(Base):
     via: str | None = Field(
         None, description="the MTA to submit to (default: the client's submit_to)"
     )
+    attach: Size | None = Field(
+        None,
+        description="add this many bytes of base64 text to the body, as an attachment"
+        " weighs (e.g. 100KB)",
+    )
 
     @field_validator("to", mode="before")
     @classmethod
@@ -39,6 +44,11 @@ class DeliveredExpect(Base):
     mailbox: str | None = Field(None, description="the local user whose mailbox holds it")
     envelope_from: str | None = Field(None, description="Return-Path as delivered")
     headers: dict[str, str] = Field(default_factory=dict, description="header values expected")
+    whole: bool = Field(
+        False,
+        description="its body is the body of the last message sent, every byte (after a"
+        " link hung up mid-message: nothing partial, nothing lost)",
+    )
 
 
 class QueuedExpect(Base):
