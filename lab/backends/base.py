@@ -226,6 +226,7 @@ class LabBackend(Generic[H]):
         }
         self.impairs: dict[str, dict[str, Any]] = {}  # link or network -> its impairment
         self.started_at = 0.0  # lab time at up or reset, where `drop_at` counts from
+        self._line: asyncio.Future[None] | None = None  # a hung-up line being emptied
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -270,6 +271,11 @@ class LabBackend(Generic[H]):
     async def shape_as_declared(self) -> None:
         """Every network's and link's rate, delay, jitter and loss as the topology says."""
         raise NotImplementedError
+
+    async def line_down(self, node: str, network: str) -> None:
+        """A link went down: what waited on its line to be sent is lost (a modem that
+        hangs up), so the next dial starts with an empty line."""
+        return None
 
     def dns_copies(self) -> Iterable[H]:
         """The hosts that keep a copy of the lab's DNS records, to be told of an edit."""
@@ -351,6 +357,8 @@ class LabBackend(Generic[H]):
             link = event.get("link")
             if event.kind == "link.down" and event.get("cause") and link in self.link_states:
                 self.link_states[link] = LinkState.DOWN
+                spec = self.topology.links[link]
+                self._line = asyncio.ensure_future(self.line_down(spec.node, spec.network))
 
         self.events.listen(heard)
 
@@ -469,10 +477,14 @@ class LabBackend(Generic[H]):
             return
         self.link_states[link] = state
         host = self.handle(spec.node)
+        if self._line is not None:  # a hang-up's line is empty before it dials again
+            await self._line
+            self._line = None
         cut = await host.set_link(link, state.value)
         kind = "link.up" if up else "link.down"
         self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
         if not up:
+            await self.line_down(spec.node, spec.network)
             return
         for hook in spec.on_up:
             self.events.emit(spec.node, "link.hook", link=link, hook=hook.value)

@@ -154,6 +154,21 @@ class DockerBackend(LabBackend[HostProxy]):
             raise LabError(f"shaping the lab's segments failed:\n{out}")
         self.net_impair, self.link_impair = networks, links
 
+    async def line_down(self, node: str, network: str) -> None:
+        from lab.backends.docker import shaping
+
+        if (node, network) not in self.link_impair and network not in self.net_impair:
+            return
+        assert self.netem is not None
+        text = shaping.script(
+            self.provision.ports,
+            self.net_impair,
+            self.link_impair,
+            self.netem,
+            only=(node, network),
+        )
+        await asyncio.to_thread(self.provision.in_switch, text)
+
     async def _start(self, nodes: list[str]) -> None:
         async def one(node: str) -> None:
             try:

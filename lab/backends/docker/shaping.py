@@ -56,17 +56,24 @@ def script(
     networks: dict[str, Impairment],
     links: dict[tuple[str, str], Impairment],
     netem: bool,
+    *,
+    only: tuple[str, str] | None = None,
 ) -> str:
-    """The tc commands that make every port's qdisc what the impairments say."""
+    """The tc commands that make every port's qdisc what the impairments say. `only`:
+    that attachment's, deleted and added again, which drops what waited in them (the
+    line hung up: what the modem had not sent is lost)."""
     lines = []
     for (node, network), (port, netns, ifname) in sorted(ports.items()):
+        if only is not None and (node, network) != only:
+            continue
         own = [links[(node, network)]] if (node, network) in links else []
         shared = [networks[network]] if network in networks else []
         for where, parts in ((f"-n {netns} ", own), ("", own + shared)):
             dev = ifname if where else port
             args = qdisc(parts, netem)
-            if args is None:
+            if args is None or only is not None:
                 lines.append(f"tc {where}qdisc del dev {dev} root 2>/dev/null || true")
-            else:
-                lines.append(f"tc {where}qdisc replace dev {dev} root {args}")
+            if args is not None:
+                verb = "add" if only is not None else "replace"
+                lines.append(f"tc {where}qdisc {verb} dev {dev} root {args}")
     return "\n".join(["set -e", *lines]) + "\n"
