@@ -108,6 +108,7 @@ class InProcessBackend(LabBackend[HostServices]):
     async def down(self) -> None:
         await self.settle(timeout=5.0)
         await self.clock.stop()
+        self.vnet.cut_paced()
         for services in self.handles.values():
             await services.stop()
         for services in self.handles.values():

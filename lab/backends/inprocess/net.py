@@ -68,6 +68,7 @@ class _Conn:
     ends: tuple[IfaceKey, IfaceKey]
     close: Callable[[], None]
     alive: Callable[[], bool] = lambda: True
+    paced: bool = False  # relayed on the lab clock (pacing.py)
 
 
 @dataclass
@@ -256,6 +257,14 @@ class VirtualNetwork:
             self._prune_at = max(256, 2 * len(self.conns))
         return conn
 
+    def cut_paced(self) -> None:
+        """Cut the connections that wait for the lab clock (it stops: they would wait
+        for ever, and a host saying QUIT on them with them)."""
+        for key, conn in list(self.conns.items()):
+            if conn.paced:
+                del self.conns[key]
+                conn.close()
+
     def untrack(self, conn: _Conn) -> None:
         self.conns.pop(id(conn), None)
 
@@ -312,7 +321,7 @@ class NodeNet:
                 self.vnet.moved,
             )
             relay.start()
-            self.vnet.track(ends, relay.close, alive=relay.alive)
+            self.vnet.track(ends, relay.close, alive=relay.alive).paced = True
             return caller
 
         def close() -> None:
