@@ -50,8 +50,10 @@ def test_a_rate_limited_transfer_takes_its_time_on_the_line(lab_factory: Any) ->
     real = time.monotonic() - started
     on_line = wire_bytes(event.get("bytes")) * 8 / 33_600
     assert event.get("bytes") >= size
-    # the whole transaction: the message at 33.6 kbit/s, and the replies
-    assert on_line * 0.95 <= event.get("duration") <= on_line * 1.2 + 1, (event, on_line)
+    # the whole transaction: the message at 33.6 kbit/s, and the replies (tbf in Docker
+    # lets its bucket's first 2000 bytes through at once)
+    burst = 2000 * 8 / 33_600 if docker else 0
+    assert on_line * 0.95 - burst <= event.get("duration") <= on_line * 1.2 + 1, (event, on_line)
     if not docker:  # lab time: the 25 s took a fraction of that in real time
         assert 24 <= event.get("duration") <= 27
         assert real < 10, real
@@ -117,13 +119,14 @@ def test_the_modem_hangs_up_at_a_lab_time(lab_factory: Any) -> None:
 
 def test_delay_on_a_network(lab_factory: Any) -> None:
     lab = lab_factory(QUEUE_LIFECYCLE)
-    if lab.backend.name == "docker" and lab.backend.netem is False:
-        # this kernel has no netem: the rate alone is shaped (tbf), and a delay is refused
-        with pytest.raises(LabError, match=r"delay: this machine's kernel has no netem"):
-            lab.impair("internet", delay="150ms")
-        assert lab.status()["links"]["dialup"]["impair"] == {}
+    try:
+        lab.impair("internet", delay="150ms", jitter="10ms")
+    except LabError as exc:
+        # a kernel without netem: Docker shapes the rate alone (tbf) and refuses a delay
+        assert lab.backend.name == "docker" and lab.backend.netem is False
+        assert "delay, jitter: this machine's kernel has no netem" in str(exc)
+        assert "internet" not in lab.backend.impairs
         return
-    lab.impair("internet", delay="150ms", jitter="10ms")
     queue_id = send(lab, 2_000)
     lab.link("dialup").up()
     lab.flush("hub")
