@@ -117,6 +117,10 @@ class ClockWait(Protocol):
     """Work that waits for lab time without a host task knowing it (bytes of an impaired
     connection held until their due time): settled once nothing else moves."""
 
+    def paced(self) -> bool:
+        """Whether any connection can wait for the clock (something is impaired)."""
+        ...
+
     def mark(self) -> int: ...
 
     def idle_on_clock(self, mark: int) -> bool: ...
@@ -149,7 +153,7 @@ async def settle_tasks(
         remaining = deadline - loop.time()
         if remaining <= 0:
             return
-        if clock_wait is None:
+        if clock_wait is None or not clock_wait.paced():
             await asyncio.wait(tasks, timeout=remaining)
             continue
         mark = clock_wait.mark()

@@ -174,6 +174,9 @@ class VirtualNetwork:
         self.parked += waiting
         self.progress += 1
 
+    def paced(self) -> bool:
+        return bool(self.net_impair or self.link_impair or self.watches or self.parked)
+
     def mark(self) -> int:
         return self.progress
 
