@@ -143,7 +143,9 @@ class ControlServer:
             raise LabError(f"a lab named {self.name!r} is already running; use --name")
         self.socket_path.unlink(missing_ok=True)
         self.stopped = asyncio.Event()
-        self.server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
+        self.server = await asyncio.start_unix_server(
+            self._handle, path=str(self.socket_path), limit=wire.LINE_LIMIT
+        )
         info = {
             "name": self.name,
             "pid": os.getpid(),

@@ -495,7 +495,9 @@ class Agent:
     async def serve(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = await asyncio.start_unix_server(self._connection, path=str(path))
+        server = await asyncio.start_unix_server(
+            self._connection, path=str(path), limit=wire.LINE_LIMIT
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)
