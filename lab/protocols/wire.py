@@ -90,6 +90,7 @@ class AgentOp(StrEnum):
     DNS_FAULT = "dns.fault"
     FAULT_ADD = "fault.add"
     DROPS = "link.drops"  # arm a link's hang-up (drop_after, drop_at)
+    PACE = "link.pace"  # delay, jitter, loss of the host's own connections (no netem)
     RESET = "reset"
     STOP = "stop"
 

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from lab.backends.docker.shaping import qdisc, script
-from lab.errors import LabError, TopologyError
+from lab.backends.docker.shaping import agent_table, qdisc, script
+from lab.errors import TopologyError
 from lab.services.pacing import OVERHEAD, RTO_MIN, SEGMENT, Pacer, wire_bytes
 from lab.topology import load_text
 from lab.topology.impair import Impairment, LinkImpairment, combine
@@ -197,12 +197,15 @@ def test_each_lost_segment_waits_for_its_retransmission() -> None:
 def test_qdiscs_with_and_without_netem() -> None:
     modem = Impairment(rate="33.6kbit", delay="150ms", jitter="20ms", loss="1%")
     assert qdisc([modem], netem=True) == "netem delay 150ms 20ms loss 1% rate 33600bit"
-    assert qdisc([Impairment(rate="33.6kbit")], netem=False) == (
-        "tbf rate 33600bit burst 2000 limit 262144"
-    )
+    # without netem the kernel shapes the rate; delay, jitter and loss are the agents'
+    assert qdisc([modem], netem=False) == "tbf rate 33600bit burst 2000 limit 262144"
+    assert qdisc([Impairment(delay="150ms")], netem=False) is None
     assert qdisc([], netem=False) is None
-    with pytest.raises(LabError, match=r"^delay, jitter, loss: this machine's kernel has no"):
-        qdisc([modem], netem=False)
+    networks, links = agent_table(
+        {"internet": Impairment(delay="20ms")}, {("hub", "internet"): modem}
+    )
+    assert networks == {"internet": {"delay": "20ms"}}
+    assert links == [["hub", "internet", {"delay": "150ms", "jitter": "20ms", "loss": "1%"}]]
 
 
 def test_the_script_touches_only_the_lab_segments() -> None:

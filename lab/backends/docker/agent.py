@@ -96,6 +96,7 @@ class Agent:
             AgentOp.DNS_FAULT: self._services("set_dns_fault"),
             AgentOp.FAULT_ADD: self.add_fault,
             AgentOp.DROPS: self._services("arm_drops"),
+            AgentOp.PACE: self.pace,
             AgentOp.RESET: self.reset,
             AgentOp.STOP: self.stop,
         }
@@ -150,6 +151,10 @@ class Agent:
             interfaces=self.me["interfaces"],
             when_down={link.network: link.when_down.value for link in links},
             down={link.network for link in links if link.state == LinkState.DOWN},
+            peers={
+                str(a): (n, net) for n, nets in self.addresses.items() for net, a in nets.items()
+            },
+            node=self.name,
         )
         self.host = Host(
             name=self.name,
@@ -425,6 +430,13 @@ class Agent:
                 )
                 cut += len([line for line in out.splitlines() if line.strip()])
         return cut
+
+    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        """Delay, jitter and loss this host's services' connections (no netem here)."""
+        net = self.host.net if self.host is not None else None
+        if not isinstance(net, RealNet):
+            raise LabError(f"node {self.name}: not started")
+        net.pace(networks, links)
 
     async def add_fault(self, fault: dict[str, Any]) -> None:
         if self.real is not None:

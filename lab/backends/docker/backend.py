@@ -152,6 +152,9 @@ class DockerBackend(LabBackend[HostProxy]):
         code, out = await asyncio.to_thread(self.provision.in_switch, text)
         if code != 0:
             raise LabError(f"shaping the lab's segments failed:\n{out}")
+        if not self.netem:  # delay, jitter and loss: each host's agent, in real time
+            table = shaping.agent_table(networks, links)
+            await asyncio.gather(*(p.pace(*table) for p in self.handles.values()))
         self.net_impair, self.link_impair = networks, links
 
     async def line_down(self, node: str, network: str) -> None:

@@ -193,6 +193,9 @@ class HostProxy:
     async def add_fault(self, fault: dict[str, Any]) -> None:
         await self.call(AgentOp.FAULT_ADD, {"fault": fault})
 
+    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        await self.call(AgentOp.PACE, {"networks": networks, "links": links})
+
     async def arm_drops(
         self, link: str, drop_after: int | None = None, drop_at: float | None = None
     ) -> None:

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dns.message
 
@@ -26,6 +28,8 @@ from lab.errors import LabError
 from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
+from lab.services.pacing import Pacer, RealTime, Relay, relay_pair
+from lab.topology.impair import Impairment, combine
 
 WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
 
@@ -42,6 +46,8 @@ class RealNet:
         interfaces: dict[str, str] | None = None,
         when_down: dict[str, str] | None = None,
         down: set[str] | None = None,
+        peers: dict[str, tuple[str, str]] | None = None,
+        node: str = "",
     ):
         self.addresses = addresses  # network -> address
         self.dns_server = dns_server
@@ -54,6 +60,30 @@ class RealNet:
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
         self.dns = DnsClient()
         self.watchers: dict[str, asyncio.Task[None]] = {}  # network -> its drop_after watch
+        self.peers = peers or {}  # lab address -> (node, network)
+        self.node = node
+        self.paced: dict[Any, Impairment] = {}  # network, or (node, network) of a link
+
+    def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        """Delay, jitter and loss for the connections this host opens, where the kernel
+        has no netem to do it (the rate is still the kernel's, tbf): networks' and links'
+        impairments, as JSON."""
+        self.paced = {n: Impairment.model_validate(i) for n, i in networks.items()}
+        for node, network, impairment in links:
+            self.paced[(node, network)] = Impairment.model_validate(impairment)
+
+    def _pacers(self, address: str) -> tuple[Pacer, Pacer] | None:
+        peer = self.peers.get(address)
+        if peer is None or not self.paced:
+            return None
+        node, network = peer
+        keys = [network, (self.node, network), (node, network)]
+        parts = [self.paced[k] for k in keys if k in self.paced]
+        shape = {**combine(parts), "rate": 0.0}  # the rate is the qdisc's
+        if not any(shape.values()):
+            return None
+        rng = random.Random(f"{self.node}>{address}")  # the same losses and jitter each run
+        return Pacer(**shape, rng=rng), Pacer(**shape, rng=rng)
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)
@@ -85,6 +115,14 @@ class RealNet:
         except BaseException:
             sock.close()
             raise
+
+        pacers = self._pacers(address)
+        if pacers is not None:  # held in real time, as netem would hold them
+            caller, mine = relay_pair()
+            relay = Relay(RealTime(), caller, mine, sock, pacers, lambda n: n, lambda _: None)
+            relay.start()
+            self._track(sock.getsockname()[0], relay.close, relay.alive)
+            return caller
 
         def close() -> None:
             with contextlib.suppress(OSError):

@@ -10,13 +10,16 @@ interfaces: the commands run in the switch, on its ports and in the hosts' names
 
 The qdisc is netem (rate, delay, jitter, loss) where the kernel has it. A kernel built
 without netem (sch_netem) still shapes the rate, with tbf; delay, jitter and loss are
-then refused with a clear error. Either way the kernel paces in real time: a 100 KB
-message over 33.6 kbit/s takes 25 s of real time on this backend.
+then the agents' (`agent_table`): each host holds the bytes of the connections its
+services open for their due time, in real time, as netem would (lab.services.pacing),
+so a real MTA's own connections get the rate but not those three. Either way the pacing
+is real time: a 100 KB message over 33.6 kbit/s takes 25 s of real time on this backend.
 """
 
 from __future__ import annotations
 
-from lab.errors import LabError
+from typing import Any
+
 from lab.topology.impair import Impairment, combine
 
 Port = tuple[str, str, str]  # switch port, the host's namespace in the switch, its interface
@@ -41,14 +44,20 @@ def qdisc(parts: list[Impairment], netem: bool) -> str | None:
         if rate:
             args.append(rate)
         return " ".join(args)
-    missing = [k for k in ("delay", "jitter", "loss") if shape[k]]
-    if missing:
-        raise LabError(
-            f"{', '.join(missing)}: this machine's kernel has no netem (sch_netem), so the"
-            " Docker backend shapes only the rate (with tbf); the in-process backend"
-            " emulates every knob"
-        )
+    if not rate:
+        return None  # delay, jitter and loss only: the agents do them (agent_table)
     return f"tbf {rate} {TBF}"
+
+
+def agent_table(
+    networks: dict[str, Impairment], links: dict[tuple[str, str], Impairment]
+) -> tuple[dict[str, Any], list[Any]]:
+    """What every agent is told to pace itself when the kernel has no netem."""
+    knobs = {"include": {"delay", "jitter", "loss"}, "mode": "json", "exclude_defaults": True}
+    return (
+        {n: i.model_dump(**knobs) for n, i in networks.items()},  # type: ignore[arg-type]
+        [[n, net, i.model_dump(**knobs)] for (n, net), i in links.items()],  # type: ignore[arg-type]
+    )
 
 
 def script(
