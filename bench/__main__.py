@@ -409,10 +409,20 @@ def report(results: dict[str, Any], command: str) -> str:
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
         *web_report(results),
+        *links_report(results),
         *docker_report(results),
         *real_report(results),
     ]
     return "\n".join(lines)
+
+
+def links_report(results: dict[str, Any]) -> list[str]:
+    from bench.links import report as link_figures
+
+    if "links" not in results:
+        return []
+    rate = results["rate_plain"]  # the mail path unimpaired: the figure above, this run
+    return link_figures({**results["links"], "path": rate})
 
 
 def web_report(results: dict[str, Any]) -> list[str]:
@@ -546,6 +556,11 @@ def main() -> None:
     print("web dashboard and API ...", file=sys.stderr)
     results["web"] = run_web(args.quick)  # outside asyncio.run: the Lab runs its own loop
     print(results["web"], file=sys.stderr)
+    from bench.links import run_modems
+
+    print("100 KB over 33.6 kbit/s ...", file=sys.stderr)
+    results["links"] = {"modem": run_modems(["inprocess", "docker"])}
+    print(results["links"], file=sys.stderr)
     results.update(run_docker(args.quick, cold=not args.no_cold))
     command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
     text = report(results, command)

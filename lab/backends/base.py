@@ -32,6 +32,7 @@ from lab.errors import LabError
 from lab.protocols.smtp import SubmitResult
 from lab.protocols.wire import LinkState, MailboxEntry, QueueEntry
 from lab.runtime.events import EventBus
+from lab.topology.impair import Impairment
 from lab.topology.model import Hook, Service, Topology
 
 _LISTENING = (Service.smtp, Service.pop3, Service.dns)  # the services with an endpoint
@@ -76,6 +77,12 @@ class HostHandle(Protocol):
     async def add_fault(self, fault: dict[str, Any]) -> None: ...
 
     async def clear_faults(self) -> int: ...
+    async def arm_drops(
+        self, link: str, drop_after: int | None = None, drop_at: float | None = None
+    ) -> None:
+        """Hang the link up once, after `drop_after` more bytes or at lab time `drop_at`
+        (None: not that way); replaces what was armed."""
+        ...
 
     async def reset(self) -> None:
         """Back to the state the host started in, its services running: no work under
@@ -187,6 +194,11 @@ class Backend(Protocol):
 
     async def set_schedule(self, link: str, schedule: dict[str, Any] | None) -> None:
         """Make `link` dial on this schedule (lab.topology.model.Schedule), or on none."""
+
+    async def impair(
+        self, name: str, settings: dict[str, Any] | None = None, *, clear: bool = False
+    ) -> dict[str, Any]:
+        """Change a link's or a network's impairment (docs/links.md); what is in force."""
         ...
 
 
@@ -235,6 +247,9 @@ class LabBackend(Generic[H]):
             name: LinkState(link.state) for name, link in topology.links.items()
         }
         self.dialer = Dialer(topology, self.set_link)
+        self.impairs: dict[str, dict[str, Any]] = {}  # link or network -> its impairment
+        self.started_at = 0.0  # lab time at up or reset, where `drop_at` counts from
+        self._line: asyncio.Future[None] | None = None  # a hung-up line being emptied
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -270,6 +285,20 @@ class LabBackend(Generic[H]):
     def operator_address(self) -> str:
         """The lab address a person on this machine is seen from."""
         raise NotImplementedError
+
+    async def shape(self, network: str, node: str | None, impairment: Impairment | None) -> None:
+        """Apply the rate, delay, jitter and loss of a network (node None) or of a node's
+        attachment to it (a link); None clears them."""
+        raise NotImplementedError
+
+    async def shape_as_declared(self) -> None:
+        """Every network's and link's rate, delay, jitter and loss as the topology says."""
+        raise NotImplementedError
+
+    async def line_down(self, node: str, network: str) -> None:
+        """A link went down: what waited on its line to be sent is lost (a modem that
+        hangs up), so the next dial starts with an empty line."""
+        return None
 
     def dns_copies(self) -> Iterable[H]:
         """The hosts that keep a copy of the lab's DNS records, to be told of an edit."""
@@ -340,7 +369,91 @@ class LabBackend(Generic[H]):
         self.events.reset()
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
+        await self.impair_as_declared()
         self.events.emit("lab", "lab.reset", backend=self.name)
+
+    # impairments (docs/links.md) -------------------------------------------------------------
+
+    def listen_links(self) -> None:
+        """Hear of the links a host hangs up itself (`drop_after`, `drop_at`)."""
+
+        def heard(event: Any) -> None:
+            link = event.get("link")
+            if event.kind == "link.down" and event.get("cause") and link in self.link_states:
+                self.link_states[link] = LinkState.DOWN
+                spec = self.topology.links[link]
+                self._line = asyncio.ensure_future(self.line_down(spec.node, spec.network))
+
+        self.events.listen(heard)
+
+    async def impair_as_declared(self) -> None:
+        """The topology's impairments, its drops counted from now (up or reset)."""
+        self.started_at = self.clock_time()
+        self.impairs = {}
+        await self.shape_as_declared()
+        for name, net in self.topology.networks.items():
+            if net.impair is not None:
+                self.impairs[name] = net.impair.model_dump(mode="json", exclude_defaults=True)
+        for name, link in self.topology.links.items():
+            if link.impair is not None:
+                self.impairs[name] = link.impair.model_dump(mode="json", exclude_defaults=True)
+                await self._arm(name, link.impair)
+
+    async def _arm(self, link: str, impairment: Impairment | None) -> None:
+        spec = self.topology.links[link]
+        if spec.node not in self.handles:
+            return
+        drop_after = getattr(impairment, "drop_after", None)
+        drop_at = getattr(impairment, "drop_at", None)
+        at = None if drop_at is None else self.started_at + drop_at
+        await self.handle(spec.node).arm_drops(link, drop_after, at)
+
+    async def impair(
+        self, name: str, settings: dict[str, Any] | None = None, *, clear: bool = False
+    ) -> dict[str, Any]:
+        """Change a link's or a network's impairment at run time: `settings` (rate,
+        delay, jitter, loss; drop_after, drop_at for a link) over what it has, or over
+        nothing with `clear`. Returns the impairment now in force."""
+        from pydantic import ValidationError
+
+        from lab.topology.impair import impairment_of
+
+        is_link = name in self.topology.links
+        if not is_link and name not in self.topology.networks:
+            known = [*self.topology.links, *self.topology.networks]
+            raise LabError(f"unknown link or network {name!r}; expected one of: {', '.join(known)}")
+        merged = {} if clear else dict(self.impairs.get(name, {}))
+        merged.update({k: v for k, v in (settings or {}).items() if v is not None})
+        try:
+            impairment = impairment_of(merged, link=is_link)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or name}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise LabError(f"impairment of {name}: {problems}") from None
+        drop_at = getattr(impairment, "drop_at", None)
+        if drop_at is not None and self.started_at + drop_at < self.clock_time():
+            raise LabError(
+                f"impairment of {name}: drop_at {drop_at:g}s is past (lab time since up:"
+                f" {self.clock_time() - self.started_at:.0f}s)"
+            )
+        if is_link:
+            spec = self.topology.links[name]
+            await self.shape(spec.network, spec.node, impairment)
+            await self._arm(name, impairment)
+        else:
+            await self.shape(name, None, impairment)
+        found = (
+            {} if impairment is None else impairment.model_dump(mode="json", exclude_defaults=True)
+        )
+        if found:
+            self.impairs[name] = found
+        else:
+            self.impairs.pop(name, None)
+        node = self.topology.links[name].node if is_link else "lab"
+        self.events.emit(node, "link.impaired", target=name, **found)
+        return found
 
     async def now(self) -> float:
         return self.clock_time()
@@ -389,10 +502,14 @@ class LabBackend(Generic[H]):
             return
         self.link_states[link] = state
         host = self.handle(spec.node)
+        if self._line is not None:  # a hang-up's line is empty before it dials again
+            await self._line
+            self._line = None
         cut = await host.set_link(link, state.value)
         kind = "link.up" if up else "link.down"
         self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut, cause=cause)
         if not up:
+            await self.line_down(spec.node, spec.network)
             return
         for hook in spec.on_up:
             self.events.emit(spec.node, "link.hook", link=link, hook=hook.value)
@@ -502,6 +619,7 @@ class LabBackend(Generic[H]):
                 "node": link.node,
                 "network": link.network,
                 **self._schedule_status(name),
+                "impair": self.impairs.get(name, {}),
             }
             for name, link in self.topology.links.items()
         }

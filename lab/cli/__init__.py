@@ -46,6 +46,7 @@ for _command in (
     docker.logs,
     acting.send,
     acting.link,
+    acting.impair,
     acting.flush,
     acting.fetch,
     acting.queue,

@@ -69,6 +69,27 @@ def send(
 
 @click.command()
 @lab_option
+@click.argument("name", metavar="LINK|NETWORK")
+@click.option("--rate", help="the line's speed, e.g. 33.6kbit")
+@click.option("--delay", help="one-way latency, e.g. 150ms")
+@click.option("--jitter", help="variation of the delay, e.g. 20ms")
+@click.option("--loss", help="packets lost, e.g. 1%")
+@click.option("--drop-after", help="a link: hang up once after this many bytes, e.g. 50KB")
+@click.option("--drop-at", help="a link: hang up once at this lab time after up, e.g. 90s")
+@click.option("--clear", is_flag=True, help="start from no impairment (alone: remove it)")
+@friendly
+def impair(lab_name: str | None, name: str, clear: bool, **settings: str | None) -> None:
+    """Change the impairment of a link or a network (docs/links.md); print what is in force."""
+    from lab.harness.control import request
+
+    given = {k: v for k, v in settings.items() if v is not None}
+    result = request(lab_name, "impair", target=name, settings=given, clear=clear)
+    knobs = " ".join(f"{k}={v}" for k, v in result["impair"].items()) or "none"
+    click.echo(f"{result['target']}: {knobs}")
+
+
+@click.command()
+@lab_option
 @click.argument("link_name", metavar="LINK")
 @click.argument("state", type=click.Choice(["up", "down"]))
 @friendly

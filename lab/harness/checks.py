@@ -33,7 +33,7 @@ from lab.harness.lab import Lab, LabAssertionError
 from lab.harness.pool import LabPool
 from lab.harness.refusals import await_refusal, refusal, rejected_words
 from lab.runtime.events import Event, format_events
-from lab.services.client import SubmitResult
+from lab.services.client import SubmitResult, attachment_text
 from lab.topology.checks import (
     BouncedExpect,
     DeliveredExpect,
@@ -170,6 +170,10 @@ def check_header(name: str, where: str, backend: str) -> str:
 # running
 
 
+def _lines(text: str) -> list[str]:
+    return text.replace("\r\n", "\n").rstrip("\n").split("\n")
+
+
 def _delivery_matches(e: Event, d: DeliveredExpect) -> bool:
     """The same rule as Lab.assert_delivered: the original or the final address."""
     if e.kind != "mailbox.delivered":
@@ -191,6 +195,7 @@ class _CheckRun:
         self.last_index = 0
         self.sent_after = 0  # the last event before the last message was sent
         self.sent_at = 0.0  # the lab time the last message was sent
+        self.sent_body = ""  # the body of the last message sent
 
     # the trace shown with a failure ------------------------------------------------
 
@@ -253,12 +258,14 @@ class _CheckRun:
         events = self.lab.events
         self.sent_after = events[-1].seq if events else 0
         self.sent_at = self.lab.clock.now()
+        body = s.body + ("\n" + attachment_text(s.attach) if s.attach else "")
+        self.sent_body = body
         result = self.lab.send(
             s.from_,
             mail_from=s.mail_from,
             to=s.to,
             subject=s.subject,
-            body=s.body,
+            body=body,
             headers=s.headers,
             via=s.via,
         )
@@ -302,8 +309,14 @@ class _CheckRun:
             timeout=within,
         )
         sender = message.envelope_from or "<>"
+        got = message.raw.replace("\r\n", "\n").split("\n\n", 1)[-1]
+        if d.whole and _lines(got) != _lines(self.sent_body):
+            raise StepFailed(f"delivered, but its body is not the {len(self.sent_body)} sent")
+        whole = f", whole ({len(self.sent_body)} bytes of body)" if d.whole else ""
         took = "" if d.within is None else self._in_lab_time(d)
-        return f"delivered{took}, envelope sender {sender}, From: {message['From'] or '(none)'}"
+        return (
+            f"delivered{whole}{took}, envelope sender {sender}, From: {message['From'] or '(none)'}"
+        )
 
     def _in_lab_time(self, d: DeliveredExpect) -> str:
         """' after 1h0m of lab time', or StepFailed when that is longer than `d.within`."""
@@ -324,6 +337,8 @@ class _CheckRun:
     def not_delivered(self, d: DeliveredExpect) -> str:
         if d.envelope_from is None and not d.headers:
             self.lab.assert_not_delivered(d.to, node=d.node, mailbox=d.mailbox)
+            if d.node and d.mailbox and (held := self.lab.mailbox(d.node, d.mailbox)):
+                raise StepFailed(f"{d.node}'s mailbox {d.mailbox} holds {len(held)} message(s)")
             return "not delivered"
         self.lab.settle()
         events = self.lab.events

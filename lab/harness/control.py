@@ -123,6 +123,7 @@ class ControlServer:
             LabOp.STATUS: self._status,
             LabOp.SEND: self._send,
             LabOp.LINK: self._link,
+            LabOp.IMPAIR: self._impair,
             LabOp.FLUSH: self._flush,
             LabOp.FETCH: self._fetch,
             LabOp.QUEUE: self._queue,
@@ -144,7 +145,9 @@ class ControlServer:
             raise LabError(f"a lab named {self.name!r} is already running; use --name")
         self.socket_path.unlink(missing_ok=True)
         self.stopped = asyncio.Event()
-        self.server = await asyncio.start_unix_server(self._handle, path=str(self.socket_path))
+        self.server = await asyncio.start_unix_server(
+            self._handle, path=str(self.socket_path), limit=wire.LINE_LIMIT
+        )
         info = {
             "name": self.name,
             "pid": os.getpid(),
@@ -213,6 +216,10 @@ class ControlServer:
         await self.backend.set_link(link, state == "up")
         await self.backend.settle()
         return {"link": link, "state": (await self.backend.link_state(link)).value}
+
+    async def _impair(self, target: str, settings: dict[str, Any], clear: bool = False) -> Any:
+        found = await self.backend.impair(target, settings, clear=clear)
+        return {"target": target, "impair": found}
 
     async def _flush(self, node: str) -> Any:
         return {

@@ -113,6 +113,11 @@ class LinkHandle:
         """Dial on no schedule (until `Lab.reset()` brings the topology's back)."""
         self.lab.run(self.lab.backend.set_schedule(self.name, None))
 
+    def impair(self, *, clear: bool = False, **settings: Any) -> dict[str, Any]:
+        """Change the link's impairment (rate, delay, jitter, loss, drop_after, drop_at;
+        docs/links.md) over what it has, or over nothing with `clear`."""
+        return self.lab.impair(self.name, clear=clear, **settings)
+
 
 class ClockHandle:
     def __init__(self, lab: Lab):
@@ -238,6 +243,12 @@ class Lab:
                 f"unknown link {name!r}; expected one of: {', '.join(self.topology.links)}"
             )
         return LinkHandle(self, name)
+
+    def impair(self, name: str, *, clear: bool = False, **settings: Any) -> dict[str, Any]:
+        """Change a link's or a network's impairment at run time (docs/links.md): e.g.
+        `lab.impair("dialup", rate="33.6kbit", delay="150ms")`; returns what is in force.
+        `Lab.reset()` puts back the topology's."""
+        return dict(self.run(self.backend.impair(name, settings, clear=clear)))
 
     def flush(self, node: str) -> int:
         return int(self.run(self.backend.flush(node), timeout=600))

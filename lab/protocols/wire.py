@@ -54,6 +54,7 @@ class LabOp(StrEnum):
     STATUS = "status"
     SEND = "send"
     LINK = "link"
+    IMPAIR = "impair"
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"
@@ -92,6 +93,8 @@ class AgentOp(StrEnum):
     DNS_FAULT_RULES = "dns.fault_rules"
     FAULT_ADD = "fault.add"
     FAULT_CLEAR = "fault.clear"
+    DROPS = "link.drops"  # arm a link's hang-up (drop_after, drop_at)
+    PACE = "link.pace"  # delay, jitter, loss of the host's own connections (no netem)
     RESET = "reset"
     STOP = "stop"
 

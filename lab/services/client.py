@@ -13,6 +13,17 @@ from lab.services.host import Host
 __all__ = ["SubmitResult", "build_message", "submit"]
 
 
+def attachment_text(size: int) -> str:
+    """`size` bytes of base64 lines (76 characters and a line end, as MIME writes them)
+    of bytes that are the same for the same size: an attachment's weight in a body."""
+    import base64
+    import random
+
+    raw = random.Random(size).randbytes(size * 3 // 4 + 3)
+    text = base64.b64encode(raw).decode()[:size]
+    return "".join(text[i : i + 76] + "\n" for i in range(0, len(text), 76))
+
+
 def build_message(
     *,
     mail_from: str,

@@ -68,6 +68,11 @@ class HostNet(Protocol):
         Returns how many were cut."""
         ...
 
+    def watch_bytes(self, network: str, limit: int | None, hang_up: Callable[[], object]) -> None:
+        """Call `hang_up` once `limit` more bytes have crossed this host's attachment to
+        `network` (a modem that hangs up mid-message); None: stop watching."""
+        ...
+
     async def close(self) -> None:
         """Stop listening and close what is open."""
         ...
@@ -108,9 +113,28 @@ class Host:
         )
 
 
-async def settle_tasks(hosts: Iterable[Host], timeout: float = 60.0) -> None:
+class ClockWait(Protocol):
+    """Work that waits for lab time without a host task knowing it (bytes of an impaired
+    connection held until their due time): settled once nothing else moves."""
+
+    def paced(self) -> bool:
+        """Whether any connection can wait for the clock (something is impaired)."""
+        ...
+
+    def mark(self) -> int: ...
+
+    def idle_on_clock(self, mark: int) -> bool: ...
+
+
+QUIET = 0.01  # seconds without progress that make work waiting on the clock settled
+
+
+async def settle_tasks(
+    hosts: Iterable[Host], timeout: float = 60.0, clock_wait: ClockWait | None = None
+) -> None:
     """Wait until the hosts have no background work left (a finishing task may start
-    another, so look again after each), or until `timeout`."""
+    another, so look again after each), or until `timeout`. With `clock_wait`, work
+    that only waits for the lab clock counts as done once nothing moved for `QUIET`."""
     hosts = list(hosts)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -129,4 +153,10 @@ async def settle_tasks(hosts: Iterable[Host], timeout: float = 60.0) -> None:
         remaining = deadline - loop.time()
         if remaining <= 0:
             return
-        await asyncio.wait(tasks, timeout=remaining)
+        if clock_wait is None or not clock_wait.paced():
+            await asyncio.wait(tasks, timeout=remaining)
+            continue
+        mark = clock_wait.mark()
+        done, _ = await asyncio.wait(tasks, timeout=min(remaining, QUIET))
+        if not done and clock_wait.idle_on_clock(mark):
+            return

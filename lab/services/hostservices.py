@@ -70,6 +70,7 @@ class HostServices:
         self.pop3: Pop3Service | None = None
         self.fetcher: FetchService | None = None
         self.captured: dict[str, bytes] | None = None
+        self.drops: dict[str, Any] = {}  # link -> the clock timer of its drop_at
 
     @property
     def name(self) -> str:
@@ -169,6 +170,34 @@ class HostServices:
         self.link_changed()
         return cut
 
+    async def arm_drops(
+        self, link: str, drop_after: int | None = None, drop_at: float | None = None
+    ) -> None:
+        """Hang `link` up once: after `drop_after` more bytes crossed it, or at lab time
+        `drop_at` (a modem that hangs up mid-message); None: not that way. Replaces what
+        was armed before."""
+        spec = self.host.topology.links[link]
+        old = self.drops.pop(link, None)
+        if old is not None:
+            old.cancel()
+        self.host.net.watch_bytes(
+            spec.network,
+            drop_after,
+            lambda: self.host.spawn(self.hang_up(link, "drop_after"), "hang-up"),
+        )
+        if drop_at is not None:
+            self.drops[link] = self.host.call_at(
+                drop_at, lambda: self.hang_up(link, "drop_at"), "hang-up"
+            )
+
+    async def hang_up(self, link: str, cause: str) -> None:
+        """The link's modem hangs up: the link goes down, as `link down` takes it."""
+        spec = self.host.topology.links[link]
+        if self.host.net.link_state(spec.network) == LinkState.DOWN:
+            return
+        cut = await self.set_link(link, LinkState.DOWN.value)
+        self.host.emit("link.down", link=link, network=spec.network, cut=cut, cause=cause)
+
     def link_changed(self) -> None:
         self.dns_cache.clear()
         if self.fetcher is not None:
@@ -200,7 +229,14 @@ class HostServices:
         )
 
     async def flush(self) -> int:
-        return await self.need_mta().flush()
+        """Start a queue run (sendmail -q) as the host's work, which settling the lab
+        waits for; how many messages it tries. Started rather than awaited: over an
+        impaired link it may wait for lab time, which only a settled lab moves."""
+        mta = self.need_mta()
+        count = len(mta.queue.list())
+        self.host.spawn(mta.flush(), "flush")
+        await asyncio.sleep(0)
+        return count
 
     async def fetch(self) -> int:
         if self.fetcher is None:

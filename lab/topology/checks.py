@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from lab.topology.defaults import DEFAULT_BODY, DEFAULT_SUBJECT
 from lab.topology.fields import Base, listify, one_or_many
-from lab.topology.units import Duration
+from lab.topology.units import Duration, Size
 
 
 class SendStep(Base):
@@ -25,6 +25,11 @@ class SendStep(Base):
     )
     via: str | None = Field(
         None, description="the MTA to submit to (default: the client's submit_to)"
+    )
+    attach: Size | None = Field(
+        None,
+        description="add this many bytes of base64 text to the body, as an attachment"
+        " weighs (e.g. 100KB)",
     )
 
     @field_validator("to", mode="before")
@@ -42,6 +47,11 @@ class DeliveredExpect(Base):
     within: Duration | None = Field(
         None,
         description="delivered at most this long after the last send, in lab time (e.g. 20m)",
+    )
+    whole: bool = Field(
+        False,
+        description="its body is the body of the last message sent, every byte (after a"
+        " link hung up mid-message: nothing partial, nothing lost)",
     )
 
 

@@ -45,6 +45,7 @@ from lab.topology.fields import (
     listify,
     one_or_many,
 )
+from lab.topology.impair import Impairment, LinkImpairment
 from lab.topology.matrix import Matrix
 from lab.topology.mx import parse_mx
 from lab.topology.schedule import Schedule
@@ -87,6 +88,9 @@ class Network(Base):
 
     subnet: ipaddress.IPv4Network = Field(description="the network in CIDR form, e.g. 10.20.0.0/16")
     description: str | None = None
+    impair: Impairment | None = Field(
+        None, description="rate, delay, jitter, loss of every connection on it (docs/links.md)"
+    )
 
     @field_validator("subnet", mode="before")
     @classmethod
@@ -137,6 +141,10 @@ class Link(Base):
         None,
         description="dial on the lab clock: {every: 1h, for: 5m} and/or {at: [10m, 2h]};"
         " each dial raises the link (running on_up) and drops it after 'for'",
+    )
+    impair: LinkImpairment | None = Field(
+        None,
+        description="rate, delay, jitter, loss across it, and a hang-up (docs/links.md)",
     )
 
 

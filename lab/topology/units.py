@@ -1,6 +1,8 @@
-"""Durations ("30m", "4h", "5d", "1h30m") and sizes ("10MB") as people write them.
+"""Durations ("30m", "4h", "5d", "1h30m"), sizes ("10MB"), rates ("33.6kbit") and
+percentages ("1%") as people write them.
 
-Both parse to plain numbers (seconds, bytes) so the rest of maillab never sees strings.
+All parse to plain numbers (seconds, bytes, bits per second, a fraction) so the rest of
+maillab never sees strings.
 """
 
 from __future__ import annotations
@@ -28,6 +30,21 @@ _SIZE_UNITS = {
 }
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]*)$")
 
+_RATE_UNITS = {
+    "bit": 1,
+    "bps": 1,
+    "kbit": 1000,
+    "kbps": 1000,
+    "mbit": 1000**2,
+    "mbps": 1000**2,
+    "gbit": 1000**3,
+    "gbps": 1000**3,
+}
+_RATE_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*([a-z]+)$")
+_PERCENT_RE = re.compile(r"^(\d+(?:\.\d+)?)\s*%$")
+
+RATE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]?([bB][iI][tT]|[bB][pP][sS]))$"
+PERCENT_PATTERN = r"^\d+(\.\d+)?\s*%$"
 DURATION_PATTERN = r"^(\d+(\.\d+)?(ms|s|m|h|d|w))+$"
 SIZE_PATTERN = r"^\d+(\.\d+)?\s*([kKmMgG]i?[bB]?|[bB])?$"
 
@@ -83,6 +100,76 @@ def parse_size(value: Any) -> int:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
     raise ValueError(f"expected a size in bytes or such as 512KB, 10MB, 1MiB, got {value!r}")
 
+
+def parse_rate(value: Any) -> float:
+    """Bits per second from a string such as "33.6kbit", "56kbps", "2mbit" (tc's units:
+    k = 1000; bytes are not accepted, a modem's speed is in bits)."""
+    if isinstance(value, str):
+        match = _RATE_RE.match(value.strip().lower())
+        if match and match.group(2) in _RATE_UNITS:
+            rate = float(match.group(1)) * _RATE_UNITS[match.group(2)]
+            if rate > 0:
+                return rate
+            raise ValueError(f"expected a rate above zero, got {value!r}")
+    raise ValueError(
+        f"expected a rate such as 33.6kbit, 56kbps or 2mbit (units bit kbit mbit gbit),"
+        f" got {value!r}"
+    )
+
+
+def format_rate(bits: float) -> str:
+    """The form tc and people write: 33600 -> "33.6kbit"."""
+    for unit, size in (("gbit", 1000**3), ("mbit", 1000**2), ("kbit", 1000)):
+        if bits >= size:
+            return f"{bits / size:g}{unit}"
+    return f"{bits:g}bit"
+
+
+def parse_percent(value: Any) -> float:
+    """A fraction from "1%", "0.5%" or a number between 0 and 1."""
+    fraction: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        fraction = float(value)
+    elif isinstance(value, str) and (match := _PERCENT_RE.match(value.strip())):
+        fraction = float(match.group(1)) / 100
+    if fraction is None or not 0 <= fraction <= 1:
+        raise ValueError(
+            f"expected a percentage such as 1% or 0.5% (or a fraction from 0 to 1), got {value!r}"
+        )
+    return fraction
+
+
+def format_percent(fraction: float) -> str:
+    return f"{fraction * 100:g}%"
+
+
+Rate = Annotated[
+    float,
+    BeforeValidator(parse_rate),
+    PlainSerializer(format_rate, return_type=str),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": RATE_PATTERN,
+            "description": "bits per second, such as 33.6kbit, 56kbps, 2mbit",
+        }
+    ),
+]
+
+Percent = Annotated[
+    float,
+    BeforeValidator(parse_percent),
+    PlainSerializer(format_percent, return_type=str),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "string", "pattern": PERCENT_PATTERN},
+                {"type": "number", "minimum": 0, "maximum": 1},
+            ],
+            "description": "a percentage such as 1% or 0.5%, or a fraction from 0 to 1",
+        }
+    ),
+]
 
 Duration = Annotated[
     float,

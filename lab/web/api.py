@@ -82,6 +82,16 @@ class LinkBody(BaseModel):
     state: Literal["up", "down"]
 
 
+class ImpairBody(BaseModel):
+    rate: str | None = Field(None, description="the line's speed, e.g. 33.6kbit")
+    delay: str | float | None = Field(None, description="one-way latency, e.g. 150ms")
+    jitter: str | float | None = Field(None, description="variation of the delay, e.g. 20ms")
+    loss: str | float | None = Field(None, description="packets lost, e.g. 1%")
+    drop_after: str | int | None = Field(None, description="a link: hang up after, e.g. 50KB")
+    drop_at: str | float | None = Field(None, description="a link: hang up at this lab time")
+    clear: bool = Field(False, description="start from no impairment rather than the present")
+
+
 class AdvanceBody(BaseModel):
     duration: str = Field(description="how far to move the lab clock: 30m, 4h, 5d, 90s")
 
@@ -196,6 +206,14 @@ def create_app(server: WebServer) -> Any:
         await backend.set_link(link, body.state == "up")
         await backend.settle()
         return {"link": link, "state": (await backend.link_state(link)).value}
+
+    @app.post(
+        "/api/impair/{name}",
+        summary="Change a link's or a network's impairment: rate, delay, jitter, loss, drops",
+    )
+    async def impair(name: str, body: ImpairBody) -> Any:
+        settings = body.model_dump(exclude={"clear"}, exclude_none=True)
+        return {"name": name, "impair": await backend.impair(name, settings, clear=body.clear)}
 
     @app.post("/api/nodes/{node}/flush", summary="Run a node's queue now (sendmail -q)")
     async def flush(node: str) -> Any:

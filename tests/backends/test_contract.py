@@ -98,7 +98,12 @@ def test_a_link_set_to_its_state_is_unchanged_and_runs_no_hook(lab: Lab) -> None
     assert lab.link("dialup").state == "down"
     lab.link("dialup").up()
     assert lab.link("dialup").state == "up"
-    assert lab.status()["links"]["dialup"] == {"state": "up", "node": "hub", "network": "internet"}
+    assert lab.status()["links"]["dialup"] == {
+        "state": "up",
+        "node": "hub",
+        "network": "internet",
+        "impair": {},
+    }
 
 
 def test_what_a_node_does_not_run_is_refused_alike(lab: Lab) -> None:

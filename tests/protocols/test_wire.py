@@ -57,6 +57,7 @@ def test_op_names_are_their_wire_strings() -> None:
         "status",
         "send",
         "link",
+        "impair",
         "flush",
         "fetch",
         "queue",

@@ -211,7 +211,7 @@ CASES = [
         change("state: down,", "statte: down,"),
         [
             "bad.yaml:8:42: links.dialup.statte: unknown field 'statte'; did you mean 'state'?"
-            " (expected one of: node, network, state, when_down, on_up, schedule)",
+            " (expected one of: node, network, state, when_down, on_up, schedule, impair)",
         ],
         id="unknown-link-key",
     ),
@@ -264,7 +264,7 @@ CASES = [
             "bad.yaml:43:13: checks.queued[0].send.mail_from: missing required field 'mail_from'",
             "bad.yaml:43:25: checks.queued[0].send.mail_form: unknown field 'mail_form'; did you"
             " mean 'mail_from'? (expected one of: from, mail_from, to, subject, body, headers,"
-            " via)",
+            " via, attach)",
         ],
         id="unknown-send-key-and-missing",
     ),

@@ -97,6 +97,8 @@ class Agent:
             AgentOp.DNS_FAULT_RULES: self._services("set_dns_fault_rules"),
             AgentOp.FAULT_ADD: self.add_fault,
             AgentOp.FAULT_CLEAR: self._services("clear_faults"),
+            AgentOp.DROPS: self._services("arm_drops"),
+            AgentOp.PACE: self.pace,
             AgentOp.RESET: self.reset,
             AgentOp.STOP: self.stop,
         }
@@ -153,6 +155,10 @@ class Agent:
             interfaces=self.me["interfaces"],
             when_down={link.network: link.when_down.value for link in links},
             down={link.network for link in links if link.state == LinkState.DOWN},
+            peers={
+                str(a): (n, net) for n, nets in self.addresses.items() for net, a in nets.items()
+            },
+            node=self.name,
         )
         self.host = Host(
             name=self.name,
@@ -433,6 +439,13 @@ class Agent:
                 cut += len([line for line in out.splitlines() if line.strip()])
         return cut
 
+    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        """Delay, jitter and loss this host's services' connections (no netem here)."""
+        net = self.host.net if self.host is not None else None
+        if not isinstance(net, RealNet):
+            raise LabError(f"node {self.name}: not started")
+        net.pace(networks, links)
+
     async def add_fault(self, fault: dict[str, Any]) -> None:
         if self.real is not None:
             raise LabError(
@@ -504,7 +517,9 @@ class Agent:
     async def serve(self, path: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
-        server = await asyncio.start_unix_server(self._connection, path=str(path))
+        server = await asyncio.start_unix_server(
+            self._connection, path=str(path), limit=wire.LINE_LIMIT
+        )
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.done.set)

@@ -36,6 +36,7 @@ from lab.runtime.clock import LabClock
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.software import check_topology
+from lab.topology.impair import Impairment
 from lab.topology.model import Topology
 
 
@@ -83,6 +84,9 @@ class DockerBackend(LabBackend[HostProxy]):
             progress=progress,
         )
         self.run = self.provision.run
+        self.net_impair: dict[str, Impairment] = {}
+        self.link_impair: dict[tuple[str, str], Impairment] = {}
+        self.netem: bool | None = None  # whether the kernel has netem, once asked
 
     @property
     def containers(self) -> dict[str, Any]:
@@ -114,6 +118,8 @@ class DockerBackend(LabBackend[HostProxy]):
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.own_clock.start()
         self.dialer.start(self.own_clock)
+        self.listen_links()
+        await self.impair_as_declared()
         self.events.emit(
             "lab",
             "lab.up",
@@ -122,6 +128,59 @@ class DockerBackend(LabBackend[HostProxy]):
             run=self.run,
             seed=self.topology.seed,
         )
+
+    # impairments: qdiscs on the lab's segments (shaping.py) ----------------------------------
+
+    async def shape(self, network: str, node: str | None, impairment: Impairment | None) -> None:
+        networks, links = dict(self.net_impair), dict(self.link_impair)
+        table: dict[Any, Impairment] = links if node else networks
+        key = (node, network) if node else network
+        table.pop(key, None)
+        if impairment is not None:
+            table[key] = impairment
+        await self._apply(networks, links)
+
+    async def shape_as_declared(self) -> None:
+        networks = {n: net.impair for n, net in self.topology.networks.items() if net.impair}
+        links: dict[tuple[str, str], Impairment] = {
+            (link.node, link.network): link.impair
+            for link in self.topology.links.values()
+            if link.impair
+        }
+        if networks or links or self.net_impair or self.link_impair:
+            await self._apply(networks, links)
+
+    async def _apply(
+        self, networks: dict[str, Impairment], links: dict[tuple[str, str], Impairment]
+    ) -> None:
+        from lab.backends.docker import shaping
+
+        if self.netem is None:
+            code, _ = await asyncio.to_thread(self.provision.in_switch, shaping.PROBE)
+            self.netem = code == 0
+        text = shaping.script(self.provision.ports, networks, links, self.netem)
+        code, out = await asyncio.to_thread(self.provision.in_switch, text)
+        if code != 0:
+            raise LabError(f"shaping the lab's segments failed:\n{out}")
+        if not self.netem:  # delay, jitter and loss: each host's agent, in real time
+            table = shaping.agent_table(networks, links)
+            await asyncio.gather(*(p.pace(*table) for p in self.handles.values()))
+        self.net_impair, self.link_impair = networks, links
+
+    async def line_down(self, node: str, network: str) -> None:
+        from lab.backends.docker import shaping
+
+        if (node, network) not in self.link_impair and network not in self.net_impair:
+            return
+        assert self.netem is not None
+        text = shaping.script(
+            self.provision.ports,
+            self.net_impair,
+            self.link_impair,
+            self.netem,
+            only=(node, network),
+        )
+        await asyncio.to_thread(self.provision.in_switch, text)
 
     async def _start(self, nodes: list[str]) -> None:
         async def one(node: str) -> None:

@@ -201,3 +201,12 @@ class HostProxy:
 
     async def clear_faults(self) -> int:
         return int(await self.call(AgentOp.FAULT_CLEAR))
+
+    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        await self.call(AgentOp.PACE, {"networks": networks, "links": links})
+
+    async def arm_drops(
+        self, link: str, drop_after: int | None = None, drop_at: float | None = None
+    ) -> None:
+        args = {"link": link, "drop_after": drop_after, "drop_at": drop_at}
+        await self.call(AgentOp.DROPS, args)

@@ -16,8 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import random
 import socket
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import dns.message
 
@@ -25,6 +28,10 @@ from lab.errors import LabError
 from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
+from lab.services.pacing import Pacer, RealTime, Relay, relay_pair
+from lab.topology.impair import Impairment, combine
+
+WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
 
 
 class RealNet:
@@ -39,6 +46,8 @@ class RealNet:
         interfaces: dict[str, str] | None = None,
         when_down: dict[str, str] | None = None,
         down: set[str] | None = None,
+        peers: dict[str, tuple[str, str]] | None = None,
+        node: str = "",
     ):
         self.addresses = addresses  # network -> address
         self.dns_server = dns_server
@@ -50,6 +59,31 @@ class RealNet:
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
         self.dns = DnsClient()
+        self.watchers: dict[str, asyncio.Task[None]] = {}  # network -> its drop_after watch
+        self.peers = peers or {}  # lab address -> (node, network)
+        self.node = node
+        self.paced: dict[Any, Impairment] = {}  # network, or (node, network) of a link
+
+    def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
+        """Delay, jitter and loss for the connections this host opens, where the kernel
+        has no netem to do it (the rate is still the kernel's, tbf): networks' and links'
+        impairments, as JSON."""
+        self.paced = {n: Impairment.model_validate(i) for n, i in networks.items()}
+        for node, network, impairment in links:
+            self.paced[(node, network)] = Impairment.model_validate(impairment)
+
+    def _pacers(self, address: str) -> tuple[Pacer, Pacer] | None:
+        peer = self.peers.get(address)
+        if peer is None or not self.paced:
+            return None
+        node, network = peer
+        keys = [network, (self.node, network), (node, network)]
+        parts = [self.paced[k] for k in keys if k in self.paced]
+        shape = {**combine(parts), "rate": 0.0}  # the rate is the qdisc's
+        if not any(shape.values()):
+            return None
+        rng = random.Random(f"{self.node}>{address}")  # the same losses and jitter each run
+        return Pacer(**shape, rng=rng), Pacer(**shape, rng=rng)
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)
@@ -81,6 +115,14 @@ class RealNet:
         except BaseException:
             sock.close()
             raise
+
+        pacers = self._pacers(address)
+        if pacers is not None:  # held in real time, as netem would hold them
+            caller, mine = relay_pair()
+            relay = Relay(RealTime(), caller, mine, sock, pacers, lambda n: n, lambda _: None)
+            relay.start()
+            self._track(sock.getsockname()[0], relay.close, relay.alive)
+            return caller
 
         def close() -> None:
             with contextlib.suppress(OSError):
@@ -174,6 +216,28 @@ class RealNet:
             close()
         return len(cut)
 
+    def watch_bytes(self, network: str, limit: int | None, hang_up: Callable[[], object]) -> None:
+        """The interface's byte counters (both ways, headers included), read every
+        WATCH_EVERY seconds: the hang-up comes within that much of `limit`."""
+        old = self.watchers.pop(network, None)
+        if old is not None:
+            old.cancel()
+        if limit is None:
+            return
+        stats = Path("/sys/class/net") / self.interfaces.get(network, network) / "statistics"
+
+        def counted() -> int:
+            return sum(int((stats / f"{way}_bytes").read_text()) for way in ("rx", "tx"))
+
+        async def watch() -> None:
+            start = counted()
+            while counted() - start < limit:
+                await asyncio.sleep(WATCH_EVERY)
+            self.watchers.pop(network, None)
+            hang_up()
+
+        self.watchers[network] = asyncio.get_running_loop().create_task(watch())
+
     def _route_to_dns(self) -> str | None:
         """The network this host reaches the DNS server through, if it is one of the lab's."""
         import ipaddress
@@ -203,6 +267,8 @@ class RealNet:
         return await self.dns.query(query, self.dns_server, 53, timeout=timeout)
 
     async def close(self) -> None:
+        for watcher in self.watchers.values():
+            watcher.cancel()
         self.dns.close()
         for server in self.servers:
             server.close()

@@ -88,6 +88,8 @@ class Provision:
         self.image = ""
         self.images: dict[str, str] = {}  # node -> its image, when not the node image
         self.containers: dict[str, Any] = {}  # node (or "_switch") -> Container
+        # (node, network) -> its switch port, the host's namespace there, its interface
+        self.ports: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.network: Any = None  # the management network of the operator
         self.forwards: dict[tuple[str, str], int] = {}  # (node, service) -> operator port
         self.operator_ip = ""
@@ -420,6 +422,7 @@ class Provision:
                     f"ip -n n{i} addr add {addr}/{prefix} dev {ifname}",
                     f"ip -n n{i} link set {ifname} up",
                 ]
+                self.ports[(node, net)] = (f"v{v}", f"n{i}", ifname)
                 v += 1
             if node == self.operator and self.network is not None:
                 lines.append(f"ip -n n{i} route del default 2>/dev/null || true")
@@ -428,6 +431,11 @@ class Provision:
         if result.exit_code != 0:
             output = result.output.decode("utf-8", "replace")
             raise LabError(f"wiring the lab's networks failed:\n{output}")
+
+    def in_switch(self, script: str) -> tuple[int, str]:
+        """Run a shell script in the switch (its namespace holds the lab's segments)."""
+        result = self.containers["_switch"].exec_run(["sh", "-c", script])
+        return int(result.exit_code), result.output.decode("utf-8", "replace")
 
     # taking it down ----------------------------------------------------------------------
 

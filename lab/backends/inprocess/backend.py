@@ -23,6 +23,7 @@ from lab.services.hostservices import SERVICE_PORTS, HostServices
 from lab.services.tls import LabCA
 from lab.software import check_topology
 from lab.topology.addressing import hostname_of
+from lab.topology.impair import Impairment
 from lab.topology.model import Topology
 
 
@@ -47,7 +48,7 @@ class InProcessBackend(LabBackend[HostServices]):
         )
         self.clock = LabClock(settle=self.settle)
         self.events = EventBus(self.clock.time, self.state_dir / "events.jsonl")
-        self.vnet = VirtualNetwork(topology, self.addresses, self.operator)
+        self.vnet = VirtualNetwork(topology, self.addresses, self.operator, clock=self.clock)
         self.ca: LabCA | None = None
 
     @property
@@ -101,6 +102,8 @@ class InProcessBackend(LabBackend[HostServices]):
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.dialer.start(self.clock)
+        self.listen_links()
+        await self.impair_as_declared()
         self.events.emit(
             "lab", "lab.up", backend=self.name, nodes=list(self.handles), seed=self.topology.seed
         )
@@ -108,6 +111,7 @@ class InProcessBackend(LabBackend[HostServices]):
     async def down(self) -> None:
         await self.settle(timeout=5.0)
         await self.clock.stop()
+        self.vnet.cut_paced()
         for services in self.handles.values():
             await services.stop()
         for services in self.handles.values():
@@ -120,7 +124,7 @@ class InProcessBackend(LabBackend[HostServices]):
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
     async def settle(self, timeout: float = 60.0) -> None:
-        await settle_tasks(self.hosts.values(), timeout)
+        await settle_tasks(self.hosts.values(), timeout, clock_wait=self.vnet)
 
     async def reset_hosts(self) -> None:
         """Cut every connection and cancel every host's work first (nothing of one host
@@ -134,8 +138,15 @@ class InProcessBackend(LabBackend[HostServices]):
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)
         self.clock.reset()
+        self.vnet.parked = 0
         for services in self.handles.values():
             await services.reset()
+
+    async def shape(self, network: str, node: str | None, impairment: Impairment | None) -> None:
+        self.vnet.impair(network, node, impairment)
+
+    async def shape_as_declared(self) -> None:
+        self.vnet.impair_as_declared()
 
     # the clock ---------------------------------------------------------------------------
 

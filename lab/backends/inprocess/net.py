@@ -28,13 +28,17 @@ import random
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import dns.message
 
 from lab.protocols.wire import LinkState
+from lab.runtime.clock import LabClock
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
+from lab.services.pacing import Pacer, Relay, relay_pair
 from lab.topology.addressing import Addresses
+from lab.topology.impair import Impairment, combine
 from lab.topology.model import Topology
 
 IfaceKey = tuple[str, str]  # (node, network)
@@ -64,6 +68,7 @@ class _Conn:
     ends: tuple[IfaceKey, IfaceKey]
     close: Callable[[], None]
     alive: Callable[[], bool] = lambda: True
+    paced: bool = False  # relayed on the lab clock (pacing.py)
 
 
 @dataclass
@@ -79,6 +84,15 @@ class VirtualNetwork:
         default_factory=dict
     )  # (lab ip, port, proto)
     conns: dict[int, _Conn] = field(default_factory=dict)
+    clock: LabClock | None = None
+    # impairments: of networks, and of links (a host's attachment); see pacing.py
+    net_impair: dict[str, Impairment] = field(default_factory=dict)
+    link_impair: dict[IfaceKey, Impairment] = field(default_factory=dict)
+    # drop_after: attachment -> [bytes left before the hang-up, what hangs it up]
+    watches: dict[IfaceKey, tuple[list[int], Callable[[], object]]] = field(default_factory=dict)
+    lines: dict[tuple[IfaceKey, IfaceKey], Pacer] = field(default_factory=dict)
+    parked: int = 0  # pieces of impaired connections waiting for the lab clock
+    progress: int = 0  # grows whenever an impaired connection moves
 
     _prune_at: int = 256
 
@@ -96,6 +110,79 @@ class VirtualNetwork:
             iface = self.interfaces[(link.node, link.network)]
             iface.up = link.state == "up"
             iface.when_down = link.when_down.value
+        self.rng = random.Random(self.topology.name)  # the same losses and jitter each run
+        self.impair_as_declared()
+
+    def impair_as_declared(self) -> None:
+        """The impairments the topology declares, and nothing else."""
+        self.net_impair.clear()
+        self.link_impair.clear()
+        for name, net in self.topology.networks.items():
+            self.impair(name, None, net.impair)
+        for link in self.topology.links.values():
+            self.impair(link.network, link.node, link.impair)
+
+    # impairments -----------------------------------------------------------------------
+
+    def pacers(self, src: Interface, dst: Interface) -> tuple[Pacer, Pacer] | None:
+        """The two directions' pacers of a connection from `src` to `dst`, or None when
+        nothing impairs the path (a plain connection, as fast as loopback)."""
+        keys = [(src.node, src.network), (dst.node, dst.network)]
+        parts = [self.link_impair[k] for k in keys if k in self.link_impair]
+        if src.network in self.net_impair:
+            parts.append(self.net_impair[src.network])
+        if not parts and not any(k in self.watches for k in keys):
+            return None
+        shape = combine(parts)
+        # one line each way, shared by the connections over it (a modem's speed is shared)
+        there = self.lines.setdefault((keys[0], keys[1]), Pacer(**shape, rng=self.rng))
+        back = self.lines.setdefault((keys[1], keys[0]), Pacer(**shape, rng=self.rng))
+        return there, back
+
+    def impair(self, network: str, node: str | None, impairment: Impairment | None) -> None:
+        """Set (None: clear) the impairment of a network, or of a node's attachment."""
+        table: dict[Any, Impairment] = self.link_impair if node else self.net_impair
+        key = (node, network) if node else network
+        table.pop(key, None)
+        if impairment is not None and any(
+            getattr(impairment, k) for k in ("rate", "delay", "jitter", "loss")
+        ):
+            table[key] = impairment
+        self.lines.clear()
+
+    def watch(self, key: IfaceKey, limit: int | None, hang_up: Callable[[], object]) -> None:
+        """Hang the attachment up once `limit` more bytes have crossed it (None: never)."""
+        self.watches.pop(key, None)
+        if limit is not None:
+            self.watches[key] = ([limit], hang_up)
+
+    def crossed(self, keys: list[IfaceKey], size: int) -> int:
+        """`size` bytes arrive across `keys`: how many may before a line hangs up."""
+        allowed = size
+        for key in keys:
+            if key in self.watches:
+                left, hang_up = self.watches[key]
+                if left[0] <= size:
+                    allowed = min(allowed, left[0])
+                    del self.watches[key]
+                    hang_up()
+                else:
+                    left[0] -= size
+        return allowed
+
+    def moved(self, waiting: int) -> None:
+        self.parked += waiting
+        self.progress += 1
+
+    def paced(self) -> bool:
+        return bool(self.net_impair or self.link_impair or self.watches or self.parked)
+
+    def mark(self) -> int:
+        return self.progress
+
+    def idle_on_clock(self, mark: int) -> bool:
+        """True when bytes wait for the lab clock and nothing moved since `mark`."""
+        return self.parked > 0 and self.progress == mark
 
     # addressing ------------------------------------------------------------------------
 
@@ -173,6 +260,14 @@ class VirtualNetwork:
             self._prune_at = max(256, 2 * len(self.conns))
         return conn
 
+    def cut_paced(self) -> None:
+        """Cut the connections that wait for the lab clock (it stops: they would wait
+        for ever, and a host saying QUIT on them with them)."""
+        for key, conn in list(self.conns.items()):
+            if conn.paced:
+                del self.conns[key]
+                conn.close()
+
     def untrack(self, conn: _Conn) -> None:
         self.conns.pop(id(conn), None)
 
@@ -216,6 +311,21 @@ class NodeNet:
             sock.close()
             raise
         ends = ((src.node, src.network), (dst.node, dst.network))
+        pacers = self.vnet.pacers(src, dst)
+        if pacers is not None and self.vnet.clock is not None:
+            caller, mine = relay_pair()
+            relay = Relay(
+                self.vnet.clock,
+                caller,
+                mine,
+                sock,
+                pacers,
+                lambda n: self.vnet.crossed(list(ends), n),
+                self.vnet.moved,
+            )
+            relay.start()
+            self.vnet.track(ends, relay.close, alive=relay.alive).paced = True
+            return caller
 
         def close() -> None:
             with contextlib.suppress(OSError):
@@ -337,6 +447,9 @@ class NodeNet:
 
     async def set_link(self, network: str, state: LinkState) -> int:
         return self.vnet.set_link(self.node, network, state == LinkState.UP)
+
+    def watch_bytes(self, network: str, limit: int | None, hang_up: Callable[[], object]) -> None:
+        self.vnet.watch((self.node, network), limit, hang_up)
 
     async def close(self) -> None:
         self.dns.close()

@@ -359,6 +359,7 @@ class Delivery:
                         result.final(rcpt.address),
                         name,
                         tls=session.used_tls,
+                        transfer=result,
                     )
                 remaining.pop(0)
                 run.done(item)
@@ -400,7 +401,10 @@ class Delivery:
             recipients=[r.address for r in rcpts],
             message_id=message.message_id,
         )
-        return await session.send(envelope_from, [r.address for r in rcpts], content, then=then)
+        start = self.host.clock.time()
+        result = await session.send(envelope_from, [r.address for r in rcpts], content, then=then)
+        result.size, result.took = len(content), self.host.clock.time() - start
+        return result
 
     # results ----------------------------------------------------------------------------
 
@@ -441,6 +445,7 @@ class Delivery:
         server: str,
         *,
         tls: bool = False,
+        transfer: TransactionResult | None = None,
     ) -> None:
         rcpt.reply = str(reply)
         rcpt.status = reply.status
@@ -460,6 +465,8 @@ class Delivery:
         else:
             move(rcpt, TEMPFAIL)
             result = "deferred"
+        if transfer is not None:  # bytes and lab seconds on the wire, per hop
+            extra.update(bytes=transfer.size, duration=round(transfer.took, 3))
         self.host.emit(
             "delivery.result",
             id=message.id,

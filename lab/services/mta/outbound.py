@@ -40,6 +40,8 @@ class TransactionResult:
     mail_reply: Reply | None = None
     rcpt_replies: dict[str, Reply] = field(default_factory=dict)
     data_reply: Reply | None = None
+    size: int = 0  # the message's bytes, and the lab seconds from MAIL to the last reply
+    took: float = 0.0
 
     def final(self, rcpt: str) -> Reply:
         """The reply that decides this recipient's fate."""

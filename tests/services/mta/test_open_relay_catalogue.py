@@ -14,7 +14,8 @@ checked the other way: it does relay a plain foreign address, so the test knows 
 is talking to.
 
 Topologies with real software (Postfix) are checked on the Docker backend. A node's
-scripted faults are taken away for the test: its relay policy is what is asked.
+scripted faults and its links' impairments are taken away for the test: its relay policy
+is what is asked.
 """
 
 from __future__ import annotations
@@ -119,8 +120,11 @@ def tricks(topology: Topology, name: str, address: ipaddress.IPv4Address) -> lis
 
 def with_stranger(topology: Topology, name: str) -> tuple[Topology, bool]:
     """The topology with the stranger added, and the node's scripted faults (a 421 to
-    every connection, ...) taken away: its relay policy is what is asked here."""
+    every connection, ...) and the links' impairments (a modem that hangs up after a few
+    KB) taken away: its relay policy is what is asked here."""
     topology.nodes[name].faults = []
+    for link in topology.links.values():
+        link.impair = None
     network, address, is_covered = stranger_spot(topology, name)
     topology.nodes[STRANGER] = Node.model_validate(
         {
