@@ -403,6 +403,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
         "",
         *web_report(results),
+        *reset_report(results),
         *docker_report(results),
         *real_report(results),
     ]
@@ -413,6 +414,12 @@ def web_report(results: dict[str, Any]) -> list[str]:
     from bench.web import report as web_figures
 
     return web_figures(results)
+
+
+def reset_report(results: dict[str, Any]) -> list[str]:
+    from bench.reset import report as reset_figures
+
+    return reset_figures(results.get("reset", {}))
 
 
 def docker_report(results: dict[str, Any]) -> list[str]:
@@ -538,6 +545,9 @@ def main() -> None:
     results["web"] = run_web(args.quick)  # outside asyncio.run: the Lab runs its own loop
     print(results["web"], file=sys.stderr)
     results.update(run_docker(args.quick, cold=not args.no_cold))
+    from bench.reset import run_all as run_reset
+
+    results["reset"] = run_reset(5 if args.quick else 10, docker="docker" in results)
     command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
     text = report(results, command)
     print(text)

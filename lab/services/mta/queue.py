@@ -305,14 +305,21 @@ class Queue:
         self.disk.later(unlink, self.dir if self.durable else None)
 
     def clear(self) -> None:
-        """Empty the queue, files and all, once the disk thread has done what it was
-        asked (`Lab.reset()`: nothing is under way then)."""
-        self.disk.wait()
-        for path in self.dir.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
+        """Empty the queue (`Lab.reset()`: nothing is under way then). It is empty now;
+        its files go in the disk thread, after the work asked of it so far (a state
+        write still waiting is dropped) and before any new message's, so the event loop
+        never waits for a disk busy with fsyncs."""
         self.messages.clear()
         self._saved.clear()
+        with self._unsaved_lock:
+            self._unsaved.clear()
+
+        def wipe() -> None:
+            for path in self.dir.iterdir():
+                if path.is_file():
+                    _unlink(path)
+
+        self.disk.later(wipe, self.dir if self.durable else None)
 
     def __len__(self) -> int:
         return len(self.messages)
