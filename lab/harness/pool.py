@@ -28,6 +28,8 @@ from lab.topology import load
 from lab.topology.model import Topology
 
 MAX_IDLE = 8  # labs kept idle per pool; the least recently used goes down beyond that
+# fewer of the labs that hold containers (a container per host, each a few tens of MB)
+MAX_IDLE_BY_BACKEND = {"docker": 2}
 
 
 class LabPool:
@@ -68,18 +70,25 @@ class LabPool:
         return self._lend(key, lab)
 
     def release(self, lab: Lab) -> None:
-        """The caller is done with `lab`: kept for the next acquire while it runs."""
+        """The caller is done with `lab`: kept for the next acquire while it runs (the
+        end of a `with` block on a lent lab releases it too)."""
         with self._lock:
             entry = self._busy.pop(id(lab), None)
         if entry is None:
             return
+        lab._lender = None
         if not lab._running:
             self._discard(lab)
             return
+        backend = entry[0][1]
+        limit = min(self.max_idle, MAX_IDLE_BY_BACKEND.get(backend, self.max_idle))
         with self._lock:
             self._idle.append(entry)
-            extra = self._idle[: max(0, len(self._idle) - self.max_idle)]
-            del self._idle[: len(extra)]
+            same = [e for e in self._idle if e[0][1] == backend]
+            extra = same[: max(0, len(same) - limit)]
+            kept = [e for e in self._idle if all(e is not x for x in extra)]
+            extra += kept[: max(0, len(kept) - self.max_idle)]
+            self._idle = kept[max(0, len(kept) - self.max_idle) :]
         for _, old in extra:
             self._discard(old)
 
@@ -87,6 +96,7 @@ class LabPool:
         """The caller is done with `lab` and wants nobody to use it again: it goes down."""
         with self._lock:
             self._busy.pop(id(lab), None)
+        lab._lender = None
         self._discard(lab)
 
     def close(self) -> None:
@@ -114,6 +124,7 @@ class LabPool:
     def _lend(self, key: tuple[str, str, str], lab: Lab) -> Lab:
         with self._lock:
             self._busy[id(lab)] = (key, lab)
+        lab._lender = self.release
         return lab
 
     @staticmethod
