@@ -578,16 +578,16 @@ def _tls_text(session: Session) -> str | None:
 def make_smtp_factory(mta: Mta) -> Callable[[], LabSMTP]:
     handler = Handler(mta)
     node = mta.node
-    tls_context = None
-    if node.policy.starttls is not StartTls.off and mta.host.tls is not None:
-        tls_context = mta.host.tls.server_context(mta.host.hostname)
+    tls = mta.host.tls if node.policy.starttls is not StartTls.off else None
 
     def factory() -> LabSMTP:
+        # the host's certificate is issued when it is first connected to, not at start-up
+        # (a lab of a thousand MTAs would spend seconds on certificates never used)
         return LabSMTP(
             handler,
             hostname=mta.host.hostname,
             data_size_limit=node.policy.max_size,
-            tls_context=tls_context,
+            tls_context=None if tls is None else tls.server_context(mta.host.hostname),
             require_starttls=False,
             decode_data=False,
             enable_SMTPUTF8=False,
