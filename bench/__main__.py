@@ -342,6 +342,7 @@ def report(results: dict[str, Any], command: str) -> str:
         *reset_report(results),
         *docker_report(results),
         *real_report(results),
+        *suite_report(results),
     ]
     return "\n".join(lines)
 
@@ -350,6 +351,12 @@ def web_report(results: dict[str, Any]) -> list[str]:
     from bench.web import report as web_figures
 
     return web_figures(results)
+
+
+def suite_report(results: dict[str, Any]) -> list[str]:
+    from bench.suite import report as suite_figures
+
+    return suite_figures(results["suite"]) if "suite" in results else []
 
 
 def reset_report(results: dict[str, Any]) -> list[str]:
@@ -470,6 +477,11 @@ def main() -> None:
         "--no-cold", action="store_true", help="skip the cold node image build (about a minute)"
     )
     parser.add_argument("--docker-only", action="store_true", help="only the Docker figures")
+    parser.add_argument(
+        "--no-suite",
+        action="store_true",
+        help="do not run the in-process test suite (make test's reports are still read)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TMPDIR", tempfile.gettempdir())
     if args.docker_only:
@@ -487,6 +499,9 @@ def main() -> None:
     from bench.reset import run_all as run_reset
 
     results["reset"] = run_reset(5 if args.quick else 10, docker="docker" in results)
+    from bench.suite import run_all as run_suite
+
+    results["suite"] = run_suite(run=not (args.quick or args.no_suite))
     command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
     text = report(results, command)
     print(text)
