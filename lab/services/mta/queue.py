@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
+import random
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,8 +152,14 @@ def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+_IDS = random.Random()  # its own generator (seeded from the system's), not the shared one
+# a test framework may reseed: ids must never repeat because of that
+
+
 def new_id() -> str:
-    return secrets.token_hex(5).upper()
+    """A queue id: 40 random bits, as ten hex digits (not a system call per message and
+    hop, as secrets would make)."""
+    return f"{_IDS.getrandbits(40):010X}"
 
 
 def _write_durably(path: Path, data: bytes) -> None:

@@ -14,6 +14,7 @@ the MTA as `frontend.Mta`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import re
 from collections.abc import Callable
@@ -564,6 +565,11 @@ class Handler:
             self.emit("queue.write_failed", error=str(exc))
             return "451 4.3.0 Error: queue file write error"
         return f"250 2.0.0 {message.id} Message accepted for delivery"
+
+
+# aiosmtpd reads handle_EHLO's signature at every connection (to tell its two forms
+# apart); the function carries it, computed once
+Handler.handle_EHLO.__signature__ = inspect.signature(Handler.handle_EHLO)  # type: ignore[attr-defined]
 
 
 def _tls_text(session: Session) -> str | None:
