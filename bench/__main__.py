@@ -6,9 +6,14 @@ queues (fsync), on loopback; the targets are the project's:
 - home-dialup up and down:   median up <= 100 ms, down <= 50 ms
 - end-to-end rate:           client -> hub -> ISP -> remote MX, 1 KB messages, at least
                              0.25 x a bare aiosmtpd sink fed by the same client, same run
+                             (STARTTLS everywhere), 0.33 x without TLS
 - queued then flushed:       10,000 messages queued while the link is down, link up, all
                              delivered once (none lost, none doubled), >= 250 msg/s
-- a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB
+- a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB;
+                             1,000 MTAs and 100 clients up in <= 0.5 s, RSS <= 150 MB
+                             (bench/big.py)
+- reset, Docker up and down per phase, the test suite: bench/reset.py, bench/docker.py,
+  bench/suite.py
 - the web dashboard:         an event reaches the open page in <= 200 ms (median), the
                              page stays responsive with 10,000 events, the API's wait
                              answers within 50 ms of the event (bench/web.py)
@@ -266,7 +271,7 @@ def _rates(rates: list[float]) -> str:
     return "runs " + ", ".join(f"{r:.0f}" for r in rates)
 
 
-def rate_rows(rate: dict[str, Any], how: str) -> list[str]:
+def rate_rows(rate: dict[str, Any], how: str, target: float = 0.25) -> list[str]:
     runs = rate["rounds"]
     return [
         f"| bare aiosmtpd sink, same client, {how} ({rate['messages']} x 1 KB,"
@@ -275,8 +280,8 @@ def rate_rows(rate: dict[str, Any], how: str) -> list[str]:
         f"| end to end pc1 -> hub -> ISP -> freeuk MX, {how} (median of {runs}) |"
         f" {rate['lab_rate']:.0f} msg/s ({_rates(rate['lab_rates'])};"
         f" {rate['delivered']} delivered) | | |",
-        f"| ratio end to end / sink, {how} | {rate['ratio']:.2f} | >= 0.25 |"
-        f" {verdict(rate['ratio'] >= 0.25)} |",
+        f"| ratio end to end / sink, {how} | {rate['ratio']:.2f} | >= {target:.2f} |"
+        f" {verdict(rate['ratio'] >= target)} |",
     ]
 
 
@@ -304,7 +309,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f"| home-dialup down (median of {ud['rounds']}) | {ud['down_ms']:.1f} ms (max"
         f" {ud['down_max_ms']:.1f}) | <= 50 ms | {verdict(ud['down_ms'] <= 50)} |",
         *rate_rows(results["rate_tls"], "STARTTLS on every hop and on the sink"),
-        *rate_rows(results["rate_plain"], "no TLS anywhere"),
+        *rate_rows(results["rate_plain"], "no TLS anywhere", 0.33),
         f"| {flush['messages']} queued while down, then link up | {flush['rate']:.0f} msg/s"
         f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
         f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
@@ -326,12 +331,16 @@ def report(results: dict[str, Any], command: str) -> str:
         f"- During the flush the event loop's thread (every host's SMTP, TLS, routing and"
         f" events) was busy {flush['loop_busy'] * 100:.0f}% of the time; the disk work runs"
         " in one thread per host (group commit of file and directory fsyncs).",
-        "- Where the time goes: per message and hop, aiosmtpd and the SMTP clients parse"
-        " each command and reply, asyncio's TLS layer wraps each record, and about a dozen"
-        " events are recorded. In the rate run every submission is a new connection to the"
-        " hub (a new aiosmtpd session, greeting and EHLO), where relay sessions are reused."
-        " These are spread thin: no single function takes more than a few percent of the"
-        " loop's time.",
+        "- Where the time goes (cProfile of the run without TLS): about half of the loop's"
+        " time is system calls: some 20 socket sends and 21 receives per message over its"
+        " three hops (replies are already held while pipelined commands are waiting, and"
+        " multi-line replies go in one write), the epoll waits, and waking each host's"
+        " disk thread for the fsync'd queue files. Of the rest, aiosmtpd and the SMTP"
+        " clients parse each command and reply, and 39 events are recorded per message"
+        " (26 of them smtp.command and smtp.reply); no function of the lab's own takes"
+        " more than a few percent. Work nobody waits for (removals) reaches the disk"
+        " thread once per turn of the loop. In the rate run every submission is a new"
+        " connection to the hub, where relay sessions are reused.",
         "- The big labs' sample messages (last client to last domain) were"
         f" {'delivered' if big['sample_delivered'] else 'NOT delivered'} (100 + 20) and"
         f" {'delivered' if results['big_1000']['sample_delivered'] else 'NOT delivered'}"
@@ -366,20 +375,26 @@ def reset_report(results: dict[str, Any]) -> list[str]:
 
 
 def docker_report(results: dict[str, Any]) -> list[str]:
+    from bench.docker import DOWN_TARGET, UP_TARGET, phase_rows
+
     lines = ["## Docker backend", ""]
     docker, built = results.get("docker"), results.get("images")
     if not isinstance(docker, dict) or not isinstance(built, dict):
         return [*lines, f"Not measured: {results.get('docker_error', 'no Docker engine')}.", ""]
     lines += [
         "home-dialup (8 hosts: 8 containers, a switch container and the operator's network),"
-        " node image already built; wall time of `Lab.up` / `Lab.down` in this process.",
+        " node image already built; wall time of `Lab.up` / `Lab.down` in this process, and"
+        " of each of their phases (medians; `python -m bench.docker`).",
         "",
         "| benchmark | result | target | verdict |",
         "|---|---|---|---|",
         f"| home-dialup up (median of {docker['rounds']}) | {docker['up_s']:.2f} s (max"
-        f" {docker['up_max_s']:.2f}) | <= 5 s | {verdict(docker['up_s'] <= 5)} |",
+        f" {docker['up_max_s']:.2f}) | <= {UP_TARGET:.0f} s |"
+        f" {verdict(docker['up_s'] <= UP_TARGET)} |",
         f"| home-dialup down (median of {docker['rounds']}) | {docker['down_s']:.2f} s (max"
-        f" {docker['down_max_s']:.2f}) | <= 3 s | {verdict(docker['down_s'] <= 3)} |",
+        f" {docker['down_max_s']:.2f}) | <= {DOWN_TARGET} s |"
+        f" {verdict(docker['down_s'] <= DOWN_TARGET)} |",
+        *phase_rows(docker),
     ]
     if "cold_build_s" in built:
         lines.append(
@@ -502,7 +517,16 @@ def main() -> None:
     from bench.suite import run_all as run_suite
 
     results["suite"] = run_suite(run=not (args.quick or args.no_suite))
-    command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
+    flags = [
+        f
+        for f, on in (
+            ("--quick", args.quick),
+            ("--no-cold", args.no_cold),
+            ("--no-suite", args.no_suite),
+        )
+        if on
+    ]
+    command = "make bench" + (f" (python -m bench {' '.join(flags)})" if flags else "")
     text = report(results, command)
     print(text)
     if args.write:
