@@ -464,6 +464,9 @@ class Handler:
 
     # MAIL ---------------------------------------------------------------------------
 
+    # aiosmtpd reads handle_EHLO's signature at every connection: computed once here
+    handle_EHLO.__signature__ = inspect.signature(handle_EHLO)  # type: ignore[attr-defined]
+
     async def handle_MAIL(
         self,
         server: LabSMTP,
@@ -567,11 +570,6 @@ class Handler:
         return f"250 2.0.0 {message.id} Message accepted for delivery"
 
 
-# aiosmtpd reads handle_EHLO's signature at every connection (to tell its two forms
-# apart); the function carries it, computed once
-Handler.handle_EHLO.__signature__ = inspect.signature(Handler.handle_EHLO)  # type: ignore[attr-defined]
-
-
 def _tls_text(session: Session) -> str | None:
     if not session.ssl:
         return None
@@ -584,11 +582,9 @@ def _tls_text(session: Session) -> str | None:
 def make_smtp_factory(mta: Mta) -> Callable[[], LabSMTP]:
     handler = Handler(mta)
     node = mta.node
-    tls = mta.host.tls if node.policy.starttls is not StartTls.off else None
+    tls = mta.host.tls if node.policy.starttls is not StartTls.off else None  # cert: 1st connect
 
     def factory() -> LabSMTP:
-        # the host's certificate is issued when it is first connected to, not at start-up
-        # (a lab of a thousand MTAs would spend seconds on certificates never used)
         return LabSMTP(
             handler,
             hostname=mta.host.hostname,
