@@ -11,8 +11,9 @@ the same topology after resetting it, or brings a new one up:
     pool.release(lab)
     pool.close()              # every lab down (containers removed on Docker)
 
-A lab whose reset fails, or that is no longer running, is stopped and replaced by a fresh
-one, so a check or test that broke its lab does not break the next. A lab is never handed
+A lab whose reset fails, that is no longer running, or whose topology model was edited
+while it was lent (a reset puts back what the topology declares), is stopped and replaced
+by a fresh one, so a check or test that broke its lab does not break the next. A lab is never handed
 out twice at once: a caller that wants two labs of one topology gets two.
 """
 
@@ -58,6 +59,8 @@ class LabPool:
             try:
                 if not lab._running:
                     raise RuntimeError("the lab is not running")
+                if lab.topology.model_dump_json() != key[0]:  # edited while it was lent
+                    raise RuntimeError("the lab's topology was changed")
                 lab.reset()
             except Exception:
                 self._discard(lab)

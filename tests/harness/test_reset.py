@@ -121,3 +121,13 @@ def test_two_labs_of_one_topology_at_once_are_two(lab_backend: str) -> None:
         one = pool.acquire(TOPOLOGY, backend=lab_backend)
         two = pool.acquire(TOPOLOGY, backend=lab_backend)
         assert one is not two
+
+
+def test_a_lab_whose_topology_was_edited_is_replaced(lab_backend: str) -> None:
+    with LabPool() as pool:
+        first = pool.acquire(TOPOLOGY, backend=lab_backend)
+        first.topology.nodes["hub"].policy.max_size = 1000  # a reset would keep this
+        pool.release(first)
+        second = pool.acquire(TOPOLOGY, backend=lab_backend)
+        assert second is not first and not first._running and pool.made == 2
+        assert second.topology.nodes["hub"].policy.max_size != 1000
