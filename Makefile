@@ -44,9 +44,13 @@ lab-down: $(STAMP) ## Stop a lab that `maillab up -d` left running (make lab-up 
 # all of it (sendmail too, and the cells that differ) and writes docs/fidelity.md.
 MATRIX_SUBSET ?= --lab-software=postfix,exim -m fidelity topologies/home-dialup.yaml
 
+# make test leaves JUnit reports in $(REPORTS) (the bench reads its time and slowest tests).
+REPORTS ?= build/test-reports
+
 test: setup lint ## Run the linters and the whole suite on both backends (what CI runs).
-	$(BIN)/python -m pytest -n $(WORKERS) --lab-backend=inprocess,docker --lab-software=builtin
-	$(BIN)/python -m pytest -n $(WORKERS) $(MATRIX_SUBSET)
+	@rm -f $(REPORTS)/*.xml
+	$(BIN)/python -m pytest -n $(WORKERS) --lab-backend=inprocess,docker --lab-software=builtin --junitxml=$(REPORTS)/suite.xml
+	$(BIN)/python -m pytest -n $(WORKERS) $(MATRIX_SUBSET) --junitxml=$(REPORTS)/matrix.xml
 
 fidelity: $(STAMP) ## Run the fidelity matrix (built-in, Postfix, Exim, sendmail; Docker) and write docs/fidelity.md.
 	$(BIN)/maillab check --software builtin,postfix,exim,sendmail topologies/*.yaml --write docs/fidelity.md

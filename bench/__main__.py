@@ -6,12 +6,17 @@ queues (fsync), on loopback; the targets are the project's:
 - home-dialup up and down:   median up <= 100 ms, down <= 50 ms
 - end-to-end rate:           client -> hub -> ISP -> remote MX, 1 KB messages, at least
                              0.25 x a bare aiosmtpd sink fed by the same client, same run
+                             (STARTTLS everywhere), 0.33 x without TLS
 - queued then flushed:       10,000 messages queued while the link is down, link up, all
                              delivered once (none lost, none doubled), >= 250 msg/s
 - a day of dial-ups:         hourly 5-minute dials (topologies/hourly-dialup.yaml), 1,000
                              messages queued: `clock advance 1d` in <= 10 s, each
                              delivered once (bench/dialup.py)
-- a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB
+- a large lab:               100 clients and 20 remote domains up in <= 1 s, RSS <= 300 MB;
+                             1,000 MTAs and 100 clients up in <= 0.5 s, RSS <= 150 MB
+                             (bench/big.py)
+- reset, Docker up and down per phase, the test suite: bench/reset.py, bench/docker.py,
+  bench/suite.py
 - the web dashboard:         an event reaches the open page in <= 200 ms (median), the
                              page stays responsive with 10,000 events, the API's wait
                              answers within 50 ms of the event (bench/web.py)
@@ -21,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import os
 import platform
 import statistics
@@ -33,13 +37,15 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from bench.big import bench_big, bench_big_apart
+from bench.big import rows as big_rows
 from bench.dialup import bench_dial_day
 from bench.dialup import rows as dial_rows
 from lab.backends.inprocess.backend import InProcessBackend
 from lab.backends.inprocess.net import Endpoint
 from lab.services.client import build_message, submit
-from lab.topology import load, load_text
-from lab.topology.model import StartTls, Topology
+from lab.topology import load
+from lab.topology.model import StartTls
 
 ROOT = Path(__file__).resolve().parents[1]
 HOME_DIALUP = ROOT / "topologies" / "home-dialup.yaml"
@@ -262,75 +268,6 @@ async def bench_flush(count: int, concurrency: int) -> dict[str, Any]:
     }
 
 
-def big_topology(clients: int, domains: int) -> Topology:
-    lines = [
-        "name: big",
-        "networks:",
-        "  lan: {subnet: 192.168.0.0/16}",
-        "  internet: {subnet: 10.0.0.0/8}",
-        "dns:",
-        "  zones:",
-    ]
-    for d in range(domains):
-        lines += [f"    remote{d}.example:", f'      "@": {{MX: "10 mx.remote{d}.example"}}']
-    lines += [
-        "nodes:",
-        "  dns: {role: dns, networks: {internet: 10.0.0.53}}",
-        "  hub: {role: mta, hostname: hub.home.example, networks: [lan, internet],"
-        " local_domains: [home.example], users: [u], relay_from: [lan], smarthost: isp}",
-        "  isp: {role: mta, hostname: smtp.isp.example, networks: [internet],"
-        " relay_from: [internet]}",
-    ]
-    for d in range(domains):
-        lines.append(
-            f"  remote{d}: {{role: mta, hostname: mx.remote{d}.example, networks:"
-            f" [internet], local_domains: [remote{d}.example], users: [user]}}"
-        )
-    for c in range(clients):
-        lines.append(f"  pc{c}: {{role: client, networks: [lan], submit_to: hub}}")
-    return load_text("\n".join(lines) + "\n", "big.yaml").model
-
-
-async def bench_big(clients: int, domains: int) -> dict[str, Any]:
-    gc.collect()
-    before = rss_mb()
-    topology = big_topology(clients, domains)
-    backend = InProcessBackend(topology)
-    t0 = time.perf_counter()
-    await backend.up()
-    up_s = time.perf_counter() - t0
-    after = rss_mb()
-    # prove it works: one message from the last client to the last domain
-    result = await backend.send(
-        f"pc{clients - 1}",
-        mail_from="u@home.example",
-        to=[f"user@remote{domains - 1}.example"],
-        content=await backend.message(
-            f"pc{clients - 1}",
-            mail_from="u@home.example",
-            to=[f"user@remote{domains - 1}.example"],
-            subject="big",
-            body="hi\n",
-        ),
-    )
-    await backend.settle()
-    delivered = len(await backend.mailbox(f"remote{domains - 1}", "user"))
-    t1 = time.perf_counter()
-    await backend.down()
-    down_s = time.perf_counter() - t1
-    return {
-        "clients": clients,
-        "domains": domains,
-        "nodes": len(topology.nodes),
-        "up_seconds": up_s,
-        "down_seconds": down_s,
-        "rss_mb": after,
-        "rss_added_mb": after - before,
-        "sample_accepted": result.accepted,
-        "sample_delivered": delivered,
-    }
-
-
 def verdict(ok: bool) -> str:
     return "meets the target" if ok else "MISSES the target"
 
@@ -339,7 +276,7 @@ def _rates(rates: list[float]) -> str:
     return "runs " + ", ".join(f"{r:.0f}" for r in rates)
 
 
-def rate_rows(rate: dict[str, Any], how: str) -> list[str]:
+def rate_rows(rate: dict[str, Any], how: str, target: float = 0.25) -> list[str]:
     runs = rate["rounds"]
     return [
         f"| bare aiosmtpd sink, same client, {how} ({rate['messages']} x 1 KB,"
@@ -348,8 +285,8 @@ def rate_rows(rate: dict[str, Any], how: str) -> list[str]:
         f"| end to end pc1 -> hub -> ISP -> freeuk MX, {how} (median of {runs}) |"
         f" {rate['lab_rate']:.0f} msg/s ({_rates(rate['lab_rates'])};"
         f" {rate['delivered']} delivered) | | |",
-        f"| ratio end to end / sink, {how} | {rate['ratio']:.2f} | >= 0.25 |"
-        f" {verdict(rate['ratio'] >= 0.25)} |",
+        f"| ratio end to end / sink, {how} | {rate['ratio']:.2f} | >= {target:.2f} |"
+        f" {verdict(rate['ratio'] >= target)} |",
     ]
 
 
@@ -377,7 +314,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f"| home-dialup down (median of {ud['rounds']}) | {ud['down_ms']:.1f} ms (max"
         f" {ud['down_max_ms']:.1f}) | <= 50 ms | {verdict(ud['down_ms'] <= 50)} |",
         *rate_rows(results["rate_tls"], "STARTTLS on every hop and on the sink"),
-        *rate_rows(results["rate_plain"], "no TLS anywhere"),
+        *rate_rows(results["rate_plain"], "no TLS anywhere", 0.33),
         f"| {flush['messages']} queued while down, then link up | {flush['rate']:.0f} msg/s"
         f" ({flush['flush_seconds']:.1f} s; {flush['delivered']} delivered,"
         f" {flush['unique']} unique, {flush['left_in_queues']} left queued) | >= 250 msg/s,"
@@ -388,6 +325,7 @@ def report(results: dict[str, Any], command: str) -> str:
         f" {verdict(big['up_seconds'] <= 1)} |",
         f"| same lab: resident memory | {big['rss_mb']:.0f} MB (process total) | <= 300 MB |"
         f" {verdict(big['rss_mb'] <= 300)} |",
+        *big_rows(results["big_1000"]),
         "",
         "Notes:",
         f"- Queueing the {flush['messages']} messages while the link was down took"
@@ -399,19 +337,28 @@ def report(results: dict[str, Any], command: str) -> str:
         f"- During the flush the event loop's thread (every host's SMTP, TLS, routing and"
         f" events) was busy {flush['loop_busy'] * 100:.0f}% of the time; the disk work runs"
         " in one thread per host (group commit of file and directory fsyncs).",
-        "- Where the time goes: per message and hop, aiosmtpd and the SMTP clients parse"
-        " each command and reply, asyncio's TLS layer wraps each record, and about a dozen"
-        " events are recorded. In the rate run every submission is a new connection to the"
-        " hub (a new aiosmtpd session, greeting and EHLO), where relay sessions are reused."
-        " These are spread thin: no single function takes more than a few percent of the"
-        " loop's time.",
-        "- The big lab's sample message (last client to last domain) was"
-        f" {'delivered' if big['sample_delivered'] else 'NOT delivered'}.",
+        "- Where the time goes (cProfile of the run without TLS): about half of the loop's"
+        " time is system calls: some 20 socket sends and 21 receives per message over its"
+        " three hops (replies are already held while pipelined commands are waiting, and"
+        " multi-line replies go in one write), the epoll waits, and waking each host's"
+        " disk thread for the fsync'd queue files. Of the rest, aiosmtpd and the SMTP"
+        " clients parse each command and reply, and 39 events are recorded per message"
+        " (26 of them smtp.command and smtp.reply); no function of the lab's own takes"
+        " more than a few percent. Work nobody waits for (removals) reaches the disk"
+        " thread once per turn of the loop. In the rate run every submission is a new"
+        " connection to the hub, where relay sessions are reused.",
+        "- The big labs' sample messages (last client to last domain) were"
+        f" {'delivered' if big['sample_delivered'] else 'NOT delivered'} (100 + 20) and"
+        f" {'delivered' if results['big_1000']['sample_delivered'] else 'NOT delivered'}"
+        " (1,000 MTAs; `python -m bench.big`). A host's TLS certificate is issued when it"
+        " is first connected to, its queue directory made with its first message.",
         "",
         *web_report(results),
         *links_report(results),
+        *reset_report(results),
         *docker_report(results),
         *real_report(results),
+        *suite_report(results),
     ]
     return "\n".join(lines)
 
@@ -431,21 +378,39 @@ def web_report(results: dict[str, Any]) -> list[str]:
     return web_figures(results)
 
 
+def suite_report(results: dict[str, Any]) -> list[str]:
+    from bench.suite import report as suite_figures
+
+    return suite_figures(results["suite"]) if "suite" in results else []
+
+
+def reset_report(results: dict[str, Any]) -> list[str]:
+    from bench.reset import report as reset_figures
+
+    return reset_figures(results.get("reset", {}))
+
+
 def docker_report(results: dict[str, Any]) -> list[str]:
+    from bench.docker import DOWN_TARGET, UP_TARGET, phase_rows
+
     lines = ["## Docker backend", ""]
     docker, built = results.get("docker"), results.get("images")
     if not isinstance(docker, dict) or not isinstance(built, dict):
         return [*lines, f"Not measured: {results.get('docker_error', 'no Docker engine')}.", ""]
     lines += [
         "home-dialup (8 hosts: 8 containers, a switch container and the operator's network),"
-        " node image already built; wall time of `Lab.up` / `Lab.down` in this process.",
+        " node image already built; wall time of `Lab.up` / `Lab.down` in this process, and"
+        " of each of their phases (medians; `python -m bench.docker`).",
         "",
         "| benchmark | result | target | verdict |",
         "|---|---|---|---|",
         f"| home-dialup up (median of {docker['rounds']}) | {docker['up_s']:.2f} s (max"
-        f" {docker['up_max_s']:.2f}) | <= 5 s | {verdict(docker['up_s'] <= 5)} |",
+        f" {docker['up_max_s']:.2f}) | <= {UP_TARGET:.0f} s |"
+        f" {verdict(docker['up_s'] <= UP_TARGET)} |",
         f"| home-dialup down (median of {docker['rounds']}) | {docker['down_s']:.2f} s (max"
-        f" {docker['down_max_s']:.2f}) | <= 3 s | {verdict(docker['down_s'] <= 3)} |",
+        f" {docker['down_max_s']:.2f}) | <= {DOWN_TARGET} s |"
+        f" {verdict(docker['down_s'] <= DOWN_TARGET)} |",
+        *phase_rows(docker),
     ]
     if "cold_build_s" in built:
         lines.append(
@@ -489,6 +454,9 @@ async def run_all(quick: bool) -> dict[str, Any]:
     print("100 clients, 20 domains ...", file=sys.stderr)
     results["big"] = await bench_big(100, 20)
     print(results["big"], file=sys.stderr)
+    print("1,000 MTAs, 100 clients (a process of its own) ...", file=sys.stderr)
+    results["big_1000"] = await asyncio.to_thread(bench_big_apart, 100, 998)
+    print(results["big_1000"], file=sys.stderr)
     print("home-dialup up/down ...", file=sys.stderr)
     results["up_down"] = await bench_up_down(5 if quick else 30)
     print(results["up_down"], file=sys.stderr)
@@ -543,6 +511,11 @@ def main() -> None:
         "--no-cold", action="store_true", help="skip the cold node image build (about a minute)"
     )
     parser.add_argument("--docker-only", action="store_true", help="only the Docker figures")
+    parser.add_argument(
+        "--no-suite",
+        action="store_true",
+        help="do not run the in-process test suite (make test's reports are still read)",
+    )
     args = parser.parse_args()
     os.environ.setdefault("TMPDIR", tempfile.gettempdir())
     if args.docker_only:
@@ -562,7 +535,22 @@ def main() -> None:
     results["links"] = {"modem": run_modems(["inprocess", "docker"])}
     print(results["links"], file=sys.stderr)
     results.update(run_docker(args.quick, cold=not args.no_cold))
-    command = "make bench" + (" (python -m bench --quick)" if args.quick else "")
+    from bench.reset import run_all as run_reset
+
+    results["reset"] = run_reset(5 if args.quick else 10, docker="docker" in results)
+    from bench.suite import run_all as run_suite
+
+    results["suite"] = run_suite(run=not (args.quick or args.no_suite))
+    flags = [
+        f
+        for f, on in (
+            ("--quick", args.quick),
+            ("--no-cold", args.no_cold),
+            ("--no-suite", args.no_suite),
+        )
+        if on
+    ]
+    command = "make bench" + (f" (python -m bench {' '.join(flags)})" if flags else "")
     text = report(results, command)
     print(text)
     if args.write:

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from lab.harness import Lab
-from lab.pytest_plugin import lab_backends
+from lab.pytest_plugin import lab_backends, lab_pool, wants_fresh
 from lab.topology import load_text
 from lab.topology.model import Topology
 
@@ -135,27 +135,40 @@ def wire() -> Iterator[Callable[..., SmtpWire]]:
 
 
 @pytest.fixture
-def lab_factory(lab_backend: str, tmp_path: Path) -> Iterator[LabFactory]:
-    """lab_factory(topology, **options) brings a lab up on the test's backend and returns it;
-    every lab it started is stopped after the test.
+def lab_factory(
+    request: pytest.FixtureRequest, lab_backend: str, tmp_path: Path
+) -> Iterator[LabFactory]:
+    """lab_factory(topology, **options) gives the test a running lab of `topology` on its
+    backend; every lab it gave is given back (or stopped) after the test.
 
     `topology` is a path, the YAML text of a topology, or a (possibly edited) model. The
     test runs once per --lab-backend backend (ids [inprocess], [docker]) unless it is
-    pinned with @pytest.mark.lab_backend(NAME); each lab's state directory is under
-    tmp_path unless the test passes state_dir (None: a temporary one of the backend's).
+    pinned with @pytest.mark.lab_backend(NAME). Labs are reused as the `lab` fixture's
+    are: the worker's pool keeps one per topology (the model as the test made it),
+    backend and options, and resets it before the next test that asks for the same. A
+    test that passes state_dir (None: a temporary one of the backend's), passes
+    fresh=True (it changes the running lab beyond what a reset puts back), is marked
+    fresh_lab, or runs with --lab-fresh gets a new lab, its state under tmp_path.
     """
-    labs: list[Lab] = []
+    pool = None if wants_fresh(request.node) else lab_pool(request.config)
+    labs: list[tuple[Lab, bool]] = []
 
-    def up(topology: str | Path | Topology, **options: Any) -> Lab:
+    def up(topology: str | Path | Topology, *, fresh: bool = False, **options: Any) -> Lab:
         if isinstance(topology, str) and "\n" in topology:
             topology = load_text(topology, "lab_factory.yaml").model
-        options.setdefault("state_dir", tmp_path / f"lab{len(labs)}")
-        labs.append(Lab.up(topology, backend=lab_backend, **options))
-        return labs[-1]
+        if pool is None or fresh or "state_dir" in options:
+            options.setdefault("state_dir", tmp_path / f"lab{len(labs)}")
+            labs.append((Lab.up(topology, backend=lab_backend, **options), False))
+        else:
+            labs.append((pool.acquire(topology, backend=lab_backend, **options), True))
+        return labs[-1][0]
 
     yield up
-    for running in reversed(labs):
-        running.down()
+    for running, pooled in reversed(labs):
+        if pooled and pool is not None:
+            pool.release(running)
+        else:
+            running.down()
 
 
 def _runs_on_docker(item: pytest.Item) -> bool:

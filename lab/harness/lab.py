@@ -152,6 +152,7 @@ class Lab:
         self.backend: Backend = cls(topology, **options)
         self.clock = ClockHandle(self)
         self._running = False
+        self._lender: Any = None  # a LabPool's release while the lab is lent from one
 
     # lifecycle ---------------------------------------------------------------------------
 
@@ -201,7 +202,13 @@ class Lab:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.down()
+        """The end of a `with` block: the lab goes down, or, lent from a pool, goes back
+        to it (reset before its next use)."""
+        lender, self._lender = self._lender, None
+        if lender is not None:
+            lender(self)
+        else:
+            self.down()
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float | None = 120) -> T:
         """Run `coro` on the lab's event loop and return its result (timeout None: wait

@@ -11,8 +11,9 @@ the same topology after resetting it, or brings a new one up:
     pool.release(lab)
     pool.close()              # every lab down (containers removed on Docker)
 
-A lab whose reset fails, or that is no longer running, is stopped and replaced by a fresh
-one, so a check or test that broke its lab does not break the next. A lab is never handed
+A lab whose reset fails, that is no longer running, or whose topology model was edited
+while it was lent (a reset puts back what the topology declares), is stopped and replaced
+by a fresh one, so a check or test that broke its lab does not break the next. A lab is never handed
 out twice at once: a caller that wants two labs of one topology gets two.
 """
 
@@ -28,6 +29,8 @@ from lab.topology import load
 from lab.topology.model import Topology
 
 MAX_IDLE = 8  # labs kept idle per pool; the least recently used goes down beyond that
+# fewer of the labs that hold containers (a container per host, each a few tens of MB)
+MAX_IDLE_BY_BACKEND = {"docker": 2}
 
 
 class LabPool:
@@ -56,6 +59,8 @@ class LabPool:
             try:
                 if not lab._running:
                     raise RuntimeError("the lab is not running")
+                if lab.topology.model_dump_json() != key[0]:  # edited while it was lent
+                    raise RuntimeError("the lab's topology was changed")
                 lab.reset()
             except Exception:
                 self._discard(lab)
@@ -68,18 +73,25 @@ class LabPool:
         return self._lend(key, lab)
 
     def release(self, lab: Lab) -> None:
-        """The caller is done with `lab`: kept for the next acquire while it runs."""
+        """The caller is done with `lab`: kept for the next acquire while it runs (the
+        end of a `with` block on a lent lab releases it too)."""
         with self._lock:
             entry = self._busy.pop(id(lab), None)
         if entry is None:
             return
+        lab._lender = None
         if not lab._running:
             self._discard(lab)
             return
+        backend = entry[0][1]
+        limit = min(self.max_idle, MAX_IDLE_BY_BACKEND.get(backend, self.max_idle))
         with self._lock:
             self._idle.append(entry)
-            extra = self._idle[: max(0, len(self._idle) - self.max_idle)]
-            del self._idle[: len(extra)]
+            same = [e for e in self._idle if e[0][1] == backend]
+            extra = same[: max(0, len(same) - limit)]
+            kept = [e for e in self._idle if all(e is not x for x in extra)]
+            extra += kept[: max(0, len(kept) - self.max_idle)]
+            self._idle = kept[max(0, len(kept) - self.max_idle) :]
         for _, old in extra:
             self._discard(old)
 
@@ -87,6 +99,7 @@ class LabPool:
         """The caller is done with `lab` and wants nobody to use it again: it goes down."""
         with self._lock:
             self._busy.pop(id(lab), None)
+        lab._lender = None
         self._discard(lab)
 
     def close(self) -> None:
@@ -114,6 +127,7 @@ class LabPool:
     def _lend(self, key: tuple[str, str, str], lab: Lab) -> Lab:
         with self._lock:
             self._busy[id(lab)] = (key, lab)
+        lab._lender = self.release
         return lab
 
     @staticmethod

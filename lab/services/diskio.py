@@ -67,22 +67,35 @@ def fsync_directory(directory: Path) -> None:
 class DiskWorker:
     def __init__(self, name: str):
         self.name = name
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
+        # `later` work asked for during one turn of the event loop, handed over together
+        # at its end: one wake-up of the disk thread for all of it, not one each
+        self._held: list[_Job] = []
 
     def _submit(self, job: _Job) -> None:
+        held, self._held = self._held, []  # what was asked before it goes first
+        self._hand_over([*held, job])
+
+    def _hand_over(self, jobs: list[_Job]) -> None:
+        if not jobs:
+            return
         with self._lock:
             if self._closed:  # shutting down: do it here and now rather than start again
-                self._do([job])
+                self._do(jobs)
                 return
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name=f"disk:{self.name}", daemon=True
                 )
                 self._thread.start()
-        self._jobs.put(job)
+        self._jobs.put(jobs)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, []
+        self._hand_over(held)
 
     async def commit(self, work: Callable[[], T], directory: Path | None) -> T:
         """Run `work` (it writes a file and fsyncs it) in the disk thread, then fsync
@@ -95,7 +108,15 @@ class DiskWorker:
     def later(self, work: Callable[[], Any], directory: Path | None = None) -> None:
         """Run `work` in the disk thread, in order with the rest; nobody waits for it.
         `directory` is fsync'd after it, once for the group's work that names it."""
-        self._submit(_Job(work, directory, None, None))
+        job = _Job(work, directory, None, None)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._submit(job)
+            return
+        if not self._held:
+            loop.call_soon(self._release_held)
+        self._held.append(job)
 
     def wait(self) -> None:
         """Block until the work asked for so far is done (for shutdown and for tests)."""
@@ -107,6 +128,7 @@ class DiskWorker:
 
     def close(self) -> None:
         """Finish what was asked so far, then stop the thread."""
+        self._release_held()
         with self._lock:
             thread, self._thread = self._thread, None
             self._closed = True
@@ -119,17 +141,17 @@ class DiskWorker:
             first = self._jobs.get()
             if first is None:
                 return
-            group = [first]
+            group = list(first)
             stop = False
             while len(group) < _GROUP:
                 try:
-                    job = self._jobs.get_nowait()
+                    jobs = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is None:
+                if jobs is None:
                     stop = True
                     break
-                group.append(job)
+                group.extend(jobs)
             self._do(group)
             if stop:
                 return

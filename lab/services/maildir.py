@@ -24,10 +24,11 @@ _counter = itertools.count()
 class MailStore:
     """The Maildirs of one host: STATE/mail/USER/{tmp,new,cur}."""
 
-    def __init__(self, root: Path, *, durable: bool = True):
+    def __init__(self, root: Path, *, durable: bool = True, lazy: bool = False):
         self.root = root
         self.durable = durable
-        self.root.mkdir(parents=True, exist_ok=True)
+        if not lazy:  # lazy: made with the first Maildir (a host that gets no mail has none)
+            self.root.mkdir(parents=True, exist_ok=True)
         self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
         # (uid, gid) the Maildirs and messages are given to, when a real POP3 server that
         # runs as that user reads them (Dovecot on the Docker backend); None: the writer's
@@ -147,4 +148,6 @@ class MailStore:
                     path.unlink(missing_ok=True)
 
     def users(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir())

@@ -97,7 +97,9 @@ def test_hosts_have_the_topology_addresses_and_names(
 def test_a_refusing_link_refuses_both_ways_and_cuts_open_connections(
     lab_factory: Callable[..., Lab], docker_client: Any
 ) -> None:
-    with lab_factory(HOME_DIALUP) as lab:
+    # a lab of its own: the exec's output stream below stays open until the lab's engine
+    # client is closed, which its down does
+    with lab_factory(HOME_DIALUP, fresh=True) as lab:
         # down at start (refuse): both ends fail at once
         assert connect_from(lab, "isp", "10.20.9.201") == "refused"
         assert connect_from(lab, "hub", "10.20.0.25") == "refused"

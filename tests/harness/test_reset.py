@@ -27,7 +27,10 @@ def leave_a_mess(lab: Lab) -> None:
     lab.set_dns("freeuk.com", "MX", [[10, "elsewhere.example"]])
 
 
-def assert_initial(lab: Lab) -> None:
+def assert_initial(lab: Lab, *, reset: bool = True) -> None:
+    """None of `leave_a_mess` is left: no mail queued or delivered, the link down, the
+    clock at real time, the DNS as declared, no event of it (and, when the lab was
+    reset rather than brought up, the reset's event)."""
     assert lab.queue("hub") == []
     assert lab.mailbox("freeuk", "paulmidgley") == []
     assert lab.link("dialup").state == "down"
@@ -36,21 +39,51 @@ def assert_initial(lab: Lab) -> None:
     assert all("elsewhere" not in str(v) for v in answer) and answer
     kinds = [e.kind for e in lab.events]
     assert "mailbox.delivered" not in kinds and "queue.queued" not in kinds
-    assert "lab.reset" in kinds
+    assert ("lab.reset" in kinds) == reset
+
+
+# Two pairs of tests, one through the `lab` fixture, one through `lab_factory`: the first
+# of each leaves a mess, the second sees none of it. Run together in one process (as
+# they are without xdist), the second gets the first's lab, reset; alone (xdist, -k),
+# a lab just brought up: clean either way.
+LEFT: dict[str, Lab] = {}
 
 
 @pytest.mark.topology("home-dialup")
-def test_a_test_leaves_a_mess(lab: Any) -> None:
+def test_a_test_leaves_a_mess(lab: Any, lab_backend: str) -> None:
     leave_a_mess(lab)
     assert lab.queue("hub")
+    LEFT[f"lab-{lab_backend}"] = lab
 
 
 @pytest.mark.topology("home-dialup")
-def test_the_next_test_sees_none_of_it(lab: Any) -> None:
-    # on its own (xdist, random order) this lab is fresh or reset: either way, clean
-    assert lab.queue("hub") == []
-    assert lab.link("dialup").state == "down"
-    assert "mailbox.delivered" not in [e.kind for e in lab.events]
+def test_the_next_test_sees_none_of_it(lab: Any, lab_backend: str) -> None:
+    reused = LEFT.pop(f"lab-{lab_backend}", None)
+    assert reused is None or reused is lab, "the lab was not reused"
+    assert_initial(lab, reset=reused is not None)
+
+
+def test_a_factory_test_leaves_a_mess(lab_factory: Any, lab_backend: str) -> None:
+    lab = lab_factory(TOPOLOGY)
+    leave_a_mess(lab)
+    assert lab.queue("hub")
+    LEFT[f"factory-{lab_backend}"] = lab
+
+
+def test_the_next_factory_test_sees_none_of_it(lab_factory: Any, lab_backend: str) -> None:
+    with lab_factory(TOPOLOGY) as lab:  # the end of the block gives it back, not down
+        reused = LEFT.pop(f"factory-{lab_backend}", None)
+        assert reused is None or reused is lab, "the lab was not reused"
+        assert_initial(lab, reset=reused is not None)
+    assert lab._running
+
+
+@pytest.mark.fresh_lab
+def test_a_fresh_lab_test_gets_a_new_lab(lab_factory: Any, lab_backend: str) -> None:
+    lab = lab_factory(TOPOLOGY)
+    assert lab._lender is None, "a fresh_lab test was lent a pooled lab"
+    assert all(lab is not left for left in LEFT.values())
+    assert_initial(lab, reset=False)
 
 
 def test_a_reused_lab_is_reset_and_works_again(lab_backend: str) -> None:
@@ -88,3 +121,13 @@ def test_two_labs_of_one_topology_at_once_are_two(lab_backend: str) -> None:
         one = pool.acquire(TOPOLOGY, backend=lab_backend)
         two = pool.acquire(TOPOLOGY, backend=lab_backend)
         assert one is not two
+
+
+def test_a_lab_whose_topology_was_edited_is_replaced(lab_backend: str) -> None:
+    with LabPool() as pool:
+        first = pool.acquire(TOPOLOGY, backend=lab_backend)
+        first.topology.nodes["hub"].policy.max_size = 1000  # a reset would keep this
+        pool.release(first)
+        second = pool.acquire(TOPOLOGY, backend=lab_backend)
+        assert second is not first and not first._running and pool.made == 2
+        assert second.topology.nodes["hub"].policy.max_size != 1000

@@ -70,7 +70,7 @@ def make_lab(lab_factory: Callable[..., Lab]) -> Callable[..., Lab]:
     """make_lab(change) brings up home-dialup after `change` edited its model."""
 
     def make(change: Callable[[Topology], Any] | None = None) -> Lab:
-        return quick_logins(lab_factory(topology(change)))
+        return quick_logins(lab_factory(topology(change), fresh=True))
 
     return make
 

@@ -78,8 +78,9 @@ class Api:
 
 @pytest.fixture
 def web_api(lab_factory: Any) -> Iterator[tuple[Lab, Api]]:
-    """home-dialup on the test's backend, with its web server; (lab, api)."""
-    lab = lab_factory(HOME_DIALUP)
+    """home-dialup on the test's backend, with its web server; (lab, api). A lab of its
+    own: the event stream's tests count events from the lab's first."""
+    lab = lab_factory(HOME_DIALUP, fresh=True)
     with serve(lab) as web:
         yield lab, Api(web)
 

@@ -107,13 +107,15 @@ class DockerBackend(LabBackend[HostProxy]):
             except LabError as exc:
                 raise await provision.failed(node, exc) from None
 
-        await asyncio.gather(*(connect(n, p) for n, p in self.handles.items()))
+        with provision.phase("agents"):
+            await asyncio.gather(*(connect(n, p) for n, p in self.handles.items()))
         provision.say("waiting for the services to answer")
-        dns_first = provision.dns_nodes()
-        await self._start(dns_first)
-        await self._start([n for n in self.topology.nodes if n not in dns_first])
-        # every host listens now: only then do queues left by an earlier run go out
-        await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
+        with provision.phase("services"):
+            dns_first = provision.dns_nodes()
+            await self._start(dns_first)
+            await self._start([n for n in self.topology.nodes if n not in dns_first])
+            # every host listens now: only then do queues left by an earlier run go out
+            await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.own_clock.start()
@@ -195,13 +197,16 @@ class DockerBackend(LabBackend[HostProxy]):
 
     async def down(self) -> None:
         await self.own_clock.stop()
+        provision = self.provision
         if self.handles:
-            with contextlib.suppress(Exception):
+            with provision.phase("down: settle"), contextlib.suppress(Exception):
                 await self.settle(timeout=5.0)
-            await asyncio.gather(*(p.stop() for p in self._live()), return_exceptions=True)
-            for proxy in self.handles.values():
-                await proxy.close()
-        await self.provision.remove()
+            with provision.phase("down: stop agents"):
+                await asyncio.gather(*(p.stop() for p in self._live()), return_exceptions=True)
+                for proxy in self.handles.values():
+                    await proxy.close()
+        with provision.phase("down: remove"):
+            await provision.remove()
         self.events.emit("lab", "lab.down")
         self.events.close()
         if self._own_dir:

@@ -44,6 +44,7 @@ class HostProxy:
     async def connect(self, timeout: float, alive: Callable[[], Awaitable[bool]]) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        look = loop.time() + 0.5  # whether the container still runs: asked twice a second
         while True:
             try:
                 self.reader, self.writer = await asyncio.open_unix_connection(
@@ -51,11 +52,14 @@ class HostProxy:
                 )
                 break
             except (FileNotFoundError, ConnectionRefusedError):
-                if loop.time() > deadline or not await alive():
+                now = loop.time()
+                if now > deadline or (now >= look and not await alive()):
                     raise LabError(
                         f"node {self.name}: its agent did not open {self.path}"
                     ) from None
-                await asyncio.sleep(0.05)
+                if now >= look:
+                    look = now + 0.5
+                await asyncio.sleep(0.02)
         self.task = loop.create_task(self._read(), name=f"control:{self.name}")
 
     async def _read(self) -> None:

@@ -17,6 +17,7 @@ import re
 import secrets
 import shutil
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,17 @@ class Provision:
         self.resolver_addresses: dict[str, str] = {}  # node -> its resolver-segment address
         self.res_net = ipaddress.IPv4Network("100.127.53.0/24")
         self._creating: asyncio.Future[None] | None = None
+        # seconds each phase of `up` and `down` took (the bench reports them)
+        self.timings: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Time a phase of bringing the lab up or down (into `timings`)."""
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - began
 
     # naming ------------------------------------------------------------------------------
 
@@ -215,26 +227,32 @@ class Provision:
         from lab.backends.docker.families import ensure_image
         from lab.backends.docker.image import ensure_node_image
 
-        self.client = await asyncio.to_thread(docker_client)
-        await self._reap()
+        with self.phase("engine"):
+            self.client = await asyncio.to_thread(docker_client)
+        with self.phase("reap"):
+            await self._reap()
         self.say("checking the node image")
-        self.image = await asyncio.to_thread(ensure_node_image, self.client, self.progress)
-        for node, families in self.families().items():
-            self.say(f"checking the {'+'.join(families)} image (node {node})")
-            self.images[node] = await asyncio.to_thread(
-                ensure_image, self.client, families, self.progress
-            )
-        self.runtime.mkdir(parents=True, exist_ok=True)
-        ca = LabCA(self.state_dir)
-        ca.save_key(self.runtime)
-        self.spec = self._plan()
-        (self.runtime / "lab.json").write_text(json.dumps(self.spec))
+        with self.phase("images"):
+            self.image = await asyncio.to_thread(ensure_node_image, self.client, self.progress)
+            for node, families in self.families().items():
+                self.say(f"checking the {'+'.join(families)} image (node {node})")
+                self.images[node] = await asyncio.to_thread(
+                    ensure_image, self.client, families, self.progress
+                )
+        with self.phase("plan"):
+            self.runtime.mkdir(parents=True, exist_ok=True)
+            ca = LabCA(self.state_dir)
+            ca.save_key(self.runtime)
+            self.spec = self._plan()
+            (self.runtime / "lab.json").write_text(json.dumps(self.spec))
         self.say(f"starting {len(self.topology.nodes)} containers (run {self.run})")
-        # kept, so that `remove` after an interrupted `create` waits for it first
-        self._creating = asyncio.ensure_future(asyncio.to_thread(self._create_containers))
-        await asyncio.shield(self._creating)
+        with self.phase("containers"):
+            # kept, so that `remove` after an interrupted `create` waits for it first
+            self._creating = asyncio.ensure_future(asyncio.to_thread(self._create_containers))
+            await asyncio.shield(self._creating)
         self.say("wiring the networks")
-        await asyncio.to_thread(self._wire)
+        with self.phase("wiring"):
+            await asyncio.to_thread(self._wire)
 
     async def _reap(self) -> None:
         """Remove what labs of processes that are gone left behind (their owners were
@@ -284,8 +302,32 @@ class Provision:
         )
 
     def _create_containers(self) -> None:
-        import docker.errors
+        """The switch, the management network and every host's container, at once (the
+        operator's once the network is there)."""
+        nodes = [n for n in self.topology.nodes if n != self.operator]
 
+        def operator() -> None:
+            self._make_network()
+            if self.operator is not None:
+                container = self._create_node(self.operator)
+                self.containers[self.operator] = container
+                if self.network is not None:
+                    container.reload()
+                    settings = container.attrs["NetworkSettings"]["Networks"]
+                    self.operator_ip = settings[self.network.name]["IPAddress"]
+
+        with ThreadPoolExecutor(max_workers=min(8, len(nodes) + 2)) as pool:
+            jobs = [pool.submit(self._run_switch), pool.submit(operator)]
+            made = pool.map(self._create_node, nodes)
+            for node, container in zip(nodes, made, strict=True):
+                self.containers[node] = container
+            for job in jobs:
+                job.result()
+        # the topology's order (the wiring numbers namespaces by it)
+        order = ["_switch", *self.topology.nodes]
+        self.containers = {n: self.containers[n] for n in order if n in self.containers}
+
+    def _run_switch(self) -> None:
         client = self.client
         pid = self.owner.pid
         watch = (
@@ -305,11 +347,19 @@ class Provision:
             labels=self._labels("switch"),
             auto_remove=False,
         )
+
+    def _make_network(self) -> None:
+        """The operator's management network, on a free subnet (one listing of the
+        engine's networks, their address pools in it)."""
+        import docker.errors
+        import docker.types
+
+        client = self.client
         if self.operator is not None and self.forwards:
             taken = [n.subnet for n in self.topology.networks.values()]
             existing = []
-            for net in client.networks.list():
-                for cfg in (net.attrs.get("IPAM") or {}).get("Config") or []:
+            for net in client.api.networks():
+                for cfg in (net.get("IPAM") or {}).get("Config") or []:
                     with contextlib.suppress(KeyError, ValueError):
                         existing.append(ipaddress.IPv4Network(cfg["Subnet"]))
             candidates = [
@@ -321,8 +371,6 @@ class Provision:
                 if any(candidate.overlaps(t) for t in taken + existing):
                     continue
                 try:
-                    import docker.types
-
                     self.network = client.networks.create(
                         f"maillab-{self.run}-mgmt",
                         driver="bridge",
@@ -336,76 +384,64 @@ class Provision:
                 except docker.errors.APIError as exc:
                     if "overlap" not in str(exc).lower():
                         raise
+
+    def _create_node(self, node: str) -> Any:
+        client = self.client
         uid_state = self.state_dir / "nodes"
-
-        def create(node: str) -> Any:
-            hostname = hostname_of(self.topology, node)
-            short, _, domain = hostname.partition(".")
-            node_state = uid_state / node
-            node_state.mkdir(parents=True, exist_ok=True)
-            command = [
-                "python",
-                "-m",
-                "lab.backends.docker.agent",
-                "--spec",
-                f"{RUNTIME}/lab.json",
-                "--node",
-                node,
-                "--state",
-                STATE,
-                "--control",
-                f"{RUNTIME}/{node}.sock",
-            ]
-            on_mgmt = node == self.operator and self.network is not None
-            return client.containers.run(
-                self.images.get(node, self.image),
-                command,
-                name=self.container_name(node),
-                hostname=short,
-                domainname=domain,
-                detach=True,
-                network=self.network.name if on_mgmt else None,
-                network_mode=None if on_mgmt else "none",
-                cap_add=["NET_ADMIN"],
-                labels=self._labels("node", node),
-                volumes={
-                    str(self.runtime): {"bind": RUNTIME, "mode": "rw"},
-                    str(node_state): {"bind": STATE, "mode": "rw"},
-                },
-                environment={"MAILLAB_NODE": node, "MAILLAB_RUN": self.run},
-            )
-
-        nodes = list(self.topology.nodes)
-        with ThreadPoolExecutor(max_workers=min(8, len(nodes) or 1)) as pool:
-            for node, container in zip(nodes, pool.map(create, nodes), strict=True):
-                self.containers[node] = container
-        if self.network is not None and self.operator in self.containers:
-            container = self.containers[self.operator]
-            container.reload()
-            settings = container.attrs["NetworkSettings"]["Networks"]
-            self.operator_ip = settings[self.network.name]["IPAddress"]
+        hostname = hostname_of(self.topology, node)
+        short, _, domain = hostname.partition(".")
+        node_state = uid_state / node
+        node_state.mkdir(parents=True, exist_ok=True)
+        command = [
+            "python",
+            "-m",
+            "lab.backends.docker.agent",
+            "--spec",
+            f"{RUNTIME}/lab.json",
+            "--node",
+            node,
+            "--state",
+            STATE,
+            "--control",
+            f"{RUNTIME}/{node}.sock",
+        ]
+        on_mgmt = node == self.operator and self.network is not None
+        return client.containers.run(
+            self.images.get(node, self.image),
+            command,
+            name=self.container_name(node),
+            hostname=short,
+            domainname=domain,
+            detach=True,
+            network=self.network.name if on_mgmt else None,
+            network_mode=None if on_mgmt else "none",
+            cap_add=["NET_ADMIN"],
+            labels=self._labels("node", node),
+            volumes={
+                str(self.runtime): {"bind": RUNTIME, "mode": "rw"},
+                str(node_state): {"bind": STATE, "mode": "rw"},
+            },
+            environment={"MAILLAB_NODE": node, "MAILLAB_RUN": self.run},
+        )
 
     def _wire(self) -> None:
-        """Bridges in the switch's namespace, a veth pair per interface, addresses set."""
-        pids: dict[str, int] = {}
-        for node, container in self.containers.items():
-            container.reload()
-            pids[node] = int(container.attrs["State"]["Pid"])
-            if not pids[node]:
-                raise LabError(f"container for {node} is not running ({container.status})")
-        lines = ["set -e", "mkdir -p /run/netns"]
+        """Bridges in the switch's namespace, a veth pair per interface, addresses set: one
+        exec in the switch, one `ip -batch` for the switch and one per host (not a
+        process per command)."""
+        pids = self._pids()
         index = {node: i for i, node in enumerate(self.topology.nodes)}
-        for node, i in index.items():
-            lines.append(f"ln -sf /proc/{pids[node]}/ns/net /run/netns/n{i}")
-            lines.append(f"ip -n n{i} link set lo up")
         networks = list(self.topology.networks)
         segments = [(net, self.topology.networks[net].subnet) for net in networks]
         if self.resolver_addresses:
             segments.append(("res", self.res_net))
+        names = [s[0] for s in segments]
+        switch = [f"netns attach n{i} {pids[node]}" for node, i in index.items()]
         for b in range(len(segments)):
-            lines += [f"ip link add br{b} type bridge", f"ip link set br{b} up"]
+            switch += [f"link add br{b} type bridge", f"link set br{b} up"]
+        hosts: dict[int, list[str]] = {}
         v = 0
         for node, i in index.items():
+            inside = hosts.setdefault(i, ["link set lo up"])
             attachments = [
                 (net, str(addr), self.spec["nodes"][node]["interfaces"][net])
                 for net, addr in self.addresses[node].items()
@@ -413,19 +449,21 @@ class Provision:
             if node in self.resolver_addresses:
                 attachments.append(("res", self.resolver_addresses[node], "res"))
             for net, addr, ifname in attachments:
-                b = [s[0] for s in segments].index(net)
+                b = names.index(net)
                 prefix = dict(segments)[net].prefixlen
-                lines += [
-                    f"ip link add v{v} type veth peer name p{v} netns n{i}",
-                    f"ip link set v{v} master br{b} up",
-                    f"ip -n n{i} link set p{v} name {ifname}",
-                    f"ip -n n{i} addr add {addr}/{prefix} dev {ifname}",
-                    f"ip -n n{i} link set {ifname} up",
+                # the host's end is made in its namespace under its final name
+                switch += [
+                    f"link add v{v} type veth peer name {ifname} netns n{i}",
+                    f"link set v{v} master br{b} up",
                 ]
                 self.ports[(node, net)] = (f"v{v}", f"n{i}", ifname)
+                inside += [f"addr add {addr}/{prefix} dev {ifname}", f"link set {ifname} up"]
                 v += 1
-            if node == self.operator and self.network is not None:
-                lines.append(f"ip -n n{i} route del default 2>/dev/null || true")
+        lines = ["set -e", "mkdir -p /run/netns", "ip -batch - <<'EOF'", *switch, "EOF"]
+        for i, commands in hosts.items():
+            lines += [f"ip -n n{i} -batch - <<'EOF'", *commands, "EOF"]
+        if self.operator is not None and self.network is not None:
+            lines.append(f"ip -n n{index[self.operator]} route del default 2>/dev/null || true")
         script = "\n".join(lines) + "\n"
         result = self.containers["_switch"].exec_run(["sh", "-c", script])
         if result.exit_code != 0:
@@ -437,6 +475,21 @@ class Provision:
         result = self.containers["_switch"].exec_run(["sh", "-c", script])
         return int(result.exit_code), result.output.decode("utf-8", "replace")
 
+    def _pids(self) -> dict[str, int]:
+        """Each container's process (the switch's and every host's), asked at once."""
+
+        def pid(item: tuple[str, Any]) -> int:
+            node, container = item
+            container.reload()
+            found = int(container.attrs["State"]["Pid"])
+            if not found:
+                raise LabError(f"container for {node} is not running ({container.status})")
+            return found
+
+        items = list(self.containers.items())
+        with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+            return dict(zip((n for n, _ in items), pool.map(pid, items), strict=True))
+
     # taking it down ----------------------------------------------------------------------
 
     async def remove(self) -> None:
@@ -447,6 +500,9 @@ class Provision:
             await asyncio.wait({self._creating}, timeout=60)
         await asyncio.to_thread(self._remove)
         shutil.rmtree(self.runtime, ignore_errors=True)
+        if self.client is not None:  # its connections (one per thread that used it) closed
+            with contextlib.suppress(Exception):
+                self.client.close()
 
     def _remove(self) -> None:
         import docker.errors

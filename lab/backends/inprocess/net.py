@@ -80,6 +80,7 @@ class VirtualNetwork:
     interfaces: dict[IfaceKey, Interface] = field(default_factory=dict)
     by_real: dict[str, Interface] = field(default_factory=dict)
     by_lab: dict[str, Interface] = field(default_factory=dict)
+    by_node: dict[str, list[Interface]] = field(default_factory=dict)
     endpoints: dict[tuple[str, int, str], Endpoint] = field(
         default_factory=dict
     )  # (lab ip, port, proto)
@@ -105,6 +106,7 @@ class VirtualNetwork:
                 self.interfaces[(node, network)] = iface
                 self.by_real[real] = iface
                 self.by_lab[str(address)] = iface
+                self.by_node.setdefault(node, []).append(iface)
                 index += 1
         for link in self.topology.links.values():
             iface = self.interfaces[(link.node, link.network)]
@@ -288,7 +290,7 @@ class NodeNet:
         self.dns = DnsClient()
 
     def _ifaces(self) -> list[Interface]:
-        return [i for (n, _), i in self.vnet.interfaces.items() if n == self.node]
+        return list(self.vnet.by_node.get(self.node, ()))
 
     async def connect(self, address: str, port: int, *, timeout: float) -> socket.socket:
         try:

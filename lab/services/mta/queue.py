@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
+import random
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,8 +152,14 @@ def _unlink(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+_IDS = random.Random()  # its own generator (seeded from the system's), not the shared one
+# a test framework may reseed: ids must never repeat because of that
+
+
 def new_id() -> str:
-    return secrets.token_hex(5).upper()
+    """A queue id: 40 random bits, as ten hex digits (not a system call per message and
+    hop, as secrets would make)."""
+    return f"{_IDS.getrandbits(40):010X}"
 
 
 def _write_durably(path: Path, data: bytes) -> None:
@@ -173,7 +179,9 @@ def _write_durably(path: Path, data: bytes) -> None:
 class Queue:
     def __init__(self, directory: Path, *, durable: bool = True, disk: DiskWorker | None = None):
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
+        # made with the first message (in the disk thread): a lab of a thousand MTAs
+        # that carry no mail makes no queue directory
+        self._made = self.dir.is_dir()
         self.durable = durable
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
@@ -185,6 +193,8 @@ class Queue:
 
     def load(self) -> list[QueuedMessage]:
         """Read the queue from disk (after a restart); drop half-written leftovers."""
+        if not self.dir.is_dir():
+            return []
         for tmp in self.dir.glob(".*.tmp"):
             tmp.unlink(missing_ok=True)
         for path in sorted(self.dir.glob("*.msg")):
@@ -229,10 +239,16 @@ class Queue:
         if self.durable:
             self._sync_dir()
 
+    def _make_dir(self) -> None:
+        if not self._made:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._made = True
+
     def write_file(self, content: bytes, message: QueuedMessage) -> None:
         """One new file, written under its final name and fsync'd (the directory is the
         caller's). The first line records the content's length, so a file cut short by
         a crash is recognised on `load` (and was never acknowledged)."""
+        self._make_dir()
         head = _state(message, length=len(content)) + b"\n"
         path = self.dir / f"{message.id}.msg"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -247,6 +263,7 @@ class Queue:
 
     def _sync_dir(self) -> None:
         if self._dir_fd is None:
+            self._make_dir()
             self._dir_fd = os.open(self.dir, os.O_RDONLY)
         os.fsync(self._dir_fd)
 
@@ -279,6 +296,7 @@ class Queue:
             data = self._unsaved.pop(message_id, None)
         if data is None:
             return
+        self._make_dir()
         if self.durable:
             _write_durably(path, data)
         else:
@@ -305,14 +323,23 @@ class Queue:
         self.disk.later(unlink, self.dir if self.durable else None)
 
     def clear(self) -> None:
-        """Empty the queue, files and all, once the disk thread has done what it was
-        asked (`Lab.reset()`: nothing is under way then)."""
-        self.disk.wait()
-        for path in self.dir.iterdir():
-            if path.is_file():
-                path.unlink(missing_ok=True)
+        """Empty the queue (`Lab.reset()`: nothing is under way then). It is empty now;
+        its files go in the disk thread, after the work asked of it so far (a state
+        write still waiting is dropped) and before any new message's, so the event loop
+        never waits for a disk busy with fsyncs."""
         self.messages.clear()
         self._saved.clear()
+        with self._unsaved_lock:
+            self._unsaved.clear()
+
+        def wipe() -> None:
+            if not self.dir.is_dir():
+                return
+            for path in self.dir.iterdir():
+                if path.is_file():
+                    _unlink(path)
+
+        self.disk.later(wipe, self.dir if self.durable and self._made else None)
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -54,7 +54,7 @@ class MtaService:
         self.book = AddressBook(host.node, host.hostname, host.addresses.values())
         self.disk = DiskWorker(host.name)  # queue files, mailboxes: in order, in groups
         self.queue = Queue(host.state_dir / "queue", durable=durable, disk=self.disk)
-        self.store = MailStore(host.state_dir / "mail", durable=durable)
+        self.store = MailStore(host.state_dir / "mail", durable=durable, lazy=True)
         # what the SMTP front keeps here (frontend.Mta)
         self.greylist: dict[tuple[str, str, str], float] = {}
         self.fault_gates = Gates(host.topology.seed or 0, host.name)

@@ -14,6 +14,7 @@ the MTA as `frontend.Mta`.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import re
 from collections.abc import Callable
@@ -447,6 +448,9 @@ class Handler:
 
     # MAIL ---------------------------------------------------------------------------
 
+    # aiosmtpd reads handle_EHLO's signature at every connection: computed once here
+    handle_EHLO.__signature__ = inspect.signature(handle_EHLO)  # type: ignore[attr-defined]
+
     async def handle_MAIL(
         self,
         server: LabSMTP,
@@ -562,16 +566,14 @@ def _tls_text(session: Session) -> str | None:
 def make_smtp_factory(mta: Mta) -> Callable[[], LabSMTP]:
     handler = Handler(mta)
     node = mta.node
-    tls_context = None
-    if node.policy.starttls is not StartTls.off and mta.host.tls is not None:
-        tls_context = mta.host.tls.server_context(mta.host.hostname)
+    tls = mta.host.tls if node.policy.starttls is not StartTls.off else None  # cert: 1st connect
 
     def factory() -> LabSMTP:
         return LabSMTP(
             handler,
             hostname=mta.host.hostname,
             data_size_limit=node.policy.max_size,
-            tls_context=tls_context,
+            tls_context=None if tls is None else tls.server_context(mta.host.hostname),
             require_starttls=False,
             decode_data=False,
             enable_SMTPUTF8=False,
