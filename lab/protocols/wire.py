@@ -54,6 +54,7 @@ class LabOp(StrEnum):
     STATUS = "status"
     SEND = "send"
     LINK = "link"
+    CUT_SERVED = "link.cut_served"  # another host's link drops: its served ends go first
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"
@@ -79,6 +80,7 @@ class AgentOp(StrEnum):
     CLOCK_TIME = "clock.time"
     SUBMIT = "submit"
     LINK = "link"
+    CUT_SERVED = "link.cut_served"  # another host's link drops: its served ends go first
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"

@@ -30,7 +30,7 @@ import dns.message
 
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
 from lab.backends.docker.fetchrun import Fetchmail
-from lab.backends.docker.net import RealNet
+from lab.backends.docker.net import RealNet, kill_connections
 from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
@@ -86,6 +86,7 @@ class Agent:
             AgentOp.CLOCK_TIME: self.clock_time,
             AgentOp.SUBMIT: self.submit,
             AgentOp.LINK: self.set_link,
+            AgentOp.CUT_SERVED: self.cut_served,
             AgentOp.FLUSH: self.flush,
             AgentOp.FETCH: self.fetch,
             AgentOp.QUEUE: self.queue,
@@ -409,21 +410,17 @@ class Agent:
         return await self._need().mailbox(user)
 
     async def set_link(self, link: str, state: str) -> int:
-        """As every host; a real MTA's own TCP connections on the link's address are cut
-        too (ss -K), as the agent cuts its own."""
+        """As every host: a link that drops cuts the TCP connections on its address,
+        the real programs' (Postfix, Dovecot, fetchmail) as the agent's (net.py)."""
         cut = int(await self._need().set_link(link=link, state=state))
         if self.fetchmail is not None:  # fetchmail polls while the links are up
             self.fetchmail.link_changed()
-        spec = self.topology.links.get(link)
-        runner = self.real or next(iter(self.servers), None)
-        if runner is not None and spec is not None and state == LinkState.DOWN:
-            address = self.addresses[self.name].get(spec.network)
-            if address is not None:
-                out = await runner.run(
-                    ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
-                )
-                cut += len([line for line in out.splitlines() if line.strip()])
         return cut
+
+    async def cut_served(self, address: str) -> int:
+        """Another host's link drops: the connections this host serves to that host's
+        address are destroyed first, before that host cuts its own ends (net.py)."""
+        return await kill_connections(dst=address, served=True)
 
     async def add_fault(self, fault: dict[str, Any]) -> None:
         if self.real is not None:

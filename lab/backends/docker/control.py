@@ -164,6 +164,9 @@ class HostProxy:
     async def set_link(self, link: str, state: str) -> int:
         return int(await self.call(AgentOp.LINK, {"link": link, "state": state}))
 
+    async def cut_served(self, address: str) -> int:
+        return int(await self.call(AgentOp.CUT_SERVED, {"address": address}))
+
     async def flush(self) -> int:
         return int(await self.call(AgentOp.FLUSH, timeout=LONG))
 
