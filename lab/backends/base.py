@@ -350,6 +350,12 @@ class LabBackend(Generic[H]):
             mail_from=mail_from, to=list(to), content=content, via=via
         )
 
+    async def cut_far_ends(self, link: str) -> int:
+        """A link is dropping: the ends of its connections that other hosts hold, cut
+        before its host cuts its own (Docker: each container cuts its own; in process
+        the link's host cuts both ends). Returns how many."""
+        return 0
+
     async def set_link(self, link: str, up: bool) -> None:
         """The link's host changes its attachment and hears of it (its resolver cache is
         dropped; its fetch jobs, which poll while its links are up, re-armed or stopped);
@@ -362,7 +368,8 @@ class LabBackend(Generic[H]):
             return
         self.link_states[link] = state
         host = self.handle(spec.node)
-        cut = await host.set_link(link, state.value)
+        cut = 0 if up else await self.cut_far_ends(link)
+        cut += await host.set_link(link, state.value)
         kind = "link.up" if up else "link.down"
         self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
         if not up:

@@ -32,7 +32,6 @@ from lab.backends.base import LabBackend
 from lab.backends.docker.control import LONG, HostProxy
 from lab.backends.docker.provision import Provision
 from lab.errors import LabError
-from lab.protocols.wire import LinkState
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.software import check_topology
@@ -159,19 +158,18 @@ class DockerBackend(LabBackend[HostProxy]):
         await asyncio.gather(*(p.reset() for p in self._live()))
         self._offset = 0.0
 
-    async def set_link(self, link: str, up: bool) -> None:
-        """As on every backend; a link that drops and refuses has the servers on the far
-        side of its connections cut them first (each far end destroyed sends its reset
-        while the link is up, and a reply it wrote before is in the link host's socket),
-        then the link's host cuts its own ends and puts its rules in (net.py)."""
-        self.check_link(link)
+    async def cut_far_ends(self, link: str) -> int:
+        """A link that drops and refuses: the servers on the far side of its connections
+        cut their ends first (each sends its reset while the link is up, and a reply
+        written before it is in the link host's socket already); then the link's host
+        cuts its own ends and puts its rules in (net.py). A blackhole link cuts only its
+        host's ends, after its rules: the far ends time out."""
         spec = self.topology.links[link]
         address = self.addresses[spec.node].get(spec.network)
-        dropping = not up and self.link_states[link] != LinkState.DOWN
-        if dropping and spec.when_down == WhenDown.refuse and address is not None:
-            peers = [p for n, p in self.handles.items() if n != spec.node and not p.closed]
-            await asyncio.gather(*(p.cut_served(str(address)) for p in peers))
-        await super().set_link(link, up)
+        if spec.when_down != WhenDown.refuse or address is None:
+            return 0
+        peers = [p for n, p in self.handles.items() if n != spec.node and not p.closed]
+        return sum(await asyncio.gather(*(p.cut_served(str(address)) for p in peers)))
 
     # the clock ---------------------------------------------------------------------------
 
