@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -87,12 +88,22 @@ def _reply(text: str) -> str:
     return said.group(1) if said else text
 
 
+@dataclass
+class Maildrops:
+    """The node's POP3 maildrops, as its Postfix delivers into them: the multidrop
+    domains (domain -> mailbox) and the mailboxes' names."""
+
+    domains: dict[str, str] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+
+
 class PostfixLog:
     """Postfix's log lines, in order, as the lab's events (the built-in MTA's kinds and
     fields). Keeps what it learnt of each queue id (client, Message-ID, sender, bounced
     recipients, attempts) to fill the events of later lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, maildrops: Maildrops | None = None) -> None:
+        self.maildrops = maildrops or Maildrops()
         self.messages: dict[str, dict[str, Any]] = {}
         self.tls: dict[str, str] = {}  # smtp process id -> the relay it speaks TLS with
 
@@ -217,7 +228,11 @@ class PostfixLog:
         if state != "deferred":
             m["deferred"].pop(to, None)
         if state == "sent" and prog in ("local", "virtual"):
-            user = to.partition("@")[0].lower()
+            local, _, domain = to.partition("@")
+            user = local.lower()
+            if prog == "virtual":  # a multidrop domain's mail: into its mailbox
+                user = self.maildrops.domains.get(domain.lower(), user)
+            maildrop = prog == "virtual" or user in self.maildrops.names
             events.append(
                 Event(
                     "mailbox.delivered",
@@ -229,7 +244,7 @@ class PostfixLog:
                         "envelope_from": envelope_from,
                         "key": "",  # filled by the agent, which finds the file
                         "message_id": m["message_id"],
-                        "maildrop": False,
+                        "maildrop": maildrop,
                         "reply": text,
                     },
                 )

@@ -15,6 +15,7 @@ import asyncio
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,7 +49,9 @@ async def _send(lab: Lab, numbers: range) -> list[str]:
     return accepted
 
 
-def test_a_drop_under_the_postfix_hub_delivers_each_message_once(tmp_path: Path) -> None:
+def test_a_drop_under_the_postfix_hub_delivers_each_message_once(
+    docker_client: Any, tmp_path: Path
+) -> None:
     with Lab.up(REAL, backend="docker", state_dir=tmp_path / "lab") as lab:
         lab.link("dialup").up()
         half = COUNT // 2
