@@ -401,4 +401,4 @@ class PostfixAdapter:
         return [f"{SPOOL}/{name}" for name in (*queues, *logs)]
 
     def log_reader(self) -> PostfixLog:
-        return PostfixLog(self.maildrops)
+        return PostfixLog(self.maildrops, Path(SPOOL))

@@ -61,6 +61,65 @@ def parse_postqueue(
 
 
 # ---------------------------------------------------------------------------------------
+# a queue file's recipients (Postfix logs them only as it delivers)
+
+_QUEUES = ("incoming", "active", "hold", "deferred/*")
+
+
+def _records(data: bytes) -> list[tuple[str, bytes]]:
+    """A queue file's records: a type byte, the length (7 bits a byte, low first, the
+    high bit set while more follow), the data (Postfix's rec_get); a record cut short
+    (a file still being written) ends the list."""
+    records: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        kind = chr(data[pos])
+        pos += 1
+        length = shift = 0
+        while True:
+            if pos >= len(data) or shift > 28:
+                return records
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > len(data):
+            return records
+        records.append((kind, data[pos : pos + length]))
+        pos += length
+    return records
+
+
+def queue_file_recipients(spool: Path, queue_id: str) -> tuple[list[str], list[str]] | None:
+    """(recipients, original recipients) of a message in Postfix's queue, read from its
+    queue file: the envelope's recipient records (`R`, and `D` for one already delivered)
+    with the original recipient record (`O`) before each; None when the file is gone."""
+    if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
+        return None
+    for queue in _QUEUES:
+        for path in spool.glob(f"{queue}/{queue_id}"):
+            try:
+                data = path.read_bytes()
+            except OSError:
+                continue
+            recipients: list[str] = []
+            original: list[str] = []
+            orig = ""
+            for kind, value in _records(data):
+                if kind == "O":
+                    orig = value.decode("utf-8", "replace")
+                elif kind in "RD":
+                    address = value.decode("utf-8", "replace")
+                    recipients.append(address)
+                    original.append(orig or address)
+                    orig = ""
+            return recipients, original
+    return None
+
+
+# ---------------------------------------------------------------------------------------
 # log lines -> events
 
 _LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[(?P<pid>\d+)\]: (?P<msg>.*)$")
@@ -102,8 +161,9 @@ class PostfixLog:
     fields). Keeps what it learnt of each queue id (client, Message-ID, sender, bounced
     recipients, attempts) to fill the events of later lines."""
 
-    def __init__(self, maildrops: Maildrops | None = None) -> None:
+    def __init__(self, maildrops: Maildrops | None = None, spool: Path | None = None) -> None:
         self.maildrops = maildrops or Maildrops()
+        self.spool = spool  # where the queue files are read for queue.queued's recipients
         self.messages: dict[str, dict[str, Any]] = {}
         self.tls: dict[str, str] = {}  # smtp process id -> the relay it speaks TLS with
 
@@ -190,13 +250,16 @@ class PostfixLog:
         if "from" in fields and not m["queued"]:
             m["queued"] = True
             m["envelope_from"] = fields["from"]
+            found = queue_file_recipients(self.spool, qid) if self.spool is not None else None
+            recipients, original = found or ([], [])
             return [
                 Event(
                     "queue.queued",
                     {
                         "id": qid,
                         "envelope_from": fields["from"],
-                        "recipients": [],
+                        "recipients": recipients,
+                        "original_recipients": original,
                         "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
                         "client": m["client"],
                         "size": int(fields.get("size", "0") or 0),

@@ -66,6 +66,8 @@ def test_postfix_hub_queues_while_down_and_delivers_on_link_up(
         # the hub's hops, from Postfix's log: queued, deferred, delivered to the ISP, removed
         kinds = [(e.node, e.kind) for e in lab.trace(sent)]
         assert ("hub", "queue.queued") in kinds
+        queued = next(e for e in lab.trace(sent) if e.node == "hub" and e.kind == "queue.queued")
+        assert queued.get("recipients") == ["paulmidgley@freeuk.com"]  # from its queue file
         assert ("hub", "queue.deferred") in kinds
         assert ("hub", "queue.removed") in kinds
         delivered = [

@@ -74,6 +74,8 @@ def test_postfix_delivers_the_maildrops_dovecot_serves(docker_client: Any, tmp_p
             delivered = lab.wait_for("mailbox.delivered", node="isp", address=to, timeout=20)
             assert delivered.get("user") == "shofar", delivered
             assert delivered.get("maildrop") is True and delivered.get("key"), delivered
+            queued = lab.wait_for("queue.queued", node="isp", id=delivered.get("id"))
+            assert queued.get("recipients") == [to], queued
         lab.settle()
         assert len(lab.mailbox("isp", "shofar")) == 2
 
