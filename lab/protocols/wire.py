@@ -54,7 +54,6 @@ class LabOp(StrEnum):
     STATUS = "status"
     SEND = "send"
     LINK = "link"
-    CUT_SERVED = "link.cut_served"  # another host's link drops: its served ends go first
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"

@@ -103,22 +103,30 @@ class Acceptance:
             return message
         if replied is None:
             self._hand_over(message, content, original, keep=True)
-        else:  # delivered only if the 250 went out: else the client sends it again
+        else:  # queued now (the 250 names it); delivered only if the 250 went out
+            self._accepted(message, content, original)
 
             def answered(reply: asyncio.Future[bool]) -> None:
                 went = not reply.cancelled() and reply.exception() is None and reply.result()
-                self._hand_over(message, content, original, keep=went)
+                self._hand_over(message, content, original, keep=went, announced=True)
 
             replied.add_done_callback(answered)
         return message
 
     def _hand_over(
-        self, message: QueuedMessage, content: bytes, original: list[str], *, keep: bool
+        self,
+        message: QueuedMessage,
+        content: bytes,
+        original: list[str],
+        *,
+        keep: bool,
+        announced: bool = False,
     ) -> None:
         """A queued message to delivery; or, when its 250 did not go out, withdrawn: the
-        client still has it and sends it again."""
+        client still has it and sends it again. `announced`: its queue.queued is out."""
         if keep:
-            self._accepted(message, content, original)
+            if not announced:
+                self._accepted(message, content, original)
             self.delivery.start(message, content)
             return
         self.queue.remove(message.id)
