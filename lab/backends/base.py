@@ -210,6 +210,7 @@ class LabBackend(Generic[H]):
         self.link_states: dict[str, LinkState] = {
             name: LinkState(link.state) for name, link in topology.links.items()
         }
+        self._link_locks: dict[str, asyncio.Lock] = {}
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -363,15 +364,18 @@ class LabBackend(Generic[H]):
         self.check_link(link)
         spec = self.topology.links[link]
         state = LinkState.of(up)
-        if self.link_states[link] == state:
-            self.events.emit(spec.node, "link.unchanged", link=link, state=state.value)
-            return
-        self.link_states[link] = state
         host = self.handle(spec.node)
-        cut = 0 if up else await self.cut_far_ends(link)
-        cut += await host.set_link(link, state.value)
-        kind = "link.up" if up else "link.down"
-        self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
+        # one change of a link at a time, in the order asked (a drop takes several steps
+        # on Docker: a raise asked meanwhile waits for it); its hooks run outside
+        async with self._link_locks.setdefault(link, asyncio.Lock()):
+            if self.link_states[link] == state:
+                self.events.emit(spec.node, "link.unchanged", link=link, state=state.value)
+                return
+            self.link_states[link] = state
+            cut = 0 if up else await self.cut_far_ends(link)
+            cut += await host.set_link(link, state.value)
+            kind = "link.up" if up else "link.down"
+            self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut)
         if not up:
             return
         for hook in spec.on_up:

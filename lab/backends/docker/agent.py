@@ -86,6 +86,7 @@ class Agent:
             AgentOp.CLOCK_TIME: self.clock_time,
             AgentOp.SUBMIT: self.submit,
             AgentOp.LINK: self.set_link,
+            AgentOp.LINK_CLOSING: self.link_closing,
             AgentOp.CUT_SERVED: self.cut_served,
             AgentOp.FLUSH: self.flush,
             AgentOp.FETCH: self.fetch,
@@ -416,6 +417,13 @@ class Agent:
         if self.fetchmail is not None:  # fetchmail polls while the links are up
             self.fetchmail.link_changed()
         return cut
+
+    async def link_closing(self, link: str) -> None:
+        """One of this host's links is about to drop: no new connection across it."""
+        spec = self.topology.links.get(link)
+        net = self._need().host.net
+        if spec is not None and isinstance(net, RealNet):
+            await net.hold_new(spec.network)
 
     async def cut_served(self, address: str) -> int:
         """Another host's link drops: the connections this host serves to that host's

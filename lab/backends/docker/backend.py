@@ -168,6 +168,9 @@ class DockerBackend(LabBackend[HostProxy]):
         address = self.addresses[spec.node].get(spec.network)
         if spec.when_down != WhenDown.refuse or address is None:
             return 0
+        # no new connection across it meanwhile (its host refuses every SYN), else one
+        # opened after the far ends' cut would lose its host's end first
+        await self.handles[spec.node].link_closing(link)
         peers = [p for n, p in self.handles.items() if n != spec.node and not p.closed]
         return sum(await asyncio.gather(*(p.cut_served(str(address)) for p in peers)))
 

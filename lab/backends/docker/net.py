@@ -46,6 +46,7 @@ class RealNet:
         self.interfaces = interfaces or {}  # network -> interface name
         self.when_down = when_down or {}  # network -> "refuse" | "blackhole" (its link's)
         self.links = {n: LinkState.DOWN if n in (down or ()) else LinkState.UP for n in addresses}
+        self.closing: set[str] = set()  # links about to drop: no new connection across them
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
@@ -130,6 +131,7 @@ class RealNet:
         docs/reliability.md, flapping). With `blackhole` the rules go in first: the
         resets are dropped and the far ends time out, as over a dead line."""
         self.links[network] = state
+        self.closing.discard(network)
         if state != LinkState.DOWN:
             await self.apply_links()
             return 0
@@ -146,9 +148,24 @@ class RealNet:
             await self.apply_links()
         return max(killed, cut)
 
+    async def hold_new(self, network: str) -> None:
+        """The link on `network` is about to drop: new TCP connections across it are
+        refused from now on (a SYN either way is answered with a reset), so none starts
+        while the far ends and then this host cut the open ones (set_link)."""
+        if self.links.get(network) == LinkState.UP:
+            self.closing.add(network)
+            await self.apply_links()
+
     def rules(self) -> list[str]:
-        """iptables-restore input: the filter rules of the links that are down."""
+        """iptables-restore input: the filter rules of the links that are down (and of
+        those about to drop: new connections refused)."""
         rules = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        for network in sorted(self.closing):
+            iface = self.interfaces[network]
+            for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+                rules.append(
+                    f"-A {chain} {flag} {iface} -p tcp --syn -j REJECT --reject-with tcp-reset"
+                )
         for network, state in self.links.items():
             if state == LinkState.UP:
                 continue
