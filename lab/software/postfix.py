@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.software.adapter import RenderContext, faketime_environment
-from lab.software.postfix_log import SPOOL, Maildrops, PostfixLog, parse_postqueue
+from lab.software.postfix_log import (
+    SPOOL,
+    Maildrops,
+    PostfixLog,
+    parse_postqueue,
+    queue_file_content,
+)
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Masquerade, Node, Service, Software, Topology
 
@@ -387,6 +393,11 @@ class PostfixAdapter:
 
     def parse_queue(self, output: str, log: Any) -> list[dict[str, Any]]:
         return parse_postqueue(output, log, Path(SPOOL))
+
+    def queued_content(self, queue_id: str) -> bytes | None:
+        """A queued message's content read at once from its queue file (capture_queued:
+        sent before its queue.queued event); None when the file is gone already."""
+        return queue_file_content(Path(SPOOL), queue_id)
 
     def content_command(self, queue_id: str) -> list[str]:
         return ["postcat", "-bh", "-q", queue_id]

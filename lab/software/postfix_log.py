@@ -92,31 +92,69 @@ def _records(data: bytes) -> list[tuple[str, bytes]]:
     return records
 
 
-def queue_file_recipients(spool: Path, queue_id: str) -> tuple[list[str], list[str]] | None:
-    """(recipients, original recipients) of a message in Postfix's queue, read from its
-    queue file: the envelope's recipient records (`R`, and `D` for one already delivered)
-    with the original recipient record (`O`) before each; None when the file is gone."""
+def _queue_file(spool: Path, queue_id: str) -> bytes | None:
+    """A message's queue file, wherever it is (incoming, active, hold, deferred)."""
     if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
         return None
     for queue in _QUEUES:
         for path in spool.glob(f"{queue}/{queue_id}"):
             try:
-                data = path.read_bytes()
+                return path.read_bytes()
             except OSError:
                 continue
-            recipients: list[str] = []
-            original: list[str] = []
-            orig = ""
-            for kind, value in _records(data):
-                if kind == "O":
-                    orig = value.decode("utf-8", "replace")
-                elif kind in "RD":
-                    address = value.decode("utf-8", "replace")
-                    recipients.append(address)
-                    original.append(orig or address)
-                    orig = ""
-            return recipients, original
     return None
+
+
+def queue_file_recipients(spool: Path, queue_id: str) -> tuple[list[str], list[str]] | None:
+    """(recipients, original recipients) of a message in Postfix's queue, read from its
+    queue file: the envelope's recipient records (`R`, and `D` for one already delivered)
+    with the original recipient record (`O`) before each, those after the content (`X`,
+    extracted from its headers) too; None when the file is gone."""
+    data = _queue_file(spool, queue_id)
+    if data is None:
+        return None
+    recipients: list[str] = []
+    original: list[str] = []
+    orig = ""
+    content = False  # the message's own records, between M and X, are not envelope
+    for kind, value in _records(data):
+        if kind in "MX":
+            content = kind == "M"
+        elif content:
+            continue
+        elif kind == "O":
+            orig = value.decode("utf-8", "replace")
+        elif kind in "RD":
+            address = value.decode("utf-8", "replace")
+            recipients.append(address)
+            original.append(orig or address)
+            orig = ""
+    return recipients, original
+
+
+def queue_file_content(spool: Path, queue_id: str) -> bytes | None:
+    """A queued message's content (headers and body, CRLF line ends), from the data
+    records of its queue file between `M` and `X`: `N` ends a line, `L` is a piece of a
+    long one; None when the file is gone."""
+    data = _queue_file(spool, queue_id)
+    if data is None:
+        return None
+    lines: list[bytes] = []
+    piece = b""
+    inside = False
+    for kind, value in _records(data):
+        if kind == "M":
+            inside = True
+        elif not inside:
+            continue
+        elif kind in "XE":
+            break
+        elif kind == "L":
+            piece += value
+        elif kind == "N":
+            lines.append(piece + value + b"\r\n")
+            piece = b""
+    return b"".join(lines)
 
 
 # ---------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import pytest
 
 from lab.software.adapter import RenderContext
 from lab.software.postfix import PostfixAdapter, main_cf, users_script
-from lab.software.postfix_log import PostfixLog, queue_file_recipients
+from lab.software.postfix_log import PostfixLog, queue_file_content, queue_file_recipients
 from lab.topology import load
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -116,3 +116,26 @@ def test_a_queue_file_gone_or_cut_short(tmp_path: Path) -> None:
     # without a spool (a reader fed lines alone) queue.queued has no recipients
     line = VIRTUAL.splitlines()[1]
     assert PostfixLog().feed(line, 0.0)[0].data["recipients"] == []
+
+
+def test_a_queued_messages_content_from_its_queue_file(tmp_path: Path) -> None:
+    (tmp_path / "deferred" / "A").mkdir(parents=True)
+    (tmp_path / "deferred" / "A" / "A1B2C3D4E5").write_bytes(
+        record("S", b"eddy@shofar.org.uk")
+        + record("R", b"paulmidgley@freeuk.com")
+        + record("M", b"")
+        + record("N", b"Subject: hello")
+        + record("N", b"")
+        + record("L", b"a long ")  # a line Postfix kept in two records
+        + record("N", b"line")
+        + record("X", b"")
+        + record("R", b"extracted@example.com")
+        + record("E", b"")
+    )
+    content = queue_file_content(tmp_path, "A1B2C3D4E5")
+    assert content == b"Subject: hello\r\n\r\na long line\r\n"
+    assert queue_file_recipients(tmp_path, "A1B2C3D4E5") == (
+        ["paulmidgley@freeuk.com", "extracted@example.com"],  # not the content's lines
+        ["paulmidgley@freeuk.com", "extracted@example.com"],
+    )
+    assert queue_file_content(tmp_path, "FFFFFFFFFF") is None
