@@ -89,6 +89,7 @@ class LabBackend(Generic[H]):
         self.impairs: dict[str, dict[str, Any]] = {}  # link or network -> its impairment
         self.started_at = 0.0  # lab time at up or reset, where `drop_at` counts from
         self._line: asyncio.Future[None] | None = None  # a hung-up line being emptied
+        self._link_locks: dict[str, asyncio.Lock] = {}
 
     # what each backend does its own way ----------------------------------------------------
 
@@ -328,6 +329,12 @@ class LabBackend(Generic[H]):
             mail_from=mail_from, to=list(to), content=content, via=via
         )
 
+    async def cut_far_ends(self, link: str) -> int:
+        """A link is dropping: the ends of its connections that other hosts hold, cut
+        before its host cuts its own (Docker: each container cuts its own; in process
+        the link's host cuts both ends). Returns how many."""
+        return 0
+
     async def set_link(self, link: str, up: bool, cause: str = "manual") -> None:
         """The link's host changes its attachment and hears of it (its resolver cache is
         dropped; its fetch jobs, which poll while its links are up, re-armed or stopped);
@@ -336,17 +343,23 @@ class LabBackend(Generic[H]):
         self.check_link(link)
         spec = self.topology.links[link]
         state = LinkState.of(up)
-        if self.link_states[link] == state:
-            self.events.emit(spec.node, "link.unchanged", link=link, state=state.value, cause=cause)
-            return
-        self.link_states[link] = state
         host = self.handle(spec.node)
-        if self._line is not None:  # a hang-up's line is empty before it dials again
-            await self._line
-            self._line = None
-        cut = await host.set_link(link, state.value)
-        kind = "link.up" if up else "link.down"
-        self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut, cause=cause)
+        # one change of a link at a time, in the order asked (a drop takes several steps
+        # on Docker: a raise asked meanwhile waits for it); its hooks run outside
+        async with self._link_locks.setdefault(link, asyncio.Lock()):
+            if self.link_states[link] == state:
+                self.events.emit(
+                    spec.node, "link.unchanged", link=link, state=state.value, cause=cause
+                )
+                return
+            self.link_states[link] = state
+            if self._line is not None:  # a hang-up's line is empty before it dials again
+                await self._line
+                self._line = None
+            cut = 0 if up else await self.cut_far_ends(link)
+            cut += await host.set_link(link, state.value)
+            kind = "link.up" if up else "link.down"
+            self.events.emit(spec.node, kind, link=link, network=spec.network, cut=cut, cause=cause)
         if not up:
             await self.line_down(spec.node, spec.network)
             return

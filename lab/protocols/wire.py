@@ -82,6 +82,8 @@ class AgentOp(StrEnum):
     CLOCK_TIME = "clock.time"
     SUBMIT = "submit"
     LINK = "link"
+    LINK_CLOSING = "link.closing"  # a link of this host is about to drop: no new connection
+    CUT_SERVED = "link.cut_served"  # another host's link drops: its served ends go first
     FLUSH = "flush"
     FETCH = "fetch"
     QUEUE = "queue"

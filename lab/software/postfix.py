@@ -11,6 +11,9 @@ The configuration is rendered from the node's fields (docs/real-mtas.md has the 
 - masquerade: masquerade_domains and masquerade_classes, and, when the masquerade domain
   is another one (shofar.org.uk as shofar.uklinux.net), smtp_generic_maps that map the
   domains (and with entire_domain their subdomains) to it on the way out;
+- mailboxes (POP3 maildrops, which Dovecot serves on the same host): each multidrop
+  domain goes to virtual(8) (virtual_mailbox_domains/maps: `@DOMAIN` into the box's
+  Maildir), each mailbox whose name can be a Unix account gets one, for local(8);
 - the retry schedule: queue_run_delay and minimal_backoff_time from the first interval,
   maximal_backoff_time from the last, delay_warning_time from warn_after,
   maximal_queue_lifetime and bounce_queue_lifetime from give_up_after;
@@ -32,7 +35,13 @@ from pathlib import Path
 from typing import Any
 
 from lab.software.adapter import RenderContext, faketime_environment
-from lab.software.postfix_log import SPOOL, PostfixLog, parse_postqueue
+from lab.software.postfix_log import (
+    SPOOL,
+    Maildrops,
+    PostfixLog,
+    parse_postqueue,
+    queue_file_content,
+)
 from lab.topology.addressing import hostname_of
 from lab.topology.model import Masquerade, Node, Service, Software, Topology
 
@@ -182,10 +191,49 @@ def settings(node: Node) -> dict[str, str]:
     return {str(k): str(v) for k, v in node.settings_for(Service.smtp).items()}
 
 
+# a mailbox name that can be a Unix account (local(8) delivers to accounts)
+_ACCOUNT = re.compile(r"^[a-z0-9_][a-z0-9_.-]*$")
+
+
+def maildrop_domains(node: Node) -> dict[str, str]:
+    """The multidrop boxes' domains: domain -> the mailbox (its Maildir's name) that
+    takes all its mail."""
+    return {
+        str(d).lower(): name.replace("/", "_")
+        for name, box in node.mailboxes.items()
+        for d in box.domains
+    }
+
+
+def mailbox_accounts(node: Node) -> list[str]:
+    """The mailboxes that get a Unix account, so that NAME@a-local-domain goes into
+    them as it does on the built-in MTA (a single drop): those whose name is one."""
+    return [n for n in node.mailboxes if _ACCOUNT.match(n) and not n.isdigit()]
+
+
+def maildrop_params(ctx: RenderContext) -> dict[str, str]:
+    """virtual(8) delivers each multidrop domain's mail, whatever the local part, into
+    the mailbox's Maildir, the one Dovecot serves (MAIL_ROOT/NAME/), as the lab's uid,
+    with a Delivered-To: of the recipient (what fetchmail's multidrop reads)."""
+    domains = maildrop_domains(ctx.node)
+    if not domains:
+        return {}
+    entries = ", ".join(f"@{d}={name}/" for d, name in domains.items())
+    return {
+        "virtual_mailbox_domains": ", ".join(domains),
+        "virtual_mailbox_maps": f"inline:{{ {entries} }}",
+        "virtual_mailbox_base": ctx.mail_root.rstrip("/"),
+        "virtual_uid_maps": f"static:{ctx.uid}",
+        "virtual_gid_maps": f"static:{ctx.gid}",
+    }
+
+
 def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
     """main.cf's parameters, in order."""
     node, topology = ctx.node, ctx.topology
-    mydestination = ["$myhostname", "localhost", *[str(d) for d in node.local_domains]]
+    drops = maildrop_domains(node)  # virtual(8)'s: Postfix wants them out of mydestination
+    local = [str(d) for d in node.local_domains if str(d).lower() not in drops]
+    mydestination = ["$myhostname", "localhost", *local]
     retry = node.retry
     first, last = retry.intervals[0], max(retry.intervals)
     owned = lab_owned(ctx, connect_timeout)
@@ -218,6 +266,7 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
         **owned,
     }
     params.update(tls_params(ctx))
+    params.update(maildrop_params(ctx))
     if node.relay_domains:
         params["relay_domains"] = ", ".join(str(d) for d in node.relay_domains)
         if node.smarthost:  # relayhost would take them too: their MX, as built in
@@ -275,8 +324,7 @@ def users_script(ctx: RenderContext) -> str:
         f"mkdir -p {ctx.mail_root}",
         f"chmod 1777 {ctx.mail_root}",
     ]
-    for user in ctx.node.users:
-        name = user.lower()
+    for name in dict.fromkeys([u.lower() for u in ctx.node.users] + mailbox_accounts(ctx.node)):
         lines.append(
             f"id -u {name} >/dev/null 2>&1 || useradd -M -N -o -u {ctx.uid} -g {ctx.gid}"
             f" -d {ctx.mail_root}/{name} -s /usr/sbin/nologin {name}"
@@ -290,8 +338,15 @@ class PostfixAdapter:
 
     def __init__(self, connect_timeout: float = 3.0):
         self.connect_timeout = connect_timeout
+        # the node's mailboxes, for the log readers this adapter made (filled by render:
+        # a virtual(8) delivery's log line names the recipient, not the mailbox)
+        self.maildrops = Maildrops()
 
     def render(self, ctx: RenderContext) -> dict[str, str]:
+        self.maildrops.domains.clear()
+        self.maildrops.domains.update(maildrop_domains(ctx.node))
+        self.maildrops.names.clear()
+        self.maildrops.names.update(n.lower() for n in ctx.node.mailboxes)
         files = {
             "/etc/aliases": render_aliases(ctx.node),
             "/etc/mailname": ctx.hostname + "\n",
@@ -339,6 +394,11 @@ class PostfixAdapter:
     def parse_queue(self, output: str, log: Any) -> list[dict[str, Any]]:
         return parse_postqueue(output, log, Path(SPOOL))
 
+    def queued_content(self, queue_id: str) -> bytes | None:
+        """A queued message's content read at once from its queue file (capture_queued:
+        sent before its queue.queued event); None when the file is gone already."""
+        return queue_file_content(Path(SPOOL), queue_id)
+
     def content_command(self, queue_id: str) -> list[str]:
         return ["postcat", "-bh", "-q", queue_id]
 
@@ -352,4 +412,4 @@ class PostfixAdapter:
         return [f"{SPOOL}/{name}" for name in (*queues, *logs)]
 
     def log_reader(self) -> PostfixLog:
-        return PostfixLog()
+        return PostfixLog(self.maildrops, Path(SPOOL))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,103 @@ def parse_postqueue(
 
 
 # ---------------------------------------------------------------------------------------
+# a queue file's recipients (Postfix logs them only as it delivers)
+
+_QUEUES = ("incoming", "active", "hold", "deferred/*")
+
+
+def _records(data: bytes) -> list[tuple[str, bytes]]:
+    """A queue file's records: a type byte, the length (7 bits a byte, low first, the
+    high bit set while more follow), the data (Postfix's rec_get); a record cut short
+    (a file still being written) ends the list."""
+    records: list[tuple[str, bytes]] = []
+    pos = 0
+    while pos < len(data):
+        kind = chr(data[pos])
+        pos += 1
+        length = shift = 0
+        while True:
+            if pos >= len(data) or shift > 28:
+                return records
+            byte = data[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        if pos + length > len(data):
+            return records
+        records.append((kind, data[pos : pos + length]))
+        pos += length
+    return records
+
+
+def _queue_file(spool: Path, queue_id: str) -> bytes | None:
+    """A message's queue file, wherever it is (incoming, active, hold, deferred)."""
+    if not re.fullmatch(r"[0-9A-Za-z]+", queue_id):
+        return None
+    for queue in _QUEUES:
+        for path in spool.glob(f"{queue}/{queue_id}"):
+            try:
+                return path.read_bytes()
+            except OSError:
+                continue
+    return None
+
+
+def queue_file_recipients(spool: Path, queue_id: str) -> tuple[list[str], list[str]] | None:
+    """(recipients, original recipients) of a message in Postfix's queue, read from its
+    queue file: the envelope's recipient records (`R`, and `D` for one already delivered)
+    with the original recipient record (`O`) before each, those after the content (`X`,
+    extracted from its headers) too; None when the file is gone."""
+    data = _queue_file(spool, queue_id)
+    if data is None:
+        return None
+    recipients: list[str] = []
+    original: list[str] = []
+    orig = ""
+    content = False  # the message's own records, between M and X, are not envelope
+    for kind, value in _records(data):
+        if kind in "MX":
+            content = kind == "M"
+        elif content:
+            continue
+        elif kind == "O":
+            orig = value.decode("utf-8", "replace")
+        elif kind in "RD":
+            address = value.decode("utf-8", "replace")
+            recipients.append(address)
+            original.append(orig or address)
+            orig = ""
+    return recipients, original
+
+
+def queue_file_content(spool: Path, queue_id: str) -> bytes | None:
+    """A queued message's content (headers and body, CRLF line ends), from the data
+    records of its queue file between `M` and `X`: `N` ends a line, `L` is a piece of a
+    long one; None when the file is gone."""
+    data = _queue_file(spool, queue_id)
+    if data is None:
+        return None
+    lines: list[bytes] = []
+    piece = b""
+    inside = False
+    for kind, value in _records(data):
+        if kind == "M":
+            inside = True
+        elif not inside:
+            continue
+        elif kind in "XE":
+            break
+        elif kind == "L":
+            piece += value
+        elif kind == "N":
+            lines.append(piece + value + b"\r\n")
+            piece = b""
+    return b"".join(lines)
+
+
+# ---------------------------------------------------------------------------------------
 # log lines -> events
 
 _LINE = re.compile(r"postfix(?:/[\w.-]+)*/(?P<prog>[\w.-]+)\[(?P<pid>\d+)\]: (?P<msg>.*)$")
@@ -87,12 +185,23 @@ def _reply(text: str) -> str:
     return said.group(1) if said else text
 
 
+@dataclass
+class Maildrops:
+    """The node's POP3 maildrops, as its Postfix delivers into them: the multidrop
+    domains (domain -> mailbox) and the mailboxes' names."""
+
+    domains: dict[str, str] = field(default_factory=dict)
+    names: set[str] = field(default_factory=set)
+
+
 class PostfixLog:
     """Postfix's log lines, in order, as the lab's events (the built-in MTA's kinds and
     fields). Keeps what it learnt of each queue id (client, Message-ID, sender, bounced
     recipients, attempts) to fill the events of later lines."""
 
-    def __init__(self) -> None:
+    def __init__(self, maildrops: Maildrops | None = None, spool: Path | None = None) -> None:
+        self.maildrops = maildrops or Maildrops()
+        self.spool = spool  # where the queue files are read for queue.queued's recipients
         self.messages: dict[str, dict[str, Any]] = {}
         self.tls: dict[str, str] = {}  # smtp process id -> the relay it speaks TLS with
 
@@ -179,13 +288,16 @@ class PostfixLog:
         if "from" in fields and not m["queued"]:
             m["queued"] = True
             m["envelope_from"] = fields["from"]
+            found = queue_file_recipients(self.spool, qid) if self.spool is not None else None
+            recipients, original = found or ([], [])
             return [
                 Event(
                     "queue.queued",
                     {
                         "id": qid,
                         "envelope_from": fields["from"],
-                        "recipients": [],
+                        "recipients": recipients,
+                        "original_recipients": original,
                         "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
                         "client": m["client"],
                         "size": int(fields.get("size", "0") or 0),
@@ -217,7 +329,11 @@ class PostfixLog:
         if state != "deferred":
             m["deferred"].pop(to, None)
         if state == "sent" and prog in ("local", "virtual"):
-            user = to.partition("@")[0].lower()
+            local, _, domain = to.partition("@")
+            user = local.lower()
+            if prog == "virtual":  # a multidrop domain's mail: into its mailbox
+                user = self.maildrops.domains.get(domain.lower(), user)
+            maildrop = prog == "virtual" or user in self.maildrops.names
             events.append(
                 Event(
                     "mailbox.delivered",
@@ -229,7 +345,7 @@ class PostfixLog:
                         "envelope_from": envelope_from,
                         "key": "",  # filled by the agent, which finds the file
                         "message_id": m["message_id"],
-                        "maildrop": False,
+                        "maildrop": maildrop,
                         "reply": text,
                     },
                 )

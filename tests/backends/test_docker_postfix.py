@@ -31,6 +31,7 @@ def test_postfix_hub_queues_while_down_and_delivers_on_link_up(
         image = hub.image.tags[0] if hub.image.tags else ""
         assert image.startswith("maillab-postfix:"), image
 
+        captured = lab.capture_queued("hub")  # read from Postfix's queue file
         sent = lab.send(
             "pc1",
             mail_from="eddy@shofar.org.uk",
@@ -49,6 +50,9 @@ def test_postfix_hub_queues_while_down_and_delivers_on_link_up(
         assert entry["received"] > 0 and entry["next_attempt"] > entry["received"]
         assert entry["last_reply"]
         assert b"Subject: via Postfix" in lab.run(lab.backend.queue_content("hub", sent.queue_id))
+        content = captured[sent.queue_id]
+        assert b"\r\nSubject: via Postfix\r\n" in content, content
+        assert content.startswith(b"Received: from ") and f"id {sent.queue_id}".encode() in content
 
         # link up: the on_up flush hook runs `postqueue -f`; the ISP relays it to freeuk
         lab.link("dialup").up()
@@ -66,6 +70,8 @@ def test_postfix_hub_queues_while_down_and_delivers_on_link_up(
         # the hub's hops, from Postfix's log: queued, deferred, delivered to the ISP, removed
         kinds = [(e.node, e.kind) for e in lab.trace(sent)]
         assert ("hub", "queue.queued") in kinds
+        queued = next(e for e in lab.trace(sent) if e.node == "hub" and e.kind == "queue.queued")
+        assert queued.get("recipients") == ["paulmidgley@freeuk.com"]  # from its queue file
         assert ("hub", "queue.deferred") in kinds
         assert ("hub", "queue.removed") in kinds
         delivered = [

@@ -25,12 +25,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import dns.asyncquery
-import dns.message
-
+from lab.backends.docker.child import probe_services
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
 from lab.backends.docker.fetchrun import Fetchmail
-from lab.backends.docker.net import RealNet
+from lab.backends.docker.net import RealNet, kill_connections
 from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
@@ -86,6 +84,8 @@ class Agent:
             AgentOp.CLOCK_TIME: self.clock_time,
             AgentOp.SUBMIT: self.submit,
             AgentOp.LINK: self.set_link,
+            AgentOp.LINK_CLOSING: self.link_closing,
+            AgentOp.CUT_SERVED: self.cut_served,
             AgentOp.FLUSH: self.flush,
             AgentOp.FETCH: self.fetch,
             AgentOp.QUEUE: self.queue,
@@ -110,10 +110,15 @@ class Agent:
             return
         if self.capture and event.kind == "queue.queued" and self.services is not None:
             with contextlib.suppress(Exception):  # the content first: it is read on the event
-                mta = self.services.need_mta()
-                content = wire.encode_bytes(mta.content(str(event.get("id"))))
-                captured = {"id": str(event.get("id")), "content": content}
-                self.writer.write(wire.encode({"captured": captured}))
+                qid = str(event.get("id"))
+                if self.real is not None:  # read at once from the daemon's queue file
+                    read = getattr(self.real.adapter, "queued_content", None)
+                    raw = read(qid) if read is not None else None
+                else:
+                    raw = self.services.need_mta().content(qid)
+                if raw is not None:
+                    captured = {"id": qid, "content": wire.encode_bytes(raw)}
+                    self.writer.write(wire.encode({"captured": captured}))
         self.writer.write(wire.encode({"event": wire.encode_event(event)}))
 
     # the host ----------------------------------------------------------------------------
@@ -238,7 +243,7 @@ class Agent:
         if self.real is not None:
             self.real.probing = True
         try:
-            probes = await self._probe()
+            probes = await probe_services(self.host)
         finally:
             self.quiet = False
             if self.services.mta is not None:
@@ -260,35 +265,6 @@ class Agent:
             Path("/etc/maillab/tls"), *dict.fromkeys(str(n) for n in names)
         )
         return str(chain), str(ca)
-
-    async def _probe(self) -> dict[str, str]:
-        """Each service answers as a client expects: 220, +OK, a DNS answer."""
-        assert self.host is not None
-        address = next(iter(self.host.addresses.values()), "127.0.0.1")
-        found: dict[str, str] = {}
-        services = self.host.node.service_set()
-        for service, port, want in ((Service.smtp, 25, b"220"), (Service.pop3, 110, b"+OK")):
-            if service in services:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 10)
-                line = await asyncio.wait_for(reader.readline(), 10)
-                writer.write(b"QUIT\r\n")
-                # the service's answer to QUIT is awaited: its events belong to the probe
-                with contextlib.suppress(OSError, TimeoutError):
-                    await writer.drain()
-                    await asyncio.wait_for(reader.read(), 10)
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
-                if not line.startswith(want):
-                    raise LabError(f"{service.value} on {address}:{port} greeted {line!r}")
-                found[service.value] = line.decode("utf-8", "replace").strip()
-        if Service.dns in services:
-            query = dns.message.make_query(self.host.hostname, "A")
-            answer = await dns.asyncquery.udp(query, address, timeout=5)
-            found["dns"] = f"{self.host.hostname} -> " + " ".join(
-                str(r) for rrset in answer.answer for r in rrset
-            )
-        return found
 
     async def _forward_conn(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str, port: int
@@ -392,12 +368,13 @@ class Agent:
 
     async def capture_queued(self) -> None:
         """Send the content of every message queued from now on, before its event."""
-        if self.real is not None:
+        if self.real is not None and not hasattr(self.real.adapter, "queued_content"):
             raise LabError(
                 f"node {self.name!r}: capturing queued content is not offered for"
                 f" {self.real.adapter.software.value} yet"
             )
-        self._need().need_mta()
+        if self.real is None:
+            self._need().need_mta()
         self.capture = True
 
     # a real MTA's host answers these from its daemon --------------------------------------
@@ -423,20 +400,11 @@ class Agent:
         return await self._need().mailbox(user)
 
     async def set_link(self, link: str, state: str) -> int:
-        """As every host; a real MTA's own TCP connections on the link's address are cut
-        too (ss -K), as the agent cuts its own."""
+        """As every host: a link that drops cuts the TCP connections on its address,
+        the real programs' (Postfix, Dovecot, fetchmail) as the agent's (net.py)."""
         cut = int(await self._need().set_link(link=link, state=state))
         if self.fetchmail is not None:  # fetchmail polls while the links are up
             self.fetchmail.link_changed()
-        spec = self.topology.links.get(link)
-        runner = self.real or next(iter(self.servers), None)
-        if runner is not None and spec is not None and state == LinkState.DOWN:
-            address = self.addresses[self.name].get(spec.network)
-            if address is not None:
-                out = await runner.run(
-                    ["ss", "-K", "-tnH", "state", "established", "src", str(address)], check=False
-                )
-                cut += len([line for line in out.splitlines() if line.strip()])
         return cut
 
     async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
@@ -445,6 +413,18 @@ class Agent:
         if not isinstance(net, RealNet):
             raise LabError(f"node {self.name}: not started")
         net.pace(networks, links)
+
+    async def link_closing(self, link: str) -> None:
+        """One of this host's links is about to drop: no new connection across it."""
+        spec = self.topology.links.get(link)
+        net = self._need().host.net
+        if spec is not None and isinstance(net, RealNet):
+            await net.hold_new(spec.network)
+
+    async def cut_served(self, address: str) -> int:
+        """Another host's link drops: the connections this host serves to that host's
+        address are destroyed first, before that host cuts its own ends (net.py)."""
+        return await kill_connections(dst=address, served=True)
 
     async def add_fault(self, fault: dict[str, Any]) -> None:
         if self.real is not None:

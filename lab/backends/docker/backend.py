@@ -37,7 +37,7 @@ from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.software import check_topology
 from lab.topology.impair import Impairment
-from lab.topology.model import Topology
+from lab.topology.model import Topology, WhenDown
 
 
 class DockerBackend(LabBackend[HostProxy]):
@@ -235,6 +235,22 @@ class DockerBackend(LabBackend[HostProxy]):
         self.own_clock.reset()
         self._offset = 0.0
         await asyncio.gather(*(p.reset(self.own_clock.epoch) for p in self._live()))
+
+    async def cut_far_ends(self, link: str) -> int:
+        """A link that drops and refuses: the servers on the far side of its connections
+        cut their ends first (each sends its reset while the link is up, and a reply
+        written before it is in the link host's socket already); then the link's host
+        cuts its own ends and puts its rules in (net.py). A blackhole link cuts only its
+        host's ends, after its rules: the far ends time out."""
+        spec = self.topology.links[link]
+        address = self.addresses[spec.node].get(spec.network)
+        if spec.when_down != WhenDown.refuse or address is None:
+            return 0
+        # no new connection across it meanwhile (its host refuses every SYN), else one
+        # opened after the far ends' cut would lose its host's end first
+        await self.handles[spec.node].link_closing(link)
+        peers = [p for n, p in self.handles.items() if n != spec.node and not p.closed]
+        return sum(await asyncio.gather(*(p.cut_served(str(address)) for p in peers)))
 
     # the clock ---------------------------------------------------------------------------
 

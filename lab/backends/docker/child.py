@@ -1,6 +1,6 @@
 """What the node agent's supervisors of real programs share (daemon.py for a real MTA,
 servers.py for Dovecot): waiting for the program's greeting, running one of its tools,
-and stopping it."""
+and stopping it; and the probe of the built-in services the agent runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
+import dns.asyncquery
+import dns.message
+
 from lab.errors import LabError
+from lab.services.host import Host
+from lab.topology.model import Service
 
 
 async def run_tool(command: list[str], *, check: bool = True) -> str:
@@ -80,3 +85,33 @@ async def await_greeting(
             last = exc
         await asyncio.sleep(0.1)
     raise LabError(f"{name} did not greet within {timeout}s: {last}")
+
+
+async def probe_services(host: Host) -> dict[str, str]:
+    """Each built-in service of the host answers as a client expects: 220, +OK, a DNS
+    answer (the agent's readiness probe)."""
+    address = next(iter(host.addresses.values()), "127.0.0.1")
+    found: dict[str, str] = {}
+    services = host.node.service_set()
+    for service, port, want in ((Service.smtp, 25, b"220"), (Service.pop3, 110, b"+OK")):
+        if service in services:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 10)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.write(b"QUIT\r\n")
+            # the service's answer to QUIT is awaited: its events belong to the probe
+            with contextlib.suppress(OSError, TimeoutError):
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+            if not line.startswith(want):
+                raise LabError(f"{service.value} on {address}:{port} greeted {line!r}")
+            found[service.value] = line.decode("utf-8", "replace").strip()
+    if Service.dns in services:
+        query = dns.message.make_query(host.hostname, "A")
+        answer = await dns.asyncquery.udp(query, address, timeout=5)
+        found["dns"] = f"{host.hostname} -> " + " ".join(
+            str(r) for rrset in answer.answer for r in rrset
+        )
+    return found

@@ -171,6 +171,12 @@ class HostProxy:
     async def set_link(self, link: str, state: str) -> int:
         return int(await self.call(AgentOp.LINK, {"link": link, "state": state}))
 
+    async def link_closing(self, link: str) -> None:
+        await self.call(AgentOp.LINK_CLOSING, {"link": link})
+
+    async def cut_served(self, address: str) -> int:
+        return int(await self.call(AgentOp.CUT_SERVED, {"address": address}))
+
     async def flush(self) -> int:
         return int(await self.call(AgentOp.FLUSH, timeout=LONG))
 

@@ -55,6 +55,7 @@ class RealNet:
         self.interfaces = interfaces or {}  # network -> interface name
         self.when_down = when_down or {}  # network -> "refuse" | "blackhole" (its link's)
         self.links = {n: LinkState.DOWN if n in (down or ()) else LinkState.UP for n in addresses}
+        self.closing: set[str] = set()  # links about to drop: no new connection across them
         self.servers: list[asyncio.AbstractServer] = []
         self.datagram_transports: list[asyncio.BaseTransport] = []
         self.open: dict[int, tuple[str, Callable[[], None], Callable[[], bool]]] = {}
@@ -165,14 +166,48 @@ class RealNet:
         return self.links.get(network, LinkState.UP)
 
     async def set_link(self, network: str, state: LinkState) -> int:
+        """A link that drops cuts every TCP connection of its interface, whoever holds it
+        (the agent, Postfix, Dovecot): with `refuse`, the servers' ends first, then the
+        clients' (for what is left), and only then the filter rules, so each reset goes
+        out and each reply written before it reaches its client (RFC 1047's race, closed:
+        docs/reliability.md, flapping). With `blackhole` the rules go in first: the
+        resets are dropped and the far ends time out, as over a dead line."""
         self.links[network] = state
-        cut = self.cut(network) if state == LinkState.DOWN else 0
-        await self.apply_links()
-        return cut
+        self.closing.discard(network)
+        if state != LinkState.DOWN:
+            await self.apply_links()
+            return 0
+        address = self.addresses.get(network)
+        refuse = self.when_down.get(network, "refuse") == "refuse"
+        if not refuse:
+            await self.apply_links()
+        killed = 0
+        if address is not None:
+            killed = await kill_connections(src=address, served=True)
+            killed += await kill_connections(src=address, served=False)
+        cut = self.cut(network)  # the agent's own: gone already, their transports closed
+        if refuse:
+            await self.apply_links()
+        return max(killed, cut)
+
+    async def hold_new(self, network: str) -> None:
+        """The link on `network` is about to drop: new TCP connections across it are
+        refused from now on (a SYN either way is answered with a reset), so none starts
+        while the far ends and then this host cut the open ones (set_link)."""
+        if self.links.get(network) == LinkState.UP:
+            self.closing.add(network)
+            await self.apply_links()
 
     def rules(self) -> list[str]:
-        """iptables-restore input: the filter rules of the links that are down."""
+        """iptables-restore input: the filter rules of the links that are down (and of
+        those about to drop: new connections refused)."""
         rules = ["*filter", ":INPUT ACCEPT [0:0]", ":FORWARD ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]"]
+        for network in sorted(self.closing):
+            iface = self.interfaces[network]
+            for chain, flag in (("INPUT", "-i"), ("OUTPUT", "-o")):
+                rules.append(
+                    f"-A {chain} {flag} {iface} -p tcp --syn -j REJECT --reject-with tcp-reset"
+                )
         for network, state in self.links.items():
             if state == LinkState.UP:
                 continue
@@ -279,3 +314,35 @@ class RealNet:
                 close()
         for _ in range(3):
             await asyncio.sleep(0)
+
+
+async def kill_connections(*, src: str | None = None, dst: str | None = None, served: bool) -> int:
+    """Destroy this host's established TCP connections from local address `src` (or to
+    peer `dst`) with `ss -K`: those it serves (its local port is one it listens on) or
+    the others. Each end destroyed sends its peer a reset; what the socket had received
+    stays readable before the error. Returns how many were destroyed."""
+    listening = await _run_ss(["-ltnH"])
+    ports = sorted({line.split()[3].rsplit(":", 1)[1] for line in listening if line.split()})
+    if served and not ports:
+        return 0
+    where = ["src", src] if src is not None else ["dst", str(dst)]
+    expr: list[str] = []
+    if ports:
+        ors = " or ".join(f"sport = :{port}" for port in ports)
+        expr = [f"( {ors} )" if served else f"! ( {ors} )"]
+    return len(await _run_ss(["-K", "-tnH", "state", "established", *where, *expr]))
+
+
+async def _run_ss(args: list[str]) -> list[str]:
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "ss",
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+    except FileNotFoundError:  # no iproute2: the agent's own cut still closes its own
+        return []
+    out, _ = await proc.communicate()
+    return [line for line in out.decode("utf-8", "replace").splitlines() if line.strip()]

@@ -69,6 +69,7 @@ class _Conn:
     close: Callable[[], None]
     alive: Callable[[], bool] = lambda: True
     paced: bool = False  # relayed on the lab clock (pacing.py)
+    server: bool = False  # the accepting end (its close is an abort: a reset)
 
 
 @dataclass
@@ -238,12 +239,17 @@ class VirtualNetwork:
     # links -----------------------------------------------------------------------------
 
     def set_link(self, node: str, network: str, up: bool) -> int:
-        """Change an attachment's state; when it goes down, cut what crosses it."""
+        """Change an attachment's state; when it goes down, cut what crosses it: the
+        servers' ends first (a reset), then the clients'. A server's reply written before
+        its end was cut is in the client's socket already and is read before the reset;
+        one written after fails, and the server knows it was not sent (RFC 1047's race
+        closed: acceptance.py withdraws a message whose 250 did not go out)."""
         key = (node, network)
         self.interfaces[key].up = up
         if up:
             return 0
         cut = [c for c in self.conns.values() if key in c.ends and c.alive()]
+        cut.sort(key=lambda c: not c.server)
         self.conns = {k: c for k, c in self.conns.items() if key not in c.ends}
         for conn in cut:
             conn.close()
@@ -254,8 +260,10 @@ class VirtualNetwork:
         ends: tuple[IfaceKey, IfaceKey],
         close: Callable[[], None],
         alive: Callable[[], bool] | None = None,
+        *,
+        server: bool = False,
     ) -> _Conn:
-        conn = _Conn(ends, close, alive or (lambda: True))
+        conn = _Conn(ends, close, alive or (lambda: True), server)
         self.conns[id(conn)] = conn
         if len(self.conns) >= self._prune_at:  # forget connections that ended by themselves
             self.conns = {k: c for k, c in self.conns.items() if c.alive()}
@@ -398,7 +406,7 @@ class NodeNet:
             cut()
             return peer, peer_port, local.lab_address
         # the operator's connection too is cut when this interface's link goes down
-        conn = self.vnet.track((here, peer_key or here), cut)
+        conn = self.vnet.track((here, peer_key or here), cut, server=True)
         self.open.add(transport)  # closed by `close` if still open then (the operator's too)
         # forget the connection when it ends by itself
         proto = transport.get_protocol()

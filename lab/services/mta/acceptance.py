@@ -16,11 +16,13 @@ and returns only once it is durably this host's: then the server may say 250.
   others of its group, and handed to delivery (delivery.py) with its content.
 
 Once the message goes to the disk its acceptance runs to the end, even if the client
-hangs up before the reply. A client that is known to be gone when the message is on
-disk never had the 250 and still holds the message (it sends it again): the copy is
-withdrawn from the queue rather than delivered twice (RFC 1047's race, as a dial-up
-link that drops during the final dot makes it). A client that goes after that check
-may still miss the 250: that narrower window remains, as in every MTA.
+hangs up before the reply. A queued message is handed to delivery only once its 250 has
+gone out: the SMTP server writes the reply and says whether the kernel took it (a
+connection that was reset fails the write). A client that never had the 250 still holds
+the message and sends it again, so that copy is withdrawn from the queue rather than
+delivered twice (RFC 1047's race, as a dial-up link that drops during the final dot
+makes it). A 250 that went out but was lost on the way remains the one window; the
+lab's link drop leaves it closed (docs/reliability.md, flapping).
 """
 
 from __future__ import annotations
@@ -30,7 +32,6 @@ import email.utils
 import functools
 import re
 import time
-from collections.abc import Callable
 
 from lab.services.host import Host
 from lab.services.mta.delivery import Delivery
@@ -64,12 +65,14 @@ class Acceptance:
         dsn_ret: str = "",
         envid: str = "",
         at_once: bool = True,
-        connected: Callable[[], bool] | None = None,
+        replied: asyncio.Future[bool] | None = None,
     ) -> QueuedMessage:
         """Make a message this host's, durably; returns it with its queue id.
         `recipients` are (address, DSN NOTIFY) pairs. `at_once`: mail for local mailboxes
         only goes into them now, before the 250 (a DSN this host writes is queued).
-        `connected`: whether the client is still there to be told 250 (SMTP)."""
+        `replied` (SMTP): resolved by the server once it wrote the 250, True when the
+        reply went out; a queued message waits for it before delivery, and is withdrawn
+        when it is False."""
         message, content, failed = self._prepare(
             content,
             envelope_from=envelope_from,
@@ -92,27 +95,38 @@ class Acceptance:
 
             def stored(t: asyncio.Task[bool]) -> None:
                 if not t.cancelled() and t.exception() is None and t.result():
-                    self._hand_over(message, content, original, keep=connected is None)
+                    self._hand_over(message, content, original, keep=replied is None)
 
             task.add_done_callback(stored)
             raise
-        if queued:  # the last moment before the 250 goes out: is the client still there?
-            if connected is not None:
-                try:  # a reset that came in while the file went to disk is read first
-                    await asyncio.sleep(0)
-                except asyncio.CancelledError:  # the session ended meanwhile: client gone
-                    self._hand_over(message, content, original, keep=False)
-                    raise
-            self._hand_over(message, content, original, keep=connected is None or connected())
+        if not queued:
+            return message
+        if replied is None:
+            self._hand_over(message, content, original, keep=True)
+        else:  # queued now (the 250 names it); delivered only if the 250 went out
+            self._accepted(message, content, original)
+
+            def answered(reply: asyncio.Future[bool]) -> None:
+                went = not reply.cancelled() and reply.exception() is None and reply.result()
+                self._hand_over(message, content, original, keep=went, announced=True)
+
+            replied.add_done_callback(answered)
         return message
 
     def _hand_over(
-        self, message: QueuedMessage, content: bytes, original: list[str], *, keep: bool
+        self,
+        message: QueuedMessage,
+        content: bytes,
+        original: list[str],
+        *,
+        keep: bool,
+        announced: bool = False,
     ) -> None:
-        """A queued message to delivery; or, when its client is gone before the 250,
-        withdrawn: the client still has it and sends it again."""
+        """A queued message to delivery; or, when its 250 did not go out, withdrawn: the
+        client still has it and sends it again. `announced`: its queue.queued is out."""
         if keep:
-            self._accepted(message, content, original)
+            if not announced:
+                self._accepted(message, content, original)
             self.delivery.start(message, content)
             return
         self.queue.remove(message.id)
@@ -120,7 +134,7 @@ class Acceptance:
             "queue.withdrawn",
             id=message.id,
             client=message.client,
-            reason="the client left before the 250: it still has the message",
+            reason="the 250 did not go out (the client left): it still has the message",
         )
 
     def received_header(

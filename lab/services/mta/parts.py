@@ -8,7 +8,7 @@ another in a circle, and MtaService (service.py) joins them.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
 from typing import Protocol
 
 from lab.services.mta.queue import QueuedMessage, Recipient
@@ -31,7 +31,7 @@ class Accepts(Protocol):
         dsn_ret: str = "",
         envid: str = "",
         at_once: bool = True,
-        connected: Callable[[], bool] | None = None,
+        replied: asyncio.Future[bool] | None = None,
     ) -> QueuedMessage: ...
 
 

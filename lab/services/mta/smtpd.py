@@ -28,6 +28,7 @@ from lab.services.mta import policy
 from lab.services.mta.faulting import Strike, pick_fault
 from lab.services.mta.frontend import Mta
 from lab.services.mta.replies import enhance
+from lab.services.mta.smtpdata import read_data
 from lab.services.resolver import DnsNotFound, DnsTemporaryError
 from lab.topology.model import StartTls
 
@@ -65,9 +66,6 @@ def _take_params(arg: str | None, names: tuple[str, ...]) -> tuple[str | None, d
 LINE_LENGTH_LIMIT = 1000
 HELO_REFUSED = "501 5.5.2 Helo command rejected: invalid host name"
 _SEND_AT_ONCE = {"220", "221", "354", "421"}
-_DATA_END = b"\r\n.\r\n"
-_DOT_LINE = b".\r\n"
-_LINE_TOO_LONG = "500 Line too long (see RFC5321 4.5.3.1.6)"
 
 
 class AiosmtpdOverrides(SMTP):
@@ -85,6 +83,8 @@ class AiosmtpdOverrides(SMTP):
     - `smtp_DATA`: aiosmtpd's DATA reading whole buffered blocks (`read_data`), with
       `_reader`, `_writer`, `_call_handler_hook` and `_set_post_data_state`.
     - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
+    - `_unsent`: whether a reply went out, from the transports (`_original_transport`,
+      the socket's, under STARTTLS).
     """
 
     HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
@@ -117,6 +117,19 @@ class AiosmtpdOverrides(SMTP):
         buffered: bytearray | None = getattr(self._reader, "_buffer", None)  # StreamReader's
         return buffered is not None and b"\n" in buffered
 
+    def _unsent(self) -> int:
+        """Bytes written and not yet handed to the kernel, or -1 when the connection is
+        gone (its transport closing). After STARTTLS both transports count: the socket's
+        is cut (and closes) before the TLS one above it hears of it."""
+        unsent = 0
+        for transport in (self.transport, self._original_transport):
+            if transport is None:
+                continue
+            if transport.is_closing() or not isinstance(transport, asyncio.WriteTransport):
+                return -1
+            unsent += transport.get_write_buffer_size()
+        return unsent if self.transport is not None else -1
+
     async def smtp_DATA(self, arg: str) -> None:
         """aiosmtpd's DATA: the same limits, end of data and replies, read by blocks."""
         if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
@@ -130,7 +143,7 @@ class AiosmtpdOverrides(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         try:
-            content, error = await self.read_data(
+            content, error = await read_data(
                 self._reader, size_limit=self.data_size_limit, line_limit=self.line_length_limit
             )
         except asyncio.CancelledError:  # the connection was lost during DATA
@@ -144,69 +157,6 @@ class AiosmtpdOverrides(SMTP):
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)
-
-    @staticmethod
-    async def read_data(
-        reader: asyncio.StreamReader, *, size_limit: int | None, line_limit: int
-    ) -> tuple[bytes, str | None]:
-        """The message up to the line holding a lone dot, dot-unstuffed (RFC 5321 4.5.2),
-        or the error reply it earned: a line longer than `line_limit` with its CRLF (500) or
-        more than `size_limit` octets (552), replied to only once the data has ended (4.2.5).
-        Lines end with CRLF only: a bare CR or LF neither ends a line nor the data.
-
-        It reads whole buffered blocks, not a line at a time. What the client sent after the
-        end of data (pipelined commands) stays in the reader for the command loop."""
-        blocks: list[bytes] = []
-        size = 0
-        error: str | None = None
-        at_line_start = True
-        while True:
-            buffered: bytearray = reader._buffer  # type: ignore[attr-defined]  # a peek
-            if at_line_start and buffered.startswith(_DOT_LINE):
-                end = 0
-            else:
-                found = buffered.find(_DATA_END)
-                end = found + 2 if found >= 0 else -1
-            try:
-                if end >= 0:  # the end of data is here: take exactly up to it
-                    block = (await reader.readexactly(end + 3))[:-3]
-                    last = True
-                else:
-                    last = False
-                    cut = buffered.rfind(b"\r\n")
-                    if cut >= 0:  # the whole lines buffered
-                        block = await reader.readexactly(cut + 2)
-                    else:  # no whole line here yet: wait for one
-                        block = await reader.readuntil(b"\r\n")
-                        if at_line_start and block == _DOT_LINE:
-                            block, last = b"", True
-            except asyncio.LimitOverrunError as exc:  # a line longer than the limit
-                block = await reader.read(exc.consumed)
-                error = error or _LINE_TOO_LONG
-                blocks.clear()
-                last = False
-            except asyncio.IncompleteReadError:  # the client closed mid-data: nothing to keep
-                return b"", "421 4.4.2 Connection closed during DATA"
-            at_line_start = block.endswith(b"\r\n")
-            size += len(block)
-            if error is None and size_limit and size > size_limit:
-                error = "552 Error: Too much mail data"
-                blocks.clear()
-            if error is None and block:
-                if max(map(len, block.split(b"\r\n"))) + 2 > line_limit:
-                    error = _LINE_TOO_LONG
-                    blocks.clear()
-                else:
-                    blocks.append(block)
-            if last:
-                break
-        content = b"".join(blocks)
-        if content[:1] == b".":
-            content = content[1:]
-        return content.replace(b"\r\n.", b"\r\n"), error
-
-
-read_data = AiosmtpdOverrides.read_data
 
 
 _SESSIONS = itertools.count(1)  # numbers the connections of this process
@@ -228,6 +178,9 @@ class LabSMTP(AiosmtpdOverrides):
         self.rcpt_params: dict[str, str] = {}  # RCPT's DSN parameters
         self._reply_lines: list[str] = []
         self._held: list[str] = []  # replies to pipelined commands, not yet sent
+        # set while a queued message waits for its 250: resolved once the reply is
+        # written, True when it went out (acceptance delivers it or withdraws it)
+        self.replied: asyncio.Future[bool] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if self.lab_peer is None:
@@ -251,9 +204,32 @@ class LabSMTP(AiosmtpdOverrides):
         self.session.peer = self.lab_peer  # type: ignore[assignment]
 
     def connection_lost(self, error: Exception | None) -> None:
+        self._replied(False)
         if self.session is None:  # turned away by a connect fault: aiosmtpd never started
             return
         super().connection_lost(error)
+
+    def _replied(self, went: bool) -> None:
+        replied, self.replied = self.replied, None
+        if replied is not None and not replied.done():
+            replied.set_result(went)
+
+    async def _reply_for(self, data: str) -> None:
+        """A queued message's reply: written, then `replied` says whether it went out. A
+        send the kernel refused (the connection was reset: the link dropped) closes the
+        transport at once; what it took goes out, and the client reads it even if the
+        connection is cut right after (docs/reliability.md, flapping)."""
+        went = False
+        try:
+            self._writer.write(data.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
+            if self._unsent() > 0:
+                await self._writer.drain()  # not all taken at once: wait until it is
+            went = self._unsent() == 0
+        except ConnectionError:
+            pass
+        finally:
+            self._replied(went)
+        await self._writer.drain()
 
     async def push(self, status: Any) -> None:
         if isinstance(status, bytes):
@@ -284,6 +260,9 @@ class LabSMTP(AiosmtpdOverrides):
         if self._held:
             lines = [*self._held, *lines]
             self._held = []
+        if self.replied is not None:
+            await self._reply_for("\r\n".join(lines))
+            return
         await super().push("\r\n".join(lines))
 
     async def smtp_HELP(self, arg: str) -> None:
@@ -532,6 +511,7 @@ class Handler:
             return reply
         notify = getattr(envelope, "rcpt_notify", [[] for _ in envelope.rcpt_tos])
         dsn = getattr(envelope, "dsn", {})
+        server.replied = asyncio.get_running_loop().create_future()
         try:
             message = await self.mta.accept(
                 content,
@@ -546,9 +526,10 @@ class Handler:
                 tls=_tls_text(session),
                 dsn_ret=dsn.get("RET", ""),
                 envid=dsn.get("ENVID", ""),
-                connected=lambda: not getattr(server.transport, "is_closing", lambda: True)(),
+                replied=server.replied,
             )
         except OSError as exc:
+            server.replied = None  # no message waits for this reply
             self.emit("queue.write_failed", error=str(exc))
             return "451 4.3.0 Error: queue file write error"
         return f"250 2.0.0 {message.id} Message accepted for delivery"

@@ -72,7 +72,14 @@ RECORDED: dict[str, str] = {
 }
 
 # Private attributes of a connected aiosmtpd server that the lab reads or relies on.
-ATTRIBUTES = ("_reader", "_writer", "_handle_hooks", "_smtp_methods", "_auth_methods")
+ATTRIBUTES = (
+    "_reader",
+    "_writer",
+    "_handle_hooks",
+    "_smtp_methods",
+    "_auth_methods",
+    "_original_transport",  # the socket's transport under STARTTLS (LabSMTP._unsent)
+)
 
 
 def _where(name: str) -> str:
