@@ -26,6 +26,7 @@ from lab.errors import LabError
 from lab.harness.lab import Lab, LabAssertionError
 from lab.harness.pool import LabPool
 from lab.harness.refusals import await_refusal, refusal, rejected_words
+from lab.harness.reports import dsn_mismatch, dsn_words
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult
 from lab.topology.checks import (
@@ -180,6 +181,8 @@ def _delivered_words(d: DeliveredExpect) -> str:
         words += f" with envelope sender {d.envelope_from or '<>'}"
     if d.headers:
         words += " and " + ", ".join(f"{k}: {v}" for k, v in d.headers.items())
+    if d.dsn:
+        words += f", {dsn_words(d.dsn)}"
     return words
 
 
@@ -361,11 +364,14 @@ class _CheckRun:
             headers=d.headers,
             timeout=within,
         )
+        wrong = dsn_mismatch(message.message, d.dsn) if d.dsn else None
+        if wrong:
+            raise LabAssertionError(f"delivered {_delivered_words(d)}, but {wrong}")
         sender = message.envelope_from or "<>"
         return f"delivered, envelope sender {sender}, From: {message['From'] or '(none)'}"
 
     def not_delivered(self, d: DeliveredExpect) -> str:
-        if d.envelope_from is None and not d.headers:
+        if d.envelope_from is None and not d.headers and not d.dsn:
             self.lab.assert_not_delivered(d.to, node=d.node, mailbox=d.mailbox)
             return "not delivered"
         self.lab.settle()
@@ -373,12 +379,14 @@ class _CheckRun:
         for e in events:
             if not _delivery_matches(e, d):
                 continue
-            if d.headers:
+            if d.headers or d.dsn:
                 found = self._message(e)
                 if found is None or not all(
                     value.lower() in (found[name] or "").lower()
                     for name, value in d.headers.items()
                 ):
+                    continue
+                if d.dsn and dsn_mismatch(found.message, d.dsn):
                     continue
             raise LabAssertionError(
                 self._explain(
@@ -435,6 +443,11 @@ class _CheckRun:
                     f" mailbox {event.get('user')}, but header {name}: is {actual!r},"
                     f" expected it to contain {value!r}"
                 )
+        wrong = None
+        if lands.dsn:
+            wrong = dsn_mismatch(found.message, lands.dsn) if found else "it is not in the mailbox"
+        if wrong:
+            raise LabAssertionError(f"expected {_bounced_words(b)};\n{outcome}; {wrong}")
         return f"{outcome}; it landed on {event.node} in mailbox {event.get('user')}"
 
     def rejected(self, r: RejectedExpect, within: float) -> str:
