@@ -186,8 +186,16 @@ class _Checker:
                     at_key=True,
                 )
             pairs[pair] = name
-            if "fetch" in link.on_up and node is not None and not node.fetch:
-                self.add((*path, "on_up"), f"the fetch hook needs fetch jobs on {link.node!r}")
+            if (
+                "fetch" in link.on_up
+                and node is not None
+                and not node.fetch
+                and node.config_for(Service.fetch) is None  # its own .fetchmailrc
+            ):
+                self.add(
+                    (*path, "on_up"),
+                    f"the fetch hook needs fetch jobs (or a fetchmail config:) on {link.node!r}",
+                )
             if (
                 "flush" in link.on_up
                 and node is not None
