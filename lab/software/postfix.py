@@ -328,7 +328,8 @@ class PostfixAdapter:
         files["/etc/postfix/main.cf"] = render_main_cf(main_cf(ctx, self.connect_timeout))
         if ctx.node.masquerade is not None and generic_map(ctx.node.masquerade):
             files["/etc/postfix/generic"] = generic_map(ctx.node.masquerade)
-            files["/etc/postfix/header_checks"] = header_checks(ctx.node.masquerade)
+            if not ctx.node.masquerade.envelope:
+                files["/etc/postfix/header_checks"] = header_checks(ctx.node.masquerade)
         return files
 
     def prepare_commands(self, ctx: RenderContext) -> list[list[str]]:

@@ -484,10 +484,12 @@ class _Checker:
         dut = self.t.matrix.dut
         if dut:
             self._node_ref(("matrix", "dut"), dut, Service.smtp)
-        for check in self.t.matrix.not_on:
+        marked = [("not_on", c) for c in self.t.matrix.not_on]
+        marked += [("notes", c) for c in self.t.matrix.notes]
+        for key, check in marked:
             if check not in self.t.checks:
                 self.add(
-                    ("matrix", "not_on", check),
+                    ("matrix", key, check),
                     self._unknown("check", check, self.t.checks),
                     at_key=True,
                 )

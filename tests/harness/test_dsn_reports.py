@@ -65,6 +65,10 @@ def test_a_message_that_is_no_dsn_is_a_mismatch() -> None:
 def test_no_warning_and_no_give_up_are_caught() -> None:
     topology = load(TOPOLOGIES / "queue-lifecycle.yaml").model
     retry = topology.nodes["hub"].retry
+    for check in ("delay-warning-after-4h", "returned-after-5-days"):
+        expect = topology.checks[check][5].expect
+        assert expect is not None
+        expect.within = 0.5  # in process the DSN is there at once, or never
     retry.warn_after = None
     result = run_check(topology, "delay-warning-after-4h")
     assert not result.ok and result.failed_step is not None
@@ -73,3 +77,20 @@ def test_no_warning_and_no_give_up_are_caught() -> None:
     result = run_check(topology, "returned-after-5-days")
     assert not result.ok and result.failed_step is not None
     assert result.failed_step.index == 6, result.report()
+
+
+def test_a_fetch_hook_needs_fetch_jobs_or_a_fetchmailrc() -> None:
+    """nelug-sendmail's hub fetches with the article's own .fetchmailrc (config: fetch),
+    no fetch jobs: its link's fetch hook is valid; without either it is refused."""
+    import pytest
+
+    from lab.errors import TopologyError
+    from lab.topology import load_text
+
+    file = str(TOPOLOGIES / "nelug-sendmail.yaml")
+    text = Path(file).read_text()
+    assert load_text(text, file).model.nodes["hub"].fetch == []
+    bare = text.replace(", fetch: nelug-sendmail/fetchmailrc", "")
+    assert bare != text
+    with pytest.raises(TopologyError, match="the fetch hook needs fetch jobs"):
+        load_text(bare, file)
