@@ -20,7 +20,8 @@ check's step report. With --lab-software (the fidelity matrix, docs/fidelity.md)
 check of a topology with a device under test is also an item per software,
 `topologies/home-dialup.yaml::queued-while-down[postfix]` (marker `fidelity`): the DUT's
 MTA as that software, builtin in process, the real MTAs on Docker; a cell that does not
-apply is skipped with the reason.
+apply (`matrix: not_on:` in the topology) is deselected, not skipped, and listed with its
+reason at the end of the run.
 """
 
 from __future__ import annotations
@@ -269,17 +270,40 @@ class TopologyFile(pytest.File):
         for software in chosen:
             copy, backend, why = variant(topology, dut, software)
             for name in topology.checks:
-                skip = not_applicable(topology, name, software) or ("" if copy else why)
+                reason = not_applicable(topology, name, software) or ("" if copy else why)
                 item = CheckItem.from_parent(
                     self,
                     name=f"{name}[{software}]",
                     topology=copy or topology,
                     check=name,
                     backend=backend or "docker",
-                    skip=skip,
+                    not_applicable=" ".join(reason.split()),
                 )
                 item.add_marker(pytest.mark.fidelity)
                 yield item
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fidelity-matrix cells that do not apply to their software are deselected (they are
+    not tests that could pass or fail) and kept, with their reasons, for the summary."""
+    cells = [i for i in items if isinstance(i, CheckItem) and i.not_applicable]
+    if not cells:
+        return
+    config.hook.pytest_deselected(items=cells)
+    items[:] = [i for i in items if not (isinstance(i, CheckItem) and i.not_applicable)]
+    config.stash[_NOT_APPLICABLE] = [f"{i.nodeid}: {i.not_applicable}" for i in cells]
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    cells = config.stash.get(_NOT_APPLICABLE, [])
+    if cells:
+        terminalreporter.section("fidelity matrix: cells that do not apply (deselected)")
+        for line in cells:
+            terminalreporter.line(line)
+
+
+_NOT_APPLICABLE = pytest.StashKey[list[str]]()
 
 
 def runs_on(topology: Any, backend: str) -> bool:
@@ -305,18 +329,23 @@ class CheckFailed(Exception):
 class CheckItem(pytest.Item):
     """One named check of a topology file, run on the topology's reused lab, reset."""
 
-    def __init__(self, *, topology: Any, check: str, backend: str, skip: str = "", **kwargs: Any):
+    def __init__(
+        self,
+        *,
+        topology: Any,
+        check: str,
+        backend: str,
+        not_applicable: str = "",
+        **kwargs: Any,
+    ):
         super().__init__(**kwargs)
         self.topology = topology
         self.check = check
         self.backend = backend
-        self.skip = skip  # a fidelity-matrix cell that does not apply: why
+        self.not_applicable = not_applicable  # a matrix cell that does not apply: why
 
     def runtest(self) -> None:
         from lab.harness.checks import run_check
-
-        if self.skip:
-            pytest.skip(f"not applicable: {' '.join(self.skip.split())}")
 
         root = Path(str(self.config.rootpath))
         file = self.path.relative_to(root) if self.path.is_relative_to(root) else self.path

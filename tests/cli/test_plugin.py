@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import glob
+
 import pytest
 
 pytest_plugins = ["pytester"]
@@ -64,7 +66,7 @@ def test_plugin_fidelity_matrix_items(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--lab-software: each check of a topology with a DUT is also CHECK[software]; a cell
-    that does not apply is skipped with its reason."""
+    that does not apply is deselected and listed with its reason."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
@@ -79,14 +81,23 @@ def test_plugin_fidelity_matrix_items(
     for item in (source / "office-postfix").iterdir():
         (pytester.path / "topologies" / "office-postfix" / item.name).write_bytes(item.read_bytes())
     result = pytester.runpytest_subprocess(
-        "--lab-software", "builtin", "-m", "fidelity", "-rs", "-p", "no:randomly", "topologies"
+        "--lab-software", "builtin", "-m", "fidelity", "-p", "no:randomly", "topologies"
     )
-    result.assert_outcomes(passed=3, skipped=3, deselected=3)
-    result.stdout.fnmatch_lines(["*not applicable: hub has its own postfix configuration*"])
+    result.assert_outcomes(passed=3, deselected=6)
+    result.stdout.fnmatch_lines(
+        [
+            "*fidelity matrix: cells that do not apply (deselected)*",
+            "*office-postfix.yaml::*[[]builtin[]]: hub has its own postfix configuration*",
+        ]
+    )
     collected = pytester.runpytest_subprocess(
         "--lab-software", "all", "--collect-only", "-q", "topologies/lg45-envelope-fixed.yaml"
     )
     listed = collected.stdout.str().splitlines()
-    for software in ("builtin", "postfix", "exim", "sendmail"):
+    for software in ("builtin", "postfix", "exim"):
         wanted = f"topologies/lg45-envelope-fixed.yaml::envelope-rewritten-delivered[{software}]"
         assert wanted in listed
+    # sendmail masquerades as a domain only: the cell is listed as not applying, not run
+    cell = "topologies/lg45-envelope-fixed.yaml::envelope-rewritten-delivered[sendmail]"
+    assert cell not in listed
+    collected.stdout.fnmatch_lines([f"{glob.escape(cell)}: *as a domain, not an address"])
