@@ -32,6 +32,7 @@ from lab.harness.describe import (
 from lab.harness.lab import Lab, LabAssertionError
 from lab.harness.pool import LabPool
 from lab.harness.refusals import await_refusal, refusal, rejected_words
+from lab.harness.reports import dsn_mismatch
 from lab.runtime.events import Event, format_events
 from lab.services.client import SubmitResult, attachment_text
 from lab.topology.checks import (
@@ -308,6 +309,9 @@ class _CheckRun:
             headers=d.headers,
             timeout=within,
         )
+        wrong = dsn_mismatch(message.message, d.dsn) if d.dsn else None
+        if wrong:
+            raise LabAssertionError(f"delivered {delivered_words(d)}, but {wrong}")
         sender = message.envelope_from or "<>"
         got = message.raw.replace("\r\n", "\n").split("\n\n", 1)[-1]
         if d.whole and _lines(got) != _lines(self.sent_body):
@@ -335,7 +339,7 @@ class _CheckRun:
         return f" after {format_duration(round(took))} of lab time"
 
     def not_delivered(self, d: DeliveredExpect) -> str:
-        if d.envelope_from is None and not d.headers:
+        if d.envelope_from is None and not d.headers and not d.dsn:
             self.lab.assert_not_delivered(d.to, node=d.node, mailbox=d.mailbox)
             if d.node and d.mailbox and (held := self.lab.mailbox(d.node, d.mailbox)):
                 raise StepFailed(f"{d.node}'s mailbox {d.mailbox} holds {len(held)} message(s)")
@@ -345,12 +349,14 @@ class _CheckRun:
         for e in events:
             if not _delivery_matches(e, d):
                 continue
-            if d.headers:
+            if d.headers or d.dsn:
                 found = self._message(e)
                 if found is None or not all(
                     value.lower() in (found[name] or "").lower()
                     for name, value in d.headers.items()
                 ):
+                    continue
+                if d.dsn and dsn_mismatch(found.message, d.dsn):
                     continue
             raise LabAssertionError(
                 self._explain(
@@ -408,6 +414,11 @@ class _CheckRun:
                     f" mailbox {event.get('user')}, but header {name}: is {actual!r},"
                     f" expected it to contain {value!r}"
                 )
+        wrong = None
+        if lands.dsn:
+            wrong = dsn_mismatch(found.message, lands.dsn) if found else "it is not in the mailbox"
+        if wrong:
+            raise LabAssertionError(f"expected {bounced_words(b)};\n{outcome}; {wrong}")
         return f"{outcome}; it landed on {event.node} in mailbox {event.get('user')}"
 
     def rejected(self, r: RejectedExpect, within: float) -> str:

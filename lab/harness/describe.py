@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from lab.harness.refusals import rejected_words
+from lab.harness.reports import dsn_words
 from lab.topology.checks import BouncedExpect, DeliveredExpect, Expect, Step
 from lab.topology.units import format_duration
 
@@ -34,6 +35,8 @@ def delivered_words(d: DeliveredExpect) -> str:
         words += f" with envelope sender {d.envelope_from or '<>'}"
     if d.headers:
         words += " and " + ", ".join(f"{k}: {v}" for k, v in d.headers.items())
+    if d.dsn:
+        words += f", {dsn_words(d.dsn)}"
     return words
 
 

@@ -74,6 +74,7 @@ class TopologyMatrix:
     checks: list[str]
     cells: dict[tuple[str, str], Cell] = field(default_factory=dict)
     duration: float = 0.0
+    notes: dict[str, str] = field(default_factory=dict)  # check -> the topology's note
 
     def differs(self, check: str) -> bool:
         """Whether the outcomes (or the verdicts) of `check` differ between software."""
@@ -225,6 +226,7 @@ def run_matrix(
         if dut is None or not checks:
             continue
         row = TopologyMatrix(file, topology.name, dut, list(software), checks)
+        row.notes = {c: topology.matrix.notes[c] for c in checks if c in topology.matrix.notes}
         started = time.monotonic()
         for name in software:
             copy, backend, why = variant(topology, dut, name)
@@ -355,6 +357,12 @@ def render_markdown(rows: list[TopologyMatrix]) -> str:
                 f"- {row.file}, {cell.software} ({', '.join(which)}): "
                 + _escape(" ".join(cell.reason.split()))
             )
+        out.append("")
+    notes = [(row, check) for row in rows for check in row.checks if check in row.notes]
+    if notes:
+        out += ["## Notes: the MTAs' own behaviour where the checks allow it", ""]
+        for row, check in notes:
+            out.append(f"- {row.file}, {check}: " + _escape(" ".join(row.notes[check].split())))
         out.append("")
     out += ["## Differences", ""]
     any_difference = False

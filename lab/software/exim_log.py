@@ -398,7 +398,9 @@ class EximLog:
         expired = "retry timeout exceeded" in text or "failing for a long time" in text
         events: list[Event] = []
         if expired:
-            code = "4.4.7"
+            # what Exim's bounce says for it (Action: failed, Status: 5.0.0), not the
+            # built-in MTA's 4.4.7: the event carries the DSN's status as sent
+            code = "5.0.0"
             reply = f"delivery time expired; last error: {m['reply'] or text}"
             if not m["expired"]:
                 m["expired"] = True

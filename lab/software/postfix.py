@@ -10,7 +10,9 @@ The configuration is rendered from the node's fields (docs/real-mtas.md has the 
   entry `relay:DOMAIN` per domain, so their mail goes to their MX as on the built-in MTA);
 - masquerade: masquerade_domains and masquerade_classes, and, when the masquerade domain
   is another one (shofar.org.uk as shofar.uklinux.net), smtp_generic_maps that map the
-  domains (and with entire_domain their subdomains) to it on the way out;
+  domains (and with entire_domain their subdomains) to it on the way out (envelope and
+  headers; with `envelope: false`, smtp_header_checks that replace the address in From:,
+  Sender: and Reply-To: instead, so the envelope sender stays, as lg45's header filter);
 - mailboxes (POP3 maildrops, which Dovecot serves on the same host): each multidrop
   domain goes to virtual(8) (virtual_mailbox_domains/maps: `@DOMAIN` into the box's
   Maildir), each mailbox whose name can be a Unix account gets one, for local(8);
@@ -114,6 +116,23 @@ def generic_map(m: Masquerade) -> str:
         # `as` may be a whole address (lg45's joe.bloggs@isp.com): every local part maps to it
         to = m.as_ if "@" in m.as_ else f"${{1}}@{m.as_}"
         lines.append(f"/^(.+)@{sub}{escaped}$/\t{to}")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def header_checks(m: Masquerade) -> str:
+    """smtp_header_checks REPLACE rules rewriting the first masqueraded address in From:,
+    Sender: and Reply-To: (a header-only masquerade: the envelope keeps its sender)."""
+    lines = []
+    for domain in m.domains:
+        if str(domain).lower() == m.as_.lower():
+            continue
+        escaped = re.escape(str(domain))
+        sub = r"(([^@<>[:space:]]+\.)*)" if m.entire_domain else "(())"
+        to = m.as_ if "@" in m.as_ else f"${{3}}@{m.as_}"
+        lines.append(
+            rf"/^(From|Sender|Reply-To):(.*[<[:space:]])?([^<>@[:space:],]+)@{sub}{escaped}"
+            rf"(>.*|[[:space:],].*)?$/ REPLACE ${{1}}:${{2}}{to}${{6}}"
+        )
     return "\n".join(lines) + ("\n" if lines else "")
 
 
@@ -279,8 +298,13 @@ def main_cf(ctx: RenderContext, connect_timeout: float = 3.0) -> dict[str, str]:
     if m is not None:
         params["masquerade_domains"] = ", ".join(str(d) for d in m.domains)
         params["masquerade_classes"] = ", ".join(masquerade_classes(m))
-        if generic_map(m):
+        if generic_map(m) and m.envelope:
             params["smtp_generic_maps"] = "regexp:/etc/postfix/generic"
+        elif generic_map(m) and m.header:
+            # headers only (lg45's filter): smtp_generic_maps would rewrite the envelope
+            # sender too, so the sender headers are rewritten on the way out by
+            # smtp_header_checks (local mail keeps them, as with the generic map)
+            params["smtp_header_checks"] = "regexp:/etc/postfix/header_checks"
     params.update(settings(node))
     return params
 
@@ -359,6 +383,8 @@ class PostfixAdapter:
         files["/etc/postfix/main.cf"] = render_main_cf(main_cf(ctx, self.connect_timeout))
         if ctx.node.masquerade is not None and generic_map(ctx.node.masquerade):
             files["/etc/postfix/generic"] = generic_map(ctx.node.masquerade)
+            if not ctx.node.masquerade.envelope:
+                files["/etc/postfix/header_checks"] = header_checks(ctx.node.masquerade)
         return files
 
     def prepare_commands(self, ctx: RenderContext) -> list[list[str]]:

@@ -306,12 +306,20 @@ def prepare_script(ctx: RenderContext) -> str:
             f"id -u {name} >/dev/null 2>&1 || useradd -M -N -o -u {ctx.uid} -g {ctx.gid}"
             f" -d {MAIL_SPOOL} -s /usr/sbin/nologin {name}"
         )
-    lines += [
-        f"m4 {MC} > {CF}.new",
-        f"mv {CF}.new {CF}",
-        f"{SENDMAIL} -bi",
-    ]
+    lines += [f"m4 {MC} > {CF}.new", f"mv {CF}.new {CF}"]
+    # a nullclient (seed nelug's LAN PCs) has no local mailer: it expands no aliases, and
+    # `newaliases` refuses every line ("cannot alias non-local names")
+    if not nullclient(ctx):
+        lines.append(f"{SENDMAIL} -bi")
     return "\n".join(lines) + "\n"
+
+
+_NULLCLIENT = re.compile(r"^\s*FEATURE\(\s*`?nullclient\b", re.MULTILINE)
+
+
+def nullclient(ctx: RenderContext) -> bool:
+    """The user's own .mc makes a nullclient (FEATURE(nullclient, HUB))."""
+    return any(_NULLCLIENT.search(text) for text in ctx.config_files.values())
 
 
 _CONTENT = r"""

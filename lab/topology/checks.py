@@ -38,6 +38,17 @@ class SendStep(Base):
         return listify(value)
 
 
+class DsnExpect(Base):
+    """The delivered message is a DSN (RFC 3464): a message/delivery-status part whose
+    block for `recipient` says `action` (and `status`, when given, starts with it)."""
+
+    action: Literal["failed", "delayed", "delivered", "relayed", "expanded"] = Field(
+        description="the Action: of the recipient's block (failed: a bounce; delayed: a warning)"
+    )
+    recipient: str | None = Field(None, description="the recipient the block is about")
+    status: str | None = Field(None, description="what its Status: starts with (4., 5.1.1)")
+
+
 class DeliveredExpect(Base):
     to: str = Field(description="the recipient address the message reached")
     node: str | None = Field(None, description="the host whose mailbox holds it")
@@ -53,6 +64,7 @@ class DeliveredExpect(Base):
         description="its body is the body of the last message sent, every byte (after a"
         " link hung up mid-message: nothing partial, nothing lost)",
     )
+    dsn: DsnExpect | None = Field(None, description="the message is a DSN saying this")
 
 
 class QueuedExpect(Base):

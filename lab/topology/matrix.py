@@ -6,6 +6,8 @@ that do not apply to some software, each with the reason.
       dut: hub                    # default: the one node with role hub; false: none
       not_on:
         queued-while-down: {exim: "why it does not apply"}
+      notes:
+        delay-warning-after-4h: "each MTA's own behaviour, where the check allows it"
 """
 
 from __future__ import annotations
@@ -31,6 +33,13 @@ class Matrix(Base):
     not_on: dict[str, dict[str, str]] = Field(
         default_factory=dict,
         description="check name -> {software: why}: checks that do not apply to a software",
+    )
+
+    notes: dict[str, str] = Field(
+        default_factory=dict,
+        description="check name -> what the MTAs do differently where the check passes on"
+        " each (each MTA's own behaviour and the setting behind it), listed in"
+        " docs/fidelity.md",
     )
 
     @field_validator("not_on")

@@ -186,8 +186,16 @@ class _Checker:
                     at_key=True,
                 )
             pairs[pair] = name
-            if "fetch" in link.on_up and node is not None and not node.fetch:
-                self.add((*path, "on_up"), f"the fetch hook needs fetch jobs on {link.node!r}")
+            if (
+                "fetch" in link.on_up
+                and node is not None
+                and not node.fetch
+                and node.config_for(Service.fetch) is None  # its own .fetchmailrc
+            ):
+                self.add(
+                    (*path, "on_up"),
+                    f"the fetch hook needs fetch jobs (or a fetchmail config:) on {link.node!r}",
+                )
             if (
                 "flush" in link.on_up
                 and node is not None
@@ -483,10 +491,12 @@ class _Checker:
         dut = self.t.matrix.dut
         if dut:
             self._node_ref(("matrix", "dut"), dut, Service.smtp)
-        for check in self.t.matrix.not_on:
+        marked = [("not_on", c) for c in self.t.matrix.not_on]
+        marked += [("notes", c) for c in self.t.matrix.notes]
+        for key, check in marked:
             if check not in self.t.checks:
                 self.add(
-                    ("matrix", "not_on", check),
+                    ("matrix", key, check),
                     self._unknown("check", check, self.t.checks),
                     at_key=True,
                 )

@@ -50,6 +50,7 @@ def test_matrix_marks_are_validated() -> None:
         ("matrix: {not_on: {no-such-check: {exim: why}}}", "no-such-check"),
         ("matrix: {not_on: {queued-while-down: {qmail: why}}}", "qmail"),
         ('matrix: {not_on: {queued-while-down: {exim: ""}}}', "say why"),
+        ("matrix: {notes: {no-such-check: a note}}", "matrix.notes.no-such-check"),
     ):
         with pytest.raises(TopologyError, match=words):
             load_text(text + "\n" + bad + "\n")
@@ -113,6 +114,23 @@ def test_markdown_shows_differences_side_by_side() -> None:
     assert "- topologies/x.yaml, exim (c): hub has its own postfix configuration" in text
     assert "| | builtin | postfix |" in text
     assert "| outcome | send 1: accepted | send 1: refused 550 5.7.1 |" in text
+
+
+def test_notes_of_the_topology_are_listed() -> None:
+    """A check that passes everywhere has no differences section; its matrix note says
+    what the MTAs do their own way, in a section of its own."""
+    row = TopologyMatrix("topologies/x.yaml", "x", "hub", ["builtin", "postfix"], ["c", "d"])
+    for check in ("c", "d"):
+        for name in row.software:
+            row.cells[check, name] = Cell(check, name, "passed", outcome=["send 1: accepted"])
+    row.notes = {"c": "Postfix warns at its\n first try | later."}
+    text = render_markdown([row])
+    assert "## Notes: the MTAs' own behaviour where the checks allow it" in text
+    assert "- topologies/x.yaml, c: Postfix warns at its first try \\| later." in text
+    assert "topologies/x.yaml, d:" not in text
+    assert "None: every check that ran had the same outcome on every software." in text
+    notes = load(TOPOLOGIES / "queue-lifecycle.yaml").model.matrix.notes
+    assert set(notes) == {"delay-warning-after-4h", "returned-after-5-days"}
 
 
 def test_received_hosts_newest_first() -> None:

@@ -205,3 +205,23 @@ def test_due_times_only_while_messages_wait() -> None:
     hints = BP.partition("--- retry ---\n")[2]
     assert parse_due("1\n" + hints) == [1796416973.0]
     assert parse_due("0\n" + hints) == []
+
+
+def test_a_recipient_whose_retry_time_is_over_bounces_with_exims_status() -> None:
+    """queue-lifecycle on Exim: the give-up is `** ... retry timeout exceeded`, and the
+    bounce Exim writes for it says Status: 5.0.0 (the events carry that, not the
+    built-in MTA's 4.4.7)."""
+    reader = EximLog()
+    lines = [
+        "2026-12-09 23:00:00.001 [300] 1xZcex-00002e-2X == paulmidgley@freeuk.com R=smarthost T=remote_smtp defer (-1): host lookup for mail.uklinux.net did not complete (DNS timeout?)",
+        "2026-12-10 00:00:00.001 [301] 1xZcex-00002e-2X ** paulmidgley@freeuk.com R=smarthost T=remote_smtp: retry timeout exceeded",
+        '2026-12-10 00:00:00.010 [302] 1xZdaa-00000q-0B <= <> R=1xZcex-00002e-2X U=Debian-exim P=local S=1681 T="Mail delivery failed: returning message to sender" from <> for eddy@shofar.org.uk',
+    ]
+    events = [e for line in lines for e in reader.feed(line, 0.0)]
+    kinds = [e.kind for e in events]
+    assert "queue.expired" in kinds
+    (bounced,) = [e.data for e in events if e.kind == "queue.bounced"]
+    assert bounced["status"] == "5.0.0" and bounced["rcpt"] == "paulmidgley@freeuk.com"
+    assert bounced["reply"].startswith("delivery time expired; last error: host lookup")
+    (dsn,) = [e.data for e in events if e.kind == "dsn.sent"]
+    assert dsn["action"] == "failed" and dsn["status"] == ["5.0.0"]

@@ -384,3 +384,47 @@ def test_masquerading_as_a_whole_address_maps_every_local_part_to_it() -> None:
     assert generic_map(whole) == "/^(.+)@home$/\tjoe.bloggs@isp.com\n"
     domain = Masquerade.model_validate({"as": "isp.com", "domains": ["home"]})
     assert generic_map(domain) == "/^(.+)@home$/\t${1}@isp.com\n"
+
+
+def test_a_header_only_masquerade_leaves_the_envelope_alone() -> None:
+    """lg45 as the seed found it (masquerade.header without envelope): no
+    smtp_generic_maps, which would rewrite the envelope sender too, but smtp_header_checks
+    REPLACE rules for From:, Sender: and Reply-To: on the way out."""
+    import re
+
+    from lab.software.postfix import header_checks
+
+    topology = load(ROOT / "topologies" / "lg45-envelope.yaml").model
+    heaven = topology.nodes["heaven"]
+    heaven.software.smtp = Software.postfix
+    ctx = RenderContext(
+        name="heaven",
+        node=heaven,
+        topology=topology,
+        hostname="heaven.home",
+        addresses={"home": "192.168.1.1", "internet": "10.30.5.123"},
+        mail_root="/var/lib/maillab/mail",
+    )
+    params = main_cf(ctx)
+    assert "smtp_generic_maps" not in params
+    assert params["smtp_header_checks"] == "regexp:/etc/postfix/header_checks"
+    assert heaven.masquerade is not None
+    rules = header_checks(heaven.masquerade)
+    assert PostfixAdapter().render(ctx)["/etc/postfix/header_checks"] == rules
+    # the rule as Postfix's regexp table applies it (POSIX classes as Python's)
+    (rule,) = rules.splitlines()
+    pattern, replace = rule[1:].split("/ REPLACE ")
+    regex = re.compile(pattern.replace("[:space:]", r"\s"), re.IGNORECASE)
+
+    def rewritten(header: str) -> str:
+        found = regex.match(header)
+        if found is None:
+            return header
+        return re.sub(r"\$\{(\d)\}", lambda m: found.group(int(m.group(1))) or "", replace)
+
+    assert rewritten("From: joe@home") == "From: joe.bloggs@isp.com"
+    assert rewritten("From: Joe <joe@home>") == "From: Joe <joe.bloggs@isp.com>"
+    assert rewritten("Reply-To: joe@home (Joe)") == "Reply-To: joe.bloggs@isp.com (Joe)"
+    assert rewritten("From: Your Dad") == "From: Your Dad"
+    assert rewritten("From: joe@homeland.org") == "From: joe@homeland.org"
+    assert rewritten("To: emi@home") == "To: emi@home"

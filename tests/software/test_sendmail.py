@@ -303,3 +303,20 @@ def test_a_transaction_without_a_recipient_queues_nothing() -> None:
         " nrcpts=0, proto=ESMTP, daemon=MTA, relay=stranger.lab.test [10.20.255.254]"
     )
     assert SendmailLog().feed(line, 0.0) == []
+
+
+def test_a_nullclient_mc_gets_no_alias_database(ctx: RenderContext) -> None:
+    """seed nelug's LAN PCs: FEATURE(nullclient,moriah) has no local mailer, and
+    `newaliases` would refuse every alias ("cannot alias non-local names")."""
+    from lab.software.sendmail import nullclient, prepare_script
+
+    pc = (ROOT / "topologies" / "nelug-sendmail" / "pc.mc").read_text()
+    client = RenderContext(**{**ctx.__dict__, "config_files": {"pc.mc": pc}})
+    assert nullclient(client)
+    script = prepare_script(client)
+    assert "m4 /etc/mail/sendmail.mc > /etc/mail/sendmail.cf.new" in script
+    assert "-bi" not in script
+    hub = RenderContext(**{**ctx.__dict__, "config_files": {"hub.mc": HUB_MC.read_text()}})
+    assert not nullclient(hub)
+    assert "/usr/sbin/sendmail-mta -bi" in prepare_script(hub)
+    assert "FEATURE(nullclient,moriah)" in user_mc(client)
