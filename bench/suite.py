@@ -2,7 +2,7 @@
 JUnit report read back) and `make test` (read from the JUnit reports it leaves in
 build/test-reports/), with the slowest 20 tests (python -m bench.suite [--no-run]).
 
-Targets: in process <= 3 minutes; `make test` (both backends, the fidelity subset)
+Targets: in process <= 3 minutes; `make test` (both backends, the fidelity matrix)
 <= 15 minutes on two cores.
 """
 
