@@ -124,7 +124,7 @@ def report(results: dict[str, Any]) -> list[str]:
         "",
         "Plain `pytest` (in process only) is run by the bench on two xdist workers (as"
         " `make unit` does on this machine); `make test` (both backends and the fidelity"
-        " subset: what CI runs) is read from the JUnit reports it leaves in"
+        " matrix: what CI runs) is read from the JUnit reports it leaves in"
         " build/test-reports/. `python -m bench.suite` does both.",
         "",
         "| benchmark | result | target | verdict |",
