@@ -44,6 +44,9 @@ lab-down: $(STAMP) ## Stop a lab that `maillab up -d` left running (make lab-up 
 # `make fidelity` runs the same cells through `maillab check` and writes docs/fidelity.md.
 MATRIX ?= --lab-software=postfix,exim,sendmail -m fidelity topologies
 
+# make test leaves JUnit reports in $(REPORTS) (the bench reads its time and slowest tests).
+REPORTS ?= build/test-reports
+
 test: setup lint ## Run the linters and the whole suite on both backends (what CI runs).
 	@rm -f $(REPORTS)/*.xml
 	$(BIN)/python -m pytest -n $(WORKERS) --lab-backend=inprocess,docker --lab-software=builtin --junitxml=$(REPORTS)/suite.xml
