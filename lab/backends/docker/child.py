@@ -58,23 +58,6 @@ async def stop_child(
             await asyncio.wait_for(watcher, 2)
 
 
-async def greet(address: str, port: int, *, connect: float, answer: float) -> bytes:
-    """A server's greeting line, then QUIT, whose answer is awaited before the connection
-    closes (the server's events of the session belong to whoever greeted)."""
-    reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), connect)
-    try:
-        line = await asyncio.wait_for(reader.readline(), answer)
-        writer.write(b"QUIT\r\n")
-        with contextlib.suppress(OSError, TimeoutError):
-            await writer.drain()
-            await asyncio.wait_for(reader.read(), answer)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    return line
-
-
 async def await_greeting(
     proc: asyncio.subprocess.Process | None, name: str, port: int, want: bytes, timeout: float
 ) -> str:
@@ -88,7 +71,13 @@ async def await_greeting(
         if proc is not None and proc.returncode is not None:
             raise LabError(f"{name} exited ({proc.returncode})")
         try:
-            line = await greet("127.0.0.1", port, connect=2, answer=5)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 2)
+            line = await asyncio.wait_for(reader.readline(), 5)
+            writer.write(b"QUIT\r\n")
+            with contextlib.suppress(OSError, TimeoutError):
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 5)
+            writer.close()
             if line.startswith(want):
                 return line.decode("utf-8", "replace").strip()
             last = LabError(f"greeted {line!r}")
@@ -106,7 +95,16 @@ async def probe_services(host: Host) -> dict[str, str]:
     services = host.node.service_set()
     for service, port, want in ((Service.smtp, 25, b"220"), (Service.pop3, 110, b"+OK")):
         if service in services:
-            line = await greet(address, port, connect=10, answer=10)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(address, port), 10)
+            line = await asyncio.wait_for(reader.readline(), 10)
+            writer.write(b"QUIT\r\n")
+            # the service's answer to QUIT is awaited: its events belong to the probe
+            with contextlib.suppress(OSError, TimeoutError):
+                await writer.drain()
+                await asyncio.wait_for(reader.read(), 10)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
             if not line.startswith(want):
                 raise LabError(f"{service.value} on {address}:{port} greeted {line!r}")
             found[service.value] = line.decode("utf-8", "replace").strip()
