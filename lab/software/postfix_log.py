@@ -252,13 +252,39 @@ class PostfixLog:
             m["client"] = "localhost"
             return []
         if prog == "qmgr":
-            return self._qmgr(qid, m, rest, now)
+            done = rest == "removed" or "status=expired" in rest
+            return self._release(m, self._qmgr(qid, m, rest, now), done=done)
         if prog == "bounce":
-            return self._bounce(qid, m, rest)
+            return self._release(m, self._bounce(qid, m, rest))
         if "status=" in rest and "to=" in rest:
-            m["tls"] = self.tls.get(match["pid"]) == _fields(rest).get("relay") != ""
-            return self._delivery(qid, m, prog, rest, now)
+            fields = _fields(rest)
+            m["tls"] = self.tls.get(match["pid"]) == fields.get("relay") != ""
+            events = self._delivery(qid, m, prog, rest, now)
+            if "held" in m and fields.get("to"):
+                to = fields["to"]
+                if to not in m["held_to"]:
+                    m["held_to"].append(to)
+                    m["held_orig"].append(fields.get("orig_to") or to)
+            return self._release(m, events)
         return []
+
+    def _release(self, m: dict[str, Any], events: list[Event], done: bool = False) -> list[Event]:
+        """events of a message whose queue.queued is held (its queue file was gone when
+        qmgr logged it, so its recipients are learnt from its delivery lines): kept
+        until every recipient has an outcome or the message leaves the queue, then sent
+        after the queue.queued they complete."""
+        held = m.get("held")
+        if held is None:
+            return events
+        m["held_events"].extend(events)
+        if not done and len(m["held_to"]) < held.data["nrcpt"]:
+            return []
+        held.data["recipients"] = list(m["held_to"])
+        held.data["original_recipients"] = list(m["held_orig"])
+        out = [held, *m["held_events"]]
+        for key in ("held", "held_events", "held_to", "held_orig"):
+            m.pop(key, None)
+        return out
 
     def _qmgr(self, qid: str, m: dict[str, Any], rest: str, now: float) -> list[Event]:
         if rest == "removed":
@@ -290,21 +316,23 @@ class PostfixLog:
             m["envelope_from"] = fields["from"]
             found = queue_file_recipients(self.spool, qid) if self.spool is not None else None
             recipients, original = found or ([], [])
-            return [
-                Event(
-                    "queue.queued",
-                    {
-                        "id": qid,
-                        "envelope_from": fields["from"],
-                        "recipients": recipients,
-                        "original_recipients": original,
-                        "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
-                        "client": m["client"],
-                        "size": int(fields.get("size", "0") or 0),
-                        "message_id": m["message_id"],
-                    },
-                )
-            ]
+            queued = Event(
+                "queue.queued",
+                {
+                    "id": qid,
+                    "envelope_from": fields["from"],
+                    "recipients": recipients,
+                    "original_recipients": original,
+                    "nrcpt": int(fields.get("nrcpt", "0").split()[0] or 0),
+                    "client": m["client"],
+                    "size": int(fields.get("size", "0") or 0),
+                    "message_id": m["message_id"],
+                },
+            )
+            if found is None and self.spool is not None:  # delivered before it was read
+                m.update(held=queued, held_events=[], held_to=[], held_orig=[])
+                return []
+            return [queued]
         return []
 
     def _delivery(

@@ -391,6 +391,26 @@ def test_a_second_ensure_is_a_no_op(docker_client: Any, node_image: str) -> None
 
 
 @pytest.mark.docker
+def test_latest_follows_the_image_made_or_found(docker_client: Any, node_image: str) -> None:
+    """REPO:latest held by another image (one an earlier checkout built) moves to the
+    image made or found; the node and family images call this on their found path too.
+    A scratch repository here, so the suite's own latest is never moved."""
+    repo = f"maillab-scratch-{os.getpid()}"
+    docker_client.api.tag(baseimage.BASE_IMAGE, repo, "latest")
+    try:
+        engine.tag_latest(docker_client, node_image, repo)
+        assert (
+            docker_client.images.get(f"{repo}:latest").id == docker_client.images.get(node_image).id
+        )
+        engine.tag_latest(docker_client, node_image, repo)  # already there: unchanged
+        assert (
+            docker_client.images.get(f"{repo}:latest").id == docker_client.images.get(node_image).id
+        )
+    finally:
+        docker_client.api.remove_image(f"{repo}:latest")
+
+
+@pytest.mark.docker
 def test_maillab_images_are_listed(docker_client: Any, node_image: str) -> None:
     rows = images.list_images(docker_client)
     mine = [r for r in rows if r["tag"] == node_image]

@@ -118,6 +118,31 @@ def test_a_queue_file_gone_or_cut_short(tmp_path: Path) -> None:
     assert PostfixLog().feed(line, 0.0)[0].data["recipients"] == []
 
 
+def test_a_message_delivered_before_its_queue_file_was_read(
+    isp: RenderContext, tmp_path: Path
+) -> None:
+    """The queue file is gone by the time qmgr's line is read (local delivery takes
+    milliseconds): queue.queued waits for the delivery lines, whose recipients it
+    carries, and comes before them."""
+    (tmp_path / "active").mkdir()
+    adapter = PostfixAdapter()
+    reader = adapter.log_reader()
+    reader.spool = tmp_path
+    adapter.render(isp)
+    lines = VIRTUAL.splitlines()
+    assert [e for line in lines[:3] for e in reader.feed(line, 0.0)] == []  # 1 of nrcpt=2
+    events = reader.feed(lines[3], 0.0)
+    assert [e.kind for e in events] == ["queue.queued", "mailbox.delivered", "mailbox.delivered"]
+    assert events[0].data["recipients"] == ["nelug@shofar.uklinux.net", "shofar@uklinux.net"]
+    # one recipient of two had an outcome when the message left the queue: it is released
+    reader = adapter.log_reader()
+    reader.spool = tmp_path
+    removed = "Dec 04 18:14:54 mail postfix/qmgr[148]: 1A2B3C4D5E: removed"
+    events = [e for line in [*lines[:3], removed] for e in reader.feed(line, 0.0)]
+    assert [e.kind for e in events] == ["queue.queued", "mailbox.delivered", "queue.removed"]
+    assert events[0].data["recipients"] == ["nelug@shofar.uklinux.net"]
+
+
 def test_a_queued_messages_content_from_its_queue_file(tmp_path: Path) -> None:
     (tmp_path / "deferred" / "A").mkdir(parents=True)
     (tmp_path / "deferred" / "A" / "A1B2C3D4E5").write_bytes(

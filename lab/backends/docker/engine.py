@@ -20,6 +20,7 @@ __all__ = [
     "docker_errors",
     "engine_arch",
     "image_exists",
+    "tag_latest",
 ]
 
 DOCKER_TIMEOUT = 60.0  # the Docker SDK's usual timeout for other API calls
@@ -93,6 +94,19 @@ def image_exists(client: Any, ref: str) -> bool:
     except docker.errors.NotFound:
         return False
     return True
+
+
+def tag_latest(client: Any, tag: str, repo: str) -> None:
+    """Point REPO:latest at tag, unless it already does (an image of an earlier source
+    tree may hold it: latest is the image last made or found for use)."""
+    try:
+        image_id = client.api.inspect_image(tag)["Id"]
+        with contextlib.suppress(*docker_errors()):
+            if client.api.inspect_image(f"{repo}:latest")["Id"] == image_id:
+                return
+        client.api.tag(tag, repo, "latest")
+    except docker_errors() as exc:
+        raise LabError(f"tagging {tag} as {repo}:latest failed: {exc}") from None
 
 
 def engine_arch(client: Any) -> str:

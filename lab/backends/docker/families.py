@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from lab.backends.docker.engine import docker_errors, image_exists
+from lab.backends.docker.engine import image_exists, tag_latest
 from lab.backends.docker.image import (
     NodeImage,
     build_lock,
@@ -107,11 +107,14 @@ def _make_layer(
     root: Path,
 ) -> tuple[str, bool]:
     tag = _layer_tag(chain, base_tag, root)
+    repo = family_repo(chain)
     if not force and image_exists(client, tag):
+        tag_latest(client, tag, repo)
         return tag, False
     what = f"{'+'.join(chain)} image"
     with build_lock(display):
         if not force and image_exists(client, tag):
+            tag_latest(client, tag, repo)
             return tag, False
         display.step(f"{what}: building {tag} from {base_tag}")
         with tempfile.TemporaryDirectory(prefix=f"{family_repo(chain)}-") as tmp:
@@ -126,11 +129,7 @@ def _make_layer(
                 what=what,
                 buildargs={"NODE_IMAGE": base_tag},
             )
-        repo = family_repo(chain)
-        try:
-            client.api.tag(tag, repo, "latest")
-        except docker_errors() as exc:
-            raise LabError(f"tagging {tag} as {repo}:latest failed: {exc}") from None
+        tag_latest(client, tag, repo)
         prune_old_tags(client, keep=tag, repo=repo, kind=chain[-1])
     return tag, True
 

@@ -40,7 +40,13 @@ from typing import Any
 
 from lab.backends.docker.baseimage import ensure_base_image
 from lab.backends.docker.commands import run_command
-from lab.backends.docker.engine import docker_client, docker_errors, engine_arch, image_exists
+from lab.backends.docker.engine import (
+    docker_client,
+    docker_errors,
+    engine_arch,
+    image_exists,
+    tag_latest,
+)
 from lab.errors import LabError
 from lab.progress import Progress, ProgressLike, as_progress
 
@@ -430,9 +436,11 @@ def make_node_image(
     root = Path(root) if root is not None else project_root()
     tag = node_image_tag(root)
     if not force and image_exists(client, tag):
+        tag_latest(client, tag, NODE_REPO)
         return NodeImage(tag, False, time.monotonic() - started)
     with build_lock(display):
         if not force and image_exists(client, tag):  # another process built it meanwhile
+            tag_latest(client, tag, NODE_REPO)
             return NodeImage(tag, False, time.monotonic() - started)
         with tempfile.TemporaryDirectory(prefix="maillab-image-") as tmp:
             work = Path(tmp)
@@ -451,10 +459,7 @@ def make_node_image(
             _build_app_wheel(source, context / "app", display)
             shutil.copy2(source / DOCKERFILE, context / "Dockerfile")
             docker_build(client, context, tag, display, nocache=force)
-        try:
-            client.api.tag(tag, NODE_REPO, "latest")
-        except docker_errors() as exc:
-            raise LabError(f"tagging {tag} as {NODE_REPO}:latest failed: {exc}") from None
+        tag_latest(client, tag, NODE_REPO)
         prune_old_tags(client, keep=tag)
     seconds = time.monotonic() - started
     display.done(f"built {tag} in {seconds:.1f}s")
