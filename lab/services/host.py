@@ -156,7 +156,13 @@ async def settle_tasks(
         if clock_wait is None or not clock_wait.paced():
             await asyncio.wait(tasks, timeout=remaining)
             continue
-        mark = clock_wait.mark()
-        done, _ = await asyncio.wait(tasks, timeout=min(remaining, QUIET))
-        if not done and clock_wait.idle_on_clock(mark):
-            return
+        # looked at every QUIET/4: settled QUIET after the last move, not two QUIETs
+        mark, still = clock_wait.mark(), loop.time()
+        while True:
+            done, _ = await asyncio.wait(tasks, timeout=min(remaining, QUIET / 4))
+            if done or loop.time() >= deadline:
+                break
+            if not clock_wait.idle_on_clock(mark):
+                mark, still = clock_wait.mark(), loop.time()
+            elif loop.time() - still >= QUIET:
+                return

@@ -15,8 +15,10 @@ of real time, while the events' timestamps show the seconds it took on the line.
 an advance, the clock's timers fire as real time passes, and the link runs at its rate
 in real time, as a real modem does. While bytes wait for the clock, the lab counts as
 settled (`VirtualNetwork.idle_on_clock`): the work waiting on them waits for lab time.
-In a container whose kernel has no netem, the agent paces its services' connections the
-same way on a real-time clock (`RealTime`), as netem would.
+In a Docker lab each host's agent paces the connections its services open: on its lab
+clock where every host of the network is built-in, as here; on a real-time clock
+(`RealTime`), as netem would, where a real daemon shares the network and the kernel has
+no netem.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class RealTime:
         return asyncio.get_running_loop().call_at(when, callback)
 
 
-PIECE = 4096  # bytes released by one clock timer
+PIECE = 16384  # bytes released by one clock timer
 SEGMENT = 1448  # TCP payload per segment (1500-byte MTU, timestamps on)
 OVERHEAD = 66  # bytes of Ethernet, IP and TCP headers per segment on the line
 RTO_MIN = 0.2  # Linux's minimum retransmission timeout, seconds

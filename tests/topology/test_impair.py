@@ -205,7 +205,10 @@ def test_qdiscs_with_and_without_netem() -> None:
         {"internet": Impairment(delay="20ms")}, {("hub", "internet"): modem}
     )
     assert networks == {"internet": {"delay": "20ms"}}
-    assert links == [["hub", "internet", {"delay": "150ms", "jitter": "20ms", "loss": "1%"}]]
+    # the rate too: an agent paces it on the networks it paces on the lab clock
+    assert links == [
+        ["hub", "internet", {"rate": "33.6kbit", "delay": "150ms", "jitter": "20ms", "loss": "1%"}]
+    ]
 
 
 def test_the_script_touches_only_the_lab_segments() -> None:

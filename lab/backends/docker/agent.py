@@ -164,6 +164,7 @@ class Agent:
                 str(a): (n, net) for n, nets in self.addresses.items() for net, a in nets.items()
             },
             node=self.name,
+            clock=self.clock,
         )
         self.host = Host(
             name=self.name,
@@ -293,7 +294,12 @@ class Agent:
 
     async def settle(self, timeout: float = 60.0) -> None:
         if self.host is not None:
-            await settle_tasks([self.host], timeout)
+            await settle_tasks([self.host], timeout, clock_wait=self._clock_wait())
+
+    def _clock_wait(self) -> RealNet | None:
+        """The host's network, when its connections can wait for the lab clock."""
+        net = self.host.net if self.host is not None else None
+        return net if isinstance(net, RealNet) and net.paced() else None
 
     # requests ----------------------------------------------------------------------------
 
@@ -320,16 +326,22 @@ class Agent:
         await self.settle(float(timeout))
         if self.real is not None:
             await self.real.settle(float(timeout), quiet)
-        return {"events": len(self.events.events), "idle": not self._busy(quiet)}
+        wait = self._clock_wait()
+        mark = wait.mark() if wait is not None else 0
+        busy = self._busy(quiet)
+        if busy and wait is not None:  # its tasks may wait only for bytes on the clock
+            await asyncio.sleep(QUICK)
+            busy = not wait.idle_on_clock(mark) or self._busy(quiet, tasks=False)
+        return {"events": len(self.events.events), "idle": not busy}
 
-    def _busy(self, quiet: float = QUIET) -> bool:
+    def _busy(self, quiet: float = QUIET, tasks: bool = True) -> bool:
         if self.real is not None and self.real.busy(quiet):
             return True
         if self.fetchmail is not None and self.fetchmail.busy():
             return True
         if any(server.busy() for server in self.servers):
             return True
-        return self.host is not None and any(not t.done() for t in self.host.tasks)
+        return tasks and self.host is not None and any(not t.done() for t in self.host.tasks)
 
     async def next_timer(self) -> float | None:
         self._need()
@@ -407,12 +419,15 @@ class Agent:
             self.fetchmail.link_changed()
         return cut
 
-    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
-        """Delay, jitter and loss this host's services' connections (no netem here)."""
+    async def pace(
+        self, networks: dict[str, Any], links: list[Any], on_clock: list[str] | None = None
+    ) -> None:
+        """Pace this host's services' connections: all of it on the on_clock networks
+        (on the lab clock), elsewhere delay, jitter and loss where there is no netem."""
         net = self.host.net if self.host is not None else None
         if not isinstance(net, RealNet):
             raise LabError(f"node {self.name}: not started")
-        net.pace(networks, links)
+        net.pace(networks, links, on_clock or [])
 
     async def link_closing(self, link: str) -> None:
         """One of this host's links is about to drop: no new connection across it."""

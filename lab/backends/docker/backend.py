@@ -35,7 +35,7 @@ from lab.errors import LabError
 from lab.runtime.clock import LabClock
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
-from lab.software import check_topology
+from lab.software import check_topology, real_software
 from lab.topology.impair import Impairment
 from lab.topology.model import Topology, WhenDown
 
@@ -160,25 +160,47 @@ class DockerBackend(LabBackend[HostProxy]):
         if self.netem is None:
             code, _ = await asyncio.to_thread(self.provision.in_switch, shaping.PROBE)
             self.netem = code == 0
-        text = shaping.script(self.provision.ports, networks, links, self.netem)
+        on_clock = self._on_clock(networks, links)
+        kernel_nets = {n: i for n, i in networks.items() if n not in on_clock}
+        kernel_links = {k: i for k, i in links.items() if k[1] not in on_clock}
+        text = shaping.script(self.provision.ports, kernel_nets, kernel_links, self.netem)
         code, out = await asyncio.to_thread(self.provision.in_switch, text)
         if code != 0:
             raise LabError(f"shaping the lab's segments failed:\n{out}")
-        if not self.netem:  # delay, jitter and loss: each host's agent, in real time
+        if on_clock or not self.netem:  # the agents' part (shaping.agent_table)
             table = shaping.agent_table(networks, links)
-            await asyncio.gather(*(p.pace(*table) for p in self.handles.values()))
+            await asyncio.gather(*(p.pace(*table, sorted(on_clock)) for p in self.handles.values()))
         self.net_impair, self.link_impair = networks, links
+
+    def _on_clock(
+        self, networks: dict[str, Impairment], links: dict[tuple[str, str], Impairment]
+    ) -> set[str]:
+        """The impaired networks whose hosts all run the lab's own services: the agents
+        pace every connection on them, on the lab clock (shaping.py)."""
+        impaired = set(networks) | {network for _, network in links}
+        return {
+            network
+            for network in impaired
+            if not any(
+                real_software(self.topology.nodes[node])
+                for node, nets in self.addresses.items()
+                if network in nets
+            )
+        }
 
     async def line_down(self, node: str, network: str) -> None:
         from lab.backends.docker import shaping
 
+        on_clock = self._on_clock(self.net_impair, self.link_impair)
+        if network in on_clock:  # the agents' lines: the cut of the connections ends them
+            return
         if (node, network) not in self.link_impair and network not in self.net_impair:
             return
         assert self.netem is not None
         text = shaping.script(
             self.provision.ports,
-            self.net_impair,
-            self.link_impair,
+            {n: i for n, i in self.net_impair.items() if n not in on_clock},
+            {k: i for k, i in self.link_impair.items() if k[1] not in on_clock},
             self.netem,
             only=(node, network),
         )

@@ -212,8 +212,8 @@ class HostProxy:
     async def clear_faults(self) -> int:
         return int(await self.call(AgentOp.FAULT_CLEAR))
 
-    async def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
-        await self.call(AgentOp.PACE, {"networks": networks, "links": links})
+    async def pace(self, networks: dict[str, Any], links: list[Any], on_clock: list[str]) -> None:
+        await self.call(AgentOp.PACE, {"networks": networks, "links": links, "on_clock": on_clock})
 
     async def arm_drops(
         self, link: str, drop_after: int | None = None, drop_at: float | None = None

@@ -6,6 +6,12 @@ to plain sockets is what the lab needs: the open connections of each interface (
 them when its link goes down), the links' filter rules, a quick refusal of DNS queries
 across a link that is down here, and the lab DNS server's address.
 
+Impairments: where a network has no real daemon (every host on it runs the lab's own
+services), the agents pace its connections whole, rate included, on their lab clock, as
+in process (lab.services.pacing): a `clock advance` plays a long transfer in order with
+the dials and retries. Elsewhere the rate is the kernel's qdisc (lab.backends.docker.
+shaping) and the agents add delay, jitter and loss in real time where there is no netem.
+
 A link that is down is, on its interface, filter rules both ways: `refuse` rejects (TCP
 resets, ICMP port unreachable: both ends fail at once), `blackhole` drops (both ends
 time out). The interface keeps its address, so raising the link only removes the rules.
@@ -28,7 +34,7 @@ from lab.errors import LabError
 from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
-from lab.services.pacing import Pacer, RealTime, Relay, relay_pair
+from lab.services.pacing import Clock, Pacer, RealTime, Relay, relay_pair
 from lab.topology.impair import Impairment, combine
 
 WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
@@ -48,6 +54,7 @@ class RealNet:
         down: set[str] | None = None,
         peers: dict[str, tuple[str, str]] | None = None,
         node: str = "",
+        clock: Clock | None = None,
     ):
         self.addresses = addresses  # network -> address
         self.dns_server = dns_server
@@ -63,28 +70,71 @@ class RealNet:
         self.watchers: dict[str, asyncio.Task[None]] = {}  # network -> its drop_after watch
         self.peers = peers or {}  # lab address -> (node, network)
         self.node = node
-        self.paced: dict[Any, Impairment] = {}  # network, or (node, network) of a link
+        self.impaired: dict[Any, Impairment] = {}  # network, or (node, network) of a link
+        self.clock = clock  # the host's lab clock: what the lines of on_clock run on
+        self.on_clock: set[str] = set()  # networks paced whole here, on the lab clock
+        self.lines: dict[str, tuple[Pacer, Pacer]] = {}  # peer -> its line, both ways
+        self.budgets: dict[str, tuple[list[int], Callable[[], object]]] = {}  # drop_after
+        self.parked = 0  # pieces waiting for the lab clock
+        self.progress = 0  # grows whenever a connection paced on the lab clock moves
 
-    def pace(self, networks: dict[str, Any], links: list[Any]) -> None:
-        """Delay, jitter and loss for the connections this host opens, where the kernel
-        has no netem to do it (the rate is still the kernel's, tbf): networks' and links'
-        impairments, as JSON."""
-        self.paced = {n: Impairment.model_validate(i) for n, i in networks.items()}
+    def pace(self, networks: dict[str, Any], links: list[Any], on_clock: list[str]) -> None:
+        """The impairments of the connections this host opens (networks' and links', as
+        JSON): on the `on_clock` networks all of it, on the lab clock; elsewhere delay,
+        jitter and loss in real time, where the kernel has no netem (the rate is tbf's)."""
+        self.impaired = {n: Impairment.model_validate(i) for n, i in networks.items()}
         for node, network, impairment in links:
-            self.paced[(node, network)] = Impairment.model_validate(impairment)
+            self.impaired[(node, network)] = Impairment.model_validate(impairment)
+        self.on_clock = set(on_clock) if self.clock is not None else set()
+        self.lines.clear()
 
-    def _pacers(self, address: str) -> tuple[Pacer, Pacer] | None:
+    def _pacers(self, address: str) -> tuple[tuple[Pacer, Pacer], bool] | None:
+        """The pacers of a connection to address, and whether they run on the lab clock."""
         peer = self.peers.get(address)
-        if peer is None or not self.paced:
+        if peer is None or not (self.impaired or self.budgets):
             return None
         node, network = peer
         keys = [network, (self.node, network), (node, network)]
-        parts = [self.paced[k] for k in keys if k in self.paced]
-        shape = {**combine(parts), "rate": 0.0}  # the rate is the qdisc's
-        if not any(shape.values()):
+        parts = [self.impaired[k] for k in keys if k in self.impaired]
+        lab = network in self.on_clock
+        shape = combine(parts) if lab else {**combine(parts), "rate": 0.0}  # tbf's rate
+        if not any(shape.values()) and not (lab and network in self.budgets):
             return None
+        if lab and address in self.lines:  # one line each way, shared by its connections
+            return self.lines[address], True
         rng = random.Random(f"{self.node}>{address}")  # the same losses and jitter each run
-        return Pacer(**shape, rng=rng), Pacer(**shape, rng=rng)
+        pacers = Pacer(**shape, rng=rng), Pacer(**shape, rng=rng)
+        if lab:
+            self.lines[address] = pacers
+        return pacers, lab
+
+    def crossed(self, network: str, size: int) -> int:
+        """`size` bytes arrive across `network` (on the lab clock): how many may before
+        its link hangs up (drop_after)."""
+        budget = self.budgets.get(network)
+        if budget is None:
+            return size
+        left, hang_up = budget
+        if left[0] > size:
+            left[0] -= size
+            return size
+        del self.budgets[network]
+        hang_up()
+        return left[0]
+
+    def moved(self, waiting: int) -> None:
+        self.parked += waiting
+        self.progress += 1
+
+    # ClockWait (lab.services.host): bytes held for the lab clock count as settled
+    def paced(self) -> bool:
+        return bool(self.on_clock or self.parked)
+
+    def mark(self) -> int:
+        return self.progress
+
+    def idle_on_clock(self, mark: int) -> bool:
+        return self.parked > 0 and self.progress == mark
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)
@@ -117,10 +167,18 @@ class RealNet:
             sock.close()
             raise
 
-        pacers = self._pacers(address)
-        if pacers is not None:  # held in real time, as netem would hold them
+        found = self._pacers(address)
+        if found is not None:  # held on the lab clock, or in real time as netem would
+            pacers, lab = found
             caller, mine = relay_pair()
-            relay = Relay(RealTime(), caller, mine, sock, pacers, lambda n: n, lambda _: None)
+            network = self.peers[address][1]
+            if lab and self.clock is not None:
+                relay = Relay(
+                    self.clock, caller, mine, sock, pacers,
+                    lambda n: self.crossed(network, n), self.moved,
+                )  # fmt: skip
+            else:
+                relay = Relay(RealTime(), caller, mine, sock, pacers, lambda n: n, lambda _: None)
             relay.start()
             self._track(sock.getsockname()[0], relay.close, relay.alive)
             return caller
@@ -253,11 +311,17 @@ class RealNet:
 
     def watch_bytes(self, network: str, limit: int | None, hang_up: Callable[[], object]) -> None:
         """The interface's byte counters (both ways, headers included), read every
-        WATCH_EVERY seconds: the hang-up comes within that much of `limit`."""
+        WATCH_EVERY seconds: the hang-up comes within that much of `limit`. On a network
+        paced on the lab clock, the bytes of this host's connections as they arrive,
+        exactly, as in process."""
         old = self.watchers.pop(network, None)
         if old is not None:
             old.cancel()
+        self.budgets.pop(network, None)
         if limit is None:
+            return
+        if network in self.on_clock:
+            self.budgets[network] = ([limit], hang_up)
             return
         stats = Path("/sys/class/net") / self.interfaces.get(network, network) / "statistics"
 

@@ -8,6 +8,13 @@ its namespace, and its switch port; a network's is a qdisc on every port of its 
 (each packet crosses one port on its way to a host). Nothing is set on the machine's own
 interfaces: the commands run in the switch, on its ports and in the hosts' namespaces.
 
+A network whose hosts all run the lab's own services gets no qdisc: every connection on
+it is one an agent opens, and the agent paces it whole (rate, delay, jitter, loss) on
+its lab clock, as the in-process backend does, so `clock advance` plays an 8-minute
+transfer in order with the dials in seconds (lab.backends.docker.net). What follows is
+for the networks where a real daemon (Postfix, Exim, sendmail, Dovecot, fetchmail) has
+connections of its own.
+
 The qdisc is netem (rate, delay, jitter, loss) where the kernel has it. A kernel built
 without netem (sch_netem) still shapes the rate, with tbf; delay, jitter and loss are
 then the agents' (`agent_table`): each host holds the bytes of the connections its
@@ -52,8 +59,14 @@ def qdisc(parts: list[Impairment], netem: bool) -> str | None:
 def agent_table(
     networks: dict[str, Impairment], links: dict[tuple[str, str], Impairment]
 ) -> tuple[dict[str, Any], list[Any]]:
-    """What every agent is told to pace itself when the kernel has no netem."""
-    knobs = {"include": {"delay", "jitter", "loss"}, "mode": "json", "exclude_defaults": True}
+    """What every agent is told to pace itself: on the networks it paces on the lab
+    clock all of it; elsewhere delay, jitter and loss when the kernel has no netem (each
+    agent leaves the rate to the qdisc there)."""
+    knobs = {
+        "include": {"rate", "delay", "jitter", "loss"},
+        "mode": "json",
+        "exclude_defaults": True,
+    }
     return (
         {n: i.model_dump(**knobs) for n, i in networks.items()},  # type: ignore[arg-type]
         [[n, net, i.model_dump(**knobs)] for (n, net), i in links.items()],  # type: ignore[arg-type]
