@@ -322,13 +322,31 @@ class TopologyFile(pytest.File):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Fidelity-matrix cells that do not apply to their software are deselected (they are
-    not tests that could pass or fail) and kept, with their reasons, for the summary."""
+    not tests that could pass or fail) and kept, with their reasons, for the summary.
+    So are the copies of a test whose parameter says `lab_backend(NAME)` (a topology
+    with a real MTA: Docker only) made for the other backends asked, when NAME's own
+    copy is collected too: each would run on NAME, the same test twice."""
+    asked = lab_backends(config)
+    copies = [i for i in items if _copy_for_another_backend(i, asked)]
+    if copies:
+        config.hook.pytest_deselected(items=copies)
+        doomed = set(map(id, copies))
+        items[:] = [i for i in items if id(i) not in doomed]
     cells = [i for i in items if isinstance(i, CheckItem) and i.not_applicable]
     if not cells:
         return
     config.hook.pytest_deselected(items=cells)
     items[:] = [i for i in items if not (isinstance(i, CheckItem) and i.not_applicable)]
     config.stash[_NOT_APPLICABLE] = [f"{i.nodeid}: {i.not_applicable}" for i in cells]
+
+
+def _copy_for_another_backend(item: pytest.Item, asked: list[str]) -> bool:
+    marker = item.get_closest_marker("lab_backend")
+    callspec = getattr(item, "callspec", None)
+    if marker is None or callspec is None or "lab_backend" not in callspec.params:
+        return False
+    wanted = str(marker.args[0])
+    return callspec.params["lab_backend"] != wanted and wanted in asked
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:

@@ -134,3 +134,38 @@ def test_lab_seed_reaches_the_lab_and_a_failure_prints_it(
     result.assert_outcomes(passed=2, failed=2)
     result.stdout.fnmatch_lines(["*seed 77: `pytest --lab-seed 77` replays this run*"])
     result.stdout.fnmatch_lines(["*seed 77: `maillab check --seed 77` replays this run*"])
+
+
+def test_a_param_for_one_backend_is_collected_once(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parameter marked lab_backend("docker") (a topology with a real MTA) is not also
+    run as the in-process copy, which would run on Docker as well: the same test twice."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    pytester.makepyfile(
+        """
+        import pytest
+
+        @pytest.mark.parametrize(
+            "what", ["plain", pytest.param("real", marks=pytest.mark.lab_backend("docker"))]
+        )
+        def test_one(lab_backend, what):
+            pass
+        """
+    )
+    both = pytester.runpytest_subprocess(
+        "--lab-backend", "inprocess,docker", "--collect-only", "-q"
+    )
+    both.stdout.fnmatch_lines(["*3/4 tests collected (1 deselected)*"])
+    ids = [line for line in both.outlines if "::test_one[" in line]
+    assert sorted(i.split("[")[1] for i in ids) == [
+        "docker-plain]",
+        "docker-real]",
+        "inprocess-plain]",
+    ]
+    # asked for in process only, the Docker-only case still runs (on Docker)
+    alone = pytester.runpytest_subprocess("--lab-backend", "inprocess", "--collect-only", "-q")
+    assert any("test_one[inprocess-real]" in line for line in alone.outlines), alone.outlines
