@@ -212,6 +212,9 @@ def up(
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, terminate)
+    # it says "Press Ctrl-C": so Ctrl-C stops it, even if its parent ignored SIGINT (a
+    # shell script's background job inherits that, and Python then leaves it ignored)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     options: dict[str, Any] = {}
     progress = None
     if backend == "docker":
