@@ -188,6 +188,13 @@ class DockerBackend(LabBackend[HostProxy]):
             )
         }
 
+    async def qdiscs(self, node: str, network: str) -> str:
+        """`tc qdisc show` of an attachment: its interface in the host, its switch port."""
+        port, netns, ifname = self.provision.ports[(node, network)]
+        script = f"tc -n {netns} qdisc show dev {ifname}; tc qdisc show dev {port}"
+        _, out = await asyncio.to_thread(self.provision.in_switch, script)
+        return str(out)
+
     async def line_down(self, node: str, network: str) -> None:
         from lab.backends.docker import shaping
 
