@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.errors import LabError
 from lab.protocols.smtp import SubmitResult
@@ -23,18 +23,21 @@ from lab.protocols.wire import (
 )
 from lab.runtime.events import Event
 from lab.services.client import submit
-from lab.services.dns import DnsServer
-from lab.services.fetch import FetchService
 from lab.services.host import Host
 from lab.services.maildir import MailStore
-from lab.services.mta.service import SMTP_PORT, MtaService
-from lab.services.pop3 import Pop3Service
 from lab.services.resolver import DnsCache, Resolver
 from lab.topology.addressing import Addresses, assign_addresses, hostname_of
 from lab.topology.model import DnsFaultRule, Fault, Service, Topology
 from lab.topology.records import RecordTable
 
+if TYPE_CHECKING:  # each service's module is loaded when a host runs it (start_*)
+    from lab.services.dns import DnsServer
+    from lab.services.fetch import FetchService
+    from lab.services.mta.service import MtaService
+    from lab.services.pop3 import Pop3Service
+
 SERVICE_PORTS = {"smtp": 25, "pop3": 110, "dns": 53}
+SMTP_PORT = SERVICE_PORTS["smtp"]
 
 
 class HostServices:
@@ -82,12 +85,16 @@ class HostServices:
 
     async def start_dns(self) -> None:
         if Service.dns in self.services:
+            from lab.services.dns import DnsServer
+
             self.dns = DnsServer(self.host, self.records)
             await self.dns.start()
 
     async def start_others(self) -> None:
         host = self.host
         if Service.smtp in self.services and self.builtin_smtp:
+            from lab.services.mta.service import MtaService
+
             self.mta = MtaService(
                 host,
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),
@@ -97,9 +104,13 @@ class HostServices:
             self.mta.store.owner = self.mail_owner
             await self.mta.start()
         if Service.pop3 in self.services and self.builtin_pop3:
+            from lab.services.pop3 import Pop3Service
+
             self.pop3 = Pop3Service(host, self.mta)
             await self.pop3.start()
         if Service.fetch in self.services and self.builtin_fetch:
+            from lab.services.fetch import FetchService
+
             self.fetcher = FetchService(
                 host,
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),

@@ -8,14 +8,14 @@ runs it as the host's services.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from lab.software import real_software
-from lab.software.adapter import MtaAdapter
-from lab.software.dovecot import DovecotAdapter
-from lab.software.exim import EximAdapter
-from lab.software.postfix import PostfixAdapter
-from lab.software.sendmail import SendmailAdapter
-from lab.software.server import ServerAdapter
 from lab.topology.model import Node, Service, Software
+
+if TYPE_CHECKING:
+    from lab.software.adapter import MtaAdapter
+    from lab.software.server import ServerAdapter
 
 # The image family (images/FAMILY/Dockerfile) each real program is installed by.
 FAMILY: dict[Software, str] = {
@@ -28,12 +28,19 @@ FAMILY: dict[Software, str] = {
 
 
 def adapter_for(software: Software, connect_timeout: float = 3.0) -> MtaAdapter | None:
-    """The adapter of a real MTA; None for the built-in one."""
+    """The adapter of a real MTA; None for the built-in one. Each adapter's module is
+    loaded when it is asked for: a host's agent loads only its own."""
     if software is Software.postfix:
+        from lab.software.postfix import PostfixAdapter
+
         return PostfixAdapter(connect_timeout)
     if software is Software.exim:
+        from lab.software.exim import EximAdapter
+
         return EximAdapter(connect_timeout)
     if software is Software.sendmail:
+        from lab.software.sendmail import SendmailAdapter
+
         return SendmailAdapter(connect_timeout)
     if software is Software.builtin:
         return None
@@ -53,5 +60,7 @@ def server_adapters(
     configs = configs or {}
     found: dict[Service, ServerAdapter] = {}
     if Service.pop3 in node.service_set() and node.software_for(Service.pop3) is Software.dovecot:
+        from lab.software.dovecot import DovecotAdapter
+
         found[Service.pop3] = DovecotAdapter(configs.get(Service.pop3.value))
     return found

@@ -23,11 +23,10 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.backends.docker.child import probe_services
 from lab.backends.docker.daemon import QUICK, QUIET, RealMta
-from lab.backends.docker.fetchrun import Fetchmail
 from lab.backends.docker.net import RealNet, kill_connections
 from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
@@ -44,6 +43,9 @@ from lab.software.userconfig import config_file_text, config_files_for
 from lab.topology.addressing import assign_addresses, hostname_of
 from lab.topology.model import Service, Software, Topology
 from lab.topology.records import RecordTable
+
+if TYPE_CHECKING:
+    from lab.backends.docker.fetchrun import Fetchmail
 
 log = logging.getLogger("maillab.node")
 
@@ -219,14 +221,17 @@ class Agent:
                 self.servers.append(RealServer(server_adapter, ctx, self.host))
                 await self.servers[-1].start()
         await self.services.start_others()
-        self.fetchmail = await Fetchmail.start_for(
-            self.host,
-            self.records,
-            self.runtime_dir,
-            self.services.link_up,
-            # the user's own .fetchmailrc (config: {fetch: FILE}), carried in the plan
-            config_file_text(plan, Service.fetch),
-        )
+        if node.software_for(Service.fetch) is Software.fetchmail:  # loaded only then
+            from lab.backends.docker.fetchrun import Fetchmail
+
+            self.fetchmail = await Fetchmail.start_for(
+                self.host,
+                self.records,
+                self.runtime_dir,
+                self.services.link_up,
+                # the user's own .fetchmailrc (config: {fetch: FILE}), carried in the plan
+                config_file_text(plan, Service.fetch),
+            )
         for port, address, target_port in self.me.get("forwards", []):
             self.forwarders.append(
                 await asyncio.start_server(
