@@ -129,12 +129,21 @@ class LabClock:
         """
         if seconds < 0:
             raise ValueError("the lab clock only moves forward")
+        return await self._advance(lambda: self.time() + seconds)
+
+    async def advance_to(self, when: float) -> int:
+        """Move lab time forward to `when` (not at all if it is past), running every timer
+        due by then, in order: a timer just after `when` stays, however long this took
+        in real time (as `advance` by `when - time()` would not promise)."""
+        return await self._advance(lambda: max(when, self.time()))
+
+    async def _advance(self, until: Callable[[], float]) -> int:
         assert self._lock is not None, "the clock is not running"
         ran = 0
         async with self._lock:
             if self._settle is not None:
                 await self._settle()
-            target = self.time() + seconds
+            target = until()
             while (timer := self._pop_due(target)) is not None:
                 now = self.time()
                 if timer.when > now:

@@ -38,7 +38,7 @@ _GROUP = 64  # at most this many writes share one directory fsync
 
 
 class _Job:
-    __slots__ = ("barrier", "directory", "error", "future", "loop", "result", "work")
+    __slots__ = ("barrier", "directory", "error", "fence", "future", "loop", "result", "work")
 
     def __init__(
         self,
@@ -54,6 +54,7 @@ class _Job:
         self.result: Any = None
         self.error: BaseException | None = None
         self.barrier = False  # runs after the directory fsyncs of the work before it
+        self.fence = False  # runs in its place: after all work before it, before all after
 
 
 def fsync_directory(directory: Path) -> None:
@@ -105,10 +106,16 @@ class DiskWorker:
         self._submit(_Job(work, directory, future, loop))
         return await future
 
-    def later(self, work: Callable[[], Any], directory: Path | None = None) -> None:
+    def later(
+        self, work: Callable[[], Any], directory: Path | None = None, *, fence: bool = False
+    ) -> None:
         """Run `work` in the disk thread, in order with the rest; nobody waits for it.
-        `directory` is fsync'd after it, once for the group's work that names it."""
+        `directory` is fsync'd after it, once for the group's work that names it. A
+        `fence` (emptying a queue) keeps its place even among waited-for writes: the work
+        of its group asked before it is done first, and nothing asked after it goes
+        before it (a message accepted after a reset is not wiped with the old ones)."""
         job = _Job(work, directory, None, None)
+        job.fence = fence
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -157,9 +164,22 @@ class DiskWorker:
                 return
 
     def _do(self, group: list[_Job]) -> None:
-        """The group's waited-for writes, their directories' fsyncs, the wake-up; then the
+        """The group, cut at its fences: each part before a fence is done, then the fence."""
+        start = 0
+        for index, job in enumerate(group):
+            if job.fence:
+                self._do_part(group[start:index])
+                self._run_jobs([job])
+                start = index + 1
+        self._do_part(group[start:])
+
+    def _do_part(self, group: list[_Job]) -> None:
+        """The part's waited-for writes, their directories' fsyncs, the wake-up; then the
         work nobody waits for (removals, state updates), so that it never delays a 250.
-        Each kind keeps its order; the files they touch are never the same ones."""
+        Each kind keeps its order; the files they touch are never the same ones (what
+        touches every file, as a queue's emptying, is a fence)."""
+        if not group:
+            return
         self._run_jobs([job for job in group if job.future is not None])
         unwaited: list[_Job] = []
         for job in group:

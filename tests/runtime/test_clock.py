@@ -233,3 +233,25 @@ def test_the_epoch_is_lab_start_and_next_due_the_earliest_live_timer() -> None:
         assert clock.epoch >= start and clock.epoch <= clock.time() < clock.epoch + 1
 
     run(body)
+
+
+def test_advance_to_a_time_never_runs_a_timer_after_it() -> None:
+    """`advance_to(when)` stops at `when` however long its settling took in real time:
+    a host brought to just before a step (the Docker backend's advance) runs nothing of
+    the step yet."""
+
+    async def slow_settle() -> None:
+        await asyncio.sleep(0.02)  # real time passes while the clock settles
+
+    async def body(clock: LabClock) -> None:
+        now = clock.time()
+        ran: list[str] = []
+        clock.call_at(now + 600, lambda: ran.append("at 10m"))
+        assert await clock.advance_to(now + 600 - 1e-3) == 0
+        assert ran == []
+        assert now + 600 - 1e-3 <= clock.time() < now + 600
+        assert await clock.advance_to(now + 600) == 1 and ran == ["at 10m"]
+        assert await clock.advance_to(now) == 0  # the past: the clock stays where it is
+        assert clock.time() >= now + 600
+
+    run(body, settle=slow_settle)

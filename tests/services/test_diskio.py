@@ -59,6 +59,34 @@ def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
     assert seen == ["a", "c", "b"]
 
 
+def test_a_fence_keeps_its_place_among_the_writes_of_its_group() -> None:
+    """A queue emptied by a reset while the disk is busy: the message accepted after it,
+    in the same group, is written after the wipe, not wiped with the old ones."""
+    disk = DiskWorker("t")
+    seen: list[str] = []
+    gate, entered = threading.Event(), threading.Event()
+
+    def held() -> None:
+        entered.set()
+        gate.wait()
+        seen.append("a")
+
+    async def run() -> None:
+        first = asyncio.ensure_future(disk.commit(held, None))
+        await asyncio.to_thread(entered.wait)
+        disk.later(lambda: seen.append("removal"))
+        disk.later(lambda: seen.append("wipe"), fence=True)
+        second = asyncio.ensure_future(disk.commit(lambda: seen.append("new message"), None))
+        disk.later(lambda: seen.append("state"))
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.gather(first, second)
+
+    asyncio.run(run())
+    disk.close()
+    assert seen == ["a", "removal", "wipe", "new message", "state"]
+
+
 def test_a_failed_write_reaches_whoever_waits_and_the_thread_goes_on(tmp_path: Path) -> None:
     disk = DiskWorker("t")
 

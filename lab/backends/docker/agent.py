@@ -360,7 +360,7 @@ class Agent:
 
     async def advance_to(self, when: float) -> int:
         self._need()
-        ran = await self.clock.advance(max(0.0, float(when) - self.clock.time()))
+        ran = await self.clock.advance_to(float(when))
         if self.real is not None:
             # the daemon's clock follows the host's; what fell due is tried now
             self.real.set_offset(self.clock.offset)

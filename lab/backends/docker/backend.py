@@ -39,6 +39,8 @@ from lab.software import check_topology, real_software
 from lab.topology.impair import Impairment
 from lab.topology.model import Topology, WhenDown
 
+STEP_LEAD = 0.25  # seconds of lab time every host is brought to before a step's timers
+
 
 class DockerBackend(LabBackend[HostProxy]):
     name = "docker"
@@ -318,11 +320,12 @@ class DockerBackend(LabBackend[HostProxy]):
                 break
             when = min(due)
             self._move_to(when)
-            # every host's clock just before `when` first, then the timers at `when`: a
-            # timer's work that asks another host (a queue run's DNS query) finds it at
-            # that time already, not at the last step's (a DNS fault window that ended)
-            before = when - 1e-6
-            await asyncio.gather(*(p.advance_to(before, LONG) for p in self._live()))
+            # every host's clock just before `when` first (no timer is due before it),
+            # then the timers at `when`: a timer's work that asks another host (a queue
+            # run's DNS query) finds it at that time already, not at the last step's (a
+            # DNS fault window that ended). A quarter second before, so that no host's
+            # clock runs into `when` in real time while the others are still moving.
+            await asyncio.gather(*(p.advance_to(when - STEP_LEAD, LONG) for p in self._live()))
             counts = await asyncio.gather(*(p.advance_to(when, LONG) for p in self._live()))
             ran += sum(counts)
             await self.settle(quick=True)

@@ -339,7 +339,7 @@ class Queue:
                 if path.is_file():
                     _unlink(path)
 
-        self.disk.later(wipe, self.dir if self.durable and self._made else None)
+        self.disk.later(wipe, self.dir if self.durable and self._made else None, fence=True)
 
     def __len__(self) -> int:
         return len(self.messages)
