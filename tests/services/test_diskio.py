@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,8 +35,9 @@ def test_commits_and_later_work_run_in_order_off_the_loop_thread(tmp_path: Path)
     assert {thread for _, thread in seen} == {"disk:t"}
 
 
-def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
-    """A removal queued before a write does not hold up that write's 250."""
+def while_busy(queue_up: Callable[[DiskWorker, list[str]], list[Any]]) -> list[str]:
+    """What the disk thread did when work was queued up (by `queue_up`, which returns
+    the futures to await) while it was busy with a first write: one group."""
     disk = DiskWorker("t")
     seen: list[str] = []
     gate, entered = threading.Event(), threading.Event()
@@ -46,45 +49,39 @@ def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
 
     async def run() -> None:
         first = asyncio.ensure_future(disk.commit(held, None))
-        await asyncio.to_thread(entered.wait)  # the thread is busy with it: what follows
-        # queues up and goes as one group
-        disk.later(lambda: seen.append("b"))
-        second = asyncio.ensure_future(disk.commit(lambda: seen.append("c"), None))
+        await asyncio.to_thread(entered.wait)  # the thread is busy with it
+        waited = queue_up(disk, seen)
         await asyncio.sleep(0)
         gate.set()
-        await asyncio.gather(first, second)
+        await asyncio.gather(first, *waited)
 
     asyncio.run(run())
     disk.close()
-    assert seen == ["a", "c", "b"]
+    return seen
+
+
+def test_work_nobody_waits_for_runs_after_the_writes_of_its_group() -> None:
+    """A removal queued before a write does not hold up that write's 250."""
+
+    def queue_up(disk: DiskWorker, seen: list[str]) -> list[Any]:
+        disk.later(lambda: seen.append("b"))
+        return [asyncio.ensure_future(disk.commit(lambda: seen.append("c"), None))]
+
+    assert while_busy(queue_up) == ["a", "c", "b"]
 
 
 def test_a_fence_keeps_its_place_among_the_writes_of_its_group() -> None:
     """A queue emptied by a reset while the disk is busy: the message accepted after it,
     in the same group, is written after the wipe, not wiped with the old ones."""
-    disk = DiskWorker("t")
-    seen: list[str] = []
-    gate, entered = threading.Event(), threading.Event()
 
-    def held() -> None:
-        entered.set()
-        gate.wait()
-        seen.append("a")
-
-    async def run() -> None:
-        first = asyncio.ensure_future(disk.commit(held, None))
-        await asyncio.to_thread(entered.wait)
+    def queue_up(disk: DiskWorker, seen: list[str]) -> list[Any]:
         disk.later(lambda: seen.append("removal"))
         disk.later(lambda: seen.append("wipe"), fence=True)
-        second = asyncio.ensure_future(disk.commit(lambda: seen.append("new message"), None))
+        written = asyncio.ensure_future(disk.commit(lambda: seen.append("new message"), None))
         disk.later(lambda: seen.append("state"))
-        await asyncio.sleep(0)
-        gate.set()
-        await asyncio.gather(first, second)
+        return [written]
 
-    asyncio.run(run())
-    disk.close()
-    assert seen == ["a", "removal", "wipe", "new message", "state"]
+    assert while_busy(queue_up) == ["a", "removal", "wipe", "new message", "state"]
 
 
 def test_a_failed_write_reaches_whoever_waits_and_the_thread_goes_on(tmp_path: Path) -> None:
