@@ -31,6 +31,9 @@ from lab.errors import LabError
 from lab.protocols.smtp import Reply, SubmitResult
 from lab.runtime.events import Event
 
+# beside an agent's spec (lab.json): the topology the lab validated, pickled; the agent
+# loads it as objects without building the models' validators (its image has this code)
+TOPOLOGY_FILE = "topology.pickle"
 LINE_LIMIT = 2**26  # a reply may carry a mailbox: up to 64 MiB per line
 _OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE
 

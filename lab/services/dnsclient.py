@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
-import dns.asyncquery
-import dns.exception
-import dns.flags
-import dns.message
+if TYPE_CHECKING:  # dnspython is imported at the first query: a host starts without it
+    import dns.message
 
 
 class _Endpoint(asyncio.DatagramProtocol):
@@ -32,6 +30,9 @@ class _Endpoint(asyncio.DatagramProtocol):
         self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        import dns.exception
+        import dns.message
+
         try:
             response = dns.message.from_wire(data, ignore_trailing=True)
         except dns.exception.DNSException:
@@ -113,7 +114,11 @@ class DnsClient:
         finally:
             if endpoint.pending.get(query.id, (None, None))[1] is future:
                 del endpoint.pending[query.id]
+        import dns.flags
+
         if response.flags & dns.flags.TC:
+            import dns.asyncquery
+
             response = await dns.asyncquery.tcp(
                 query, server, timeout=timeout, port=tcp_port or port, source=source
             )

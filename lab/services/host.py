@@ -14,14 +14,15 @@ import socket
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import dns.message
+from typing import TYPE_CHECKING, Any, Protocol
 
 from lab.protocols.wire import LinkState
 from lab.runtime.clock import LabClock, Timer
 from lab.runtime.events import EventBus
 from lab.topology.model import Node, Topology
+
+if TYPE_CHECKING:
+    import dns.message
 
 
 class Unreachable(ConnectionRefusedError):

@@ -12,12 +12,6 @@ import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import dns.exception
-import dns.message
-import dns.rcode
-import dns.rdatatype
-import dns.reversename
-
 from lab.services.host import HostNet
 
 
@@ -78,6 +72,11 @@ class Resolver:
         """Record texts of one type (through CNAMEs); [] for no data; raises for failures."""
         if self.cache is not None and (hit := self.cache.get(name, rtype)) is not None:
             return hit
+        import dns.exception  # (dnspython: loaded at a host's first lookup, not at its start)
+        import dns.message
+        import dns.rcode
+        import dns.rdatatype
+
         q = dns.message.make_query(name, rtype)
         try:
             response = await self.net.dns_query(q, timeout=self.timeout)
@@ -118,6 +117,8 @@ class Resolver:
         return ["".join(part.strip('"') for part in t.split('" "')) for t in texts]
 
     async def ptr(self, address: str) -> list[str]:
+        import dns.reversename
+
         name = dns.reversename.from_address(address).to_text()
         return [t.rstrip(".").lower() for t in await self.query(name, "PTR")]
 

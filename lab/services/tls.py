@@ -9,15 +9,19 @@ in certificate!") before it reads the subjectAltName.
 from __future__ import annotations
 
 import ssl
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import trustme
+if TYPE_CHECKING:
+    import trustme
 
 
 class LabCA:
-    def __init__(self, state_dir: Path | None = None, *, ca: trustme.CA | None = None):
-        self._ca = ca or trustme.CA(organization_name="maillab")
+    def __init__(self, state_dir: Path | None = None, *, pem: tuple[bytes, bytes] | None = None):
+        """A new CA, or with `pem` (certificate, key) the one `save_key` wrote, read
+        when it is first used: a host that never speaks TLS never loads it."""
+        self._pem = pem
         self._contexts: dict[str, ssl.SSLContext] = {}
         if state_dir is not None:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -34,7 +38,15 @@ class LabCA:
         """The lab's CA from `save_key`: every host issues and trusts the same CA."""
         cert = (directory / "lab-ca.pem").read_bytes()
         key = (directory / "lab-ca.key").read_bytes()
-        return cls(ca=trustme.CA.from_pem(cert, key))
+        return cls(pem=(cert, key))
+
+    @cached_property
+    def _ca(self) -> trustme.CA:
+        import trustme  # (with the cryptography package: tens of ms a host need not pay)
+
+        if self._pem is None:
+            return trustme.CA(organization_name="maillab")
+        return trustme.CA.from_pem(*self._pem)
 
     @property
     def ca_pem(self) -> bytes:

@@ -94,7 +94,7 @@ MailAddress = Annotated[
 
 
 class Base(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=False, defer_build=True)
 
 
 def one_or_many(item: dict[str, Any], description: str) -> Any:

@@ -20,6 +20,7 @@ import functools
 import json
 import logging
 import os
+import pickle
 import signal
 import sys
 from pathlib import Path
@@ -31,7 +32,7 @@ from lab.backends.docker.net import RealNet, kill_connections
 from lab.backends.docker.servers import RealServer
 from lab.errors import LabError
 from lab.protocols import wire
-from lab.protocols.wire import AgentOp, Handler, LinkState
+from lab.protocols.wire import TOPOLOGY_FILE, AgentOp, Handler, LinkState
 from lab.runtime.clock import LabClock
 from lab.runtime.events import Event, EventBus
 from lab.services.host import Host, settle_tasks
@@ -53,15 +54,14 @@ CONNECT_GRACE = 120.0  # seconds to wait for the lab's first connection
 
 
 class Agent:
-    def __init__(self, spec: dict[str, Any], node: str, state_dir: Path, runtime_dir: Path):
+    def __init__(self, spec: dict[str, Any], topology: Topology, node: str, state: Path, run: Path):
         self.spec = spec
         self.name = node
-        self.topology = Topology.model_validate(spec["topology"])
+        self.topology = topology
         self.me = spec["nodes"][node]
         self.addresses = assign_addresses(self.topology)
         self.records = RecordTable.from_topology(self.topology, self.addresses)
-        self.state_dir = state_dir
-        self.runtime_dir = runtime_dir
+        self.state_dir, self.runtime_dir = state, run
         self.clock = LabClock(settle=self.settle)
         self.events = EventBus(self.clock.time)
         self.events.listen(self._forward)
@@ -583,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     spec_path = Path(args.spec)
     spec = json.loads(spec_path.read_text())
-    agent = Agent(spec, args.node, Path(args.state), spec_path.parent)
+    topology = pickle.loads((spec_path.parent / TOPOLOGY_FILE).read_bytes())
+    agent = Agent(spec, topology, args.node, Path(args.state), spec_path.parent)
     log.info("agent for %s waiting on %s", args.node, args.control)
     asyncio.run(agent.serve(Path(args.control)))
     log.info("agent for %s stopped", args.node)

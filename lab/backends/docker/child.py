@@ -8,9 +8,6 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 
-import dns.asyncquery
-import dns.message
-
 from lab.errors import LabError
 from lab.services.host import Host
 from lab.topology.model import Service
@@ -109,6 +106,9 @@ async def probe_services(host: Host) -> dict[str, str]:
                 raise LabError(f"{service.value} on {address}:{port} greeted {line!r}")
             found[service.value] = line.decode("utf-8", "replace").strip()
     if Service.dns in services:
+        import dns.asyncquery  # (only a DNS host's probe needs dnspython)
+        import dns.message
+
         query = dns.message.make_query(host.hostname, "A")
         answer = await dns.asyncquery.udp(query, address, timeout=5)
         found["dns"] = f"{host.hostname} -> " + " ".join(

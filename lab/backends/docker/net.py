@@ -26,9 +26,7 @@ import random
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-import dns.message
+from typing import TYPE_CHECKING, Any
 
 from lab.errors import LabError
 from lab.protocols.wire import LinkState
@@ -36,6 +34,9 @@ from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
 from lab.services.pacing import Clock, Pacer, RealTime, Relay, relay_pair
 from lab.topology.impair import Impairment, combine
+
+if TYPE_CHECKING:
+    import dns.message
 
 WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
 

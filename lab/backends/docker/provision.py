@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import pickle
 import re
 import secrets
 import shutil
@@ -25,6 +26,7 @@ from typing import Any
 from lab.backends.docker.gc import runtime_dir
 from lab.backends.docker.labels import LABEL_CREATED, LABEL_RUN, LABEL_STATE, Owner, labels
 from lab.errors import LabError
+from lab.protocols.wire import TOPOLOGY_FILE
 from lab.runtime.events import EventBus
 from lab.services.hostservices import SERVICE_PORTS
 from lab.services.tls import LabCA
@@ -201,9 +203,6 @@ class Provision:
                             [port, str(addresses[other][shared[0]]), target_port]
                         )
         return {
-            "topology": topology.model_dump(
-                mode="json", by_alias=True, exclude_none=True, exclude={"checks"}
-            ),
             "run": self.run,
             "owner": [os.getuid(), os.getgid()],  # the state files are handed back on stop
             **self.options,
@@ -245,6 +244,8 @@ class Provision:
             ca.save_key(self.runtime)
             self.spec = self._plan()
             (self.runtime / "lab.json").write_text(json.dumps(self.spec))
+            checkless = self.topology.model_copy(update={"checks": {}})
+            (self.runtime / TOPOLOGY_FILE).write_bytes(pickle.dumps(checkless))
         self.say(f"starting {len(self.topology.nodes)} containers (run {self.run})")
         with self.phase("containers"):
             # kept, so that `remove` after an interrupted `create` waits for it first
