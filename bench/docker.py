@@ -59,8 +59,9 @@ PHASES = {
     "plan": "the run's plan: interfaces, resolvers, hosts, forwards; the CA key",
     "containers": "create and start the switch, the management network and the containers",
     "wiring": "bridges, veth pairs and addresses (one exec in the switch)",
-    "agents": "every agent's control socket answers",
-    "services": "every host's services listen (DNS first)",
+    "agents": "every agent's control socket answers (a host's services start as soon as "
+    "its agent answers, the DNS hosts' first)",
+    "services": "after the last agent answered: every host's services listen",
     "down: settle": "down: every host idle",
     "down: stop agents": "down: agents stop their services",
     "down: remove": "down: containers and network removed",

@@ -103,21 +103,32 @@ class DockerBackend(LabBackend[HostProxy]):
         for name in self.topology.nodes:
             self.handles[name] = HostProxy(name, provision.socket(name), self.events)
 
-        async def connect(node: str, proxy: HostProxy) -> None:
+        # each host's services start as soon as its agent answers (the DNS hosts' first:
+        # the others' wait for them), while the other agents are still starting
+        began = last_agent = time.perf_counter()
+        dns_first = provision.dns_nodes()
+
+        async def bring(node: str) -> None:
+            nonlocal last_agent
             try:
-                await proxy.connect(self.ready_timeout, lambda: provision.running(node))
+                await self.handles[node].connect(
+                    self.ready_timeout, lambda: provision.running(node)
+                )
             except LabError as exc:
                 raise await provision.failed(node, exc) from None
+            last_agent = max(last_agent, time.perf_counter())
+            if node not in dns_first:
+                await asyncio.gather(*dns_hosts)
+            await self._start([node])
 
-        with provision.phase("agents"):
-            await asyncio.gather(*(connect(n, p) for n, p in self.handles.items()))
-        provision.say("waiting for the services to answer")
-        with provision.phase("services"):
-            dns_first = provision.dns_nodes()
-            await self._start(dns_first)
-            await self._start([n for n in self.topology.nodes if n not in dns_first])
-            # every host listens now: only then do queues left by an earlier run go out
-            await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
+        dns_hosts = [asyncio.ensure_future(bring(n)) for n in dns_first]
+        others = [bring(n) for n in self.topology.nodes if n not in dns_first]
+        provision.say("waiting for the hosts and their services to answer")
+        await asyncio.gather(*dns_hosts, *others)
+        # every host listens now: only then do queues left by an earlier run go out
+        await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
+        provision.timings["agents"] = last_agent - began
+        provision.timings["services"] = time.perf_counter() - last_agent
         for link_name, link in self.topology.links.items():
             self.events.emit(link.node, "link.initial", link=link_name, state=link.state)
         self.own_clock.start()

@@ -337,17 +337,26 @@ class Provision:
             f'while [ "$(cut -d\' \' -f22 /proc/{pid}/stat 2>/dev/null)" = "$start" ];'
             " do sleep 1; done; else sleep infinity; fi"
         )
-        self.containers["_switch"] = client.containers.run(
+        self.containers["_switch"] = self._start(
             self.image,
             ["sh", "-c", watch],
             name=self.container_name("switch"),
-            detach=True,
-            network_mode="none",
-            pid_mode="host",
-            cap_add=["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"],
             labels=self._labels("switch"),
-            auto_remove=False,
+            host_config=client.api.create_host_config(
+                network_mode="none",
+                pid_mode="host",
+                cap_add=["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"],
+            ),
         )
+
+    def _start(self, image: str, command: list[str], **create: Any) -> Any:
+        """Create and start a container: two calls to the engine (`containers.run` makes
+        a third, a look at the container between the two). Its details are read when
+        they are needed (`reload`: the wiring asks every container for its process)."""
+        api = self.client.api
+        found = api.create_container(image, command, detach=True, **create)
+        api.start(found["Id"])
+        return self.client.containers.prepare_model({"Id": found["Id"]})
 
     def _make_network(self) -> None:
         """The operator's management network, on a free subnet (one listing of the
@@ -407,22 +416,29 @@ class Provision:
             f"{RUNTIME}/{node}.sock",
         ]
         on_mgmt = node == self.operator and self.network is not None
-        return client.containers.run(
+        network = self.network.name if on_mgmt else "none"
+        api = client.api
+        return self._start(
             self.images.get(node, self.image),
             command,
             name=self.container_name(node),
             hostname=short,
             domainname=domain,
-            detach=True,
-            network=self.network.name if on_mgmt else None,
-            network_mode=None if on_mgmt else "none",
-            cap_add=["NET_ADMIN"],
             labels=self._labels("node", node),
-            volumes={
-                str(self.runtime): {"bind": RUNTIME, "mode": "rw"},
-                str(node_state): {"bind": STATE, "mode": "rw"},
-            },
             environment={"MAILLAB_NODE": node, "MAILLAB_RUN": self.run},
+            host_config=api.create_host_config(
+                network_mode=network,
+                cap_add=["NET_ADMIN"],
+                binds={
+                    str(self.runtime): {"bind": RUNTIME, "mode": "rw"},
+                    str(node_state): {"bind": STATE, "mode": "rw"},
+                },
+            ),
+            networking_config=(
+                api.create_networking_config({network: api.create_endpoint_config()})
+                if on_mgmt
+                else None
+            ),
         )
 
     def _wire(self) -> None:
