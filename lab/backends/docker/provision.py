@@ -317,7 +317,7 @@ class Provision:
                     settings = container.attrs["NetworkSettings"]["Networks"]
                     self.operator_ip = settings[self.network.name]["IPAddress"]
 
-        with ThreadPoolExecutor(max_workers=min(8, len(nodes) + 2)) as pool:
+        with ThreadPoolExecutor(max_workers=min(16, len(nodes) + 2)) as pool:
             jobs = [pool.submit(self._run_switch), pool.submit(operator)]
             made = pool.map(self._create_node, nodes)
             for node, container in zip(nodes, made, strict=True):
@@ -504,7 +504,7 @@ class Provision:
             return found
 
         items = list(self.containers.items())
-        with ThreadPoolExecutor(max_workers=min(8, len(items))) as pool:
+        with ThreadPoolExecutor(max_workers=min(16, len(items))) as pool:
             return dict(zip((n for n, _ in items), pool.map(pid, items), strict=True))
 
     # taking it down ----------------------------------------------------------------------
@@ -532,16 +532,29 @@ class Provision:
             for raw in api.containers(all=True, filters={"label": f"{LABEL_RUN}={self.run}"}):
                 ids.add(raw["Id"])
 
+        networks: list[dict[str, Any]] = []
+        with contextlib.suppress(docker.errors.APIError):
+            networks = api.networks(filters={"label": f"{LABEL_RUN}={self.run}"})
+        on_network = self.containers.get(self.operator or "")  # the one container on it
+
         def remove(container_id: str) -> None:
             with contextlib.suppress(docker.errors.NotFound):
                 api.remove_container(container_id, force=True, v=True)
 
-        with ThreadPoolExecutor(max_workers=8) as pool:
-            list(pool.map(remove, ids))
-        with contextlib.suppress(docker.errors.APIError):
-            for net in api.networks(filters={"label": f"{LABEL_RUN}={self.run}"}):
-                with contextlib.suppress(docker.errors.NotFound):
+        def remove_networks() -> None:
+            # as soon as the containers on them are gone, while the others still go
+            waits = [jobs[on_network.id]] if on_network is not None else list(jobs.values())
+            for job in waits:
+                job.exception()
+            for net in networks:
+                with contextlib.suppress(docker.errors.NotFound, docker.errors.APIError):
                     api.remove_network(net["Id"])
+
+        with ThreadPoolExecutor(max_workers=min(16, len(ids) + 1)) as pool:  # all at once
+            jobs = {container_id: pool.submit(remove, container_id) for container_id in ids}
+            done = [*jobs.values(), pool.submit(remove_networks)] if networks else [*jobs.values()]
+            for job in done:
+                job.result()
         self.containers.clear()
 
     # hands-on ----------------------------------------------------------------------------

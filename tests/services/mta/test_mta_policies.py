@@ -600,6 +600,8 @@ def test_expn_250_lists_the_members_of_an_alias(up: Callable[[Topology], Lab], w
         ["250-2.1.5 <bob@dest.test>", "250 2.1.5 <carol@dest.test>"],
     )
     assert session.cmd("EXPN nosuchlist")[0] == 550
+    # (on Docker a host's events reach the lab over its control socket, after the reply)
+    lab.wait_for("smtp.command", node="mx", command="EXPN", arg="nosuchlist")
     commands = [
         e.get("arg") for e in events(lab, "smtp.command", "mx") if e.get("command") == "EXPN"
     ]
