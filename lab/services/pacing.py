@@ -90,6 +90,26 @@ class Pacer:
         return self.last_due
 
 
+class ParkedCount:
+    """What a network whose relays wait for the lab clock counts (lab.services.host's
+    ClockWait): the pieces waiting (`parked`), and a count that grows whenever one moves
+    (`progress`); the class using it sets both to 0."""
+
+    parked: int
+    progress: int
+
+    def moved(self, waiting: int) -> None:
+        self.parked += waiting
+        self.progress += 1
+
+    def mark(self) -> int:
+        return self.progress
+
+    def idle_on_clock(self, mark: int) -> bool:
+        """True when bytes wait for the lab clock and nothing moved since `mark`."""
+        return self.parked > 0 and self.progress == mark
+
+
 class Relay:
     """One impaired connection: two pumps that read as the bytes come, and hand each
     piece to the clock to be written at its due time."""

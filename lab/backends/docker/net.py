@@ -32,7 +32,7 @@ from lab.errors import LabError
 from lab.protocols.wire import LinkState
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
-from lab.services.pacing import Clock, Pacer, RealTime, Relay, relay_pair
+from lab.services.pacing import Clock, Pacer, ParkedCount, RealTime, Relay, relay_pair
 from lab.topology.impair import Impairment, combine
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 WATCH_EVERY = 0.02  # seconds between two looks at an interface's byte counters
 
 
-class RealNet:
+class RealNet(ParkedCount):
     """One container's network (implements lab.services.host.HostNet)."""
 
     def __init__(
@@ -123,19 +123,9 @@ class RealNet:
         hang_up()
         return left[0]
 
-    def moved(self, waiting: int) -> None:
-        self.parked += waiting
-        self.progress += 1
-
     # ClockWait (lab.services.host): bytes held for the lab clock count as settled
     def paced(self) -> bool:
         return bool(self.on_clock or self.parked)
-
-    def mark(self) -> int:
-        return self.progress
-
-    def idle_on_clock(self, mark: int) -> bool:
-        return self.parked > 0 and self.progress == mark
 
     def _network_of(self, address: str) -> str | None:
         return next((n for n, a in self.addresses.items() if a == address), None)

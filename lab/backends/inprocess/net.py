@@ -36,7 +36,7 @@ from lab.protocols.wire import LinkState
 from lab.runtime.clock import LabClock
 from lab.services.dnsclient import DnsClient
 from lab.services.host import Unreachable
-from lab.services.pacing import Pacer, Relay, relay_pair
+from lab.services.pacing import Pacer, ParkedCount, Relay, relay_pair
 from lab.topology.addressing import Addresses
 from lab.topology.impair import Impairment, combine
 from lab.topology.model import Topology
@@ -73,7 +73,7 @@ class _Conn:
 
 
 @dataclass
-class VirtualNetwork:
+class VirtualNetwork(ParkedCount):
     topology: Topology
     addresses: Addresses
     operator: str | None
@@ -173,19 +173,8 @@ class VirtualNetwork:
                     left[0] -= size
         return allowed
 
-    def moved(self, waiting: int) -> None:
-        self.parked += waiting
-        self.progress += 1
-
     def paced(self) -> bool:
         return bool(self.net_impair or self.link_impair or self.watches or self.parked)
-
-    def mark(self) -> int:
-        return self.progress
-
-    def idle_on_clock(self, mark: int) -> bool:
-        """True when bytes wait for the lab clock and nothing moved since `mark`."""
-        return self.parked > 0 and self.progress == mark
 
     # addressing ------------------------------------------------------------------------
 
