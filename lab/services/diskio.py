@@ -1,15 +1,16 @@
-"""A host's disk writes, in one worker thread beside the event loop, committed in groups.
+"""A host's disk writes, in order and committed in groups: in a worker thread beside
+the event loop, or in the lab's disk process (diskproc.py).
 
 An MTA may say 250 only once the message file and the directory entry naming it are on
 disk (fsync of both). Done one message at a time, each message pays its own directory
-fsync and its own trip to a thread. Here one thread per host takes the writes in order:
+fsync and its own trip to a thread. Here one worker per host takes the writes in order:
 those that queued up while the disk was busy go as a group, each file written and
 fsync'd, then each directory fsync'd once for the whole group (group commit, as
 databases and busy MTAs do), and the loop is woken once for the group. Nobody's 250
 comes before its own file and directory are durable.
 
 Work that nobody waits for (removing a delivered message, recording a deferred attempt)
-goes through the same thread with `later`: it runs after every write asked for before
+goes through the same worker with `later`: it runs after every write asked for before
 it, and after the writes of its own group have been woken, so it never delays a 250.
 Such work may name a directory too (a removal does): the directory is fsync'd once for
 all the work of a group that names it, so removals are durable in groups as well.
@@ -17,75 +18,206 @@ all the work of a group that names it, so removals are durable in groups as well
 A DSN is written as accepted mail is, with `commit`, and the MTA waits for it before it
 asks for the original's state update or removal (lab/services/mta/dsn.py): so the DSN
 and its directory are durable before the message it reports on can go.
+
+The work is a call of no arguments. The lab's own is `functools.partial` of a function
+of diskjobs.py, which can also be pickled: so the same work runs in a thread of this
+process, or in the disk process, where the file system calls of many hosts do not take
+the interpreter lock from the event loop (a thread's open, write, fsync, rename and
+unlink each give it up and take it back, and every socket call of the loop waits its
+turn). Both run the groups with `run_group` below.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
-import os
 import queue
 import threading
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, TypeVar
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from lab.services.diskjobs import fsync_directory, nothing
+
+if TYPE_CHECKING:
+    from lab.services.diskproc import DiskProcess
 
 log = logging.getLogger("maillab.disk")
 
 T = TypeVar("T")
-_GROUP = 64  # at most this many writes share one directory fsync
+GROUP = 64  # at most this many writes share one directory fsync
+Complete = Callable[[list["Job"]], None]
+_workers = itertools.count(1)
+
+__all__ = ["DiskWorker", "Job", "fsync_directory", "run_group"]
 
 
-class _Job:
-    __slots__ = ("barrier", "directory", "error", "fence", "future", "loop", "result", "work")
+class Job:
+    __slots__ = (
+        "barrier",
+        "directory",
+        "error",
+        "event",
+        "fence",
+        "future",
+        "id",
+        "loop",
+        "result",
+        "waited",
+        "work",
+    )
 
     def __init__(
         self,
         work: Callable[[], Any],
-        directory: Path | None,
-        future: asyncio.Future[Any] | None,
-        loop: asyncio.AbstractEventLoop | None,
+        directory: str | None,
+        future: asyncio.Future[Any] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        *,
+        waited: bool = False,
     ):
         self.work = work
         self.directory = directory
         self.future = future
         self.loop = loop
+        self.waited = waited  # someone waits for it (a commit): it goes first in its group
         self.result: Any = None
         self.error: BaseException | None = None
         self.barrier = False  # runs after the directory fsyncs of the work before it
         self.fence = False  # runs in its place: after all work before it, before all after
+        self.event: threading.Event | None = None  # set when a barrier is passed
+        self.id = 0  # the disk process's name for it
+
+    @property
+    def answered(self) -> bool:
+        """Whoever asked for it hears when it is done (a commit, a barrier)."""
+        return self.waited or self.barrier
 
 
-def fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
+def run_group(group: list[Job], complete: Complete, pool: Executor | None = None) -> None:
+    """The group, cut at its fences: each part before a fence is done, then the fence.
+    `complete` hears of each batch of jobs once they are done and durable. With a
+    `pool`, the waited-for writes of a part (each a new file of its own) are done side
+    by side: their fsyncs then share the file system's journal commits."""
+    start = 0
+    for index, job in enumerate(group):
+        if job.fence:
+            _run_part(group[start:index], complete, pool)
+            _run_jobs([job], complete)
+            start = index + 1
+    _run_part(group[start:], complete, pool)
+
+
+def _run_part(group: list[Job], complete: Complete, pool: Executor | None) -> None:
+    """The part's waited-for writes, their directories' fsyncs, the wake-up; then the
+    work nobody waits for (removals, state updates), so that it never delays a 250.
+    Each kind keeps its order; the files they touch are never the same ones (what
+    touches every file, as a queue's emptying, is a fence)."""
+    if not group:
+        return
+    _run_jobs([job for job in group if job.waited], complete, pool)
+    unwaited: list[Job] = []
+    for job in group:
+        if job.barrier:  # (wait): what came before it is done and durable
+            _run_jobs(unwaited, complete)
+            unwaited = []
+            _run_jobs([job], complete)
+        elif not job.waited:
+            unwaited.append(job)
+    _run_jobs(unwaited, complete)
+
+
+def _run_jobs(group: list[Job], complete: Complete, pool: Executor | None = None) -> None:
+    if not group:
+        return
+    if pool is not None and len(group) > 1:
+        list(pool.map(_run_job, group))
+    else:
+        for job in group:
+            _run_job(job)
+    synced: dict[str, BaseException | None] = {}
+    for job in group:
+        if job.directory is None or job.error is not None:
+            continue
+        if job.directory not in synced:
+            try:
+                fsync_directory(job.directory)
+                synced[job.directory] = None
+            except OSError as exc:
+                synced[job.directory] = exc
+        job.error = synced[job.directory]
+    complete(group)
+
+
+def _run_job(job: Job) -> None:
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        job.result = job.work()
+    except BaseException as exc:  # handed to whoever waits for it
+        job.error = exc
+        if not job.answered:
+            log.warning("background disk work failed: %s", exc)
+
+
+def resolve(jobs: list[Job]) -> None:
+    """Tell whoever waits for `jobs` (in this process) that they are done: a commit's
+    future in its loop (one wake-up of each loop for the lot), a barrier's event."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[Job]] = {}
+    for job in jobs:
+        if job.event is not None:
+            job.event.set()
+        elif job.loop is not None:
+            by_loop.setdefault(job.loop, []).append(job)
+    here = asyncio._get_running_loop()
+    for loop, waiting in by_loop.items():
+        if loop is here:  # read in the loop itself (the disk process's answers)
+            _settle_futures(waiting)
+            continue
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_settle_futures, waiting)
+
+
+def _settle_futures(jobs: list[Job]) -> None:
+    for job in jobs:
+        future = job.future
+        if future is None or future.done():
+            continue
+        if job.error is not None:
+            future.set_exception(job.error)
+        else:
+            future.set_result(job.result)
 
 
 class DiskWorker:
-    def __init__(self, name: str):
+    """One host's disk work, in order: in a thread of its own, or (`process`) in the
+    lab's disk process."""
+
+    def __init__(self, name: str, process: DiskProcess | None = None):
         self.name = name
-        self._jobs: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
+        self.process = process
+        self._wire_name = f"{name}#{next(_workers)}"  # the disk process's, unique
+        self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._closed = False
         # `later` work asked for during one turn of the event loop, handed over together
         # at its end: one wake-up of the disk thread for all of it, not one each
-        self._held: list[_Job] = []
+        self._held: list[Job] = []
 
-    def _submit(self, job: _Job) -> None:
+    def _submit(self, job: Job) -> None:
         held, self._held = self._held, []  # what was asked before it goes first
         self._hand_over([*held, job])
 
-    def _hand_over(self, jobs: list[_Job]) -> None:
+    def _hand_over(self, jobs: list[Job]) -> None:
         if not jobs:
             return
         with self._lock:
             if self._closed:  # shutting down: do it here and now rather than start again
-                self._do(jobs)
+                run_group(jobs, resolve)
+                return
+            if self.process is not None:
+                self.process.send(self._wire_name, jobs)
                 return
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -98,23 +230,22 @@ class DiskWorker:
         held, self._held = self._held, []
         self._hand_over(held)
 
-    async def commit(self, work: Callable[[], T], directory: Path | None) -> T:
-        """Run `work` (it writes a file and fsyncs it) in the disk thread, then fsync
+    async def commit(self, work: Callable[[], T], directory: Any) -> T:
+        """Run `work` (it writes a file and fsyncs it) in the disk worker, then fsync
         `directory` (shared with the other writes of its group); return work's result."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._submit(_Job(work, directory, future, loop))
+        where = None if directory is None else str(directory)
+        self._submit(Job(work, where, future, loop, waited=True))
         return await future
 
-    def later(
-        self, work: Callable[[], Any], directory: Path | None = None, *, fence: bool = False
-    ) -> None:
-        """Run `work` in the disk thread, in order with the rest; nobody waits for it.
+    def later(self, work: Callable[[], Any], directory: Any = None, *, fence: bool = False) -> None:
+        """Run `work` in the disk worker, in order with the rest; nobody waits for it.
         `directory` is fsync'd after it, once for the group's work that names it. A
         `fence` (emptying a queue) keeps its place even among waited-for writes: the work
         of its group asked before it is done first, and nothing asked after it goes
         before it (a message accepted after a reset is not wiped with the old ones)."""
-        job = _Job(work, directory, None, None)
+        job = Job(work, None if directory is None else str(directory))
         job.fence = fence
         try:
             loop = asyncio.get_running_loop()
@@ -127,15 +258,24 @@ class DiskWorker:
 
     def wait(self) -> None:
         """Block until the work asked for so far is done (for shutdown and for tests)."""
-        done = threading.Event()
-        job = _Job(done.set, None, None, None)
+        job = Job(nothing, None)
         job.barrier = True
+        job.event = threading.Event()
         self._submit(job)
-        done.wait()
+        if self.process is not None:
+            self.process.wait(job.event)
+        else:
+            job.event.wait()
 
     def close(self) -> None:
-        """Finish what was asked so far, then stop the thread."""
+        """Finish what was asked so far, then stop the thread (or let the disk process
+        forget this worker)."""
         self._release_held()
+        if self.process is not None:
+            self.wait()
+            with self._lock:
+                self._closed = True
+            return
         with self._lock:
             thread, self._thread = self._thread, None
             self._closed = True
@@ -144,87 +284,28 @@ class DiskWorker:
             thread.join()
 
     def _run(self) -> None:
-        while True:
-            first = self._jobs.get()
-            if first is None:
-                return
-            group = list(first)
-            stop = False
-            while len(group) < _GROUP:
-                try:
-                    jobs = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if jobs is None:
-                    stop = True
-                    break
-                group.extend(jobs)
-            self._do(group)
-            if stop:
-                return
+        for group in groups(self._jobs):
+            run_group(group, resolve)
 
-    def _do(self, group: list[_Job]) -> None:
-        """The group, cut at its fences: each part before a fence is done, then the fence."""
-        start = 0
-        for index, job in enumerate(group):
-            if job.fence:
-                self._do_part(group[start:index])
-                self._run_jobs([job])
-                start = index + 1
-        self._do_part(group[start:])
 
-    def _do_part(self, group: list[_Job]) -> None:
-        """The part's waited-for writes, their directories' fsyncs, the wake-up; then the
-        work nobody waits for (removals, state updates), so that it never delays a 250.
-        Each kind keeps its order; the files they touch are never the same ones (what
-        touches every file, as a queue's emptying, is a fence)."""
-        if not group:
+def groups(jobs: queue.SimpleQueue[list[Job] | None]) -> Any:
+    """The groups of work as it arrives: what queued up while the last group ran goes
+    as one (at most GROUP jobs and the rest of a batch), until a None."""
+    while True:
+        first = jobs.get()
+        if first is None:
             return
-        self._run_jobs([job for job in group if job.future is not None])
-        unwaited: list[_Job] = []
-        for job in group:
-            if job.barrier:  # (wait): what came before it is done and durable
-                self._run_jobs(unwaited)
-                unwaited = []
-                job.work()
-            elif job.future is None:
-                unwaited.append(job)
-        self._run_jobs(unwaited)
-
-    def _run_jobs(self, group: list[_Job]) -> None:
-        for job in group:
+        group = list(first)
+        stop = False
+        while len(group) < GROUP:
             try:
-                job.result = job.work()
-            except BaseException as exc:  # handed to whoever waits for it
-                job.error = exc
-                if job.future is None:
-                    log.warning("%s: background disk work failed: %s", self.name, exc)
-        synced: dict[Path, BaseException | None] = {}
-        for job in group:
-            if job.directory is None or job.error is not None:
-                continue
-            if job.directory not in synced:
-                try:
-                    fsync_directory(job.directory)
-                    synced[job.directory] = None
-                except OSError as exc:
-                    synced[job.directory] = exc
-            job.error = synced[job.directory]
-        by_loop: dict[asyncio.AbstractEventLoop, list[_Job]] = {}
-        for job in group:
-            if job.loop is not None:
-                by_loop.setdefault(job.loop, []).append(job)
-        for loop, jobs in by_loop.items():
-            with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
-                loop.call_soon_threadsafe(_resolve, jobs)
-
-
-def _resolve(jobs: list[_Job]) -> None:
-    for job in jobs:
-        future = job.future
-        if future is None or future.done():
-            continue
-        if job.error is not None:
-            future.set_exception(job.error)
-        else:
-            future.set_result(job.result)
+                more = jobs.get_nowait()
+            except queue.Empty:
+                break
+            if more is None:
+                stop = True
+                break
+            group.extend(more)
+        yield group
+        if stop:
+            return

@@ -31,6 +31,7 @@ from lab.topology.model import DnsFaultRule, Fault, Service, Topology
 from lab.topology.records import RecordTable
 
 if TYPE_CHECKING:  # each service's module is loaded when a host runs it (start_*)
+    from lab.services.diskproc import DiskProcess
     from lab.services.dns import DnsServer
     from lab.services.fetch import FetchService
     from lab.services.mta.service import MtaService
@@ -56,12 +57,14 @@ class HostServices:
         builtin_fetch: bool = True,
         builtin_pop3: bool = True,
         mail_owner: tuple[int, int] | None = None,
+        disk_process: DiskProcess | None = None,
     ):
         self.host = host
         self.builtin_smtp = builtin_smtp  # False: a real MTA is the SMTP service (Docker)
         self.builtin_fetch = builtin_fetch  # False: fetchmail is the fetch service (Docker)
         self.builtin_pop3 = builtin_pop3  # False: a real server (Dovecot) is POP3 (Docker)
         self.mail_owner = mail_owner  # who the Maildirs belong to (that server's uid, gid)
+        self.disk_process = disk_process  # where the MTA's disk work runs (None: a thread)
         self.records = records
         self.connect_timeout = connect_timeout
         self.dns_timeout = dns_timeout
@@ -100,6 +103,7 @@ class HostServices:
                 Resolver(host.net, timeout=self.dns_timeout, cache=self.dns_cache),
                 connect_timeout=self.connect_timeout,
                 durable=self.durable,
+                disk_process=self.disk_process,
             )
             self.mta.store.owner = self.mail_owner
             await self.mta.start()

@@ -2,23 +2,20 @@
 
 Python's `mailbox.Maildir` reads and writes this format but never calls fsync; a local
 delivery must be on disk before the queue lets go of its copy, so writing is done here
-(tmp/, fsync, rename into new/, fsync the directory; from the event loop in the host's
-disk thread, lab.services.diskio, with new/ committed once for a group) and reading goes through
+(tmp/, fsync, rename into new/, fsync the directory; from the event loop by the host's
+disk worker, lab.services.diskio, with new/ committed once for a group) and reading goes through
 `mailbox.Maildir`. The POP3 server reads and deletes through the same class.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
-import socket
-import time
+from functools import partial
 from pathlib import Path
 
-from lab.services.diskio import DiskWorker, fsync_directory
-
-_counter = itertools.count()
+from lab.services.diskio import DiskWorker
+from lab.services.diskjobs import fsync_directory, maildir_deliver
 
 
 class MailStore:
@@ -29,7 +26,6 @@ class MailStore:
         self.durable = durable
         if not lazy:  # lazy: made with the first Maildir (a host that gets no mail has none)
             self.root.mkdir(parents=True, exist_ok=True)
-        self._made: set[Path] = set()  # Maildirs known to exist (made here or seen)
         # (uid, gid) the Maildirs and messages are given to, when a real POP3 server that
         # runs as that user reads them (Dovecot on the Docker backend); None: the writer's
         self.owner: tuple[int, int] | None = None
@@ -39,17 +35,6 @@ class MailStore:
         safe = user.replace("/", "_")
         return self.root / safe
 
-    def _ensure(self, user: str) -> Path:
-        box = self.path(user)
-        if box not in self._made:
-            for sub in ("tmp", "new", "cur"):
-                (box / sub).mkdir(parents=True, exist_ok=True)
-            if self.owner is not None:
-                for path in (box, box / "tmp", box / "new", box / "cur"):
-                    os.chown(path, *self.owner)
-            self._made.add(box)
-        return box
-
     def deliver(self, user: str, content: bytes) -> str:
         """Store a message; returns its Maildir key once it is durably in new/."""
         key = self.deliver_file(user, content)
@@ -58,39 +43,20 @@ class MailStore:
         return key
 
     async def deliver_async(self, disk: DiskWorker, user: str, content: bytes) -> str:
-        """`deliver` for the event loop: the file is written in the disk thread, and new/
+        """`deliver` for the event loop: the file is written by the disk worker, and new/
         fsync'd there with the other deliveries of its group."""
         new = self._new.get(user)
         if new is None:
             new = self._new[user] = self.path(user) / "new"
         return await disk.commit(
-            lambda: self.deliver_file(user, content), new if self.durable else None
+            partial(maildir_deliver, str(self.path(user)), content, self.durable, self.owner),
+            new if self.durable else None,
         )
 
     def deliver_file(self, user: str, content: bytes) -> str:
         """Write a message to tmp/, fsync it, rename it into new/ (whose entry is the
         caller's to make durable); returns its key."""
-        box = self._ensure(user)
-        key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
-        tmp = box / "tmp" / key
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileNotFoundError:  # the Maildir was removed behind our back: make it again
-            self._made.discard(box)
-            box = self._ensure(user)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            if self.owner is not None:
-                os.fchown(fd, *self.owner)
-            view = memoryview(content)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, box / "new" / key)
-        return key
+        return maildir_deliver(str(self.path(user)), content, self.durable, self.owner)
 
     def keys(self, user: str) -> list[str]:
         """Message keys in arrival order (new/ and cur/)."""

@@ -18,6 +18,7 @@ from lab.backends.base import LabBackend
 from lab.backends.inprocess.net import VirtualNetwork
 from lab.runtime.clock import LabClock
 from lab.runtime.events import EventBus
+from lab.services.diskproc import DiskProcess
 from lab.services.host import Host, settle_tasks
 from lab.services.hostservices import SERVICE_PORTS, HostServices
 from lab.services.tls import LabCA
@@ -38,6 +39,7 @@ class InProcessBackend(LabBackend[HostServices]):
         connect_timeout: float = 3.0,
         dns_timeout: float = 1.0,
         durable: bool = True,
+        disk_process: bool = True,
     ):
         super().__init__(
             topology,
@@ -50,6 +52,9 @@ class InProcessBackend(LabBackend[HostServices]):
         self.events = EventBus(self.clock.time, self.state_dir / "events.jsonl")
         self.vnet = VirtualNetwork(topology, self.addresses, self.operator, clock=self.clock)
         self.ca: LabCA | None = None
+        # the hosts' disk work runs in the disk process (lab.services.diskproc), not in
+        # threads of this one: there it does not take the interpreter lock from the loop
+        self.disk_process = disk_process
 
     @property
     def services(self) -> dict[str, HostServices]:
@@ -70,6 +75,7 @@ class InProcessBackend(LabBackend[HostServices]):
         )
         self.clock.start()
         self.ca = LabCA(self.state_dir)
+        disk = DiskProcess.shared() if self.disk_process else None
         for name, node in self.topology.nodes.items():
             host = Host(
                 name=name,
@@ -90,6 +96,7 @@ class InProcessBackend(LabBackend[HostServices]):
                 dns_timeout=self.dns_timeout,
                 durable=self.durable,
                 addresses=self.addresses,
+                disk_process=disk,
             )
         # DNS first: the others resolve through it.
         for services in self.handles.values():

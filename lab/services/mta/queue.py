@@ -29,18 +29,18 @@ the table in transitions.py).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
-import threading
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import orjson
 
 from lab.services.diskio import DiskWorker
+from lab.services.diskjobs import create_file, empty_directory, replace_file, unlink
 from lab.services.mta.transitions import (
     DELIVERED,
     DSN_SENT,
@@ -147,11 +147,6 @@ def _state(message: QueuedMessage, *, length: int | None = None) -> bytes:
     return data[:-1] + b',"length":%d}' % length
 
 
-def _unlink(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        path.unlink(missing_ok=True)
-
-
 _IDS = random.Random()  # its own generator (seeded from the system's), not the shared one
 # a test framework may reseed: ids must never repeat because of that
 
@@ -162,33 +157,17 @@ def new_id() -> str:
     return f"{_IDS.getrandbits(40):010X}"
 
 
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
 class Queue:
     def __init__(self, directory: Path, *, durable: bool = True, disk: DiskWorker | None = None):
         self.dir = directory
-        # made with the first message (in the disk thread): a lab of a thousand MTAs
+        # made with the first message (by the disk worker): a lab of a thousand MTAs
         # that carry no mail makes no queue directory
         self._made = self.dir.is_dir()
         self.durable = durable
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
         self._saved: set[str] = set()  # ids with a state file beside them
-        self._unsaved: dict[str, bytes] = {}  # id -> newest state the disk has yet to write
-        self._unsaved_lock = threading.Lock()
-        # the disk thread: durable writes in groups, removals and state updates in order
+        # the disk worker: durable writes in groups, removals and state updates in order
         self.disk = disk or DiskWorker(f"queue:{directory}")
 
     def load(self) -> list[QueuedMessage]:
@@ -225,11 +204,13 @@ class Queue:
         self.messages[message.id] = message
 
     async def put_async(self, content: bytes, message: QueuedMessage) -> None:
-        """`put` for the event loop: the file is written and fsync'd in the disk thread,
+        """`put` for the event loop: the file is written and fsync'd by the disk worker,
         and the directory fsync'd there with the others of its group. Returns (and the
         server may say 250) once both are on disk."""
+        self._made = True  # (the write makes it)
         await self.disk.commit(
-            lambda: self.write_file(content, message), self.dir if self.durable else None
+            partial(create_file, self._path(message.id), self._file(content, message), self.durable),
+            self.dir if self.durable else None,
         )
         self.messages[message.id] = message
 
@@ -239,31 +220,23 @@ class Queue:
         if self.durable:
             self._sync_dir()
 
-    def _make_dir(self) -> None:
-        if not self._made:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._made = True
+    def _path(self, message_id: str, suffix: str = ".msg") -> str:
+        return f"{self.dir}/{message_id}{suffix}"
+
+    @staticmethod
+    def _file(content: bytes, message: QueuedMessage) -> bytes:
+        """The message file: a first line records the content's length, so a file cut
+        short by a crash is recognised on `load` (and was never acknowledged)."""
+        return _state(message, length=len(content)) + b"\n" + content
 
     def write_file(self, content: bytes, message: QueuedMessage) -> None:
         """One new file, written under its final name and fsync'd (the directory is the
-        caller's). The first line records the content's length, so a file cut short by
-        a crash is recognised on `load` (and was never acknowledged)."""
-        self._make_dir()
-        head = _state(message, length=len(content)) + b"\n"
-        path = self.dir / f"{message.id}.msg"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(head + content)
-            while view:
-                view = view[os.write(fd, view) :]
-            if self.durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
+        caller's)."""
+        self._made = True
+        create_file(self._path(message.id), self._file(content, message), self.durable)
 
     def _sync_dir(self) -> None:
-        if self._dir_fd is None:
-            self._make_dir()
+        if self._dir_fd is None:  # (the message file's write made it)
             self._dir_fd = os.open(self.dir, os.O_RDONLY)
         os.fsync(self._dir_fd)
 
@@ -276,31 +249,14 @@ class Queue:
 
     def save(self, message: QueuedMessage) -> None:
         """Record a change of state (an attempt deferred, a bounce sent). The state is
-        taken now and written by the disk thread, in order with the other writes; if a
+        taken now and written by the disk worker, in order with the other writes; if a
         crash comes first, the message itself is still there and is tried again."""
-        data = _state(message)
         self._saved.add(message.id)
-        with self._unsaved_lock:
-            waiting = message.id in self._unsaved
-            self._unsaved[message.id] = data
-        if not waiting:  # else the write already waiting takes this state
-            path = self.dir / f"{message.id}.json"
-            self.disk.later(
-                lambda: self._write_state(path, message.id), self.dir if self.durable else None
-            )
-
-    def _write_state(self, path: Path, message_id: str) -> None:
-        """In the disk thread: the newest state of the message (its directory is fsync'd
-        once for the group)."""
-        with self._unsaved_lock:
-            data = self._unsaved.pop(message_id, None)
-        if data is None:
-            return
-        self._make_dir()
-        if self.durable:
-            _write_durably(path, data)
-        else:
-            path.write_bytes(data)
+        self._made = True
+        self.disk.later(
+            partial(replace_file, self._path(message.id, ".json"), _state(message), self.durable),
+            self.dir if self.durable else None,
+        )
 
     def content(self, message_id: str) -> bytes:
         data = (self.dir / f"{message_id}.msg").read_bytes()
@@ -316,11 +272,7 @@ class Queue:
             self._saved.discard(message_id)
         self.messages.pop(message_id, None)
 
-        def unlink() -> None:
-            for path in doomed:
-                _unlink(path)
-
-        self.disk.later(unlink, self.dir if self.durable else None)
+        self.disk.later(partial(unlink, *map(str, doomed)), self.dir if self.durable else None)
 
     def clear(self) -> None:
         """Empty the queue (`Lab.reset()`: nothing is under way then). It is empty now;
@@ -329,17 +281,11 @@ class Queue:
         never waits for a disk busy with fsyncs."""
         self.messages.clear()
         self._saved.clear()
-        with self._unsaved_lock:
-            self._unsaved.clear()
-
-        def wipe() -> None:
-            if not self.dir.is_dir():
-                return
-            for path in self.dir.iterdir():
-                if path.is_file():
-                    _unlink(path)
-
-        self.disk.later(wipe, self.dir if self.durable and self._made else None, fence=True)
+        self.disk.later(
+            partial(empty_directory, str(self.dir)),
+            self.dir if self.durable and self._made else None,
+            fence=True,
+        )
 
     def __len__(self) -> int:
         return len(self.messages)

@@ -20,9 +20,12 @@ backends and the tests use.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lab.services.diskio import DiskWorker
+
+if TYPE_CHECKING:
+    from lab.services.diskproc import DiskProcess
 from lab.services.faultgate import Gates
 from lab.services.host import Host
 from lab.services.maildir import MailStore
@@ -47,12 +50,14 @@ class MtaService:
         durable: bool = True,
         max_sessions: int = 20,
         hop_sessions: int = 4,
+        disk_process: DiskProcess | None = None,
     ):
         self.host = host
         self.node = host.node
         self.resolver = resolver
         self.book = AddressBook(host.node, host.hostname, host.addresses.values())
-        self.disk = DiskWorker(host.name)  # queue files, mailboxes: in order, in groups
+        # queue files, mailboxes: in order, in groups; in the lab's disk process if given
+        self.disk = DiskWorker(host.name, disk_process)
         self.queue = Queue(host.state_dir / "queue", durable=durable, disk=self.disk)
         self.store = MailStore(host.state_dir / "mail", durable=durable, lazy=True)
         # what the SMTP front keeps here (frontend.Mta)

@@ -1,0 +1,126 @@
+"""The disk work of a host, as functions of plain data (paths, bytes, flags).
+
+A queue or a mailbox hands its disk writes to a `DiskWorker` (diskio.py) as
+`functools.partial(one_of_these, ...)`: a call that can run in the host's disk thread,
+or be pickled to the lab's disk process (diskproc.py) and run there. So these touch
+nothing but the file system and what they are given, and import nothing but the
+standard library (the disk process starts with this module alone).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import socket
+import time
+
+_counter = itertools.count()
+_made: set[str] = set()  # Maildirs this process knows exist
+
+
+def fsync_directory(directory: str | os.PathLike[str]) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _open_new(path: str) -> int:
+    """A new file (never one that exists), its directory made if it is not there."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, flags, 0o600)
+
+
+def create_file(path: str, data: bytes, durable: bool) -> None:
+    """A new file with `data`, fsync'd when `durable` (its directory entry is the
+    caller's to make durable)."""
+    fd = _open_new(path)
+    try:
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def replace_file(path: str, data: bytes, durable: bool) -> None:
+    """`path` holds `data` now, whole or not at all (written beside it, then renamed)."""
+    head, name = os.path.split(path)
+    tmp = os.path.join(head, f".{name}.tmp")
+    os.makedirs(head, exist_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        _write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def unlink(*paths: str) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def empty_directory(directory: str) -> None:
+    """Remove the files of `directory` (not its subdirectories); no directory, nothing."""
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False):
+            unlink(entry.path)
+
+
+def ensure_maildir(box: str, owner: tuple[int, int] | None) -> None:
+    """BOX/{tmp,new,cur}, given to `owner` (uid, gid) when there is one."""
+    for sub in ("tmp", "new", "cur"):
+        os.makedirs(os.path.join(box, sub), exist_ok=True)
+    if owner is not None:
+        for sub in ("", "tmp", "new", "cur"):
+            os.chown(os.path.join(box, sub), *owner)
+    _made.add(box)
+
+
+def maildir_deliver(box: str, content: bytes, durable: bool, owner: tuple[int, int] | None) -> str:
+    """Write a message to BOX/tmp, fsync it, rename it into new/ (whose entry is the
+    caller's to make durable); returns its key."""
+    if box not in _made:
+        ensure_maildir(box, owner)
+    key = f"{time.time():.6f}.M{next(_counter)}P{os.getpid()}.{socket.gethostname()}"
+    tmp = os.path.join(box, "tmp", key)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(tmp, flags, 0o600)
+    except FileNotFoundError:  # the Maildir was removed behind our back: make it again
+        ensure_maildir(box, owner)
+        fd = os.open(tmp, flags, 0o600)
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        _write_all(fd, content)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, os.path.join(box, "new", key))
+    return key
+
+
+def nothing() -> None:
+    """A job that does nothing: a barrier's (what came before it is done when it is)."""

@@ -1,0 +1,383 @@
+"""The lab's disk process: the hosts' disk work, run beside the lab, not in it.
+
+In the in-process backend every host's event-driven work shares one thread, and so one
+interpreter lock. A disk thread per host gives the lock up and takes it back around each
+open, write, fsync, rename and unlink, and every socket call of the loop waits its turn:
+with three MTAs on a message's way, that was a quarter of the loop's time. Here the
+work goes, pickled, down a pipe to one child process (`python -m lab.services.diskproc`,
+started with the first lab and shared by the labs of this process). There each host has
+a thread that runs its work in order and in groups, as diskio.DiskWorker's thread does
+(the same `run_group`), and the answers for the work someone waits for (a commit, a
+barrier) come back up another pipe, read by one thread here.
+
+Nothing is lost with it: a write nobody has heard the end of is never acknowledged (the
+SMTP server says 250 only when its commit comes back), and if the child ends, every
+write waiting for it fails (451 to the client) and the next work starts a new child.
+The child finishes what it was given when the lab's end of the pipe closes (at exit),
+and ignores the terminal's Ctrl-C, which the lab sees first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import itertools
+import logging
+import os
+import pickle
+import queue
+import select
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, ClassVar
+
+from lab.services.diskio import Job, groups, resolve, run_group
+
+log = logging.getLogger("maillab.disk")
+
+_HEAD = struct.Struct("!I")
+_PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a write waits
+_F_SETPIPE_SZ = 1031
+_WRITERS = 8  # new files written side by side in a group
+# a job as it crosses: (id, work, directory, fence, barrier, waited)
+Wire = tuple[int, Any, "str | None", bool, bool, bool]
+
+
+def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
+    """`size` bytes, or None at the end of the stream (a raw pipe may give fewer a read)."""
+    chunks, left = [], size
+    while left:
+        chunk = stream.read(left)
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    head = _read_exact(stream, _HEAD.size)
+    if head is None:
+        return None
+    (size,) = _HEAD.unpack(head)
+    return _read_exact(stream, size)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _frame(obj: Any) -> bytes:
+    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    return _HEAD.pack(len(body)) + body
+
+
+class DiskProcessGone(OSError):
+    """The disk process ended before it said the work was done."""
+
+
+class DiskProcess:
+    """The lab's end of the disk process (`shared()`: one per lab process)."""
+
+    _shared: ClassVar[DiskProcess | None] = None
+    _shared_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pid = 0  # of the process that started the child (a fork must start its own)
+        self._lock = threading.Lock()  # one writer at a time on the pipe
+        self._pending: dict[int, Job] = {}
+        self._ids = itertools.count(1)
+        self._answers = -1  # the answers' pipe (non-blocking), read by the loops below
+        self._buffer = bytearray()
+        self._reading = threading.Lock()  # one reader of the answers at a time
+        self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+        self._outbox: list[tuple[str, bytes, list[Job]]] = []  # not written yet
+
+    @classmethod
+    def shared(cls) -> DiskProcess:
+        """This process's disk process, started if it is not running."""
+        with cls._shared_lock:
+            if cls._shared is None:
+                cls._shared = cls()
+                atexit.register(cls._shared.stop)
+            cls._shared.start()
+            return cls._shared
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    def running(self) -> bool:
+        return (
+            self._proc is not None and self._pid == os.getpid() and self._proc.poll() is None
+        )
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if self._pid and self._pid != os.getpid():  # a fork of the lab's process: its own
+            self.__init__()  # type: ignore[misc]
+        elif self._answers >= 0:  # it ended and nobody has read its end yet
+            self._gone()
+        with self._lock:
+            if self.running():
+                return
+            root = str(Path(__file__).resolve().parents[2])
+            env = dict(os.environ)
+            env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "lab.services.diskproc"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+                bufsize=0,
+            )
+            self._pid = os.getpid()
+            assert self._proc.stdin is not None and self._proc.stdout is not None
+            with contextlib.suppress(OSError):  # a bigger pipe: fewer waits for the child
+                import fcntl
+
+                fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            self._answers = self._proc.stdout.fileno()
+            os.set_blocking(self._answers, False)
+            self._buffer = bytearray()
+
+    def send(self, name: str, jobs: list[Job]) -> None:
+        """Hand `jobs` of worker `name` over, in order; the answered ones are settled
+        when the child says they are done (resolve), or fail if it ends first. What is
+        handed over during one turn of the event loop goes down the pipe at its end, in
+        one write (each wakes the child: a cost that shows at a few hundred a second)."""
+        wire: list[Wire] = []
+        for job in jobs:
+            job.id = next(self._ids)
+            wire.append((job.id, job.work, job.directory, job.fence, job.barrier, job.waited))
+        blob = pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not later
+        if not self.running():
+            self.start()
+        with self._lock:
+            for job in jobs:
+                if job.answered:
+                    self._pending[job.id] = job
+                    if job.loop is not None:
+                        self._watch(job.loop)
+            self._outbox.append((name, blob, jobs))
+            first = len(self._outbox) == 1
+        if first:
+            loop = asyncio._get_running_loop()
+            if loop is None:
+                self.flush()
+            else:
+                loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write what was handed over and not written yet."""
+        with self._lock:
+            batch, self._outbox = self._outbox, []
+            if not batch or self._proc is None or self._proc.stdin is None:
+                return
+            try:
+                _write_all(self._proc.stdin.fileno(), _frame([(n, b) for n, b, _ in batch]))
+                return
+            except OSError as exc:
+                error = exc
+                failed = [
+                    self._pending.pop(job.id)
+                    for _, _, jobs in batch
+                    for job in jobs
+                    if job.id in self._pending
+                ]
+        self._fail(failed, error)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Read the answers in `loop` when they come (no thread here: the loop reads them
+        between its other work, and nothing takes the interpreter lock from it)."""
+        if loop in self._loops or self._answers < 0:
+            return
+        self._loops.add(loop)
+        loop.add_reader(self._answers, self._on_readable)
+
+    def _on_readable(self) -> None:
+        if self._reading.acquire(blocking=False):  # else a wait() is reading them now
+            try:
+                self._pump(0.0)
+            finally:
+                self._reading.release()
+
+    def wait(self, event: threading.Event) -> None:
+        """Block until `event` (a barrier's) is set, reading the answers meanwhile (the
+        caller may be the thread of the loop that reads them otherwise)."""
+        self.flush()
+        while not event.is_set():
+            if self._reading.acquire(timeout=0.05):
+                try:
+                    if not event.is_set():
+                        self._pump(0.05)
+                finally:
+                    self._reading.release()
+            if self._answers < 0:
+                return  # the child is gone: the barrier failed (set) or never will be
+
+    def _pump(self, timeout: float) -> None:
+        """Read what answers there are (waiting up to `timeout` for some) and settle the
+        work they name; at the end of the pipe, fail whatever is still waiting."""
+        fd = self._answers
+        if fd < 0:
+            return
+        if timeout and not select.select([fd], [], [], timeout)[0]:
+            return
+        try:
+            data = os.read(fd, 1 << 20)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._gone()
+            return
+        self._buffer += data
+        done: list[Job] = []
+        while len(self._buffer) >= _HEAD.size:
+            (size,) = _HEAD.unpack_from(self._buffer)
+            if len(self._buffer) < _HEAD.size + size:
+                break
+            answers = pickle.loads(self._buffer[_HEAD.size : _HEAD.size + size])
+            del self._buffer[: _HEAD.size + size]
+            for job_id, result, error in answers:
+                job = self._pending.pop(job_id, None)
+                if job is not None:
+                    job.result, job.error = result, error
+                    done.append(job)
+        resolve(done)
+
+    def _gone(self) -> None:
+        """The child ended: stop reading its pipe, fail the work it had not answered."""
+        with self._lock:
+            fd, self._answers = self._answers, -1
+            lost = list(self._pending.values())
+            self._pending.clear()
+            loops, self._loops = list(self._loops), weakref.WeakSet()
+            proc = self._proc
+        for loop in loops:
+            with contextlib.suppress(Exception):  # a closed loop has no readers left
+                loop.remove_reader(fd)
+        code = proc.wait() if proc is not None else None
+        if lost:
+            log.warning("the disk process ended (exit %s) with %d writes unfinished", code, len(lost))
+        self._fail(lost, DiskProcessGone(f"the disk process ended (exit {code})"))
+
+    @staticmethod
+    def _fail(jobs: list[Job], exc: BaseException) -> None:
+        for job in jobs:
+            job.error = exc
+        resolve(jobs)
+
+    def stop(self) -> None:
+        """Close the pipe: the child finishes the work it has, then ends."""
+        self.flush()
+        with self._lock:
+            proc = self._proc if self._pid == os.getpid() else None
+        if proc is None or proc.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+# the child ------------------------------------------------------------------------------
+
+
+class _Answers:
+    """The child's end of the answers' pipe."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def __call__(self, jobs: list[Job]) -> None:
+        answers = [(job.id, job.result, job.error) for job in jobs if job.answered]
+        if not answers:
+            return
+        try:
+            data = _frame(answers)
+        except Exception:  # noqa: BLE001 - a result or error that does not pickle
+            answers = [
+                (i, None, None if e is None else OSError(f"{type(e).__name__}: {e}"))
+                for i, _, e in answers
+            ]
+            data = _frame(answers)
+        _write_all(self.fd, data)
+
+
+class _Inbox:
+    """The child's end of the work's pipe: the frames there are."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = bytearray()
+        self.ended = False
+
+    def _read(self) -> None:
+        data = os.read(self.fd, 1 << 20)
+        if data:
+            self.buffer += data
+        else:
+            self.ended = True
+
+    def _frames(self) -> list[bytes]:
+        frames = []
+        while len(self.buffer) >= _HEAD.size:
+            (size,) = _HEAD.unpack_from(self.buffer)
+            if len(self.buffer) < _HEAD.size + size:
+                break
+            frames.append(bytes(self.buffer[_HEAD.size : _HEAD.size + size]))
+            del self.buffer[: _HEAD.size + size]
+        return frames
+
+    def take(self) -> list[bytes] | None:
+        """The frames that came while the last were done (waiting for one if none did);
+        None at the end of the pipe."""
+        frames = self._frames()
+        while not frames and not self.ended:
+            self._read()
+            frames = self._frames()
+        while not self.ended and select.select([self.fd], [], [], 0)[0]:
+            self._read()
+        frames += self._frames()
+        return frames or None
+
+
+def main() -> None:
+    """The disk process: one thread, so that nothing here waits for a lock either. The
+    work of every host that came while the last group was done goes as one group (each
+    host's in its order: their files are never the same), its writes fsync'd, each
+    directory once, and the answers for the group in one write."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the lab hears Ctrl-C, and closes the pipe
+    answers = os.dup(1)
+    os.dup2(2, 1)  # nothing else may write to the answers' pipe
+    inbox, answer = _Inbox(0), _Answers(answers)
+    pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="disk")
+    while (frames := inbox.take()) is not None:
+        group = []
+        for frame in frames:
+            for _name, blob in pickle.loads(frame):
+                for job_id, work, directory, fence, barrier, waited in pickle.loads(blob):
+                    job = Job(work, directory, waited=waited)
+                    job.id, job.fence, job.barrier = job_id, fence, barrier
+                    group.append(job)
+        run_group(group, answer, pool)
+
+
+if __name__ == "__main__":
+    main()
