@@ -110,6 +110,17 @@ def run_group(group: list[Job], complete: Complete, pool: Executor | None = None
     _run_part(group[start:], complete, pool)
 
 
+def run_waited(group: list[Job], complete: Complete, pool: Executor | None = None) -> list[Job]:
+    """The waited-for writes of the group's first part (before its first fence or
+    barrier) done, as `run_group` would do them first; returns the rest, in order."""
+    cut = next((i for i, job in enumerate(group) if job.fence or job.barrier), len(group))
+    waited = [job for job in group[:cut] if job.waited]
+    if not waited:
+        return group
+    _run_jobs(waited, complete, pool)
+    return [job for job in group[:cut] if not job.waited] + group[cut:]
+
+
 def _run_part(group: list[Job], complete: Complete, pool: Executor | None) -> None:
     """The part's waited-for writes, their directories' fsyncs, the wake-up; then the
     work nobody waits for (removals, state updates), so that it never delays a 250.

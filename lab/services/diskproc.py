@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, BinaryIO, ClassVar
 
-from lab.services.diskio import Job, groups, resolve, run_group
+from lab.services.diskio import Job, resolve, run_group, run_waited
 
 log = logging.getLogger("maillab.disk")
 
@@ -46,6 +46,7 @@ _HEAD = struct.Struct("!I")
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a write waits
 _F_SETPIPE_SZ = 1031
 _WRITERS = 8  # new files written side by side in a group
+_BACKLOG = 256  # work nobody waits for is put off for new writes up to this much
 # a job as it crosses: (id, work, directory, fence, barrier, waited)
 Wire = tuple[int, Any, "str | None", bool, bool, bool]
 
@@ -345,17 +346,21 @@ class _Inbox:
             del self.buffer[: _HEAD.size + size]
         return frames
 
-    def take(self) -> list[bytes] | None:
-        """The frames that came while the last were done (waiting for one if none did);
-        None at the end of the pipe."""
+    def ready(self) -> bool:
+        """More work has come."""
+        return not self.ended and bool(select.select([self.fd], [], [], 0)[0])
+
+    def take(self, wait: bool) -> list[bytes] | None:
+        """The frames that came while the last were done (waiting for one if none did
+        and `wait`); None at the end of the pipe."""
         frames = self._frames()
-        while not frames and not self.ended:
+        while wait and not frames and not self.ended:
             self._read()
             frames = self._frames()
-        while not self.ended and select.select([self.fd], [], [], 0)[0]:
+        while self.ready():
             self._read()
         frames += self._frames()
-        return frames or None
+        return None if not frames and self.ended else frames
 
 
 def main() -> None:
@@ -368,15 +373,21 @@ def main() -> None:
     os.dup2(2, 1)  # nothing else may write to the answers' pipe
     inbox, answer = _Inbox(0), _Answers(answers)
     pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="disk")
-    while (frames := inbox.take()) is not None:
-        group = []
+    group: list[Job] = []
+    while (frames := inbox.take(wait=not group)) is not None:
         for frame in frames:
             for _name, blob in pickle.loads(frame):
                 for job_id, work, directory, fence, barrier, waited in pickle.loads(blob):
                     job = Job(work, directory, waited=waited)
                     job.id, job.fence, job.barrier = job_id, fence, barrier
                     group.append(job)
-        run_group(group, answer, pool)
+        # the writes someone waits for first; if more work came meanwhile, it joins the
+        # group before the rest (a removal waits, a 250 does not)
+        group = run_waited(group, answer, pool)
+        if group and (len(group) >= _BACKLOG or not inbox.ready()):
+            run_group(group, answer, pool)
+            group = []
+    run_group(group, answer, pool)
 
 
 if __name__ == "__main__":
