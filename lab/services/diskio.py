@@ -37,12 +37,9 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Executor
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from lab.services.diskjobs import fsync_directory, nothing
-
-if TYPE_CHECKING:
-    from lab.services.diskproc import DiskProcess
 
 log = logging.getLogger("maillab.disk")
 
@@ -200,11 +197,19 @@ def _settle_futures(jobs: list[Job]) -> None:
             future.set_result(job.result)
 
 
+class Elsewhere(Protocol):
+    """Where a worker's jobs run when not in its thread (diskproc.DiskProcess)."""
+
+    def send(self, name: str, jobs: list[Job]) -> None: ...
+
+    def wait(self, event: threading.Event) -> None: ...
+
+
 class DiskWorker:
     """One host's disk work, in order: in a thread of its own, or (`process`) in the
     lab's disk process."""
 
-    def __init__(self, name: str, process: DiskProcess | None = None):
+    def __init__(self, name: str, process: Elsewhere | None = None):
         self.name = name
         self.process = process
         self._wire_name = f"{name}#{next(_workers)}"  # the disk process's, unique

@@ -26,7 +26,6 @@ import itertools
 import logging
 import os
 import pickle
-import queue
 import select
 import signal
 import struct
@@ -46,7 +45,7 @@ _HEAD = struct.Struct("!I")
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a write waits
 _F_SETPIPE_SZ = 1031
 _WRITERS = 8  # new files written side by side in a group
-_BACKLOG = 256  # work nobody waits for is put off for new writes up to this much
+_BACKLOG = 64  # work nobody waits for is put off for new writes up to this much
 # a job as it crosses: (id, work, directory, fence, barrier, waited)
 Wire = tuple[int, Any, "str | None", bool, bool, bool]
 
@@ -119,9 +118,7 @@ class DiskProcess:
         return self._proc.pid if self._proc is not None else None
 
     def running(self) -> bool:
-        return (
-            self._proc is not None and self._pid == os.getpid() and self._proc.poll() is None
-        )
+        return self._proc is not None and self._pid == os.getpid() and self._proc.poll() is None
 
     def start(self) -> None:
         if self.running():
@@ -271,9 +268,17 @@ class DiskProcess:
         for loop in loops:
             with contextlib.suppress(Exception):  # a closed loop has no readers left
                 loop.remove_reader(fd)
-        code = proc.wait() if proc is not None else None
+        code = None
+        if proc is not None:
+            for pipe in (proc.stdin, proc.stdout):
+                with contextlib.suppress(OSError):
+                    if pipe is not None:
+                        pipe.close()
+            code = proc.wait()
         if lost:
-            log.warning("the disk process ended (exit %s) with %d writes unfinished", code, len(lost))
+            log.warning(
+                "the disk process ended (exit %s) with %d writes unfinished", code, len(lost)
+            )
         self._fail(lost, DiskProcessGone(f"the disk process ended (exit {code})"))
 
     @staticmethod
@@ -283,18 +288,26 @@ class DiskProcess:
         resolve(jobs)
 
     def stop(self) -> None:
-        """Close the pipe: the child finishes the work it has, then ends."""
+        """Say the end, and close the pipe: the child finishes the work it has, then
+        ends. (A pipe that closes without the end is a lab that died: the child ends at
+        once, and the work nobody heard the end of is lost with the lab, as a crash
+        loses it: a removal not done sends a message again, a write not answered was
+        never acknowledged.)"""
         self.flush()
         with self._lock:
             proc = self._proc if self._pid == os.getpid() else None
         if proc is None or proc.stdin is None:
             return
         with contextlib.suppress(OSError):
+            _write_all(proc.stdin.fileno(), _frame(None))
             proc.stdin.close()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        with self._reading:  # the answers still in the pipe, to its end
+            while self._answers >= 0:
+                self._pump(0.1)
 
 
 # the child ------------------------------------------------------------------------------
@@ -312,7 +325,7 @@ class _Answers:
             return
         try:
             data = _frame(answers)
-        except Exception:  # noqa: BLE001 - a result or error that does not pickle
+        except Exception:
             answers = [
                 (i, None, None if e is None else OSError(f"{type(e).__name__}: {e}"))
                 for i, _, e in answers
@@ -376,7 +389,11 @@ def main() -> None:
     group: list[Job] = []
     while (frames := inbox.take(wait=not group)) is not None:
         for frame in frames:
-            for _name, blob in pickle.loads(frame):
+            batch = pickle.loads(frame)
+            if batch is None:  # the end: what there is still to do, then no more
+                run_group(group, answer, pool)
+                return
+            for _name, blob in batch:
                 for job_id, work, directory, fence, barrier, waited in pickle.loads(blob):
                     job = Job(work, directory, waited=waited)
                     job.id, job.fence, job.barrier = job_id, fence, barrier
@@ -387,7 +404,7 @@ def main() -> None:
         if group and (len(group) >= _BACKLOG or not inbox.ready()):
             run_group(group, answer, pool)
             group = []
-    run_group(group, answer, pool)
+    os._exit(0)  # the lab died (no end came): so does its disk work, as in a crash
 
 
 if __name__ == "__main__":

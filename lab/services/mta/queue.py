@@ -209,7 +209,9 @@ class Queue:
         server may say 250) once both are on disk."""
         self._made = True  # (the write makes it)
         await self.disk.commit(
-            partial(create_file, self._path(message.id), self._file(content, message), self.durable),
+            partial(
+                create_file, self._path(message.id), self._file(content, message), self.durable
+            ),
             self.dir if self.durable else None,
         )
         self.messages[message.id] = message

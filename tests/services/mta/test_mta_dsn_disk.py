@@ -1,5 +1,9 @@
-"""A DSN is written like accepted mail, in the host's disk thread, and is durable (its
-file and its directory fsync'd) before the message it reports on leaves the queue."""
+"""A DSN is written like accepted mail, by the host's disk worker, and is durable (its
+file and its directory fsync'd) before the message it reports on leaves the queue.
+
+The lab's disk work runs in the disk process; these tests watch the order of the work
+the MTA asks for, so they give the host's worker back its own thread (`in_a_thread`),
+where the same grouping runs (diskio.run_group) and the calls can be watched."""
 
 from __future__ import annotations
 
@@ -12,7 +16,20 @@ import pytest
 import lab.services.diskio as diskio
 import lab.services.mta.queue as queue_module
 from lab.harness import Lab
-from lab.services.mta.queue import QueuedMessage
+
+
+def in_threads(lab: Lab) -> None:
+    """Each MTA's disk jobs run in its worker's own thread from now on, not in the disk
+    process (the functions these tests watch are replaced in this process only)."""
+    for services in lab.backend.services.values():  # type: ignore[attr-defined]
+        if services.mta is not None:
+            services.mta.disk.wait()
+            services.mta.disk.process = None
+
+
+def is_dsn(data: bytes) -> bool:
+    """A queue file's first line (its state) names the null sender: a DSN."""
+    return b'"envelope_from":""' in data.split(b"\n", 1)[0]
 
 
 @pytest.mark.lab_backend("inprocess")
@@ -23,27 +40,30 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
     mta = lab.backend.services["isp"].mta  # type: ignore[attr-defined]
     queue_dir = mta.queue.dir
     log: list[tuple[str, str, str]] = []  # (what, which, thread), in the order done
-    write_file = mta.queue.write_file
+    create_file = queue_module.create_file
     fsync_directory = diskio.fsync_directory
-    unlink = queue_module._unlink
+    unlink = queue_module.unlink
 
-    def logged_write(content: bytes, message: QueuedMessage) -> None:
-        write_file(content, message)
-        log.append(("write", message.id, threading.current_thread().name))
+    def logged_write(path: str, data: bytes, durable: bool) -> None:
+        create_file(path, data, durable)
+        if Path(path).parent == queue_dir:
+            log.append(("write", Path(path).stem, threading.current_thread().name))
 
-    def logged_fsync(directory: Path) -> None:
+    def logged_fsync(directory: str) -> None:
         fsync_directory(directory)
-        if directory == queue_dir:
+        if Path(directory) == queue_dir:
             log.append(("fsync", "", threading.current_thread().name))
 
-    def logged_unlink(path: Path) -> None:
-        if path.parent == queue_dir:
-            log.append(("unlink", path.name, threading.current_thread().name))
-        unlink(path)
+    def logged_unlink(*paths: str) -> None:
+        for path in map(Path, paths):
+            if path.parent == queue_dir:
+                log.append(("unlink", path.name, threading.current_thread().name))
+        unlink(*paths)
 
-    monkeypatch.setattr(mta.queue, "write_file", logged_write)
+    in_threads(lab)
+    monkeypatch.setattr(queue_module, "create_file", logged_write)
     monkeypatch.setattr(diskio, "fsync_directory", logged_fsync)
-    monkeypatch.setattr(queue_module, "_unlink", logged_unlink)
+    monkeypatch.setattr(queue_module, "unlink", logged_unlink)
 
     lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
     lab.link("dialup").up()
@@ -68,16 +88,16 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
 def test_a_bounce_that_cannot_be_written_keeps_the_original_and_is_tried_again(
     lab: Lab, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    mta = lab.backend.services["isp"].mta  # type: ignore[attr-defined]
-    write_file = mta.queue.write_file
+    create_file = queue_module.create_file
     disk_full = True
 
-    def failing(content: bytes, message: QueuedMessage) -> None:
-        if disk_full and message.envelope_from == "":
+    def failing(path: str, data: bytes, durable: bool) -> None:
+        if disk_full and is_dsn(data):
             raise OSError(28, "No space left on device")
-        write_file(content, message)
+        create_file(path, data, durable)
 
-    monkeypatch.setattr(mta.queue, "write_file", failing)
+    in_threads(lab)
+    monkeypatch.setattr(queue_module, "create_file", failing)
     lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
     lab.link("dialup").up()
     original = lab.wait_for("queue.write_failed", node="isp").get("id")
