@@ -75,11 +75,23 @@ def big_topology(clients: int, domains: int) -> Topology:
     return model
 
 
-def rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: int | str = "self") -> float:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return 0.0
+    for line in status.splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def disk_rss_mb() -> float:
+    """The resident memory of the lab's disk process (lab.services.diskproc), if one runs."""
+    from lab.services.diskproc import DiskProcess
+
+    pid = DiskProcess.shared().pid
+    return rss_mb(pid) if pid is not None else 0.0
 
 
 async def bench_big(clients: int, domains: int) -> dict[str, Any]:
@@ -104,6 +116,7 @@ async def bench_big(clients: int, domains: int) -> dict[str, Any]:
     result = await backend.send(last, mail_from="u@home.example", to=to, content=content)
     await backend.settle()
     delivered = len(await backend.mailbox(f"remote{domains - 1}", "user"))
+    disk_mb = disk_rss_mb()  # (it has written a message by now)
     t1 = time.perf_counter()
     await backend.down()
     down_s = time.perf_counter() - t1
@@ -115,7 +128,9 @@ async def bench_big(clients: int, domains: int) -> dict[str, Any]:
         "mtas": mtas,
         "up_seconds": up_s,
         "down_seconds": down_s,
-        "rss_mb": after,
+        "rss_mb": after + disk_mb,
+        "rss_lab_process_mb": after,
+        "rss_disk_process_mb": disk_mb,
         "rss_added_mb": after - before,
         "sample_accepted": result.accepted,
         "sample_delivered": delivered,
@@ -123,7 +138,8 @@ async def bench_big(clients: int, domains: int) -> dict[str, Any]:
 
 
 def bench_big_apart(clients: int, domains: int) -> dict[str, Any]:
-    """bench_big in a new Python process (its memory figure is the lab's process alone)."""
+    """bench_big in a new Python process (its memory figure is the lab's alone: its own
+    process and its disk process)."""
     out = subprocess.run(
         [sys.executable, "-m", "bench.big", str(clients), str(domains), "--json"],
         cwd=ROOT,
@@ -144,7 +160,8 @@ def rows(big: dict[str, Any]) -> list[str]:
         f" clients: up | {big['up_seconds'] * 1000:.0f} ms ({big['nodes']} nodes) |"
         f" <= {TARGETS['up_s'] * 1000:.0f} ms | {'meets' if up_ok else 'MISSES'} the target |",
         f"| same lab, in a process of its own: resident memory | {big['rss_mb']:.0f} MB"
-        f" (process total) | <= {TARGETS['rss_mb']} MB |"
+        f" (the lab's process {big.get('rss_lab_process_mb', big['rss_mb']):.0f} MB, its disk"
+        f" process {big.get('rss_disk_process_mb', 0):.0f} MB) | <= {TARGETS['rss_mb']} MB |"
         f" {'meets' if rss_ok else 'MISSES'} the target |",
     ]
 

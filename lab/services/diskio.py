@@ -213,6 +213,7 @@ class DiskWorker:
         self.name = name
         self.process = process
         self._wire_name = f"{name}#{next(_workers)}"  # the disk process's, unique
+        self._sent = False  # any work given to the disk process
         self._jobs: queue.SimpleQueue[list[Job] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -234,6 +235,7 @@ class DiskWorker:
                 return
             if self.process is not None:
                 self.process.send(self._wire_name, jobs)
+                self._sent = True
                 return
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -284,11 +286,12 @@ class DiskWorker:
             job.event.wait()
 
     def close(self) -> None:
-        """Finish what was asked so far, then stop the thread (or let the disk process
-        forget this worker)."""
+        """Finish what was asked so far, then stop the thread (in the disk process: once
+        it has done this worker's work, if it was given any)."""
         self._release_held()
         if self.process is not None:
-            self.wait()
+            if self._sent:
+                self.wait()
             with self._lock:
                 self._closed = True
             return
