@@ -61,7 +61,9 @@ class Job:
         "future",
         "id",
         "loop",
+        "notify",
         "result",
+        "then",
         "waited",
         "work",
     )
@@ -85,12 +87,15 @@ class Job:
         self.barrier = False  # runs after the directory fsyncs of the work before it
         self.fence = False  # runs in its place: after all work before it, before all after
         self.event: threading.Event | None = None  # set when a barrier is passed
+        self.then: Callable[[], None] | None = None  # called in its loop once it is done
+        self.notify = False  # (in the disk process: the lab hears when it is done)
         self.id = 0  # the disk process's name for it
 
     @property
     def answered(self) -> bool:
-        """Whoever asked for it hears when it is done (a commit, a barrier)."""
-        return self.waited or self.barrier
+        """Whoever asked for it hears when it is done (a commit, a barrier, work with a
+        `then`)."""
+        return self.waited or self.barrier or self.notify or self.then is not None
 
 
 def run_group(group: list[Job], complete: Complete, pool: Executor | None = None) -> None:
@@ -188,6 +193,10 @@ def resolve(jobs: list[Job]) -> None:
 
 def _settle_futures(jobs: list[Job]) -> None:
     for job in jobs:
+        if job.then is not None:
+            if job.error is not None:
+                log.warning("background disk work failed: %s", job.error)
+            job.then()
         future = job.future
         if future is None or future.done():
             continue
@@ -257,19 +266,29 @@ class DiskWorker:
         self._submit(Job(work, where, future, loop, waited=True))
         return await future
 
-    def later(self, work: Callable[[], Any], directory: Any = None, *, fence: bool = False) -> None:
+    def later(
+        self,
+        work: Callable[[], Any],
+        directory: Any = None,
+        *,
+        fence: bool = False,
+        then: Callable[[], None] | None = None,
+    ) -> None:
         """Run `work` in the disk worker, in order with the rest; nobody waits for it.
         `directory` is fsync'd after it, once for the group's work that names it. A
         `fence` (emptying a queue) keeps its place even among waited-for writes: the work
         of its group asked before it is done first, and nothing asked after it goes
-        before it (a message accepted after a reset is not wiped with the old ones)."""
+        before it (a message accepted after a reset is not wiped with the old ones).
+        `then` is called in the caller's event loop once the work is done."""
         job = Job(work, None if directory is None else str(directory))
         job.fence = fence
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._submit(job)
+            self._submit(job)  # (no loop to call `then` in: nobody to tell)
             return
+        if then is not None:
+            job.then, job.loop = then, loop
         if not self._held:
             loop.call_soon(self._release_held)
         self._held.append(job)

@@ -1,10 +1,11 @@
 """The disk work of a host, as functions of plain data (paths, bytes, flags).
 
 A queue or a mailbox hands its disk writes to a `DiskWorker` (diskio.py) as
-`functools.partial(one_of_these, ...)`: a call that can run in the host's disk thread,
+`functools.partial(one_of_these, ...)`: a call that can run in the host's disk thread
 or be pickled to the lab's disk process (diskproc.py) and run there. So these touch
 nothing but the file system and what they are given, and import nothing but the
-standard library (the disk process starts with this module alone).
+standard library (the disk process loads no more of the lab than this, diskio.py and
+diskproc.py).
 """
 
 from __future__ import annotations

@@ -4,17 +4,21 @@ In the in-process backend every host's event-driven work shares one thread, and 
 interpreter lock. A disk thread per host gives the lock up and takes it back around each
 open, write, fsync, rename and unlink, and every socket call of the loop waits its turn:
 with three MTAs on a message's way, that was a quarter of the loop's time. Here the
-work goes, pickled, down a pipe to one child process (`python -m lab.services.diskproc`,
-started with the first lab and shared by the labs of this process). There each host has
-a thread that runs its work in order and in groups, as diskio.DiskWorker's thread does
-(the same `run_group`), and the answers for the work someone waits for (a commit, a
-barrier) come back up another pipe, read by one thread here.
+work goes, pickled (diskjobs.py's functions and their data), down a pipe to one child
+process (`python -m lab.services.diskproc`, started with the first lab and shared by
+the labs of this process), in one write per turn of the event loop. The child runs it
+in one thread, in order and in groups (diskio's `run_group`, every host's work of a
+group together: their files are never the same), the new files of a group fsync'd side
+by side so that their fsyncs share the file system's journal commits. The answers for
+the work someone hears the end of (a commit, a barrier, a state write) come back up
+another pipe, which the event loop reads between its other work: no thread here.
 
 Nothing is lost with it: a write nobody has heard the end of is never acknowledged (the
 SMTP server says 250 only when its commit comes back), and if the child ends, every
 write waiting for it fails (451 to the client) and the next work starts a new child.
-The child finishes what it was given when the lab's end of the pipe closes (at exit),
-and ignores the terminal's Ctrl-C, which the lab sees first.
+At exit the lab says the end and the child finishes what it was given; a pipe that
+closes without the end is a lab that died, and the child ends at once, as the disk work
+of a crashed MTA does. It ignores the terminal's Ctrl-C, which the lab hears first.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a writ
 _F_SETPIPE_SZ = 1031
 _WRITERS = 8  # new files written side by side in a group
 _BACKLOG = 64  # work nobody waits for is put off for new writes up to this much
-# a job as it crosses: (id, work, directory, fence, barrier, waited)
-Wire = tuple[int, Any, "str | None", bool, bool, bool]
+# a job as it crosses: (id, work, directory, fence, barrier, waited, answered)
+Wire = tuple[int, Any, "str | None", bool, bool, bool, bool]
 
 
 def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
@@ -158,7 +162,9 @@ class DiskProcess:
         wire: list[Wire] = []
         for job in jobs:
             job.id = next(self._ids)
-            wire.append((job.id, job.work, job.directory, job.fence, job.barrier, job.waited))
+            wire.append(
+                (job.id, job.work, job.directory, job.fence, job.barrier, job.waited, job.answered)
+            )
         blob = pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not later
         if not self.running():
             self.start()
@@ -394,9 +400,9 @@ def main() -> None:
                 run_group(group, answer, pool)
                 return
             for _name, blob in batch:
-                for job_id, work, directory, fence, barrier, waited in pickle.loads(blob):
+                for job_id, work, directory, fence, barrier, waited, told in pickle.loads(blob):
                     job = Job(work, directory, waited=waited)
-                    job.id, job.fence, job.barrier = job_id, fence, barrier
+                    job.id, job.fence, job.barrier, job.notify = job_id, fence, barrier, told
                     group.append(job)
         # the writes someone waits for first; if more work came meanwhile, it joins the
         # group before the rest (a removal waits, a 250 does not)

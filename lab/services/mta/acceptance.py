@@ -12,7 +12,7 @@ and returns only once it is durably this host's: then the server may say 250.
   delivers: each mailbox file is on disk (fsync'd, and its directory) when `accept`
   returns, so the message needs no queue file of its own. A mailbox that cannot be
   written leaves its recipient to the queue, and the message is queued for it.
-- Anything else is written to the queue (queue.py) in the host's disk thread, with the
+- Anything else is written to the queue (queue.py) by the host's disk worker, with the
   others of its group, and handed to delivery (delivery.py) with its content.
 
 Once the message goes to the disk its acceptance runs to the end, even if the client

@@ -191,7 +191,7 @@ class Delivery:
         await asyncio.gather(*(self._deliver_hop(key, items, run) for key, items in groups.items()))
 
     async def deliver_local(self, message: QueuedMessage, content: bytes, rcpt: Recipient) -> None:
-        """Into the recipient's Maildir (durably, in the disk thread)."""
+        """Into the recipient's Maildir (durably, by the disk worker)."""
         user = rcpt.target or split_address(rcpt.address)[0]
         head = (
             f"Return-Path: <{message.envelope_from}>\r\n"

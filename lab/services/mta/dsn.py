@@ -4,8 +4,8 @@ A DSN is a multipart/report message from the null sender <> to the envelope send
 a human-readable part, a message/delivery-status part with a block per recipient
 (Final-Recipient, Action, Status, Remote-MTA, Diagnostic-Code), and the returned
 headers (text/rfc822-headers). The MTA queues it like any other message, through the
-same way in as mail from a client (acceptance.py): written and fsync'd in the host's
-disk thread, with its directory. `Bounces` waits for that before a recipient counts as
+same way in as mail from a client (acceptance.py): written and fsync'd by the host's
+disk worker, with its directory. `Bounces` waits for that before a recipient counts as
 told (transitions.py: DSN sent), so the original's state is saved, or its files
 removed, only after its DSN is durable. A DSN that cannot be delivered is not bounced
 again but goes to the local postmaster.

@@ -6,16 +6,17 @@ result of every delivery attempt), then the message as received, with our Receiv
 header. It is written under its final name (its first line records the length, so a
 file cut short by a crash is known on `load`), fsync'd, and the directory fsync'd before
 the SMTP server answers 250: a crash after 250 loses nothing, and a restarted node finds
-its queue as it was (`load`). The host's disk thread (lab.services.diskio) does the writing
-and commits the directory once for the messages that arrive together. Later changes of
+its queue as it was (`load`). The host's disk worker (lab.services.diskio: a thread, or
+the lab's disk process) does the writing and commits the directory once for the
+messages that arrive together. Later changes of
 state (an attempt that deferred, a bounce sent) go to `ID.json` beside it, written to a
 temporary name and renamed, which overrides the first line; they and the removal of a
-delivered message go through the same thread in order, and nobody waits for them: if a
-crash forgets one, the message is tried again, never lost. A state change waiting for
-the disk thread is replaced by a newer one of the same message, not queued behind it
-(a link that flaps defers the same messages again and again). A message is removed as soon
+delivered message go through the same worker in order, and nobody waits for them: if a
+crash forgets one, the message is tried again, never lost. One state write per message
+is on its way at a time; a newer state asked for meanwhile replaces any older one that
+waits (a link that flaps defers the same messages again and again). A message is removed as soon
 as the next hop has said 250 for it (delivery finishes each message on its own reply,
-not at the end of a run), and the removals that reach the disk thread together share
+not at the end of a run), and the removals that reach the disk worker together share
 one directory fsync: a crash repeats only what was in flight (docs/architecture.md).
 
 The retry schedule follows RFC 5321 section 4.5.4.1: retry at intervals (30 minutes by
@@ -29,6 +30,7 @@ the table in transitions.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -157,6 +159,14 @@ def new_id() -> str:
     return f"{_IDS.getrandbits(40):010X}"
 
 
+def _in_a_loop() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class Queue:
     def __init__(self, directory: Path, *, durable: bool = True, disk: DiskWorker | None = None):
         self.dir = directory
@@ -167,6 +177,8 @@ class Queue:
         self.messages: dict[str, QueuedMessage] = {}
         self._dir_fd: int | None = None
         self._saved: set[str] = set()  # ids with a state file beside them
+        self._unsaved: dict[str, bytes] = {}  # id -> newest state, waiting for the one
+        self._writing: set[str] = set()  # ids whose state write is on its way
         # the disk worker: durable writes in groups, removals and state updates in order
         self.disk = disk or DiskWorker(f"queue:{directory}")
 
@@ -252,37 +264,58 @@ class Queue:
     def save(self, message: QueuedMessage) -> None:
         """Record a change of state (an attempt deferred, a bounce sent). The state is
         taken now and written by the disk worker, in order with the other writes; if a
-        crash comes first, the message itself is still there and is tried again."""
+        crash comes first, the message itself is still there and is tried again. One
+        state write per message is on its way at a time: a newer state asked for
+        meanwhile replaces any other that waits, and goes when that write is done (a
+        link that flaps defers the same messages again and again)."""
         self._saved.add(message.id)
         self._made = True
-        self.disk.later(
-            partial(replace_file, self._path(message.id, ".json"), _state(message), self.durable),
-            self.dir if self.durable else None,
-        )
+        self._unsaved[message.id] = _state(message)
+        if message.id not in self._writing:
+            self._write_state(message.id)
+
+    def _write_state(self, message_id: str) -> None:
+        data = self._unsaved.pop(message_id, None)
+        if data is None:
+            return
+        write = partial(replace_file, self._path(message_id, ".json"), data, self.durable)
+        directory = self.dir if self.durable else None
+        if not _in_a_loop():  # (nothing to hear the end in: written in order, as asked)
+            self.disk.later(write, directory)
+            return
+        self._writing.add(message_id)
+        self.disk.later(write, directory, then=lambda: self._state_written(message_id))
+
+    def _state_written(self, message_id: str) -> None:
+        self._writing.discard(message_id)
+        if message_id in self._unsaved:
+            self._write_state(message_id)
 
     def content(self, message_id: str) -> bytes:
         data = (self.dir / f"{message_id}.msg").read_bytes()
         return data[data.index(b"\n") + 1 :]
 
     def remove(self, message_id: str) -> None:
-        """The message is finished: it leaves the queue now, its files a moment later (in
-        the disk thread, the directory fsync'd with the other removals of its group; a
+        """The message is finished: it leaves the queue now, its files a moment later (by
+        the disk worker, the directory fsync'd with the other removals of its group; a
         crash before that delivers it again, it never loses it)."""
         doomed = [self.dir / f"{message_id}.msg"]  # first: a state file left alone is
         if message_id in self._saved:  # dropped by `load`, a message left alone is sent
             doomed.append(self.dir / f"{message_id}.json")
             self._saved.discard(message_id)
+        self._unsaved.pop(message_id, None)
         self.messages.pop(message_id, None)
 
         self.disk.later(partial(unlink, *map(str, doomed)), self.dir if self.durable else None)
 
     def clear(self) -> None:
         """Empty the queue (`Lab.reset()`: nothing is under way then). It is empty now;
-        its files go in the disk thread, after the work asked of it so far (a state
+        its files go by the disk worker, after the work asked of it so far (a state
         write still waiting is dropped) and before any new message's, so the event loop
         never waits for a disk busy with fsyncs."""
         self.messages.clear()
         self._saved.clear()
+        self._unsaved.clear()
         self.disk.later(
             partial(empty_directory, str(self.dir)),
             self.dir if self.durable and self._made else None,

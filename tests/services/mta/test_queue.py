@@ -247,3 +247,48 @@ def test_put_async_is_durable_when_it_returns(tmp_path: Path, synced: list[str])
             f"{qm.id} returned before a directory fsync that covers it: {order}"
         )
     assert sorted(m.id for m in Queue(directory).load()) == sorted(m.id for m in messages)
+
+
+@pytest.mark.parametrize("where", ["thread", "disk process"])
+def test_state_changes_asked_while_one_is_written_go_as_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """A link that flaps defers the same messages again and again: one state write per
+    message is on its way at a time, the newest state waiting replaces the others, and
+    what is on disk in the end is the newest."""
+    import asyncio
+    from functools import partial
+
+    import lab.services.mta.queue as queue_module
+    from lab.services.diskio import DiskWorker
+    from lab.services.diskproc import DiskProcess
+
+    process = DiskProcess() if where == "disk process" else None
+    sent: list[str] = []
+    real_later = DiskWorker.later
+
+    def later(self: DiskWorker, work: partial[None], *args: object, **kwargs: object) -> None:
+        if work.func is queue_module.replace_file:
+            sent.append(work.args[0])
+        real_later(self, work, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DiskWorker, "later", later)
+    queue = Queue(tmp_path / "q", disk=DiskWorker("q", process))
+    qm = message()
+
+    async def flap() -> None:
+        await queue.put_async(CONTENT, qm)
+        for i in range(100):
+            qm.next_attempt = float(i)
+            queue.save(qm)
+            if i % 10 == 9:
+                await asyncio.sleep(0.001)
+        while queue._writing:  # the last write's end heard
+            await asyncio.sleep(0.001)
+
+    asyncio.run(flap())
+    queue.close()
+    if process is not None:
+        process.stop()
+    assert 1 <= len(sent) <= 25, len(sent)  # at most two a burst, not one per change (100)
+    assert Queue(tmp_path / "q").load()[0].next_attempt == 99.0
