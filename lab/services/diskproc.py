@@ -39,7 +39,7 @@ import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, ClassVar
 
 from lab.services.diskio import Job, resolve, run_group, run_waited
 
@@ -52,26 +52,6 @@ _WRITERS = 8  # new files written side by side in a group
 _BACKLOG = 64  # work nobody waits for is put off for new writes up to this much
 # a job as it crosses: (id, work, directory, fence, barrier, waited, answered)
 Wire = tuple[int, Any, "str | None", bool, bool, bool, bool]
-
-
-def _read_exact(stream: BinaryIO, size: int) -> bytes | None:
-    """`size` bytes, or None at the end of the stream (a raw pipe may give fewer a read)."""
-    chunks, left = [], size
-    while left:
-        chunk = stream.read(left)
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)
-
-
-def _read_frame(stream: BinaryIO) -> bytes | None:
-    head = _read_exact(stream, _HEAD.size)
-    if head is None:
-        return None
-    (size,) = _HEAD.unpack(head)
-    return _read_exact(stream, size)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -98,7 +78,9 @@ class DiskProcess:
     def __init__(self) -> None:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pid = 0  # of the process that started the child (a fork must start its own)
-        self._lock = threading.Lock()  # one writer at a time on the pipe
+        # one writer at a time on the pipe (reentrant: a write that waits reads answers,
+        # and what they settle may hand more work over)
+        self._lock = threading.RLock()
         self._pending: dict[int, Job] = {}
         self._ids = itertools.count(1)
         self._answers = -1  # the answers' pipe (non-blocking), read by the loops below
@@ -146,10 +128,12 @@ class DiskProcess:
             )
             self._pid = os.getpid()
             assert self._proc.stdin is not None and self._proc.stdout is not None
-            with contextlib.suppress(OSError):  # a bigger pipe: fewer waits for the child
-                import fcntl
+            import fcntl
 
-                fcntl.fcntl(self._proc.stdin.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            for pipe in (self._proc.stdin, self._proc.stdout):
+                with contextlib.suppress(OSError):  # bigger pipes: fewer waits either way
+                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+            os.set_blocking(self._proc.stdin.fileno(), False)  # (see _put)
             self._answers = self._proc.stdout.fileno()
             os.set_blocking(self._answers, False)
             self._buffer = bytearray()
@@ -166,7 +150,7 @@ class DiskProcess:
                 (job.id, job.work, job.directory, job.fence, job.barrier, job.waited, job.answered)
             )
         blob = pickle.dumps(wire, protocol=pickle.HIGHEST_PROTOCOL)  # fails here, not later
-        if not self.running():
+        if self._answers < 0 or self._pid != os.getpid():  # (an end is seen on the answers)
             self.start()
         with self._lock:
             for job in jobs:
@@ -190,7 +174,7 @@ class DiskProcess:
             if not batch or self._proc is None or self._proc.stdin is None:
                 return
             try:
-                _write_all(self._proc.stdin.fileno(), _frame([(n, b) for n, b, _ in batch]))
+                self._put(_frame([(n, b) for n, b, _ in batch]))
                 return
             except OSError as exc:
                 error = exc
@@ -201,6 +185,24 @@ class DiskProcess:
                     if job.id in self._pending
                 ]
         self._fail(failed, error)
+
+    def _put(self, data: bytes) -> None:
+        """Write `data` to the child (the lock held). When the pipe is full, the child is
+        busy, or waits for its answers to be read: read them meanwhile, or the two would
+        wait for each other."""
+        assert self._proc is not None and self._proc.stdin is not None
+        fd = self._proc.stdin.fileno()
+        view = memoryview(data)
+        while view:
+            try:
+                view = view[os.write(fd, view) :]
+            except BlockingIOError:
+                if self._reading.acquire(blocking=False):
+                    try:
+                        self._pump(0.0)
+                    finally:
+                        self._reading.release()
+                select.select([], [fd], [], 0.05)
 
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the answers in `loop` when they come (no thread here: the loop reads them
@@ -302,11 +304,11 @@ class DiskProcess:
         self.flush()
         with self._lock:
             proc = self._proc if self._pid == os.getpid() else None
-        if proc is None or proc.stdin is None:
-            return
-        with contextlib.suppress(OSError):
-            _write_all(proc.stdin.fileno(), _frame(None))
-            proc.stdin.close()
+            if proc is None or proc.stdin is None or proc.stdin.closed:
+                return
+            with contextlib.suppress(OSError):
+                self._put(_frame(None))
+                proc.stdin.close()
         try:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:

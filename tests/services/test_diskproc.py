@@ -184,3 +184,50 @@ def test_the_child_ends_with_the_lab_that_dies(tmp_path: Path) -> None:
     while _alive(child) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not _alive(child)
+
+
+def test_more_work_than_the_pipe_holds_in_one_turn_goes_through(proc: DiskProcess) -> None:
+    disk = DiskWorker("t", proc)
+    count = 60_000
+
+    async def run() -> set[int]:
+        futures = [asyncio.ensure_future(disk.commit(os.getpid, None)) for _ in range(count)]
+        await asyncio.sleep(0)  # every commit handed over in this one turn
+        return set(await asyncio.wait_for(asyncio.gather(*futures), 120))
+
+    assert asyncio.run(run()) == {proc.pid}
+    disk.close()
+
+
+def test_a_full_pipe_each_way_does_not_stall_the_lab() -> None:
+    """The child writes a long answer nobody reads yet (the loop is busy), and the lab
+    then writes more than the pipe to the child holds: the lab reads the answers while
+    it waits to write, or each would wait for the other for ever. (In a process of its
+    own, so that a stall fails the test rather than hangs it.)"""
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        from functools import partial
+        sys.path.insert(0, {str(ROOT)!r})
+        from lab.services.diskio import DiskWorker
+        from lab.services.diskproc import DiskProcess
+
+        proc = DiskProcess()
+        disk = DiskWorker("t", proc)
+
+        async def main():
+            answer = asyncio.ensure_future(disk.commit(partial(bytes, 4_000_000), None))
+            await asyncio.sleep(0)
+            proc.flush()
+            time.sleep(0.5)  # its 4 MB answer fills the pipe back; the loop is busy
+            work = asyncio.ensure_future(disk.commit(partial(len, b"x" * 4_000_000), None))
+            await asyncio.sleep(0)
+            print(len(await answer), await work)
+
+        asyncio.run(main())
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.split() == ["4000000", "4000000"]
