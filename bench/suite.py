@@ -114,6 +114,12 @@ def run_all(run: bool = True) -> dict[str, Any]:
     return results
 
 
+def _failed_names(figures: dict[str, Any]) -> str:
+    """The failed tests' names, for the report's row (none: nothing)."""
+    names = [c["name"] for c in figures.get("cases", []) if c["outcome"] == "failed"]
+    return f" ({', '.join(names)})" if names else ""
+
+
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min ({seconds:.0f} s)"
 
@@ -136,8 +142,8 @@ def report(results: dict[str, Any]) -> list[str]:
         lines.append(
             f"| `pytest` in process, {inproc['workers']} workers: wall time |"
             f" {_minutes(inproc['wall_s'])}; {inproc['tests']} tests, {inproc['failed']}"
-            f" failed, {inproc['skipped']} skipped | <= 3 min, none failed |"
-            f" {'meets' if ok else 'MISSES'} the target |"
+            f" failed, {inproc['skipped']} skipped{_failed_names(inproc)} | <= 3 min, none"
+            f" failed | {'meets' if ok else 'MISSES'} the target |"
         )
     elif "inprocess_error" in results:
         lines.append(
@@ -148,7 +154,8 @@ def report(results: dict[str, Any]) -> list[str]:
         ok = made["seconds"] <= TARGETS["make_test_s"] and made["failed"] == 0
         lines.append(
             f"| `make test` ({made['when']}): the pytest runs' time | {_minutes(made['seconds'])};"
-            f" {made['tests']} tests, {made['failed']} failed, {made['skipped']} skipped |"
+            f" {made['tests']} tests, {made['failed']} failed, {made['skipped']} skipped"
+            f"{_failed_names(made)} |"
             f" <= 15 min, none failed | {'meets' if ok else 'MISSES'} the target |"
         )
     else:

@@ -38,6 +38,7 @@ import sys
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -339,7 +340,19 @@ class _Answers:
                 for i, _, e in answers
             ]
             data = _frame(answers)
-        _write_all(self.fd, data)
+        try:
+            _write_all(self.fd, data)
+        except BrokenPipeError:  # the lab is gone: so is its disk work
+            os._exit(0)
+
+
+def _unless_orphaned(lab: int, work: Any) -> Any:
+    """`work`, if the lab that gave it is still there. A lab that died is restarted over
+    the same state at once, maybe: the disk work it left must not go on beside the new
+    lab's (a file written after the new lab read its queue would be nobody's)."""
+    if os.getppid() != lab:
+        os._exit(0)
+    return work()
 
 
 class _Inbox:
@@ -394,6 +407,7 @@ def main() -> None:
     os.dup2(2, 1)  # nothing else may write to the answers' pipe
     inbox, answer = _Inbox(0), _Answers(answers)
     pool = ThreadPoolExecutor(_WRITERS, thread_name_prefix="disk")
+    lab = os.getppid()
     group: list[Job] = []
     while (frames := inbox.take(wait=not group)) is not None:
         for frame in frames:
@@ -403,7 +417,7 @@ def main() -> None:
                 return
             for _name, blob in batch:
                 for job_id, work, directory, fence, barrier, waited, told in pickle.loads(blob):
-                    job = Job(work, directory, waited=waited)
+                    job = Job(partial(_unless_orphaned, lab, work), directory, waited=waited)
                     job.id, job.fence, job.barrier, job.notify = job_id, fence, barrier, told
                     group.append(job)
         # the writes someone waits for first; if more work came meanwhile, it joins the
