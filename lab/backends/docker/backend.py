@@ -122,9 +122,19 @@ class DockerBackend(LabBackend[HostProxy]):
             await self._start([node])
 
         dns_hosts = [asyncio.ensure_future(bring(n)) for n in dns_first]
-        others = [bring(n) for n in self.topology.nodes if n not in dns_first]
+        others = [
+            asyncio.ensure_future(bring(n)) for n in self.topology.nodes if n not in dns_first
+        ]
         provision.say("waiting for the hosts and their services to answer")
-        await asyncio.gather(*dns_hosts, *others)
+        try:
+            await asyncio.gather(*dns_hosts, *others)
+        except BaseException:
+            # one host failed: the others stop here too (an agent connected after `down`
+            # closed the control connections would leave its connection open)
+            for task in (*dns_hosts, *others):
+                task.cancel()
+            await asyncio.gather(*dns_hosts, *others, return_exceptions=True)
+            raise
         # every host listens now: only then do queues left by an earlier run go out
         await asyncio.gather(*(p.run_queues() for p in self.handles.values()))
         provision.timings["agents"] = last_agent - began

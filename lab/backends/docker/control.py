@@ -60,6 +60,9 @@ class HostProxy:
                 if now >= look:
                     look = now + 0.5
                 await asyncio.sleep(0.02)
+        if self.closed:  # closed while it connected: the lab is going down
+            self.writer.close()
+            raise LabError(f"node {self.name}: the lab went down while its agent answered")
         self.task = loop.create_task(self._read(), name=f"control:{self.name}")
 
     async def _read(self) -> None:
@@ -113,6 +116,7 @@ class HostProxy:
             self.pending.pop(rid, None)
 
     async def close(self) -> None:
+        self.closed = True
         if self.writer is not None:
             self.writer.close()
             with contextlib.suppress(Exception):
