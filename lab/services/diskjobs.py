@@ -28,10 +28,23 @@ def fsync_directory(directory: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
+
+
+def _fill(fd: int, data: bytes, durable: bool, owner: tuple[int, int] | None = None) -> None:
+    """Give a new file's `fd` to `owner` (if any), write `data` to it, fsync it when
+    `durable`, and close it."""
+    try:
+        if owner is not None:
+            os.fchown(fd, *owner)
+        write_all(fd, data)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _open_new(path: str) -> int:
@@ -47,13 +60,7 @@ def _open_new(path: str) -> int:
 def create_file(path: str, data: bytes, durable: bool) -> None:
     """A new file with `data`, fsync'd when `durable` (its directory entry is the
     caller's to make durable)."""
-    fd = _open_new(path)
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fill(_open_new(path), data, durable)
 
 
 def replace_file(path: str, data: bytes, durable: bool) -> None:
@@ -61,13 +68,7 @@ def replace_file(path: str, data: bytes, durable: bool) -> None:
     head, name = os.path.split(path)
     tmp = os.path.join(head, f".{name}.tmp")
     os.makedirs(head, exist_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        _write_all(fd, data)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fill(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), data, durable)
     os.replace(tmp, path)
 
 
@@ -111,14 +112,7 @@ def maildir_deliver(box: str, content: bytes, durable: bool, owner: tuple[int, i
     except FileNotFoundError:  # the Maildir was removed behind our back: make it again
         ensure_maildir(box, owner)
         fd = os.open(tmp, flags, 0o600)
-    try:
-        if owner is not None:
-            os.fchown(fd, *owner)
-        _write_all(fd, content)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+    _fill(fd, content, durable, owner)
     os.rename(tmp, os.path.join(box, "new", key))
     return key
 

@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from lab.services.diskio import Job, resolve, run_group, run_waited
+from lab.services.diskjobs import write_all
 
 log = logging.getLogger("maillab.disk")
 
@@ -53,12 +54,6 @@ _WRITERS = 8  # new files written side by side in a group
 _BACKLOG = 64  # work nobody waits for is put off for new writes up to this much
 # a job as it crosses: (id, work, directory, fence, barrier, waited, answered)
 Wire = tuple[int, Any, "str | None", bool, bool, bool, bool]
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 def _frame(obj: Any) -> bytes:
@@ -341,7 +336,7 @@ class _Answers:
             ]
             data = _frame(answers)
         try:
-            _write_all(self.fd, data)
+            write_all(self.fd, data)
         except BrokenPipeError:  # the lab is gone: so is its disk work
             os._exit(0)
 
