@@ -42,7 +42,7 @@ from typing import Any
 import orjson
 
 from lab.services.diskio import DiskWorker
-from lab.services.diskjobs import create_file, empty_directory, replace_file, unlink
+from lab.services.diskjobs import create_file, empty_directory, replace_file, retire
 from lab.services.mta.transitions import (
     DELIVERED,
     DSN_SENT,
@@ -306,7 +306,7 @@ class Queue:
         self._unsaved.pop(message_id, None)
         self.messages.pop(message_id, None)
 
-        self.disk.later(partial(unlink, *map(str, doomed)), self.dir if self.durable else None)
+        self.disk.later(partial(retire, *map(str, doomed)), self.dir if self.durable else None)
 
     def clear(self) -> None:
         """Empty the queue (`Lab.reset()`: nothing is under way then). It is empty now;

@@ -85,7 +85,13 @@ class AiosmtpdOverrides(SMTP):
     - `input_waiting`: whether a pipelined command is already buffered (`_reader`).
     - `_unsent`: whether a reply went out, from the transports (`_original_transport`,
       the socket's, under STARTTLS).
+    - `_reset_timeout`: aiosmtpd moves its idle timeout after every command by
+      cancelling its timer (`_timeout_handle`) and making another, a dozen a message;
+      here the deadline moves and one timer, when it fires early, waits for the rest
+      (`_timeout_cb` closes the connection once the deadline has passed).
     """
+
+    _idle_deadline = 0.0  # loop time after which an idle connection is closed
 
     HOOK_PREFIXES = ("smtp_", "auth_", "handle_")
     _hook_names: ClassVar[dict[type, list[str]]] = {}  # class -> its hooks' names
@@ -111,6 +117,20 @@ class AiosmtpdOverrides(SMTP):
             return super()._getaddr(arg)
         except IndexError:  # a lone "<": the stdlib's parser runs off its end
             return None, None
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        self._idle_deadline = self.loop.time() + (duration or self._timeout_duration)
+        handle = self._timeout_handle
+        if handle is None or handle.cancelled() or handle.when() > self._idle_deadline:
+            if handle is not None:
+                handle.cancel()
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+
+    def _idle_timer(self) -> None:
+        if self.loop.time() < self._idle_deadline:  # a command came since it was set
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_timer)
+        else:
+            self._timeout_cb()
 
     def input_waiting(self) -> bool:
         """A whole command line is already buffered (the client pipelines)."""

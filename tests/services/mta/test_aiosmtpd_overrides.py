@@ -47,6 +47,10 @@ RECORDED: dict[str, str] = {
     # private, called by AiosmtpdOverrides.smtp_DATA
     "_call_handler_hook": "(self, command: str, *args) -> Any",
     "_set_post_data_state": "(self)",
+    # private, overridden (moves a deadline); called after every command and at connect
+    "_reset_timeout": "(self, duration: Optional[float] = None) -> None",
+    # private, called by AiosmtpdOverrides._idle_timer: closes the idle connection
+    "_timeout_cb": "(self)",
     # private: sets `_reader` and `_writer`, which smtp_DATA and input_waiting read
     "_cb_client_connected": (
         "(self, reader: asyncio.streams.StreamReader, writer: asyncio.streams.StreamWriter)"
@@ -79,6 +83,8 @@ ATTRIBUTES = (
     "_smtp_methods",
     "_auth_methods",
     "_original_transport",  # the socket's transport under STARTTLS (LabSMTP._unsent)
+    "_timeout_handle",  # the idle timer (AiosmtpdOverrides._reset_timeout), cancelled at the end
+    "_timeout_duration",
 )
 
 
@@ -209,3 +215,40 @@ def test_a_session_through_the_overrides() -> None:
     assert lines[5].startswith(b"250 2.0.0 taken")
     assert handler.received == [b"Subject: hi\r\n\r\n.dot\r\nbody\r\n"]
     assert ("250", True) in servers[0].waiting  # MAIL's reply, with RCPT buffered
+
+
+def test_an_idle_connection_is_closed_once_its_deadline_passes() -> None:
+    """The idle timer is set once and follows the deadline each command moves: a client
+    that keeps talking stays connected past the first deadline, one that goes quiet is
+    disconnected when its timeout has passed since its last command, not before."""
+    handler = _Handler()
+
+    async def main() -> tuple[list[float], bytes]:
+        loop = asyncio.get_running_loop()
+        servers: list[_Server] = []
+
+        def factory() -> _Server:
+            servers.append(_Server(handler, hostname="probe.test", loop=loop, timeout=0.3))
+            return servers[-1]
+
+        listener = await loop.create_server(factory, "127.0.0.1", 0)
+        port = listener.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        await reader.readline()
+        start = loop.time()
+        for _ in range(4):  # 0.4 s of NOOPs, each before the deadline
+            await asyncio.sleep(0.1)
+            writer.write(b"NOOP\r\n")
+            await reader.readline()
+        last = loop.time()
+        closed = await asyncio.wait_for(reader.read(), 2)  # EOF: the server closed it
+        times = [last - start, loop.time() - last]
+        writer.close()
+        listener.close()
+        await listener.wait_closed()
+        return times, closed
+
+    (talking, quiet), rest = asyncio.run(main())
+    assert talking > 0.35  # past the first deadline, still connected
+    assert 0.28 < quiet < 1.0  # closed a timeout after the last command
+    assert rest == b""

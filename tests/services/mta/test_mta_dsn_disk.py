@@ -42,7 +42,7 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
     log: list[tuple[str, str, str]] = []  # (what, which, thread), in the order done
     create_file = queue_module.create_file
     fsync_directory = diskio.fsync_directory
-    unlink = queue_module.unlink
+    retire = queue_module.retire
 
     def logged_write(path: str, data: bytes, durable: bool) -> None:
         create_file(path, data, durable)
@@ -54,16 +54,16 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
         if Path(directory) == queue_dir:
             log.append(("fsync", "", threading.current_thread().name))
 
-    def logged_unlink(*paths: str) -> None:
+    def logged_retire(*paths: str) -> None:
         for path in map(Path, paths):
             if path.parent == queue_dir:
-                log.append(("unlink", path.name, threading.current_thread().name))
-        unlink(*paths)
+                log.append(("retire", path.name, threading.current_thread().name))
+        retire(*paths)
 
     in_threads(lab)
     monkeypatch.setattr(queue_module, "create_file", logged_write)
     monkeypatch.setattr(diskio, "fsync_directory", logged_fsync)
-    monkeypatch.setattr(queue_module, "unlink", logged_unlink)
+    monkeypatch.setattr(queue_module, "retire", logged_retire)
 
     lab.send("pc1", mail_from="eddy@shofar.org.uk", to=["nobody@freeuk.com"], subject="hi")
     lab.link("dialup").up()
@@ -78,7 +78,7 @@ def test_a_bounce_is_durable_in_the_disk_thread_before_the_original_goes(
 
     written = at(("write", dsn))
     synced = next(i for i, (what, _, _) in enumerate(log) if what == "fsync" and i > written)
-    removed = at(("unlink", f"{original}.msg"))
+    removed = at(("retire", f"{original}.msg"))
     assert written < synced < removed, log
     assert {thread for _, _, thread in log} == {"disk:isp"}, log  # never on the loop's
 
