@@ -218,8 +218,10 @@ class LabBackend(Generic[H]):
         """Hear of the links a host hangs up itself (`drop_after`, `drop_at`)."""
 
         def heard(event: Any) -> None:
+            if event.kind != "link.down":  # (it hears every event of the lab)
+                return
             link = event.get("link")
-            if event.kind == "link.down" and event.get("cause") and link in self.link_states:
+            if event.get("cause") and link in self.link_states:
                 self.link_states[link] = LinkState.DOWN
                 spec = self.topology.links[link]
                 self._line = asyncio.ensure_future(self.line_down(spec.node, spec.network))

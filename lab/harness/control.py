@@ -242,7 +242,7 @@ class ControlServer:
         return {"advanced": advance, "timers": ran, "now": await self.backend.now()}
 
     async def _events(self, since: int = 0) -> Any:
-        return [wire.encode_event(e) for e in self.backend.events.events if e.seq > since]
+        return [wire.encode_event(e) for e in self.backend.events.find(since=since)]
 
     async def _trace(self, ref: str) -> Any:
         # Lab.trace works on the event list only; safe to call on the loop

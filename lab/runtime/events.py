@@ -10,11 +10,12 @@ sleeps to wait for mail: it waits for an event.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, overload
 
 import orjson
 
@@ -28,8 +29,11 @@ def json_line(data: dict[str, Any]) -> bytes:
     return orjson.dumps(data, default=str, option=_OPTIONS)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
+    """(Slots: a busy lab keeps dozens of these per message, and without an instance dict
+    each is a third of the size and one object less for the garbage collector to visit.)"""
+
     seq: int
     time: float
     node: str
@@ -58,11 +62,63 @@ class Event:
         return f"#{self.seq} {self.node:<10} {self.kind:<22} {detail}"
 
 
+# an event as the history keeps it: (seq, time, node, kind), and its data beside it
+Head = tuple[int, float, str, str]
+
+
+def _seq(head: Head) -> int:
+    return head[0]
+
+
+class History(Sequence[Event]):
+    """The bus's events so far, in order, read as Events. They are kept as tuples of
+    strings and numbers, their data (dicts of the same) in a list beside them: a lab
+    keeps dozens of events per message for its whole life, and the garbage collector
+    stops visiting such tuples and dicts (an Event, like any instance, and a tuple that
+    holds a dict, it visits at every full collection: in a busy lab those came every
+    few thousand messages, each longer than the last)."""
+
+    __slots__ = ("_data", "_heads")
+
+    def __init__(self, heads: list[Head], data: list[dict[str, Any]]):
+        self._heads = heads
+        self._data = data
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    @overload
+    def __getitem__(self, index: int) -> Event: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Event]: ...
+
+    def __getitem__(self, index: int | slice) -> Event | list[Event]:
+        if isinstance(index, slice):
+            return [
+                Event(*h, d) for h, d in zip(self._heads[index], self._data[index], strict=True)
+            ]
+        return Event(*self._heads[index], self._data[index])
+
+    def __iter__(self) -> Iterator[Event]:
+        for head, data in zip(self._heads, self._data, strict=True):
+            yield Event(*head, data)
+
+    def clear(self) -> None:
+        self._heads.clear()
+        self._data.clear()
+
+    def __repr__(self) -> str:
+        return f"<History of {len(self._heads)} events>"
+
+
 class EventBus:
     def __init__(self, clock: Callable[[], float], log_path: Path | None = None):
         self._clock = clock
         self._seq = itertools.count(1)
-        self.events: list[Event] = []
+        self._heads: list[Head] = []
+        self._data: list[dict[str, Any]] = []
+        self.events = History(self._heads, self._data)
         self._waiters: list[tuple[asyncio.Future[Event], Predicate]] = []
         self._log: IO[bytes] | None = None
         self._listeners: list[Callable[[Event], None]] = []
@@ -110,7 +166,7 @@ class EventBus:
         again. Numbers go on growing, so a reader that asks for what came after the
         event it saw last (`since`) still sees every new one; listeners and waiters stay."""
         self._unwritten = []
-        self.events = []
+        self.events.clear()
         if self._log is not None:
             self._log.seek(0)
             self._log.truncate()
@@ -127,8 +183,10 @@ class EventBus:
 
     def record(self, time: float, node: str, kind: str, data: dict[str, Any]) -> Event:
         """Add an event that happened at lab time `time` (a host in a container saw it)."""
-        event = Event(next(self._seq), time, node, kind, data)
-        self.events.append(event)
+        seq = next(self._seq)
+        self._heads.append((seq, time, node, kind))
+        self._data.append(data)
+        event = Event(seq, time, node, kind, data)
         if self._log is not None:
             self._unwritten.append(event)
             if not self._flush_pending:
@@ -152,9 +210,16 @@ class EventBus:
         since: int = 0,
         **data: Any,
     ) -> list[Event]:
-        return [
-            e for e in self.events if e.seq > since and _matches(e, predicate, kind, node, data)
-        ]
+        heads = self._heads
+        start = bisect.bisect_right(heads, since, key=_seq) if since else 0
+        found = []
+        for index in range(start, len(heads)):
+            head = heads[index]
+            if (kind is None or _kind_matches(head[3], kind)) and (node is None or head[2] == node):
+                event = Event(*head, self._data[index])
+                if _matches(event, predicate, None, None, data):
+                    found.append(event)
+        return found
 
     async def wait_for(
         self,
@@ -187,9 +252,7 @@ def _matches(
     node: str | None,
     data: dict[str, Any],
 ) -> bool:
-    if kind is not None and not (
-        event.kind == kind or (kind.endswith(".*") and event.kind.startswith(kind[:-1]))
-    ):
+    if kind is not None and not _kind_matches(event.kind, kind):
         return False
     if node is not None and event.node != node:
         return False
@@ -201,6 +264,10 @@ def _matches(
         elif have != want:
             return False
     return predicate is None or predicate(event)
+
+
+def _kind_matches(have: str, kind: str) -> bool:
+    return have == kind or (kind.endswith(".*") and have.startswith(kind[:-1]))
 
 
 def format_events(events: Iterable[Event]) -> str:

@@ -84,6 +84,7 @@ class DiskProcess:
         self._reading = threading.Lock()  # one reader of the answers at a time
         self._loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
         self._outbox: list[tuple[str, bytes, list[Job]]] = []  # not written yet
+        self._last_watched: weakref.ref[asyncio.AbstractEventLoop] | None = None
 
     @classmethod
     def shared(cls) -> DiskProcess:
@@ -203,7 +204,11 @@ class DiskProcess:
     def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
         """Read the answers in `loop` when they come (no thread here: the loop reads them
         between its other work, and nothing takes the interpreter lock from it)."""
-        if loop in self._loops or self._answers < 0:
+        last = self._last_watched
+        if (last is not None and last() is loop) or self._answers < 0:  # (no set to look in)
+            return
+        self._last_watched = weakref.ref(loop)
+        if loop in self._loops:
             return
         self._loops.add(loop)
         loop.add_reader(self._answers, self._on_readable)
@@ -268,6 +273,7 @@ class DiskProcess:
             lost = list(self._pending.values())
             self._pending.clear()
             loops, self._loops = list(self._loops), weakref.WeakSet()
+            self._last_watched = None
             proc = self._proc
         for loop in loops:
             with contextlib.suppress(Exception):  # a closed loop has no readers left

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from lab.runtime.events import Event
@@ -283,7 +283,9 @@ def wait_matcher(
     return match
 
 
-def what_happened(events: list[Event], to: str | None, node: str | None) -> list[dict[str, Any]]:
+def what_happened(
+    events: Sequence[Event], to: str | None, node: str | None
+) -> list[dict[str, Any]]:
     """The events a failed wait shows instead: those about `to` (or on `node`) of the
     kinds that tell a message's fate, the last 40."""
     fates = ("queue.", "delivery.result", "dsn.", "mailbox.", "policy.", "link.", "client.")

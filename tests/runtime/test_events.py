@@ -54,3 +54,34 @@ def test_a_waiter_hears_the_first_matching_event(tmp_path: Path) -> None:
         return await waiting
 
     assert asyncio.run(run()).get("id") == "B"
+
+
+def test_the_history_reads_as_events_and_finds_after_a_number() -> None:
+    bus = EventBus(lambda: 1.0)
+    for n in range(10):
+        bus.emit("hub" if n % 2 else "isp", "queue.queued", id=str(n), to=["a@b"])
+    history = bus.events
+    assert len(history) == 10 and history[0].seq == 1 and history[-1].get("id") == "9"
+    assert [e.seq for e in history[-3:]] == [8, 9, 10]
+    assert [e.get("id") for e in bus.find(node="hub", since=6)] == ["7", "9"]
+    assert [e.seq for e in bus.find(kind="queue.*", to="a@b", since=8)] == [9, 10]
+    assert bus.find(since=10) == [] and len(bus.find()) == 10
+    assert list(history) == bus.find()  # equal Events, as the emit returned them
+    bus.reset()
+    bus.emit("hub", "link.up")
+    assert [e.seq for e in bus.events] == [11] and bus.find(since=5)[0].seq == 11
+
+
+def test_the_history_is_left_alone_by_the_garbage_collector() -> None:
+    """What a lab keeps of each event are tuples of strings and numbers, which the
+    collector stops tracking: a long-running lab's full collections do not grow with
+    its traffic."""
+    import gc
+
+    bus = EventBus(lambda: 1.0)
+    for n in range(1000):
+        bus.emit("hub", "smtp.command", command="MAIL", arg=f"FROM:<{n}@b>", session=n)
+    gc.collect()
+    history = bus.events
+    assert not any(gc.is_tracked(head) for head in history._heads)
+    assert not any(gc.is_tracked(data) for data in history._data)
