@@ -51,7 +51,8 @@ _HEAD = struct.Struct("!I")
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a write waits
 _F_SETPIPE_SZ = 1031
 _WRITERS = 8  # new files written side by side in a group
-_BACKLOG = 64  # work nobody waits for is put off for new writes up to this much
+_BACKLOG = 16  # work nobody waits for is put off for new writes up to this much (a removal
+# put off is a message sent again if the lab is killed: 16 keeps that to a few)
 # a job as it crosses: (id, work, directory, fence, barrier, waited, answered)
 Wire = tuple[int, Any, "str | None", bool, bool, bool, bool]
 
