@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import fcntl
 import itertools
 import logging
 import os
@@ -49,7 +50,6 @@ log = logging.getLogger("maillab.disk")
 
 _HEAD = struct.Struct("!I")
 _PIPE_SIZE = 1 << 20  # F_SETPIPE_SZ: a megabyte of work in flight before a write waits
-_F_SETPIPE_SZ = 1031
 _WRITERS = 8  # new files written side by side in a group
 _BACKLOG = 16  # work nobody waits for is put off for new writes up to this much (a removal
 # put off is a message sent again if the lab is killed: 16 keeps that to a few)
@@ -126,11 +126,9 @@ class DiskProcess:
             )
             self._pid = os.getpid()
             assert self._proc.stdin is not None and self._proc.stdout is not None
-            import fcntl
-
             for pipe in (self._proc.stdin, self._proc.stdout):
                 with contextlib.suppress(OSError):  # bigger pipes: fewer waits either way
-                    fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, _PIPE_SIZE)
+                    fcntl.fcntl(pipe.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_SIZE)
             os.set_blocking(self._proc.stdin.fileno(), False)  # (see _put)
             self._answers = self._proc.stdout.fileno()
             os.set_blocking(self._answers, False)
