@@ -325,7 +325,8 @@ class DockerBackend(LabBackend[HostProxy]):
         target = self.clock_time() + seconds
         ran = 0
         while True:
-            nexts = await asyncio.gather(*(p.next_timer() for p in self._live()))
+            live = self._live()
+            nexts = await asyncio.gather(*(p.next_timer() for p in live))
             due = [n for n in nexts if n is not None and n <= target]
             mine = self.own_clock.next_due()
             if mine is not None and mine <= target and (not due or mine <= min(due)):
@@ -341,13 +342,19 @@ class DockerBackend(LabBackend[HostProxy]):
                 break
             when = min(due)
             self._move_to(when)
-            # every host's clock just before `when` first (no timer is due before it),
-            # then the timers at `when`: a timer's work that asks another host (a queue
-            # run's DNS query) finds it at that time already, not at the last step's (a
-            # DNS fault window that ended). A quarter second before, so that no host's
-            # clock runs into `when` in real time while the others are still moving.
-            await asyncio.gather(*(p.advance_to(when - STEP_LEAD, LONG) for p in self._live()))
-            counts = await asyncio.gather(*(p.advance_to(when, LONG) for p in self._live()))
+            # Every host's clock at `when` before any timer due then runs: a timer's work
+            # that asks another host (a queue run's DNS query) finds it at that time
+            # already, not at the last step's (a DNS fault window that ended). The hosts
+            # with nothing due go to `when` at once; those with timers to a quarter
+            # second before (so that no clock runs into `when` in real time while the
+            # others are still moving), and then to `when`, running them.
+            at = [p for p, n in zip(live, nexts, strict=True) if n is not None and n <= when]
+            rest = [p for p in live if p not in at]
+            counts = await asyncio.gather(
+                *(p.advance_to(when - STEP_LEAD, LONG) for p in at),
+                *(p.advance_to(when, LONG) for p in rest),
+            )
+            counts += await asyncio.gather(*(p.advance_to(when, LONG) for p in at))
             ran += sum(counts)
             await self.settle(quick=True)
         self._move_to(target)
