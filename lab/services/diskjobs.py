@@ -48,13 +48,17 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-def _fill(fd: int, data: bytes, durable: bool, owner: tuple[int, int] | None = None) -> None:
-    """Give a new file's `fd` to `owner` (if any), write `data` to it, fsync it when
-    `durable`, and close it."""
+def _fill(
+    fd: int, data: bytes, durable: bool, owner: tuple[int, int] | None = None, *, cut: bool = False
+) -> None:
+    """Give a new file's `fd` to `owner` (if any), write `data` to it (from its start,
+    the rest `cut` off: a file written over), fsync it when `durable`, and close it."""
     try:
         if owner is not None:
             os.fchown(fd, *owner)
         write_all(fd, data)
+        if cut:
+            os.ftruncate(fd, len(data))
         if durable:
             os.fsync(fd)
     finally:
@@ -85,18 +89,13 @@ def create_file(path: str, data: bytes, durable: bool) -> None:
         _fill(_open_new(path), data, durable)
         return
     try:
+        _fill(fd, data, durable, cut=True)
         try:
-            write_all(fd, data)
-            os.ftruncate(fd, len(data))
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.link(spare, path)  # (FileExistsError, as O_EXCL would say)
-    except FileExistsError:
-        raise
-    except OSError:  # a file system without hard links: a new file then
-        _fill(_open_new(path), data, durable)
+            os.link(spare, path)  # (FileExistsError, as O_EXCL would say)
+        except FileExistsError:
+            raise
+        except OSError:  # a file system without hard links: a new file then
+            _fill(_open_new(path), data, durable)
     finally:
         # the name goes, the inode stays (it is the new file's): nothing is freed;
         # left by a crash, it is removed when the directory's spares are next adopted

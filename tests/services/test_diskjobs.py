@@ -117,3 +117,20 @@ def test_a_queue_with_spares_loads_only_its_messages(tmp_path: Path) -> None:
     assert subjects == [f"Subject: {n}".encode() for n in (4, 5, 4, 5, 6, 7)]
     assert len(_spares(directory)) == 0  # the four spares became four new messages
     again.close()
+
+
+def test_without_hard_links_a_new_file_is_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system that refuses hard links: the spare is written over for nothing,
+    and a new file takes the message; no spare is left."""
+    create_file(str(tmp_path / "A.msg"), b"a" * 100, True)
+    retire(str(tmp_path / "A.msg"))
+
+    def refused(src: str, dst: str) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(diskjobs.os, "link", refused)
+    create_file(str(tmp_path / "B.msg"), b"b", True)
+    assert (tmp_path / "B.msg").read_bytes() == b"b"
+    assert _spares(tmp_path) == []
